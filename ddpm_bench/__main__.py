@@ -1,0 +1,3 @@
+from ddpm_bench.cli import main
+
+raise SystemExit(main())

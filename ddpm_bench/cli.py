@@ -1,0 +1,124 @@
+"""The `ddpm-bench` command line: parse and dispatch only, one function per command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from ddpm_bench import __version__
+from ddpm_bench.diffusion import MEAN_TYPES, VAR_TYPES
+from ddpm_bench.errors import UserError
+from ddpm_bench.gaussian import DECODER_CDF_MODES
+from ddpm_bench.schedule import BETA_SCHEDULES
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _parser(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, formatter_class=_Formatter)
+
+
+def add_model_args(p: argparse.ArgumentParser, image_shape: bool = False) -> None:
+    g = p.add_argument_group("model source (exactly one of --ckpt and --model)")
+    g.add_argument("--ckpt", help="ddpm-bench checkpoint file, or a diffusers UNet2DModel directory")
+    g.add_argument("--weights", choices=("ema", "raw"), default="ema", help="which weights of --ckpt")
+    g.add_argument("--model", help="MODULE:CALLABLE returning a torch module or f(x, t); MODULE may be a .py path")
+    g = p.add_argument_group("diffusion settings of a --model (a --ckpt stores its own; a contradicting flag is an error)")
+    g.add_argument("--T", type=int, default=None, help="number of diffusion steps (default 1000)")
+    g.add_argument("--beta-schedule", choices=BETA_SCHEDULES, default=None, help="(default linear)")
+    g.add_argument("--beta-start", type=float, default=None, help="(default 1e-4)")
+    g.add_argument("--beta-end", type=float, default=None, help="(default 0.02)")
+    g.add_argument("--mean-type", choices=MEAN_TYPES, default=None, help="(default eps)")
+    g.add_argument("--var-type", choices=VAR_TYPES, default=None, help="(default fixed-large)")
+    if image_shape:
+        g.add_argument("--image-size", type=int, default=None, help="H = W of a --model (default 32)")
+        g.add_argument("--channels", type=int, default=None, help="C of a --model (default 3)")
+
+
+def diffusion_flags(args: argparse.Namespace) -> dict:
+    return {"T": args.T, "beta_schedule": args.beta_schedule, "beta_start": args.beta_start,
+            "beta_end": args.beta_end, "mean_type": args.mean_type, "var_type": args.var_type}
+
+
+def add_bound_args(p: argparse.ArgumentParser) -> None:
+    """Data and bound flags shared by `nll` and `rate-distortion`."""
+    p.add_argument("--data", help="cifar10:train|test, embedded:train|test, PATH.npz or a folder of PNG files")
+    p.add_argument("--data-root", default=None, help="folder holding cifar-10-batches-py (else $DDPM_BENCH_DATA)")
+    p.add_argument("--num-images", type=int, default=None, help="use the first N images (default all)")
+    p.add_argument("--batch-size", type=int, default=256, help="(image, timestep) pairs per network call")
+    p.add_argument("--seed", type=int, default=0, help="noise for (image j, term k, draw d) depends on (seed, j, k, d) only")
+    p.add_argument("--draws", type=int, default=1, help="independent draws of x_{k+1} averaged per image and term")
+    p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
+                   help="clip the x0 prediction to [-1, 1] before forming the mean (official bound loop)")
+    p.add_argument("--decoder-cdf", choices=DECODER_CDF_MODES, default="exact",
+                   help="exact: log-space normal CDF; tanh: the official code's approximation with a 1e-12 floor")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network precision (bound math stays float64)")
+    p.add_argument("--shard-size", type=int, default=64, help="images per resumable shard")
+    p.add_argument("--dry-run", action="store_true", help="print the network evaluations and an ETA, then stop")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_out_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output directory (resumed when it holds an unfinished run with the same settings)")
+    p.add_argument("--force", action="store_true", help="empty an existing --out that holds something else")
+
+
+def cmd_nll(args: argparse.Namespace) -> int:
+    from ddpm_bench.jobs.nll import run_nll
+
+    if args.data is None:
+        raise UserError("--data is required")
+    run_nll(ckpt=args.ckpt, model=args.model, weights=args.weights, diffusion_flags=diffusion_flags(args),
+            data=args.data, data_root=args.data_root, num_images=args.num_images, batch_size=args.batch_size,
+            seed=args.seed, draws=args.draws, clip=args.clip, decoder_cdf=args.decoder_cdf, device=args.device,
+            precision=args.precision, shard_size=args.shard_size, out=args.out, force=args.force,
+            dry_run=args.dry_run, progress=not args.no_progress)
+    return 0
+
+
+def cmd_gap(args: argparse.Namespace) -> int:
+    from ddpm_bench.jobs.gap import run_gap
+
+    return run_gap(args.train_dir, args.test_dir, max_gap=args.max_gap)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ddpm-bench", description=__doc__, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"ddpm-bench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _parser(sub, "nll", "exact per-image, per-term variational bound in bits/dim")
+    add_model_args(p)
+    add_bound_args(p)
+    add_out_args(p)
+    p.set_defaults(func=cmd_nll)
+
+    p = _parser(sub, "gap", "test-minus-train bits/dim gap with a 95%% interval from two nll outputs")
+    p.add_argument("train_dir", help="nll output directory of the training split")
+    p.add_argument("test_dir", help="nll output directory of the test split")
+    p.add_argument("--max-gap", type=float, default=0.03, help="exit 1 when the gap exceeds this beyond its interval")
+    p.set_defaults(func=cmd_gap)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"ddpm-bench {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ddpm-bench {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print(f"ddpm-bench {args.command}: internal error (the traceback above); please report it", file=sys.stderr)
+        return 1

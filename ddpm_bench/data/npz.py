@@ -1,0 +1,22 @@
+"""`.npz` image files in the layout of the ADM evaluator: `arr_0`, uint8, (N, H, W, C)."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ddpm_bench.data import validate_images
+from ddpm_bench.errors import DataError
+
+
+def load_npz(path: str | Path) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "arr_0" not in f.files:
+                raise DataError(f"{path}: no array 'arr_0' (found {', '.join(f.files) or 'none'})")
+            images = f["arr_0"]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npz file: {e}") from None
+    return validate_images(images, str(path))

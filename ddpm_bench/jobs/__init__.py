@@ -1,0 +1,1 @@
+"""One module per command: load inputs, run the pure computations, write outputs."""

@@ -1,0 +1,32 @@
+"""Networks: the paper's U-Net and the registry that builds a model from its config."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {}
+
+
+def register_model(name: str):
+    """Register a builder under `name`; a duplicate name is an error."""
+
+    def deco(fn: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
+        if name in _BUILDERS:
+            raise ValueError(f"model {name!r} is already registered")
+        _BUILDERS[name] = fn
+        return fn
+
+    return deco
+
+
+def build_model(model_config: dict) -> torch.nn.Module:
+    """Build a network from `config["model"]` of a checkpoint or recipe: {"name": ..., **arguments}."""
+    from ddpm_bench.models import unet  # noqa: F401  (registers "unet")
+
+    cfg = dict(model_config)
+    name = cfg.pop("name", None)
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(_BUILDERS))}")
+    return _BUILDERS[name](**cfg)

@@ -1,0 +1,155 @@
+"""Where the network comes from: a ddpm-bench checkpoint (`--ckpt`) or a plug-in (`--model MODULE:CALLABLE`).
+
+Both give a `ModelSource`: a callable net(x, i) on float32 (N, C, H, W) model-scale inputs and int64
+(N,) network indices, the diffusion settings it was trained with, and its provenance.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ddpm_bench.checkpoint import load_checkpoint
+from ddpm_bench.diffusion import DiffusionConfig
+from ddpm_bench.errors import CheckpointError, UserError
+from ddpm_bench.provenance import sha256_file
+
+Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# flag name on the command line -> DiffusionConfig field
+DIFFUSION_FLAGS = {
+    "T": "--T",
+    "beta_schedule": "--beta-schedule",
+    "beta_start": "--beta-start",
+    "beta_end": "--beta-end",
+    "mean_type": "--mean-type",
+    "var_type": "--var-type",
+}
+
+
+@dataclass
+class ModelSource:
+    net: Net
+    diffusion: DiffusionConfig
+    provenance: dict  # kind, path / callable, sha256, weights, step
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W) when the source knows it
+    module: torch.nn.Module | None = None
+    config: dict | None = None  # the checkpoint's stored config
+
+
+def diffusion_from_flags(flags: dict) -> DiffusionConfig:
+    """DiffusionConfig from the flags that were given (None = not given -> paper default)."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return DiffusionConfig(**given)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def check_flags_match(stored: DiffusionConfig, flags: dict, origin: str) -> None:
+    """A flag given explicitly that contradicts the stored settings is an error (exit 2)."""
+    for name, value in flags.items():
+        if value is None:
+            continue
+        have = getattr(stored, name)
+        if (float(value) != float(have)) if isinstance(have, float) else (value != have):
+            raise UserError(f"{DIFFUSION_FLAGS[name]} {value} contradicts {origin}, which was trained with {have}")
+
+
+def load_ckpt_source(path: str | Path, weights: str = "ema", diffusion_flags: dict | None = None,
+                     device: str | torch.device = "cpu") -> ModelSource:
+    """A ddpm-bench checkpoint file, or a diffusers UNet2DModel directory (optional extra)."""
+    path = Path(path)
+    if path.is_dir():
+        from ddpm_bench.models.diffusers_loading import load_diffusers_source
+
+        return load_diffusers_source(path, diffusion_flags or {}, device)
+    from ddpm_bench.models import build_model
+
+    ckpt = load_checkpoint(path)
+    config = ckpt["config"]
+    try:
+        known = {f.name for f in fields(DiffusionConfig)}
+        diffusion = DiffusionConfig(**{k: v for k, v in config["diffusion"].items() if k in known})
+        module = build_model(config["model"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"--ckpt {path}: invalid stored config: {e}") from None
+    check_flags_match(diffusion, diffusion_flags or {}, f"--ckpt {path}")
+    if weights not in ("ema", "raw"):
+        raise UserError(f"--weights must be 'ema' or 'raw', got {weights!r}")
+    state = ckpt["ema"] if weights == "ema" else ckpt["model"]
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"--ckpt {path}: {weights} weights do not fit the stored architecture: "
+                              f"{str(e).splitlines()[0]}") from None
+    module.to(device).eval()
+    mcfg = config["model"]
+    shape = (int(mcfg["in_channels"]), int(mcfg["image_size"]), int(mcfg["image_size"])) \
+        if "in_channels" in mcfg and "image_size" in mcfg else None
+    prov = {"kind": "ckpt", "path": str(path.resolve()), "sha256": sha256_file(path), "weights": weights,
+            "step": int(ckpt["step"])}
+    return ModelSource(net=module, diffusion=diffusion, provenance=prov, image_shape=shape, module=module,
+                       config=config)
+
+
+def _import_callable(spec: str) -> Callable:
+    """MODULE:CALLABLE, where MODULE is an importable module name or a path to a .py file."""
+    if ":" not in spec:
+        raise UserError(f"--model {spec}: expected MODULE:CALLABLE")
+    mod_name, _, attr = spec.rpartition(":")
+    try:
+        if mod_name.endswith(".py"):
+            file = Path(mod_name)
+            if not file.is_file():
+                raise UserError(f"--model {spec}: no such file {file}")
+            mspec = importlib.util.spec_from_file_location(file.stem, file)
+            module = importlib.util.module_from_spec(mspec)
+            mspec.loader.exec_module(module)
+        else:
+            if "" not in sys.path and str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))
+            module = importlib.import_module(mod_name)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"--model {spec}: cannot import {mod_name}: {type(e).__name__}: {e}") from None
+    fn = getattr(module, attr, None)
+    if fn is None or not callable(fn):
+        raise UserError(f"--model {spec}: {mod_name} has no callable {attr!r}")
+    return fn
+
+
+def load_plugin_source(spec: str, diffusion_flags: dict, device: str | torch.device = "cpu") -> ModelSource:
+    factory = _import_callable(spec)
+    try:
+        net = factory()
+    except Exception as e:
+        raise UserError(f"--model {spec}: calling it failed: {type(e).__name__}: {e}") from None
+    if not callable(net):
+        raise UserError(f"--model {spec}: returned {type(net).__name__}, not a module or callable")
+    module = net if isinstance(net, torch.nn.Module) else None
+    if module is not None:
+        module.to(device).eval()
+    prov = {"kind": "plugin", "callable": spec}
+    file = Path(spec.rpartition(":")[0])
+    if file.suffix == ".py" and file.is_file():
+        prov["sha256"] = sha256_file(file)
+    return ModelSource(net=net, diffusion=diffusion_from_flags(diffusion_flags), provenance=prov, module=module)
+
+
+def load_model_source(ckpt: str | None, model: str | None, weights: str = "ema",
+                      diffusion_flags: dict | None = None, device: str | torch.device = "cpu") -> ModelSource:
+    """Exactly one of `ckpt` and `model`."""
+    if (ckpt is None) == (model is None):
+        raise UserError("give exactly one of --ckpt PATH and --model MODULE:CALLABLE")
+    flags = diffusion_flags or {}
+    if ckpt is not None:
+        return load_ckpt_source(ckpt, weights, flags, device)
+    return load_plugin_source(model, flags, device)

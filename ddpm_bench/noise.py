@@ -1,0 +1,65 @@
+"""Counter-based Gaussian noise: the noise for a key such as (seed, image j, term k, draw d) is a pure
+function of that key, on any device and for any batch composition, order or sharding.
+
+Each key is hashed with the SplitMix64 finaliser (Steele et al. 2014) into a 64-bit stream id; element e
+of the stream is the 53-bit uniform U = (mix(id + (e + 1) * golden) >> 11 + 0.5) / 2^53 in (0, 1),
+mapped to a standard normal by the exact inverse CDF (`torch.special.ndtri`) in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_M1 = 0xBF58476D1CE4E5B9
+_M2 = 0x94D049BB133111EB
+
+
+def _signed(c: int) -> int:
+    """A uint64 constant as the int64 with the same bits."""
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+def _shr(z: torch.Tensor, n: int) -> torch.Tensor:
+    """Logical right shift of int64 bits."""
+    return (z >> n) & ((1 << (64 - n)) - 1)
+
+
+def mix64(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64 finaliser on int64 tensors (two's-complement wrap-around arithmetic)."""
+    z = (z ^ _shr(z, 30)) * _signed(_M1)
+    z = (z ^ _shr(z, 27)) * _signed(_M2)
+    return z ^ _shr(z, 31)
+
+
+def mix64_int(z: int) -> int:
+    """Reference SplitMix64 finaliser on Python ints (for tests and for seeding)."""
+    z &= _MASK64
+    z = ((z ^ (z >> 30)) * _M1) & _MASK64
+    z = ((z ^ (z >> 27)) * _M2) & _MASK64
+    return z ^ (z >> 31)
+
+
+def stream_ids(seed: int, keys: torch.Tensor) -> torch.Tensor:
+    """(P,) int64 stream ids from a seed and (P, K) int64 keys: id = mix(... mix(mix(seed) ^ k0) ^ k1 ...)."""
+    h = torch.full((keys.shape[0],), _signed(mix64_int(seed)), dtype=torch.int64, device=keys.device)
+    for col in range(keys.shape[1]):
+        h = mix64(h ^ keys[:, col].to(torch.int64))
+    return h
+
+
+def counter_normal(seed: int, keys: torch.Tensor, shape: tuple[int, ...], dtype=torch.float64) -> torch.Tensor:
+    """Standard normal noise of shape (P, *shape), row p a pure function of (seed, keys[p]).
+
+    `keys` is (P, K) int64 (for the bound: image index, term, draw). Computed in float64; cast to
+    `dtype` at the end.
+    """
+    numel = 1
+    for n in shape:
+        numel *= n
+    ids = stream_ids(seed, keys)  # (P,)
+    counters = torch.arange(1, numel + 1, dtype=torch.int64, device=keys.device) * _signed(_GOLDEN)
+    bits = _shr(mix64(ids[:, None] + counters[None, :]), 11)  # (P, numel), 53 random bits
+    u = (bits.to(torch.float64) + 0.5) * (2.0**-53)
+    return torch.special.ndtri(u).reshape(keys.shape[0], *shape).to(dtype)
