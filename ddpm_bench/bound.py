@@ -1,0 +1,154 @@
+"""The variational bound of DDPM, per image and per term, in bits/dim (float64).
+
+L = L_T + sum_{k=1}^{T-1} L_k + L_0 (Ho et al. 2020, Eq. 5):
+  L_T = KL(q(x_T | x_0) || N(0, I))                          (closed form, no network)
+  L_k = KL(q(x_k | x_{k+1}, x_0) || p(x_k | x_{k+1}))        k = 1..T-1, network index i = k
+  L_0 = -log p(x_0 | x_1)                                    discretised decoder, Eq. 13
+Each of L_0..L_{T-1} uses its own draw x_{k+1} ~ q(x_{k+1} | x_0) whose noise is a pure function of
+(seed, dataset index j, term k, draw d), so a result does not depend on batch size, order or sharding.
+
+The engine flattens (image, draw, term) into pairs and sends `batch_size` pairs through the network per
+call: the official loop calls it T times on a batch of images at one timestep; here any mix of images and
+timesteps shares a call, so small data sets and the last partial batch still fill the network.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ddpm_bench.diffusion import (
+    DiffusionConfig,
+    p_mean_logvar,
+    q_mean_logvar,
+    q_posterior_logvar,
+    q_posterior_mean,
+    q_sample,
+)
+from ddpm_bench.errors import ModelOutputError
+from ddpm_bench.gaussian import discretized_gaussian_log_likelihood, normal_kl
+from ddpm_bench.noise import counter_normal
+from ddpm_bench.precision import network_precision
+from ddpm_bench.schedule import Schedule
+
+LN2 = math.log(2.0)
+Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def to_model_scale(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) in 0..255 -> float64 x = v / 127.5 - 1 in [-1, 1]."""
+    return images.to(torch.float64) / 127.5 - 1.0
+
+
+def mean_bits_per_dim(nats: torch.Tensor) -> torch.Tensor:
+    """Elementwise nats (N, ...) -> (N,) bits/dim: sum over dims / (D ln 2)."""
+    return nats.flatten(1).mean(1) / LN2
+
+
+def prior_bpd(s: Schedule, x0: torch.Tensor) -> torch.Tensor:
+    """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim, (N,), closed form."""
+    i = torch.full((x0.shape[0],), s.T - 1, dtype=torch.long, device=x0.device)
+    mean, logvar = q_mean_logvar(s, x0, i)
+    return mean_bits_per_dim(normal_kl(mean, logvar, torch.zeros_like(mean), torch.zeros_like(mean)))
+
+
+@dataclass(frozen=True)
+class TermValues:
+    bpd: torch.Tensor  # (P,) float64: decoder NLL where i == 0, else the KL term, bits/dim
+    mse: torch.Tensor  # (P,) float64: mean over dims of (x0_hat - x0)^2 in model scale
+
+
+def term_values(cfg: DiffusionConfig, s: Schedule, output: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor,
+                i: torch.Tensor, clip: bool = True, decoder_cdf: str = "exact") -> TermValues:
+    """L_i for pairs (x_0, x_{i+1}) given the network output at x_{i+1}: the decoder NLL for i = 0, the
+    KL from the true posterior for i >= 1 (official `_vb_terms_bpd`), and the x0 prediction error."""
+    step = p_mean_logvar(cfg, s, output, xt, i, clip=clip)
+    bpd = torch.empty(x0.shape[0], dtype=torch.float64, device=x0.device)
+    dec = i == 0
+    if dec.any():
+        log_scales = 0.5 * step.logvar.expand_as(x0)[dec]
+        ll = discretized_gaussian_log_likelihood(x0[dec], step.mean[dec], log_scales, cdf=decoder_cdf)
+        bpd[dec] = -mean_bits_per_dim(ll)
+    kl = ~dec
+    if kl.any():
+        ik = i[kl]
+        true_mean = q_posterior_mean(s, x0[kl], xt[kl], ik)
+        true_logvar = q_posterior_logvar(s, ik, x0.ndim)
+        model_logvar = step.logvar.expand_as(x0)[kl]
+        bpd[kl] = mean_bits_per_dim(normal_kl(true_mean, true_logvar, step.mean[kl], model_logvar))
+    mse = ((step.x0_hat - x0) ** 2).flatten(1).mean(1)
+    return TermValues(bpd=bpd, mse=mse)
+
+
+@dataclass(frozen=True)
+class BoundTerms:
+    terms: torch.Tensor  # (N, T + 1) float64 bits/dim; column k = L_k, column T = L_T
+    mse: torch.Tensor  # (N, T) float64; column k = x0-prediction error from x_{k+1}, averaged over draws
+
+
+def check_output(output: torch.Tensor, xt: torch.Tensor, cfg: DiffusionConfig, i: torch.Tensor,
+                 index: torch.Tensor) -> None:
+    """A network output of the wrong shape or with NaN/Inf is a ModelOutputError naming terms and images."""
+    c = xt.shape[1] * (2 if cfg.learned_variance else 1)
+    want = (xt.shape[0], c, *xt.shape[2:])
+    if not isinstance(output, torch.Tensor) or tuple(output.shape) != want:
+        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ModelOutputError(f"model returned {got} for input {tuple(xt.shape)}; expected {want} "
+                               f"(mean type {cfg.mean_type}, variance type {cfg.var_type})")
+    bad = ~torch.isfinite(output.flatten(1)).all(1)
+    if bad.any():
+        terms = sorted(set(i[bad].tolist()))
+        images = sorted(set(index[bad].tolist()))
+        raise ModelOutputError(f"model returned NaN/Inf for term(s) {_short(terms)} of image(s) {_short(images)}")
+
+
+def _short(values: list[int], n: int = 6) -> str:
+    return ", ".join(map(str, values[:n])) + (f", ... ({len(values)} in all)" if len(values) > n else "")
+
+
+def compute_bound(
+    net: Net,
+    cfg: DiffusionConfig,
+    s: Schedule,
+    images: torch.Tensor,  # (N, C, H, W) uint8
+    index: torch.Tensor,  # (N,) int64 dataset indices: the noise key
+    *,
+    seed: int = 0,
+    draws: int = 1,
+    clip: bool = True,
+    decoder_cdf: str = "exact",
+    batch_size: int = 256,
+    precision: str = "fp32",
+    progress: Callable[[int], None] | None = None,
+) -> BoundTerms:
+    """Every term of the bound for every image: N * draws * T network evaluations in calls of
+    `batch_size` (image, draw, term) pairs. Runs on the device of `images`."""
+    device = images.device
+    s = s.to(device)
+    N, T = images.shape[0], s.T
+    x0_all = to_model_scale(images)
+    per_draw = torch.zeros(N, draws, T, dtype=torch.float64, device=device)
+    mse = torch.zeros(N, draws, T, dtype=torch.float64, device=device)
+    index = index.to(device=device, dtype=torch.int64)
+    total = N * draws * T
+    for start in range(0, total, batch_size):
+        flat = torch.arange(start, min(start + batch_size, total), device=device)
+        n, d, k = flat // (draws * T), (flat // T) % draws, flat % T
+        x0 = x0_all[n]
+        noise = counter_normal(seed, torch.stack([index[n], k, d], dim=1), tuple(x0.shape[1:]))
+        # the network sees float32; the bound uses exactly that x_{k+1}, so both agree on the draw
+        xt32 = q_sample(s, x0, k, noise).to(torch.float32)
+        xt = xt32.to(torch.float64)
+        with torch.inference_mode(), network_precision(precision, device):
+            output = net(xt32, k)
+        check_output(output, xt, cfg, k, index[n])
+        values = term_values(cfg, s, output.to(torch.float64), x0, xt, k, clip=clip, decoder_cdf=decoder_cdf)
+        per_draw[n, d, k] = values.bpd
+        mse[n, d, k] = values.mse
+        if progress is not None:
+            progress(len(flat))
+    terms = torch.cat([per_draw.mean(1), prior_bpd(s, x0_all)[:, None]], dim=1)
+    return BoundTerms(terms=terms, mse=mse.mean(1))

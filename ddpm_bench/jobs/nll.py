@@ -1,0 +1,213 @@
+"""`ddpm-bench nll`: the exact bound of a model on a data set, in resumable shards.
+
+Layout of --out: `run.json` (settings), `shards/nll_XXXXXX.npz` (completed shards, atomic), and at the
+end `per_image.npz`, `terms.csv` and `summary.json` (written last: its presence marks a finished run).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpm_bench import __version__
+from ddpm_bench.bound import compute_bound
+from ddpm_bench.data import ImageSet, load_images
+from ddpm_bench.errors import UserError
+from ddpm_bench.models.source import ModelSource, load_model_source
+from ddpm_bench.precision import resolve_device
+from ddpm_bench.provenance import environment
+from ddpm_bench.shards import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_npz,
+    prepare_run_dir,
+    read_json,
+)
+
+SUMMARY, TERMS_CSV, PER_IMAGE = "summary.json", "terms.csv", "per_image.npz"
+SHARD_DIR = "shards"
+
+
+def shard_path(out: Path, s: int) -> Path:
+    return out / SHARD_DIR / f"nll_{s:06d}.npz"
+
+
+def check_image_shape(source: ModelSource, data: ImageSet) -> None:
+    if source.image_shape is not None and tuple(source.image_shape) != tuple(data.shape):
+        raise UserError(f"--data {data.source}: images are (C, H, W) = {data.shape}, but the model expects "
+                        f"{tuple(source.image_shape)}")
+
+
+def nll_settings(source: ModelSource, data: ImageSet, seed: int, draws: int, clip: bool, decoder_cdf: str,
+                 precision: str, shard_size: int) -> dict:
+    """Everything that changes the numbers (batch size and device do not, so they may change on resume)."""
+    return {"model": source.provenance, "diffusion": asdict(source.diffusion), "data": data.source,
+            "data_sha256": data.sha256, "n_images": len(data), "seed": seed, "draws": draws, "clip": clip,
+            "decoder_cdf": decoder_cdf, "precision": precision, "shard_size": shard_size}
+
+
+def evaluate_shards(source: ModelSource, data: ImageSet, out: Path, shards: list[int], *, seed: int, draws: int,
+                    clip: bool, decoder_cdf: str, batch_size: int, precision: str, shard_size: int,
+                    device: torch.device, progress: bool) -> None:
+    """Compute and write each listed shard that is not already complete."""
+    from tqdm import tqdm
+
+    s = source.diffusion.schedule()
+    todo = [i for i in shards if not shard_path(out, i).exists()]
+    per_image = source.diffusion.T * draws
+    total = sum(min(shard_size, len(data) - i * shard_size) for i in todo) * per_image
+    bar = tqdm(total=total, unit="eval", disable=not progress or total == 0, dynamic_ncols=True,
+               desc="bound", file=sys.stderr)
+    for i in todo:
+        lo, hi = i * shard_size, min((i + 1) * shard_size, len(data))
+        images = torch.from_numpy(data.images[lo:hi]).permute(0, 3, 1, 2).to(device)
+        index = torch.from_numpy(data.index[lo:hi])
+        t0 = time.perf_counter()
+        result = compute_bound(source.net, source.diffusion, s, images, index, seed=seed, draws=draws, clip=clip,
+                               decoder_cdf=decoder_cdf, batch_size=batch_size, precision=precision,
+                               progress=bar.update)
+        seconds = time.perf_counter() - t0
+        atomic_write_npz(shard_path(out, i), terms=result.terms.cpu().numpy(), mse=result.mse.cpu().numpy(),
+                         index=data.index[lo:hi], seconds=np.float64(seconds))
+    bar.close()
+
+
+def merge_shards(out: Path, n_shards: int) -> dict[str, np.ndarray]:
+    parts = []
+    for i in range(n_shards):
+        with np.load(shard_path(out, i)) as f:
+            parts.append({k: f[k] for k in f.files})
+    return {"terms": np.concatenate([p["terms"] for p in parts]), "mse": np.concatenate([p["mse"] for p in parts]),
+            "index": np.concatenate([p["index"] for p in parts]),
+            "seconds": np.float64(sum(float(p["seconds"]) for p in parts))}
+
+
+def stderr_of_mean(x: np.ndarray) -> float | None:
+    """Standard error of the mean over images (None for a single image)."""
+    return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else None
+
+
+def summarise(merged: dict, settings: dict, source: ModelSource, dims: int) -> dict:
+    terms = merged["terms"]  # (N, T + 1)
+    T = terms.shape[1] - 1
+    total = terms.sum(1)
+    rate = terms[:, 1:].sum(1)
+    return {
+        "total_bpd": float(total.mean()),
+        "total_bpd_stderr": stderr_of_mean(total),
+        "prior_bpd": float(terms[:, T].mean()),
+        "kl_bpd": float(terms[:, 1:T].sum(1).mean()),
+        "decoder_bpd": float(terms[:, 0].mean()),
+        "rate_bpd": float(rate.mean()),
+        "rate_bpd_stderr": stderr_of_mean(rate),
+        "decoder_bpd_stderr": stderr_of_mean(terms[:, 0]),
+        "n_images": int(terms.shape[0]),
+        "dims": dims,
+        "T": T,
+        "data": settings["data"],
+        "data_sha256": settings["data_sha256"],
+        "seed": settings["seed"],
+        "draws": settings["draws"],
+        "clip": settings["clip"],
+        "decoder_cdf": settings["decoder_cdf"],
+        "mean_type": source.diffusion.mean_type,
+        "var_type": source.diffusion.var_type,
+        "diffusion": settings["diffusion"],
+        "precision": settings["precision"],
+        "model": source.provenance,
+        "ddpm_bench_version": __version__,
+        "seconds": float(merged["seconds"]),
+        "network_evals": int(terms.shape[0] * T * settings["draws"]),
+        "environment": environment(),
+    }
+
+
+def terms_csv(terms: np.ndarray, mse: np.ndarray) -> str:
+    """term,bpd_mean,bpd_stderr,mse_mean for term = 0..T (mse empty for T)."""
+    buf = io.StringIO()
+    buf.write("term,bpd_mean,bpd_stderr,mse_mean\n")
+    T = terms.shape[1] - 1
+    for k in range(T + 1):
+        se = stderr_of_mean(terms[:, k])
+        m = f"{mse[:, k].mean():.17g}" if k < T else ""
+        buf.write(f"{k},{terms[:, k].mean():.17g},{'' if se is None else f'{se:.17g}'},{m}\n")
+    return buf.getvalue()
+
+
+def write_outputs(out: Path, merged: dict, summary: dict) -> None:
+    """per_image.npz and terms.csv first, summary.json last (its presence marks a complete run)."""
+    atomic_write_npz(out / PER_IMAGE, terms=merged["terms"], mse=merged["mse"], index=merged["index"].astype(np.int64))
+    atomic_write_bytes(out / TERMS_CSV, terms_csv(merged["terms"], merged["mse"]).encode())
+    atomic_write_json(out / SUMMARY, summary)
+
+
+def probe_seconds_per_eval(source: ModelSource, data: ImageSet, batch_size: int, precision: str,
+                           device: torch.device) -> float:
+    """Time one network call of a full batch (after a warm-up call) for an ETA."""
+    from ddpm_bench.precision import network_precision
+
+    n = min(batch_size, 64)
+    c, h, w = data.shape
+    x = torch.randn(n, c, h, w, device=device)
+    t = torch.randint(0, source.diffusion.T, (n,), device=device)
+    with torch.inference_mode(), network_precision(precision, device):
+        source.net(x, t)
+        t0 = time.perf_counter()
+        source.net(x, t)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n
+
+
+def run_nll(*, ckpt: str | None, model: str | None, weights: str, diffusion_flags: dict, data: str,
+            data_root: str | None, num_images: int | None, batch_size: int, seed: int, draws: int, clip: bool,
+            decoder_cdf: str, device: str, precision: str, shard_size: int, out: str, force: bool,
+            dry_run: bool = False, progress: bool = True) -> dict | None:
+    for flag, value in (("--batch-size", batch_size), ("--draws", draws), ("--shard-size", shard_size)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    dev = resolve_device(device)
+    source = load_model_source(ckpt, model, weights, diffusion_flags, dev)
+    images = load_images(data, data_root, num_images)
+    check_image_shape(source, images)
+    T = source.diffusion.T
+    evals = len(images) * T * draws
+    if dry_run:
+        sec = probe_seconds_per_eval(source, images, batch_size, precision, dev)
+        print(f"nll: {len(images)} images x {T} terms x {draws} draw(s) = {evals} network evaluations; "
+              f"~{sec * 1e3:.3g} ms each on {dev} -> ETA {evals * sec / 60:.1f} min")
+        return None
+    settings = nll_settings(source, images, seed, draws, clip, decoder_cdf, precision, shard_size)
+    out_dir = Path(out)
+    prepare_run_dir(out_dir, settings, force=force, command="nll")
+    if (out_dir / SUMMARY).exists():
+        print(f"nll: {out_dir} is already complete", file=sys.stderr)
+        return read_json(out_dir / SUMMARY)
+    n_shards = math.ceil(len(images) / shard_size)
+    evaluate_shards(source, images, out_dir, list(range(n_shards)), seed=seed, draws=draws, clip=clip,
+                    decoder_cdf=decoder_cdf, batch_size=batch_size, precision=precision, shard_size=shard_size,
+                    device=dev, progress=progress)
+    merged = merge_shards(out_dir, n_shards)
+    c, h, w = images.shape
+    summary = summarise(merged, settings, source, dims=c * h * w)
+    write_outputs(out_dir, merged, summary)
+    print_summary(summary)
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    se = summary["total_bpd_stderr"]
+    print(f"{summary['data']}: {summary['n_images']} images, T={summary['T']}, draws={summary['draws']}")
+    print(f"  total bound   {summary['total_bpd']:.5f} bits/dim" + (f" +- {se:.5f}" if se is not None else ""))
+    print(f"  L_T (prior)   {summary['prior_bpd']:.3e}")
+    print(f"  L_1..L_T-1    {summary['kl_bpd']:.5f}")
+    print(f"  L_0 (decoder) {summary['decoder_bpd']:.5f}")
+    print(f"  rate L_1..L_T {summary['rate_bpd']:.5f}")
+    print(f"  {summary['network_evals']} network evaluations in {summary['seconds']:.1f} s")

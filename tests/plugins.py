@@ -1,0 +1,72 @@
+"""Model plug-ins for tests (`--model tests/plugins.py:NAME`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ddpm_bench.schedule import make_schedule
+
+# The single image of the oracle data set: every value of the 0..255 range appears, edges included.
+ORACLE_IMAGE = (np.arange(3 * 8 * 8, dtype=np.int64) * 37 % 256).astype(np.uint8).reshape(1, 8, 8, 3)
+ORACLE_IMAGE[0, 0, 0] = [0, 255, 128]
+
+
+def oracle_eps(image_nhwc: np.ndarray = ORACLE_IMAGE, T: int = 1000, schedule: str = "linear"):
+    """The exact denoiser of a point mass at c: eps(x_t) = (x_t - sqrt(abar_t) c) / sqrt(1 - abar_t)."""
+    s = make_schedule(schedule, T)
+    c = torch.from_numpy(image_nhwc[0]).permute(2, 0, 1).to(torch.float64) / 127.5 - 1.0
+
+    def net(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = s.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1)
+        b = s.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1)
+        return ((x.to(torch.float64) - a * c) / b).to(torch.float32)
+
+    return net
+
+
+def oracle_eps_T20():
+    return oracle_eps(T=20)
+
+
+class TinyConv(torch.nn.Module):
+    """A small seeded conv net with a time input: not a good model, a deterministic one."""
+
+    def __init__(self, channels: int = 3, out_channels: int = 3, T: int = 1000):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.embed = torch.nn.Embedding(T, 8)
+        self.conv1 = torch.nn.Conv2d(channels + 8, 16, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(16, out_channels, 3, padding=1)
+        for p in self.parameters():
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        e = self.embed(t)[:, :, None, None].expand(-1, -1, *x.shape[2:])
+        return self.conv2(torch.nn.functional.silu(self.conv1(torch.cat([x, e], 1))))
+
+
+def tiny_conv():
+    return TinyConv()
+
+
+def tiny_conv_T20():
+    return TinyConv(T=20)
+
+
+def tiny_conv_learned_T20():
+    return TinyConv(out_channels=6, T=20)
+
+
+def nan_model():
+    def net(x, t):
+        out = torch.zeros_like(x)
+        out[t == 7] = float("nan")
+        return out
+
+    return net
+
+
+def wrong_shape_model():
+    return lambda x, t: x[:, :1]
