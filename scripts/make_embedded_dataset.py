@@ -87,9 +87,11 @@ def shares(total: int, parts: int) -> list[int]:
 def make_dataset(seed: int = SEED) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     train, test = [], []
-    for (name, _, _), n_train, n_test in zip(PHOTOS, shares(NUM_TRAIN, len(PHOTOS)), shares(NUM_TEST, len(PHOTOS))):
+    for (name, _, _), n_train, n_test in zip(PHOTOS, shares(NUM_TRAIN, len(PHOTOS)), shares(NUM_TEST, len(PHOTOS)),
+                                              strict=True):
         photo = getattr(skimage.data, name)()
-        assert photo.dtype == np.uint8 and photo.ndim == 3 and photo.shape[2] == 3, name
+        if photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[2] != 3:
+            raise SystemExit(f"skimage.data.{name}: expected uint8 RGB, got {photo.dtype} {photo.shape}")
         train_blocks, test_blocks = split_blocks(rng)
         train.append(cut_patches(photo, train_blocks, n_train, rng))
         test.append(cut_patches(photo, test_blocks, n_test, rng))
@@ -114,7 +116,7 @@ def source_report() -> list[str]:
     """One line per photograph: file, licence, sha256 of the bundled file."""
     data_dir = Path(skimage.data.__file__).parent
     lines = []
-    for name, file, licence in PHOTOS:
+    for _, file, licence in PHOTOS:
         path = data_dir / file
         digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "NOT BUNDLED"
         lines.append(f"{file}  {licence}  sha256 {digest}")

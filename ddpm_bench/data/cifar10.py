@@ -98,10 +98,11 @@ def urllib_fetch(url: str, dest: Path) -> None:
         shutil.copyfileobj(r, f, length=1 << 20)
 
 
-def download(dest_root: Path, fetch: Fetch = urllib_fetch, url: str = URL, archive_md5: str = ARCHIVE_MD5) -> Path:
+def download(dest_root: Path, fetch: Fetch = urllib_fetch, url: str = URL, archive_md5: str | None = None) -> Path:
     """Download the archive into `dest_root`, check its md5 and extract `cifar-10-batches-py` atomically:
     everything goes to a temporary folder inside `dest_root` that is renamed into place at the end, so an
     interrupted download never leaves a folder that looks complete. Returns the batches folder."""
+    archive_md5 = archive_md5 or ARCHIVE_MD5
     final = dest_root / FOLDER
     if final.exists():
         raise DataError(f"{final}: exists but is incomplete; remove it so that it can be downloaded again")
@@ -157,6 +158,9 @@ def locate(split: str, data_root: str | Path | None, fetch: Fetch | None) -> Pat
     try:
         return download(cache_dir(), fetch)
     except DataError as e:
+        folder = find_split(names, roots)  # another process may have finished the same download
+        if folder is not None:
+            return folder
         raise DataError(f"{missing_message(split, names, roots)}; the download failed: {e}") from None
 
 
