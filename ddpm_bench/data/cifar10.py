@@ -137,7 +137,7 @@ def download(dest_root: Path, fetch: Fetch = urllib_fetch, url: str = URL, archi
 def missing_message(split: str, names: list[str], roots: list[Path]) -> str:
     """One line: which file is missing, where we looked, how to get it."""
     folders = [batches_folder(r) for r in roots]
-    first = next((f for f in folders if f.is_dir()), folders[0])  # the most nearly complete place
+    first = next((f for f in folders if f.is_dir()), folders[0])  # the first place that has the folder
     missing = next((n for n in names if not (first / n).is_file()), names[0])
     places = ", ".join(str(f) for f in folders)
     return (f"cifar10:{split}: file {missing} not found (looked in {places}); download {URL} "
