@@ -54,6 +54,9 @@ def sampling_process(cfg: DiffusionConfig, steps: int | None = None) -> Sampling
     full = cfg.schedule()
     if steps is None or steps == cfg.T:
         return SamplingProcess(cfg, full, torch.arange(cfg.T, dtype=torch.int64))
+    if cfg.mean_type == "mu":
+        raise ValueError("--steps: respaced sampling needs an eps or x0 model; a mu model predicts the mean of "
+                         "one step of the full process, which the respaced process does not have")
     use = space_timesteps(cfg.T, steps)
     respaced = schedule_from_betas(respace_betas(full.alphas_cumprod.numpy(), use))
     return SamplingProcess(cfg, respaced, torch.tensor(use, dtype=torch.int64))
