@@ -67,6 +67,8 @@ def diffusion_from_scheduler(cfg: dict, origin: str) -> DiffusionConfig:
 
     if cfg.get("trained_betas") is not None:
         raise CheckpointError(f"{origin}: trained_betas are not supported")
+    if cfg.get("rescale_betas_zero_snr"):
+        raise CheckpointError(f"{origin}: rescale_betas_zero_snr is not supported")
     if cfg.get("thresholding"):
         raise CheckpointError(f"{origin}: dynamic thresholding is not supported")
     return DiffusionConfig(
