@@ -282,7 +282,7 @@ def _progress(total: int, enabled: bool):
 
 
 def _dry_run(net: Net, T: int, shape, num: int, batch: int, K: int, seed: int, dev: torch.device) -> None:
-    """Print the number of network evaluations and an ETA from one timed batch at one timestep."""
+    """Print the number of network evaluations and an ETA from one batch at one timestep (median of 3)."""
     x = torch.zeros((batch, *shape), dtype=torch.float32, device=dev)
     i = torch.full((batch,), T - 1, dtype=torch.int64, device=dev)
     idx = torch.arange(batch, dtype=torch.int64, device=dev)
@@ -290,12 +290,15 @@ def _dry_run(net: Net, T: int, shape, num: int, batch: int, K: int, seed: int, d
         net(x, i)  # warm-up
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        net(x, i)
-        sample_noise(seed, idx, T - 1, PURPOSE_STEP, shape)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        per_step = time.perf_counter() - t0
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            net(x, i)
+            sample_noise(seed, idx, T - 1, PURPOSE_STEP, shape)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            times.append(time.perf_counter() - t0)
+        per_step = sorted(times)[1]  # the median of three
     batches = math.ceil(num / batch)
     eta = per_step * batches * K
     print(f"dry run: {num} samples x {K} steps = {num * K} network evaluations "
