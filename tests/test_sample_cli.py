@@ -156,3 +156,25 @@ def test_sigkill_between_shards_then_resume(tmp_path):
     assert 2 <= len(done) <= 6
     assert sample(out, "--num", "6", "--batch-size", "4", "--shard-size", "1", "--T", "60") == 0
     assert np.array_equal(load_all(out)[0], load_all(ref)[0])
+
+
+def test_progressive_grid_is_recomputed_identically_on_resume(tmp_path):
+    out = tmp_path / "s"
+    args = ("--num", "3", "--T", "12", "--progressive-every", "4")
+    assert sample(out, *args) == 0
+    with np.load(out / "progressive.npz") as z:
+        want = z["x0_pred"]
+    (out / "progressive.npz").unlink()
+    (out / "progressive.png").unlink()
+    assert sample(out, *args, "--batch-size", "1") == 0  # shards are done: the rows are recomputed
+    with np.load(out / "progressive.npz") as z:
+        assert np.array_equal(z["x0_pred"], want) and z["x0_pred"].shape[:2] == (3, 3)
+    assert (out / "progressive.png").exists()
+
+
+def test_bf16_precision_runs_and_stays_close(tmp_path):
+    a, b = tmp_path / "fp32", tmp_path / "bf16"
+    assert sample(a, "--num", "2", "--T", "8") == 0
+    assert sample(b, "--num", "2", "--T", "8", "--precision", "bf16") == 0
+    diff = np.abs(load_all(a)[0].astype(int) - load_all(b)[0].astype(int))
+    assert 0 < diff.max() <= 16 and json.loads((b / "manifest.json").read_text())["sampler"]["precision"] == "bf16"
