@@ -88,6 +88,17 @@ def cmd_gap(args: argparse.Namespace) -> int:
     return run_gap(args.train_dir, args.test_dir, max_gap=args.max_gap)
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    from ddpm_bench.jobs.sample import run_sample
+
+    run_sample(ckpt=args.ckpt, model=args.model, weights=args.weights, diffusion_flags=diffusion_flags(args),
+               num=args.num, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
+               image_size=args.image_size, channels=args.channels, clip=args.clip, device=args.device,
+               precision=args.precision, shard_size=args.shard_size, progressive_every=args.progressive_every,
+               out=args.out, force=args.force, dry_run=args.dry_run, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddpm-bench", description=__doc__, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"ddpm-bench {__version__}")
@@ -104,6 +115,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("test_dir", help="nll output directory of the test split")
     p.add_argument("--max-gap", type=float, default=0.03, help="exit 1 when the gap exceeds this beyond its interval")
     p.set_defaults(func=cmd_gap)
+
+    p = _parser(sub, "sample", "ancestral samples (DDPM Algorithm 2) in resumable shards; sample j depends on (seed, j) only")
+    add_model_args(p, image_shape=True)
+    p.add_argument("--num", type=int, required=True, help="number of samples")
+    p.add_argument("--batch-size", type=int, default=128, help="samples per network call (does not change the samples)")
+    p.add_argument("--seed", type=int, default=0, help="sample j is a pure function of (seed, j)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="respaced sampling with K evenly strided steps (improved DDPM); default all T steps")
+    p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
+                   help="clip the x0 prediction to [-1, 1] before forming the mean (official sampler)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network precision (sampler math stays float64)")
+    p.add_argument("--shard-size", type=int, default=500, help="samples per resumable shard samples_XXXXXX.npz")
+    p.add_argument("--progressive-every", type=int, default=None,
+                   help="also write progressive.png/.npz: the x0 prediction every N steps for the first 8 samples (paper Figure 6)")
+    p.add_argument("--dry-run", action="store_true", help="print the network evaluations and an ETA, then stop")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_out_args(p)
+    p.set_defaults(func=cmd_sample)
 
     return parser
 

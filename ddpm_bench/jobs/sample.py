@@ -1,0 +1,306 @@
+"""`ddpm-bench sample`: ancestral samples in resumable shards, a manifest, a sample grid and, on request,
+a progressive-generation grid (DDPM Figure 6).
+
+Shard s (`samples_XXXXXX.npz`) holds sample numbers [s * shard_size, (s + 1) * shard_size) as `arr_0`
+uint8 (n, H, W, C) and `index` int64 (n,); which samples a shard holds depends on the shard size only,
+and each sample on (seed, sample number) only, so batch size, restarts and process count never change a
+byte of the output.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpm_bench.errors import DataError, UserError
+from ddpm_bench.models.source import ModelSource, load_model_source
+from ddpm_bench.provenance import environment
+from ddpm_bench.sampling import (
+    PURPOSE_STEP,
+    Net,
+    ancestral_sample,
+    sample_noise,
+    sampling_process,
+    to_uint8,
+)
+from ddpm_bench.shards import atomic_write_bytes, atomic_write_json, atomic_write_npz, prepare_run_dir
+
+MANIFEST = "manifest.json"
+GRID = "grid.png"
+PROGRESSIVE_NPZ = "progressive.npz"
+PROGRESSIVE_PNG = "progressive.png"
+GRID_SAMPLES = 64  # 8 x 8
+PROGRESSIVE_ROWS = 8
+FORMAT = "ddpm-bench-samples/1"
+
+
+def shard_name(s: int) -> str:
+    return f"samples_{s:06d}.npz"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device (cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def with_precision(net: Net, precision: str, device: torch.device) -> Net:
+    """The network at `precision`: fp32, tf32 (TF32 matmuls/convolutions on CUDA; fp32 on CPU) or bf16
+    autocast. The output is always returned as float32; the sampler's own arithmetic stays float64."""
+    if precision not in ("fp32", "tf32", "bf16"):
+        raise UserError(f"--precision must be fp32, tf32 or bf16, got {precision!r}")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    if precision != "bf16":
+        return lambda x, i: net(x, i).to(torch.float32)
+
+    def bf16_net(x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            out = net(x, i)
+        return out.to(torch.float32)
+
+    return bf16_net
+
+
+def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
+    """uint8 (N, H, W, C) -> one uint8 (rows*(H+pad)+pad, ncols*(W+pad)+pad, C) image, row-major, black padding."""
+    n, h, w, c = images.shape
+    rows = max(1, math.ceil(n / ncols))
+    grid = np.zeros((rows * (h + pad) + pad, ncols * (w + pad) + pad, c), dtype=np.uint8)
+    for k in range(n):
+        r, q = divmod(k, ncols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = images[k]
+    return grid
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _image_shape(source: ModelSource, image_size: int | None, channels: int | None) -> tuple[int, int, int]:
+    if source.image_shape is not None:
+        C, H, W = source.image_shape
+        if image_size is not None and image_size != H:
+            raise UserError(f"--image-size {image_size} contradicts the model, which makes {H}x{W} images")
+        if channels is not None and channels != C:
+            raise UserError(f"--channels {channels} contradicts the model, which makes {C}-channel images")
+        return (C, H, W)
+    size = 32 if image_size is None else image_size
+    C = 3 if channels is None else channels
+    if size < 1 or C < 1:
+        raise UserError(f"--image-size and --channels must be positive, got {size} and {C}")
+    return (C, size, size)
+
+
+def _load_shard_index(path: Path, expected: np.ndarray) -> None:
+    try:
+        with np.load(path) as z:
+            index = z["index"]
+            shape = z["arr_0"].shape
+    except Exception as e:
+        raise DataError(f"{path}: unreadable sample shard ({type(e).__name__}: {e}); delete it to recompute") from None
+    if not np.array_equal(index, expected) or shape[0] != len(expected):
+        raise DataError(f"{path}: holds samples {index[:1].tolist()}.. not {expected[:1].tolist()}..; "
+                        "delete it to recompute")
+
+
+def read_samples(out: Path, limit: int, shard_size: int) -> np.ndarray:
+    """The first `limit` samples (uint8 NHWC) from the shards of a finished run."""
+    parts, have, s = [], 0, 0
+    while have < limit:
+        with np.load(out / shard_name(s)) as z:
+            parts.append(z["arr_0"])
+        have += len(parts[-1])
+        s += 1
+    return np.concatenate(parts)[:limit]
+
+
+def run_sample(*, ckpt: str | None, model: str | None, weights: str = "ema", diffusion_flags: dict | None = None,
+               num: int, batch_size: int = 128, seed: int = 0, steps: int | None = None,
+               image_size: int | None = None, channels: int | None = None, clip: bool = True,
+               device: str = "auto", precision: str = "fp32", shard_size: int = 1000,
+               progressive_every: int | None = None, out: str, force: bool = False, dry_run: bool = False,
+               progress: bool = True) -> dict | None:
+    """Sample `num` images into `out`; returns the manifest (None for a dry run)."""
+    for flag, value in (("--num", num), ("--batch-size", batch_size), ("--shard-size", shard_size)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    if progressive_every is not None and progressive_every < 1:
+        raise UserError(f"--progressive-every must be at least 1, got {progressive_every}")
+    dev = resolve_device(device)
+    source = load_model_source(ckpt, model, weights, diffusion_flags or {}, dev)
+    cfg = source.diffusion
+    try:
+        process = sampling_process(cfg, steps)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    shape = _image_shape(source, image_size, channels)
+    net = with_precision(source.net, precision, dev)
+    K = process.steps
+
+    if dry_run:
+        _dry_run(net, cfg.T, shape, num, min(batch_size, num), K, seed, dev)
+        return None
+
+    settings = {"model": source.provenance, "diffusion": asdict(cfg), "image_shape": list(shape), "num": num,
+                "seed": seed, "steps": K, "clip": clip, "precision": precision, "shard_size": shard_size}
+    out_dir = Path(out)
+    resumed = prepare_run_dir(out_dir, settings, force=force, command="sample")
+
+    num_shards = math.ceil(num / shard_size)
+    ranges = [np.arange(s * shard_size, min((s + 1) * shard_size, num), dtype=np.int64) for s in range(num_shards)]
+    done: list[int] = []
+    for s in range(num_shards):
+        if (out_dir / shard_name(s)).exists():
+            _load_shard_index(out_dir / shard_name(s), ranges[s])
+            done.append(s)
+    missing = [s for s in range(num_shards) if s not in done]
+    rows = min(PROGRESSIVE_ROWS, num)
+
+    manifest = {
+        "format": FORMAT,
+        "command": "sample",
+        "model": source.provenance,
+        "diffusion": asdict(cfg),
+        "seed": seed,
+        "sampler": {
+            "algorithm": "ancestral (DDPM Algorithm 2)",
+            "steps": K,
+            "respaced": K != cfg.T,
+            "timesteps": process.timesteps.tolist() if K != cfg.T else "all",
+            "clip": clip,
+            "precision": precision,
+            "noise": "counter_normal(seed, [sample number, network index or T, purpose]); purpose 0 = x_T, 1 = z",
+            "to_uint8": "round((x + 1) * 127.5) clipped to 0..255",
+        },
+        "image_shape": list(shape),
+        "layout": "arr_0 uint8 (n, H, W, C); index int64 (n,)",
+        "num": num,
+        "shard_size": shard_size,
+        "num_shards": num_shards,
+        "count": int(sum(len(ranges[s]) for s in done)),
+        "complete": not missing,
+        "shards": [shard_name(s) for s in done],
+        "resumed": resumed,
+        "device": str(dev),
+        "batch_size": batch_size,
+        "network_evals": 0,
+        "seconds": 0.0,
+        "environment": environment(),
+    }
+    atomic_write_json(out_dir / MANIFEST, manifest)
+
+    todo = np.concatenate([ranges[s] for s in missing]) if missing else np.zeros(0, dtype=np.int64)
+    pending: dict[int, list[np.ndarray]] = {}
+    prog_rows: dict[int, np.ndarray] = {}
+    prog_t = None
+    start = time.perf_counter()
+    bar = _progress(len(todo), progress)
+    for b in range(0, len(todo), batch_size):
+        idx = todo[b: b + batch_size]
+        want_prog = bool(progressive_every) and int(idx[0]) < rows
+        res = ancestral_sample(net, process, torch.from_numpy(idx), seed, shape, clip=clip,
+                               progressive_every=progressive_every if want_prog else None, device=dev)
+        images = to_uint8(res.x0)
+        if want_prog:
+            prog_t = res.progressive_t
+            for r, j in enumerate(idx.tolist()):
+                if j < rows:
+                    prog_rows[j] = to_uint8(res.progressive[r])
+        manifest["network_evals"] += len(idx) * K
+        for s in sorted({int(j) // shard_size for j in idx}):
+            sel = (idx // shard_size) == s
+            pending.setdefault(s, []).append(images[sel])
+            got = np.concatenate(pending[s])
+            if len(got) == len(ranges[s]):
+                atomic_write_npz(out_dir / shard_name(s), arr_0=got, index=ranges[s])
+                del pending[s]
+                done.append(s)
+                manifest.update(count=int(sum(len(ranges[d]) for d in done)), shards=[shard_name(d) for d in sorted(done)],
+                                complete=len(done) == num_shards, seconds=time.perf_counter() - start)
+                atomic_write_json(out_dir / MANIFEST, manifest)
+        bar.update(len(idx))
+    bar.close()
+
+    grid_images = read_samples(out_dir, min(GRID_SAMPLES, num), shard_size)
+    write_png(out_dir / GRID, image_grid(grid_images, ncols=8))
+    if progressive_every:
+        _write_progressive(out_dir, net, process, seed, shape, clip, progressive_every, rows, prog_rows, prog_t, dev,
+                           batch_size)
+    manifest.update(seconds=time.perf_counter() - start,
+                    outputs=[GRID] + ([PROGRESSIVE_NPZ, PROGRESSIVE_PNG] if progressive_every else []))
+    atomic_write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def _write_progressive(out_dir: Path, net: Net, process, seed: int, shape, clip: bool, every: int, rows: int,
+                       prog_rows: dict, prog_t, dev: torch.device, batch_size: int) -> None:
+    """progressive.npz (`x0_pred` uint8 (rows, P, H, W, C), `t` (P,), `index`, `every`) and its grid PNG:
+    one row per sample, one column per recorded x_0 prediction, t = T on the left."""
+    path = out_dir / PROGRESSIVE_NPZ
+    if len(prog_rows) < rows and path.exists():
+        with np.load(path) as z:
+            if int(z["every"]) == every and len(z["index"]) == rows:
+                return
+    if len(prog_rows) < rows:  # the first samples came from an earlier run: recompute them (deterministic)
+        idx = torch.arange(rows, dtype=torch.int64)
+        for b in range(0, rows, batch_size):
+            res = ancestral_sample(net, process, idx[b: b + batch_size], seed, shape, clip=clip,
+                                   progressive_every=every, device=dev)
+            prog_t = res.progressive_t
+            for r, j in enumerate(idx[b: b + batch_size].tolist()):
+                prog_rows[j] = to_uint8(res.progressive[r])
+    x0_pred = np.stack([prog_rows[j] for j in range(rows)])  # (rows, P, H, W, C)
+    atomic_write_npz(path, x0_pred=x0_pred, t=prog_t.numpy(), index=np.arange(rows, dtype=np.int64),
+                     every=np.int64(every))
+    P = x0_pred.shape[1]
+    write_png(out_dir / PROGRESSIVE_PNG, image_grid(x0_pred.reshape(rows * P, *x0_pred.shape[2:]), ncols=P))
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="sample", disable=not enabled or total == 0, file=sys.stderr)
+
+
+def _dry_run(net: Net, T: int, shape, num: int, batch: int, K: int, seed: int, dev: torch.device) -> None:
+    """Print the number of network evaluations and an ETA from one batch at one timestep (median of 3)."""
+    x = torch.zeros((batch, *shape), dtype=torch.float32, device=dev)
+    i = torch.full((batch,), T - 1, dtype=torch.int64, device=dev)
+    idx = torch.arange(batch, dtype=torch.int64, device=dev)
+    with torch.inference_mode():
+        net(x, i)  # warm-up
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            net(x, i)
+            sample_noise(seed, idx, T - 1, PURPOSE_STEP, shape)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            times.append(time.perf_counter() - t0)
+        per_step = sorted(times)[1]  # the median of three
+    batches = math.ceil(num / batch)
+    eta = per_step * batches * K
+    print(f"dry run: {num} samples x {K} steps = {num * K} network evaluations "
+          f"({batches} batches of up to {batch} on {dev}); one batch at one timestep took {per_step:.4f} s "
+          f"-> ETA {eta:.0f} s ({eta / 3600:.2f} h)")

@@ -1,0 +1,153 @@
+"""Ancestral sampling from the reverse process, with one noise stream per sample.
+
+- DDPM (Ho et al. 2020) Algorithm 2: x_T ~ N(0, I); for t = T..1, x_{t-1} = mu_theta(x_t, t) + sigma_t z
+  with z ~ N(0, I), and no noise at t = 1. The mean and variance come from `diffusion.p_mean_logvar`,
+  so every mean and variance type is covered, and the x_0 prediction is clipped to [-1, 1] before the
+  mean is formed (the official sampler's `clip_denoised=True`).
+- Respaced sampling (Nichol & Dhariwal 2021, section 4): K of the T steps, evenly strided; the shorter
+  process keeps alpha-bar at the kept steps, its betas are 1 - alpha-bar_{t_k} / alpha-bar_{t_{k-1}},
+  its fixed variances and learned-range bounds are recomputed from those betas, and the network is still
+  called with the original index of each kept step (improved DDPM's `SpacedDiffusion`).
+- Progressive generation (DDPM section 4.3, Figure 6): the x_0 prediction every N steps.
+
+Per-sample seeding: x_T of sample j and the z drawn when leaving network index i are
+`counter_normal(seed, [j, T, PRIOR])` and `counter_normal(seed, [j, i, STEP])`, so sample j is a pure
+function of (seed, j) and the sampler settings, whatever the batch it is computed in. The state x_t is
+float64; the network sees float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ddpm_bench.diffusion import DiffusionConfig, p_mean_logvar
+from ddpm_bench.errors import ModelOutputError
+from ddpm_bench.noise import counter_normal
+from ddpm_bench.schedule import Schedule, respace_betas, schedule_from_betas, space_timesteps
+
+Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# third component of a noise key: what the noise is for
+PURPOSE_PRIOR = 0  # x_T ~ N(0, I)
+PURPOSE_STEP = 1  # z ~ N(0, I) of a reverse step
+
+
+@dataclass(frozen=True)
+class SamplingProcess:
+    """The reverse process being sampled: K steps, each with its coefficients and its network index."""
+
+    diffusion: DiffusionConfig
+    schedule: Schedule  # (K,) float64 coefficients of the (possibly respaced) process
+    timesteps: torch.Tensor  # (K,) int64: the original network index i of step k
+
+    @property
+    def steps(self) -> int:
+        return int(self.timesteps.shape[0])
+
+
+def sampling_process(cfg: DiffusionConfig, steps: int | None = None) -> SamplingProcess:
+    """The full process (steps None or T), or the improved-DDPM respacing to `steps` evenly strided steps."""
+    full = cfg.schedule()
+    if steps is None or steps == cfg.T:
+        return SamplingProcess(cfg, full, torch.arange(cfg.T, dtype=torch.int64))
+    if cfg.mean_type == "mu":
+        raise ValueError("--steps: respaced sampling needs an eps or x0 model; a mu model predicts the mean of "
+                         "one step of the full process, which the respaced process does not have")
+    use = space_timesteps(cfg.T, steps)
+    respaced = schedule_from_betas(respace_betas(full.alphas_cumprod.numpy(), use))
+    return SamplingProcess(cfg, respaced, torch.tensor(use, dtype=torch.int64))
+
+
+def sample_noise(seed: int, indices: torch.Tensor, step: int, purpose: int,
+                 shape: tuple[int, ...]) -> torch.Tensor:
+    """(B, *shape) float64 standard normal noise; row b depends only on (seed, indices[b], step, purpose)."""
+    B = indices.shape[0]
+    keys = torch.stack([indices.to(torch.int64),
+                        torch.full((B,), step, dtype=torch.int64, device=indices.device),
+                        torch.full((B,), purpose, dtype=torch.int64, device=indices.device)], dim=1)
+    return counter_normal(seed, keys, shape)
+
+
+@dataclass(frozen=True)
+class Samples:
+    x0: torch.Tensor  # (B, C, H, W) float64 final samples, model scale
+    progressive: torch.Tensor | None  # (B, P, C, H, W) float64 x_0 predictions, earliest (t = T) first
+    progressive_t: torch.Tensor | None  # (P,) int64 timestep t = i + 1 of each column
+
+
+def _describe(indices: torch.Tensor, bad: torch.Tensor) -> str:
+    nums = indices.cpu()[bad.cpu()].tolist()
+    shown = ", ".join(str(n) for n in nums[:10])
+    return shown + (f" and {len(nums) - 10} more" if len(nums) > 10 else "")
+
+
+def _check_finite(t: torch.Tensor, indices: torch.Tensor, what: str, i: int) -> None:
+    bad = ~torch.isfinite(t).flatten(1).all(dim=1)
+    if bool(bad.any()):
+        raise ModelOutputError(f"{what} is not finite (NaN or Inf) for sample number(s) {_describe(indices, bad)} "
+                               f"at network index {i}; no shard was written for them")
+
+
+def ancestral_sample(
+    net: Net,
+    process: SamplingProcess,
+    indices: torch.Tensor,
+    seed: int,
+    image_shape: tuple[int, int, int],
+    clip: bool = True,
+    progressive_every: int | None = None,
+    device: str | torch.device = "cpu",
+) -> Samples:
+    """Algorithm 2 for the samples numbered `indices` ((B,) int64).
+
+    `net(x, i)` takes float32 (B, C, H, W) and int64 (B,) network indices and returns (B, C, H, W), or
+    (B, 2C, H, W) for the learned variance types. With `progressive_every` = N, the x_0 prediction is
+    recorded at every step k (0-based in the sampled process) with k % N == 0; the last column (k = 0)
+    is the final sample for the `eps` and `x0` parameterisations. Non-finite network outputs or states
+    raise `ModelOutputError` naming the sample numbers.
+    """
+    cfg = process.diffusion
+    s = process.schedule.to(device)
+    idx = indices.to(device=device, dtype=torch.int64)
+    B = idx.shape[0]
+    C = image_shape[0]
+    want_c = 2 * C if cfg.learned_variance else C
+    x = sample_noise(seed, idx, cfg.T, PURPOSE_PRIOR, image_shape)  # x_T
+    columns: list[torch.Tensor] = []
+    column_t: list[int] = []
+    with torch.inference_mode():
+        for k in reversed(range(process.steps)):
+            i = int(process.timesteps[k])
+            out = net(x.to(torch.float32), torch.full((B,), i, dtype=torch.int64, device=device))
+            if out.shape != (B, want_c, *image_shape[1:]):
+                raise ModelOutputError(f"the model returned shape {tuple(out.shape)} at network index {i}; "
+                                       f"expected {(B, want_c, *image_shape[1:])} for var type {cfg.var_type!r}")
+            _check_finite(out, indices, "the model output", i)
+            step = p_mean_logvar(cfg, s, out, x, torch.full((B,), k, dtype=torch.int64, device=device), clip=clip)
+            if k > 0:
+                z = sample_noise(seed, idx, i, PURPOSE_STEP, image_shape)
+                x = step.mean + torch.exp(0.5 * step.logvar) * z
+            else:
+                x = step.mean
+            _check_finite(x, indices, "the sampled state", i)
+            if progressive_every and k % progressive_every == 0:
+                columns.append(step.x0_hat)
+                column_t.append(i + 1)
+    if progressive_every:
+        return Samples(x0=x, progressive=torch.stack(columns, dim=1),
+                       progressive_t=torch.tensor(column_t, dtype=torch.int64))
+    return Samples(x0=x, progressive=None, progressive_t=None)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Model scale (..., C, H, W) -> uint8 (..., H, W, C): v = round((x + 1) * 127.5) clipped to 0..255.
+
+    Rounding (half to even), never truncation: truncation would move every value down by half a level
+    on average and never produce 255 for x < 1.
+    """
+    v = torch.round((x.to(torch.float64) + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
+    return v.movedim(-3, -1).cpu().numpy()
