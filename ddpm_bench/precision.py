@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from ddpm_bench.errors import UserError
+
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
@@ -13,7 +15,13 @@ def resolve_device(device: str) -> torch.device:
     """`auto` is the first CUDA device when there is one, else the CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device}: not a device (cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    return dev
 
 
 @contextlib.contextmanager
@@ -31,3 +39,15 @@ def network_precision(precision: str, device: torch.device):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def with_precision(net, precision: str, device: torch.device):
+    """`net` wrapped to run under `network_precision`, returning float32."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+    def wrapped(x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        with network_precision(precision, device):
+            return net(x, i).to(torch.float32)
+
+    return wrapped

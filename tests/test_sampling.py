@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sampling_plugins import TinyConv, nan_if_bright
 
 from ddpm_bench.diffusion import MEAN_TYPES, VAR_TYPES, DiffusionConfig, fixed_logvar, q_posterior_mean
 from ddpm_bench.errors import ModelOutputError
@@ -20,6 +19,7 @@ from ddpm_bench.sampling import (
     to_uint8,
 )
 from ddpm_bench.schedule import respace_betas, schedule_from_betas, space_timesteps
+from tests.sampling_plugins import TinyConv, nan_if_bright
 
 SHAPE = (3, 8, 8)
 

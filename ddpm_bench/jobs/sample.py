@@ -21,6 +21,7 @@ import torch
 
 from ddpm_bench.errors import DataError, UserError
 from ddpm_bench.models.source import ModelSource, load_model_source
+from ddpm_bench.precision import resolve_device, with_precision
 from ddpm_bench.provenance import environment
 from ddpm_bench.sampling import (
     PURPOSE_STEP,
@@ -43,37 +44,6 @@ FORMAT = "ddpm-bench-samples/1"
 
 def shard_name(s: int) -> str:
     return f"samples_{s:06d}.npz"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name}: not a device (cpu, cuda, cuda:N or auto)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    return dev
-
-
-def with_precision(net: Net, precision: str, device: torch.device) -> Net:
-    """The network at `precision`: fp32, tf32 (TF32 matmuls/convolutions on CUDA; fp32 on CPU) or bf16
-    autocast. The output is always returned as float32; the sampler's own arithmetic stays float64."""
-    if precision not in ("fp32", "tf32", "bf16"):
-        raise UserError(f"--precision must be fp32, tf32 or bf16, got {precision!r}")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-        torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    if precision != "bf16":
-        return lambda x, i: net(x, i).to(torch.float32)
-
-    def bf16_net(x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-            out = net(x, i)
-        return out.to(torch.float32)
-
-    return bf16_net
 
 
 def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
