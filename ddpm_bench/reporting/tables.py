@@ -310,7 +310,9 @@ def _md_cell(v):
 def to_markdown(df: pd.DataFrame) -> str:
     """GitHub Markdown; missing values are empty cells (never "nan" or 0)."""
     body = [[_md_cell(v) for v in row] for row in df.itertuples(index=False, name=None)]
-    return tabulate(body, headers=list(df.columns), tablefmt="github", disable_numparse=True) + "\n"
+    align = ["right" if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) else "left"
+             for c in df.columns]
+    return tabulate(body, headers=list(df.columns), tablefmt="github", disable_numparse=True, colalign=align) + "\n"
 
 
 def to_csv(df: pd.DataFrame) -> str:
