@@ -17,8 +17,17 @@ from ddpm_bench.provenance import environment
 from ddpm_bench.rate_distortion import RateDistortionCurve, rate_distortion_curve
 from ddpm_bench.reporting.figures import figure5, save_figure
 from ddpm_bench.reporting.inputs import CURVE_FILE, RunInputs, load_per_image, read_curve, read_run
-from ddpm_bench.reporting.paper import PAPER_VALUES_FILE
-from ddpm_bench.reporting.tables import Table, nll_source, table1, table2, table3, table4, to_markdown, write_table
+from ddpm_bench.reporting.paper import PAPER_VALUES_NAME
+from ddpm_bench.reporting.tables import (
+    Table,
+    nll_source,
+    table1,
+    table2,
+    table3,
+    table4,
+    to_markdown,
+    write_table,
+)
 from ddpm_bench.shards import atomic_write_json, atomic_write_text, prepare_run_dir
 
 REPORT_COMMAND = "report"
@@ -74,9 +83,20 @@ def cells_markdown(table: Table) -> str:
         by_row: dict[str, list[str]] = {}
         for cell in cells:
             by_row.setdefault(cell["row_label"], []).append(cell["column"])
-        where = "; ".join(f"row `{label}`: {', '.join(cols)}" for label, cols in by_row.items())
+        by_columns: dict[str, list[str]] = {}  # rows with the same columns together
+        for label, cols in by_row.items():
+            by_columns.setdefault(", ".join(cols), []).append(label)
+        where = "; ".join(f"{_rows_text(labels)}: {cols}" for cols, labels in by_columns.items())
         lines.append(f"- {where} ← {describe(json.loads(key))}")
     return "\n".join(lines) + "\n"
+
+
+def _rows_text(labels: list[str]) -> str:
+    if len(labels) == 1:
+        return f"row `{labels[0]}`"
+    if len(labels) <= 3:
+        return "rows " + ", ".join(f"`{x}`" for x in labels)
+    return f"{len(labels)} rows `{labels[0]}` … `{labels[-1]}`"
 
 
 def run_inventory(run: RunInputs) -> str:
@@ -98,7 +118,7 @@ def run_inventory(run: RunInputs) -> str:
 def report_markdown(runs: list[RunInputs], tables: list[Table], figure: tuple[RunInputs, dict] | None) -> str:
     out = ["# ddpm-bench report", "",
            f"Measured values beside Ho, Jain, Abbeel (2020), *Denoising Diffusion Probabilistic Models* "
-           f"(paper values from `{PAPER_VALUES_FILE}`), ddpm-bench {__version__}. Empty cells were not measured "
+           f"(paper values from `{PAPER_VALUES_NAME}`), ddpm-bench {__version__}. Empty cells were not measured "
            "(or, in paper rows, not reported); `delta_*` columns are measured minus paper.", "", "## Inputs", ""]
     out += [run_inventory(r) for r in runs]
     for t in tables:

@@ -7,7 +7,8 @@ from importlib import resources
 
 import numpy as np
 
-PAPER_VALUES_FILE = "paper/ddpm_paper_values.json"
+PAPER_VALUES_FILE = "paper/ddpm_paper_values.json"  # inside the ddpm_bench package
+PAPER_VALUES_NAME = f"ddpm_bench/{PAPER_VALUES_FILE}"  # as reports name it
 PAPER_T = 1000  # the paper's Table 4 is for T = 1000 steps
 
 

@@ -21,10 +21,10 @@ from tabulate import tabulate
 from ddpm_bench.rate_distortion import RateDistortionCurve, table4_rows
 from ddpm_bench.reporting import columns as C
 from ddpm_bench.reporting.inputs import NLL_SUMMARY, NllOutput, RunInputs, dataset_of, split_of
-from ddpm_bench.reporting.paper import PAPER_VALUES_FILE, paper_table4_columns, paper_table_rows, paper_values
+from ddpm_bench.reporting.paper import PAPER_VALUES_NAME, paper_table4_columns, paper_table_rows, paper_values
 from ddpm_bench.shards import atomic_write_json, atomic_write_text
 
-PAPER_SOURCE = f"paper ({PAPER_VALUES_FILE})"
+PAPER_SOURCE = f"paper ({PAPER_VALUES_NAME})"
 MD_FLOAT_FORMAT = "{:.6g}"
 
 # the paper's Table 1 row each training choice is compared with (CIFAR-10 only): (objective, var group)
@@ -132,6 +132,8 @@ def table1(runs: list[RunInputs], values: dict | None = None) -> Table:
     for run in runs:
         if run.fid is None and run.nll_test is None and run.nll_train is None:
             continue
+        if _table3_column(run) is not None:  # an LSUN / CelebA-HQ run belongs to Table 3
+            continue
         fid = run.fid or {}
         test, train = run.nll_test, run.nll_train
         row = {C.MODEL: run_label(run), C.ORIGIN: C.ORIGIN_MEASURED, C.DATA: run.data, C.CONDITIONAL: False,
@@ -224,6 +226,12 @@ def table2(runs: list[RunInputs], values: dict | None = None) -> Table:
 
 # -- Table 3 ------------------------------------------------------------------------------------------------
 
+def _table3_column(run: RunInputs) -> str | None:
+    """The Table 3 column of a run whose FID reference (else data) is LSUN or CelebA-HQ; None otherwise."""
+    dataset = dataset_of(run.fid.get("ref") if run.fid else None) or dataset_of(run.data)
+    return TABLE3_COLUMN_OF.get(dataset)
+
+
 def table3(runs: list[RunInputs], values: dict | None = None) -> Table:
     """Table 3: FID on LSUN (256x256) and CelebA-HQ; the runs' rows where their data is one of these."""
     values = values or paper_values()
@@ -240,8 +248,7 @@ def table3(runs: list[RunInputs], values: dict | None = None) -> Table:
     for run in runs:
         if run.fid is None:
             continue
-        dataset = dataset_of(run.fid.get("ref")) or dataset_of(run.data)
-        column = TABLE3_COLUMN_OF.get(dataset)
+        column = _table3_column(run)
         if column is None:
             continue
         row = {C.MODEL: run_label(run), C.ORIGIN: C.ORIGIN_MEASURED, column: number(run.fid.get("fid")),
@@ -284,7 +291,7 @@ def table4(curves: list[tuple[RunInputs, RateDistortionCurve, dict]]) -> Table:
         df = table4_frame(curve)
         df[C.SOURCE] = _files_used(run, origin.get("file"))
         for j, s in enumerate(df[C.REVERSE_TIME]):
-            _add_cells(cells, offset + j, f"{run.name} reverse_time={s}",
+            _add_cells(cells, offset + j, f"{run.name} s={s}",
                        {C.RATE_BPD: float(df[C.RATE_BPD].iloc[j]), C.RMSE: float(df[C.RMSE].iloc[j])}, origin)
         offset += len(df)
         frames.append(df)
@@ -334,5 +341,5 @@ def write_table(table: Table, out_dir: str | Path) -> list[str]:
     paths = write_frame(table.frame, out_dir / table.name)
     src = out_dir / f"{table.name}.sources.json"
     atomic_write_json(src, {"table": table.name, "title": table.title, "note": table.note,
-                            "paper_values": PAPER_VALUES_FILE, "cells": table.cells})
+                            "paper_values": PAPER_VALUES_NAME, "cells": table.cells})
     return [*paths, str(src)]
