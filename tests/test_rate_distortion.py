@@ -9,7 +9,6 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_outputs import per_image_arrays, write_nll_dir
 
 from ddpm_bench.cli import main
 from ddpm_bench.rate_distortion import (
@@ -23,6 +22,7 @@ from ddpm_bench.rate_distortion import (
 )
 from ddpm_bench.reporting import columns as C
 from ddpm_bench.reporting.paper import paper_values
+from tests.synthetic_outputs import per_image_arrays, write_nll_dir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PDF_MAGIC = b"%PDF-"

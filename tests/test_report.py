@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_outputs import write_fid_dir, write_nll_dir, write_run_dir
 
 from ddpm_bench.cli import main
 from ddpm_bench.jobs.report import build_report
 from ddpm_bench.reporting import columns as C
+from tests.synthetic_outputs import write_fid_dir, write_nll_dir, write_run_dir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PDF_MAGIC = b"%PDF-"
