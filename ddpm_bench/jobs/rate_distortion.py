@@ -48,7 +48,8 @@ def run_rate_distortion(out: str | Path, nll_dir: str | Path | None = None, nll_
         if nll_args.get("dry_run"):
             run_nll(**nll_args, out=str(out / NLL_SUBDIR), force=False)
             return {}
-        settings = {"nll": {k: v for k, v in nll_args.items() if k not in NLL_VOLATILE_ARGS}}
+        settings = {k: v for k, v in nll_args.items() if k not in (*NLL_VOLATILE_ARGS, "diffusion_flags")}
+        settings.update(nll_args.get("diffusion_flags") or {})  # flat, so a refusal names the flag that differs
         prepare_run_dir(out, settings, force=force, command=RD_COMMAND)
         nll_dir = out / NLL_SUBDIR
         run_nll(**nll_args, out=str(nll_dir), force=False)
