@@ -101,7 +101,7 @@ def _files_used(run: RunInputs, *paths: Path | None) -> str:
         if p is None:
             continue
         try:
-            used.append(str(Path(p).relative_to(run.path)))
+            used.append(str(Path(p).resolve().relative_to(run.path.resolve())))
         except ValueError:
             used.append(str(p))
     return f"{run.path}: {', '.join(used)}" if used else ""
