@@ -74,11 +74,7 @@ def cmd_nll(args: argparse.Namespace) -> int:
 
     if args.data is None:
         raise UserError("--data is required")
-    run_nll(ckpt=args.ckpt, model=args.model, weights=args.weights, diffusion_flags=diffusion_flags(args),
-            data=args.data, data_root=args.data_root, num_images=args.num_images, batch_size=args.batch_size,
-            seed=args.seed, draws=args.draws, clip=args.clip, decoder_cdf=args.decoder_cdf, device=args.device,
-            precision=args.precision, shard_size=args.shard_size, out=args.out, force=args.force,
-            dry_run=args.dry_run, progress=not args.no_progress)
+    run_nll(**_nll_args(args), out=args.out, force=args.force)
     return 0
 
 
@@ -96,6 +92,39 @@ def cmd_sample(args: argparse.Namespace) -> int:
                image_size=args.image_size, channels=args.channels, clip=args.clip, device=args.device,
                precision=args.precision, shard_size=args.shard_size, progressive_every=args.progressive_every,
                out=args.out, force=args.force, dry_run=args.dry_run, progress=not args.no_progress)
+
+
+
+def _nll_args(args: argparse.Namespace) -> dict:
+    """The keyword arguments of `ddpm_bench.jobs.nll.run_nll` (as cmd_nll passes them), without out/force."""
+    return dict(ckpt=args.ckpt, model=args.model, weights=args.weights, diffusion_flags=diffusion_flags(args),
+                data=args.data, data_root=args.data_root, num_images=args.num_images, batch_size=args.batch_size,
+                seed=args.seed, draws=args.draws, clip=args.clip, decoder_cdf=args.decoder_cdf, device=args.device,
+                precision=args.precision, shard_size=args.shard_size, dry_run=args.dry_run,
+                progress=not args.no_progress)
+
+
+def cmd_rate_distortion(args: argparse.Namespace) -> int:
+    from ddpm_bench.jobs.rate_distortion import run_rate_distortion
+
+    has_model = args.ckpt is not None or args.model is not None
+    if args.nll_dir is not None and (has_model or args.data is not None):
+        raise UserError("give NLL_DIR or model and data flags (--ckpt/--model with --data), not both")
+    if args.nll_dir is None:
+        if not has_model:
+            raise UserError("give NLL_DIR (an nll output) or a model (--ckpt or --model) with --data")
+        if args.data is None:
+            raise UserError("--data is required with --ckpt or --model")
+        run_rate_distortion(out=args.out, nll_args=_nll_args(args), force=args.force)
+    else:
+        run_rate_distortion(out=args.out, nll_dir=args.nll_dir, force=args.force)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ddpm_bench.jobs.report import build_report
+
+    build_report(args.run_dirs, args.out, force=args.force)
     return 0
 
 
@@ -134,6 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_out_args(p)
     p.set_defaults(func=cmd_sample)
+
+    p = _parser(sub, "rate-distortion", "rate and distortion along the reverse process (paper Table 4, Figure 5)")
+    p.add_argument("nll_dir", nargs="?", default=None, metavar="NLL_DIR",
+                   help="a finished `ddpm-bench nll` output (else give a model and --data to bound it into OUT/nll)")
+    add_model_args(p)
+    add_bound_args(p)
+    add_out_args(p)
+    p.set_defaults(func=cmd_rate_distortion)
+
+    p = _parser(sub, "report", "Tables 1-4 and Figure 5 beside the paper's values, from run, nll, fid or rate-distortion dirs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="reproduce run directories, or plain nll, fid or rate-distortion outputs")
+    p.add_argument("--out", required=True, help="output directory (rewritten when it holds a report of the same RUN_DIRs)")
+    p.add_argument("--force", action="store_true", help="empty an existing --out that holds something else")
+    p.set_defaults(func=cmd_report)
 
     return parser
 

@@ -1,0 +1,157 @@
+"""`ddpm-bench report`: Tables 1-4 and Figure 5 from run, nll, fid and rate-distortion directories."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ddpm_bench.cli import main
+from ddpm_bench.jobs.report import build_report
+from ddpm_bench.reporting import columns as C
+from tests.synthetic_outputs import write_fid_dir, write_nll_dir, write_run_dir
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PDF_MAGIC = b"%PDF-"
+
+
+def _csv_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _md_rows(path):
+    """Markdown table rows as dicts of stripped cell strings."""
+    lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")), strict=True)) for ln in lines[2:]]
+
+
+@pytest.fixture
+def runs(tmp_path):
+    a = write_run_dir(tmp_path / "cifar_simple", objective="L_simple", data="cifar10:train", fid_value=4.0)
+    b = write_run_dir(tmp_path / "embedded_L", objective="L", data="embedded:train", fid=False)
+    nll = write_nll_dir(tmp_path / "plain_nll", data="embedded:test", seed=7)
+    fid = write_fid_dir(tmp_path / "plain_fid", fid=9.5, is_mean=None, is_std=None, ref="/data/lsun_bedroom_256.npz")
+    return a, b, nll, fid
+
+
+def test_report_tables_blanks_deltas_and_provenance(tmp_path, runs, capsys):
+    a, b, nll, fid = runs
+    out = tmp_path / "report"
+    assert main(["report", str(a), str(b), str(nll), str(fid), "--out", str(out)]) == 0, capsys.readouterr().err
+    for stem in ("table1", "table2", "table3", "table4"):
+        for ext in (".csv", ".md", ".sources.json"):
+            assert (out / f"{stem}{ext}").is_file(), stem + ext
+
+    # Table 1: paper rows then ours; a run without FID has empty FID/IS cells in CSV and Markdown
+    t1 = _csv_rows(out / "table1.csv")
+    assert [r[C.MODEL] for r in t1[:16]] == [r[C.MODEL] for r in t1 if r[C.ORIGIN] == "paper"]
+    mine = {r[C.MODEL]: r for r in t1 if r[C.ORIGIN] == "measured"}
+    row_b = next(r for m, r in mine.items() if "embedded_L" in m)
+    assert row_b[C.FID] == "" and row_b[C.IS] == "" and row_b[C.IS_STD] == ""
+    assert row_b[C.PAPER_ROW] == "" and row_b[C.DELTA_NLL_TEST] == ""  # not CIFAR-10: no comparison
+    md_b = next(r for r in _md_rows(out / "table1.md") if "embedded_L" in r[C.MODEL])
+    assert md_b[C.FID] == "" and md_b[C.IS] == ""
+    assert "nan" not in (out / "table1.md").read_text().lower()
+    test_b = json.loads((b / "nll_test" / "summary.json").read_text())
+    assert float(row_b[C.NLL_TEST]) == test_b["total_bpd"]
+    assert float(row_b[C.NLL_TEST_STDERR]) == test_b["total_bpd_stderr"]
+
+    row_a = next(r for m, r in mine.items() if "cifar_simple" in m)
+    assert row_a[C.PAPER_ROW] == "Ours (L_simple)"
+    assert float(row_a[C.DELTA_FID]) == pytest.approx(4.0 - 3.17, abs=1e-12)
+    test_a = json.loads((a / "nll_test" / "summary.json").read_text())
+    train_a = json.loads((a / "nll_train" / "summary.json").read_text())
+    assert float(row_a[C.DELTA_NLL_TEST]) == pytest.approx(test_a["total_bpd"] - 3.75, abs=1e-12)
+    assert float(row_a[C.DELTA_NLL_TRAIN]) == pytest.approx(train_a["total_bpd"] - 3.72, abs=1e-12)
+    row_nll = next(r for m, r in mine.items() if "plain_nll" in m)
+    assert row_nll[C.NLL_TRAIN] == "" and row_nll[C.FID] == ""
+
+    # provenance of each measured cell
+    src = json.loads((out / "table1.sources.json").read_text())["cells"]
+    fid_a = next(c for c in src if c["column"] == C.FID and "cifar_simple" in c["row_label"])
+    assert fid_a["value"] == 4.0 and fid_a["from"]["backend"] == "torch-fidelity" and fid_a["from"]["n_samples"] == 100
+    assert fid_a["from"]["file"].endswith("fid/metrics.json") and fid_a["from"]["model_sha256"] == "ab" * 32
+    nll_a = next(c for c in src if c["column"] == C.NLL_TEST and "cifar_simple" in c["row_label"])
+    assert nll_a["from"]["split"] == "test" and nll_a["from"]["n_images"] == 6
+    assert not any(c["column"] == C.FID and "embedded_L" in c["row_label"] for c in src)
+
+    # Table 2: the grid with the paper's values beside; paper-only cells stay measured-blank
+    t2 = pd.read_csv(out / "table2.csv", keep_default_na=False)
+    simple = t2[(t2[C.OBJECTIVE] == "L_simple") & (t2[C.MEAN_TYPE] == "eps")]
+    assert len(simple) == 1 and float(simple[C.FID].iloc[0]) == 4.0 and float(simple[C.PAPER_FID].iloc[0]) == 3.17
+    assert simple[C.VAR_TYPE].iloc[0] == "fixed" and simple[C.VAR_TYPE_RUN].iloc[0] == "fixed-large"
+    eps_l = t2[(t2[C.OBJECTIVE] == "L") & (t2[C.MEAN_TYPE] == "eps") & (t2[C.VAR_TYPE] == "fixed")]
+    assert len(eps_l) == 1 and eps_l[C.FID].iloc[0] == "" and float(eps_l[C.PAPER_FID].iloc[0]) == 13.51
+    mu_learned = t2[(t2[C.MEAN_TYPE] == "mu") & (t2[C.VAR_TYPE] == "learned")]
+    assert mu_learned[C.FID].iloc[0] == "" and float(mu_learned[C.PAPER_FID].iloc[0]) == 23.69
+
+    # Table 3: the plain FID output against LSUN Bedroom gets its row; the paper's rows are all there
+    t3 = pd.read_csv(out / "table3.csv", keep_default_na=False)
+    assert len(t3[t3[C.ORIGIN] == "paper"]) == 5
+    lsun = t3[t3[C.ORIGIN] == "measured"]
+    assert len(lsun) == 1 and float(lsun[C.LSUN_BEDROOM].iloc[0]) == 9.5 and lsun[C.LSUN_CHURCH].iloc[0] == ""
+
+    # Table 4: one block per input with a curve (T = 20: no paper columns)
+    t4 = pd.read_csv(out / "table4.csv", keep_default_na=False)
+    assert list(t4.columns) == list(C.TABLE4_REPORT_COLUMNS)
+    assert len(t4) == 30 and set(t4[C.PAPER_RATE_BPD]) == {""}
+
+    # Figure 5 and the index
+    for name, magic in (("figure5.png", PNG_MAGIC), ("figure5.pdf", PDF_MAGIC)):
+        data = (out / name).read_bytes()
+        assert data.startswith(magic) and len(data) > 10_000
+    index = (out / "report.md").read_text()
+    for link in ("table1.csv", "table2.md", "table3.sources.json", "table4.csv", "figure5.png", "figure5.pdf"):
+        assert f"]({link})" in index
+    assert "fid/metrics.json" in index and "backend torch-fidelity" in index and "nan" not in index.lower()
+
+
+def test_report_uses_rate_distortion_output_and_paper_table4(tmp_path, capsys):
+    run = write_run_dir(tmp_path / "run", T=1000, data="cifar10:train")
+    assert main(["rate-distortion", str(run / "nll_test"), "--out", str(run / "rate_distortion")]) == 0
+    manifest = build_report([run], tmp_path / "out")
+    assert "figure5.png" in manifest["files"] and "report.md" in manifest["files"]
+    t4 = pd.read_csv(tmp_path / "out" / "table4.csv")
+    rd4 = pd.read_csv(run / "rate_distortion" / "table4.csv")
+    np.testing.assert_allclose(t4[C.RATE_BPD], rd4[C.RATE_BPD], rtol=1e-15)
+    assert t4[C.PAPER_RMSE].iloc[0] == 0.95136
+    assert all("rate_distortion/curve.csv" in s for s in t4[C.SOURCE])
+    # the same inputs again: rewritten in place (what `reproduce` does after each stage)
+    build_report([run], tmp_path / "out")
+
+
+def test_report_fid_without_inception_scores(tmp_path):
+    run = write_run_dir(tmp_path / "run", data="cifar10:train", fid=False)
+    write_fid_dir(run / "fid", fid=5.0, is_mean=None, is_std=None, ref="cifar10:train")
+    build_report([run], tmp_path / "out")
+    row = [r for r in _csv_rows(tmp_path / "out" / "table1.csv") if r[C.ORIGIN] == "measured"][0]
+    assert row[C.FID] == "5.0" and row[C.IS] == "" and row[C.DELTA_IS] == ""
+    assert float(row[C.DELTA_FID]) == pytest.approx(5.0 - 3.17, abs=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["empty", "missing", "bad_json"])
+def test_report_bad_input_exit_2(tmp_path, capsys, kind):
+    d = tmp_path / "run"
+    if kind == "empty":
+        d.mkdir()
+    elif kind == "bad_json":
+        write_run_dir(d)
+        (d / "fid" / "metrics.json").write_text("{not json")
+    code = main(["report", str(d), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(d) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_refuses_foreign_out(tmp_path, capsys):
+    run = write_run_dir(tmp_path / "run")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x.txt").write_text("something else")
+    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 2
+    assert main(["report", str(run), "--out", str(tmp_path / "out"), "--force"]) == 0
+    assert not (tmp_path / "out" / "x.txt").exists()
