@@ -70,15 +70,21 @@ def add_out_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_nll(args: argparse.Namespace) -> int:
+    from ddpm_bench.distributed import PeerFailed
     from ddpm_bench.jobs.nll import run_nll
 
     if args.data is None:
         raise UserError("--data is required")
-    run_nll(ckpt=args.ckpt, model=args.model, weights=args.weights, diffusion_flags=diffusion_flags(args),
-            data=args.data, data_root=args.data_root, num_images=args.num_images, batch_size=args.batch_size,
-            seed=args.seed, draws=args.draws, clip=args.clip, decoder_cdf=args.decoder_cdf, device=args.device,
-            precision=args.precision, shard_size=args.shard_size, out=args.out, force=args.force,
-            dry_run=args.dry_run, progress=not args.no_progress)
+    try:
+        run_nll(ckpt=args.ckpt, model=args.model, weights=args.weights, diffusion_flags=diffusion_flags(args),
+                data=args.data, data_root=args.data_root, num_images=args.num_images, batch_size=args.batch_size,
+                seed=args.seed, draws=args.draws, clip=args.clip, decoder_cdf=args.decoder_cdf, device=args.device,
+                precision=args.precision, shard_size=args.shard_size, out=args.out, force=args.force,
+                dry_run=args.dry_run, progress=not args.no_progress, compile_net=args.compile,
+                channels_last=args.channels_last)
+    except PeerFailed as e:  # another torchrun rank failed and printed its own error
+        print(f"ddpm-bench nll: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -96,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _parser(sub, "nll", "exact per-image, per-term variational bound in bits/dim")
     add_model_args(p)
     add_bound_args(p)
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (pays off on long GPU runs)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="run a torch module in channels-last memory format (may change float32 rounding)")
     add_out_args(p)
     p.set_defaults(func=cmd_nll)
 
