@@ -90,3 +90,16 @@ def test_sigkill_then_rerun_computes_only_missing_shards_and_matches_an_uninterr
     assert main(["nll", "--model", "tests/plugins.py:tiny_conv_T20", *FLAGS, "--data", str(npz), "--out", str(ref),
                  "--shard-size", "1", "--batch-size", "20"]) == 0
     assert_same_bytes(per_image(out), per_image(ref))
+
+
+def test_counter_noise_does_not_depend_on_its_chunking(monkeypatch):
+    import torch
+
+    from ddpm_bench import noise
+
+    keys = torch.randint(-2**62, 2**62, (9, 3))
+    whole = noise.counter_normal(5, keys, (3, 8, 8))
+    monkeypatch.setattr(noise, "CHUNK_ELEMENTS", 1)  # one row at a time
+    assert torch.equal(noise.counter_normal(5, keys, (3, 8, 8)), whole)
+    monkeypatch.setattr(noise, "CHUNK_ELEMENTS", 3 * 8 * 8 * 4)  # 4 rows, a partial last chunk
+    assert torch.equal(noise.counter_normal(5, keys, (3, 8, 8)), whole)
