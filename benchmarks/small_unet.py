@@ -58,10 +58,13 @@ class SmallUNet(nn.Module):
         self.up1 = ResBlock(3 * ch, ch, temb)
         self.out = nn.Sequential(nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, in_ch, 3, padding=1))
         g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 / math.sqrt(max(1, p[0].numel()))) if p.ndim > 1
-                        else p + 0.01 * torch.randn(p.shape, generator=g))
+        with torch.no_grad():  # every parameter from the seeded generator: two instances are identical
+            for name, q in self.named_parameters():
+                z = torch.randn(q.shape, generator=g)
+                if q.ndim > 1:
+                    q.copy_(z * 0.5 / math.sqrt(q[0].numel()))
+                else:
+                    q.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0) + 0.05 * z)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         emb = self.emb(timestep_embedding(t, self.ch))
