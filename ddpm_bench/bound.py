@@ -109,6 +109,35 @@ def _short(values: list[int], n: int = 6) -> str:
     return ", ".join(map(str, values[:n])) + (f", ... ({len(values)} in all)" if len(values) > n else "")
 
 
+def bound_pairs(
+    net: Net,
+    cfg: DiffusionConfig,
+    s: Schedule,
+    x0_all: torch.Tensor,  # (N, C, H, W) float64 model scale
+    index: torch.Tensor,  # (N,) int64 dataset indices: the noise key
+    n: torch.Tensor,  # (P,) int64 rows of x0_all
+    d: torch.Tensor,  # (P,) int64 draw numbers
+    k: torch.Tensor,  # (P,) int64 terms = network indices
+    *,
+    seed: int = 0,
+    clip: bool = True,
+    decoder_cdf: str = "exact",
+    precision: str = "fp32",
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> TermValues:
+    """L_k of P (image, draw, term) pairs with one network call: draw x_{k+1} ~ q(x_{k+1} | x_0) from the
+    counter noise of (index[n], k, d), evaluate the network on it, and form the term in float64."""
+    x0 = x0_all[n]
+    noise = counter_normal(seed, torch.stack([index[n], k, d], dim=1), tuple(x0.shape[1:]))
+    # the network sees float32; the bound uses exactly that x_{k+1}, so both agree on the draw
+    xt32 = q_sample(s, x0, k, noise).to(torch.float32)
+    xt = xt32.to(torch.float64)
+    with torch.inference_mode(), network_precision(precision, x0.device):
+        output = net(xt32.contiguous(memory_format=memory_format), k)
+    check_output(output, xt, cfg, k, index[n])
+    return term_values(cfg, s, output.to(torch.float64), x0, xt, k, clip=clip, decoder_cdf=decoder_cdf)
+
+
 def compute_bound(
     net: Net,
     cfg: DiffusionConfig,
@@ -122,6 +151,7 @@ def compute_bound(
     decoder_cdf: str = "exact",
     batch_size: int = 256,
     precision: str = "fp32",
+    memory_format: torch.memory_format = torch.contiguous_format,
     progress: Callable[[int], None] | None = None,
 ) -> BoundTerms:
     """Every term of the bound for every image: N * draws * T network evaluations in calls of
@@ -137,15 +167,8 @@ def compute_bound(
     for start in range(0, total, batch_size):
         flat = torch.arange(start, min(start + batch_size, total), device=device)
         n, d, k = flat // (draws * T), (flat // T) % draws, flat % T
-        x0 = x0_all[n]
-        noise = counter_normal(seed, torch.stack([index[n], k, d], dim=1), tuple(x0.shape[1:]))
-        # the network sees float32; the bound uses exactly that x_{k+1}, so both agree on the draw
-        xt32 = q_sample(s, x0, k, noise).to(torch.float32)
-        xt = xt32.to(torch.float64)
-        with torch.inference_mode(), network_precision(precision, device):
-            output = net(xt32, k)
-        check_output(output, xt, cfg, k, index[n])
-        values = term_values(cfg, s, output.to(torch.float64), x0, xt, k, clip=clip, decoder_cdf=decoder_cdf)
+        values = bound_pairs(net, cfg, s, x0_all, index, n, d, k, seed=seed, clip=clip, decoder_cdf=decoder_cdf,
+                             precision=precision, memory_format=memory_format)
         per_draw[n, d, k] = values.bpd
         mse[n, d, k] = values.mse
         if progress is not None:

@@ -60,6 +60,9 @@ def add_bound_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network precision (bound math stays float64)")
     p.add_argument("--shard-size", type=int, default=64, help="images per resumable shard")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (pays off on long GPU runs)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="run a torch module in channels-last memory format (may change float32 rounding)")
     p.add_argument("--dry-run", action="store_true", help="print the network evaluations and an ETA, then stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -70,11 +73,16 @@ def add_out_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_nll(args: argparse.Namespace) -> int:
+    from ddpm_bench.distributed import PeerFailed
     from ddpm_bench.jobs.nll import run_nll
 
     if args.data is None:
         raise UserError("--data is required")
-    run_nll(**_nll_args(args), out=args.out, force=args.force)
+    try:
+        run_nll(**_nll_args(args), out=args.out, force=args.force)
+    except PeerFailed as e:  # another torchrun rank failed and printed its own error
+        print(f"ddpm-bench nll: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -101,7 +109,7 @@ def _nll_args(args: argparse.Namespace) -> dict:
                 data=args.data, data_root=args.data_root, num_images=args.num_images, batch_size=args.batch_size,
                 seed=args.seed, draws=args.draws, clip=args.clip, decoder_cdf=args.decoder_cdf, device=args.device,
                 precision=args.precision, shard_size=args.shard_size, dry_run=args.dry_run,
-                progress=not args.no_progress)
+                progress=not args.no_progress, compile_net=args.compile, channels_last=args.channels_last)
 
 
 def cmd_rate_distortion(args: argparse.Namespace) -> int:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_bench import __version__
-from ddpm_bench.bound import compute_bound
+from ddpm_bench import __version__, distributed
+from ddpm_bench.bound import bound_pairs, compute_bound, to_model_scale
 from ddpm_bench.data import ImageSet, load_images
 from ddpm_bench.errors import UserError
 from ddpm_bench.models.source import ModelSource, load_model_source
@@ -55,7 +55,8 @@ def nll_settings(source: ModelSource, data: ImageSet, seed: int, draws: int, cli
 
 def evaluate_shards(source: ModelSource, data: ImageSet, out: Path, shards: list[int], *, seed: int, draws: int,
                     clip: bool, decoder_cdf: str, batch_size: int, precision: str, shard_size: int,
-                    device: torch.device, progress: bool) -> None:
+                    device: torch.device, progress: bool,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> None:
     """Compute and write each listed shard that is not already complete."""
     from tqdm import tqdm
 
@@ -72,7 +73,7 @@ def evaluate_shards(source: ModelSource, data: ImageSet, out: Path, shards: list
         t0 = time.perf_counter()
         result = compute_bound(source.net, source.diffusion, s, images, index, seed=seed, draws=draws, clip=clip,
                                decoder_cdf=decoder_cdf, batch_size=batch_size, precision=precision,
-                               progress=bar.update)
+                               memory_format=memory_format, progress=bar.update)
         seconds = time.perf_counter() - t0
         atomic_write_npz(shard_path(out, i), terms=result.terms.cpu().numpy(), mse=result.mse.cpu().numpy(),
                          index=data.index[lo:hi], seconds=np.float64(seconds))
@@ -149,55 +150,110 @@ def write_outputs(out: Path, merged: dict, summary: dict) -> None:
 
 
 def probe_seconds_per_eval(source: ModelSource, data: ImageSet, batch_size: int, precision: str,
-                           device: torch.device) -> float:
-    """Time one network call of a full batch (after a warm-up call) for an ETA."""
-    from ddpm_bench.precision import network_precision
-
-    n = min(batch_size, 64)
-    c, h, w = data.shape
-    x = torch.randn(n, c, h, w, device=device)
-    t = torch.randint(0, source.diffusion.T, (n,), device=device)
-    with torch.inference_mode(), network_precision(precision, device):
-        source.net(x, t)
+                           device: torch.device, memory_format: torch.memory_format = torch.contiguous_format,
+                           repeats: int = 3) -> float:
+    """Seconds per network evaluation of the real engine step (noise, network, float64 terms) on one full
+    batch of (image, term) pairs spread over all terms: the median of `repeats` timed calls after a
+    warm-up call (which also absorbs one-off costs such as torch.compile)."""
+    s = source.diffusion.schedule().to(device)
+    T = source.diffusion.T
+    m = min(len(data), batch_size)
+    x0_all = to_model_scale(torch.from_numpy(data.images[:m]).permute(0, 3, 1, 2).to(device))
+    index = torch.from_numpy(data.index[:m]).to(device)
+    flat = torch.arange(batch_size, device=device)
+    n, k, d = flat % m, (flat * 7919) % T, torch.zeros_like(flat)  # pairs spread over images and terms
+    times = []
+    for r in range(repeats + 1):
         t0 = time.perf_counter()
-        source.net(x, t)
+        bound_pairs(source.net, source.diffusion, s, x0_all, index, n, d, k, precision=precision,
+                    memory_format=memory_format)
         if device.type == "cuda":
-            torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n
+            torch.cuda.synchronize(device)
+        if r > 0:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2] / batch_size
+
+
+def clean_stale_temporaries(out: Path) -> None:
+    """Remove temporary files of writes a killed run left behind (never taken for complete files)."""
+    for tmp in (out / SHARD_DIR).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def run_nll(*, ckpt: str | None, model: str | None, weights: str, diffusion_flags: dict, data: str,
             data_root: str | None, num_images: int | None, batch_size: int, seed: int, draws: int, clip: bool,
             decoder_cdf: str, device: str, precision: str, shard_size: int, out: str, force: bool,
-            dry_run: bool = False, progress: bool = True) -> dict | None:
+            dry_run: bool = False, progress: bool = True, compile_net: bool = False,
+            channels_last: bool = False) -> dict | None:
+    """The nll command, in one process or in each process of a torchrun launch (see ddpm_bench.distributed):
+    rank r computes the shards s with s % world == r; rank 0 prepares --out, merges and writes the results
+    and returns the summary (other ranks return None)."""
     for flag, value in (("--batch-size", batch_size), ("--draws", draws), ("--shard-size", shard_size)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
-    dev = resolve_device(device)
-    source = load_model_source(ckpt, model, weights, diffusion_flags, dev)
-    images = load_images(data, data_root, num_images)
-    check_image_shape(source, images)
+    dev = distributed.process_device(resolve_device(device))
+    with distributed.process_group(dev):
+        return _run_nll(ckpt=ckpt, model=model, weights=weights, diffusion_flags=diffusion_flags, data=data,
+                        data_root=data_root, num_images=num_images, batch_size=batch_size, seed=seed, draws=draws,
+                        clip=clip, decoder_cdf=decoder_cdf, dev=dev, precision=precision, shard_size=shard_size,
+                        out=Path(out), force=force, dry_run=dry_run, progress=progress, compile_net=compile_net,
+                        channels_last=channels_last)
+
+
+def _run_nll(*, ckpt, model, weights, diffusion_flags, data, data_root, num_images, batch_size, seed, draws, clip,
+             decoder_cdf, dev, precision, shard_size, out: Path, force, dry_run, progress, compile_net,
+             channels_last) -> dict | None:
+    main, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    error = None
+    try:  # phase 1 (every rank): inputs; rank 0 prepares --out
+        source = load_model_source(ckpt, model, weights, diffusion_flags, dev)
+        images = load_images(data, data_root, num_images)
+        check_image_shape(source, images)
+        if source.module is not None and channels_last:
+            source.module.to(memory_format=torch.channels_last)
+        if compile_net:
+            source.net = torch.compile(source.net)
+        settings = nll_settings(source, images, seed, draws, clip, decoder_cdf, precision, shard_size)
+        if main and not dry_run:
+            prepare_run_dir(out, settings, force=force, command="nll")
+            clean_stale_temporaries(out)
+    except Exception as e:
+        error = e
+    distributed.agree(error)
+
     T = source.diffusion.T
     evals = len(images) * T * draws
     if dry_run:
-        sec = probe_seconds_per_eval(source, images, batch_size, precision, dev)
-        print(f"nll: {len(images)} images x {T} terms x {draws} draw(s) = {evals} network evaluations; "
-              f"~{sec * 1e3:.3g} ms each on {dev} -> ETA {evals * sec / 60:.1f} min")
+        if main:
+            sec = probe_seconds_per_eval(source, images, batch_size, precision, dev, memory_format)
+            procs = f" in {world} processes" if world > 1 else ""
+            print(f"nll: {len(images)} images x {T} terms x {draws} draw(s) = {evals} network evaluations; "
+                  f"~{sec * 1e3:.3g} ms each on {dev} (noise, network and terms, batches of {batch_size}) "
+                  f"-> ETA {evals * sec / world / 60:.1f} min{procs}")
         return None
-    settings = nll_settings(source, images, seed, draws, clip, decoder_cdf, precision, shard_size)
-    out_dir = Path(out)
-    prepare_run_dir(out_dir, settings, force=force, command="nll")
-    if (out_dir / SUMMARY).exists():
-        print(f"nll: {out_dir} is already complete", file=sys.stderr)
-        return read_json(out_dir / SUMMARY)
+    if (out / SUMMARY).exists():
+        if main:
+            print(f"nll: {out} is already complete", file=sys.stderr)
+        return read_json(out / SUMMARY) if main else None
+
     n_shards = math.ceil(len(images) / shard_size)
-    evaluate_shards(source, images, out_dir, list(range(n_shards)), seed=seed, draws=draws, clip=clip,
-                    decoder_cdf=decoder_cdf, batch_size=batch_size, precision=precision, shard_size=shard_size,
-                    device=dev, progress=progress)
-    merged = merge_shards(out_dir, n_shards)
+    mine = [i for i in range(n_shards) if i % world == rank]
+    error = None
+    try:  # phase 2 (every rank): its own shards
+        evaluate_shards(source, images, out, mine, seed=seed, draws=draws, clip=clip, decoder_cdf=decoder_cdf,
+                        batch_size=batch_size, precision=precision, shard_size=shard_size, device=dev,
+                        progress=progress and main, memory_format=memory_format)
+    except Exception as e:
+        error = e
+    distributed.agree(error)
+    if not main:
+        return None
+    merged = merge_shards(out, n_shards)  # phase 3 (rank 0): merge and write
     c, h, w = images.shape
     summary = summarise(merged, settings, source, dims=c * h * w)
-    write_outputs(out_dir, merged, summary)
+    summary["processes"] = world
+    write_outputs(out, merged, summary)
     print_summary(summary)
     return summary
 

@@ -1,0 +1,105 @@
+"""Scale: torchrun processes give the same bytes as one process; a run killed with SIGKILL resumes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddpm_bench.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+FLAGS = ["--T", "20", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture
+def npz(tmp_path):
+    path = tmp_path / "data.npz"
+    np.savez(path, np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
+    return path
+
+
+def per_image(out):
+    with np.load(out / "per_image.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def assert_same_bytes(a, b):
+    for key in ("terms", "mse", "index"):
+        assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+
+
+def torchrun(*args, nproc=2, timeout=120):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DDPM_BENCH_DIST_TIMEOUT_S": "60"}
+    return subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", str(nproc), "-m", "ddpm_bench",
+                           "nll", *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this Python")
+def test_two_gloo_processes_give_the_bytes_of_one(npz, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    model = ["--model", "tests/plugins.py:tiny_conv_T20"]
+    assert main(["nll", *model, *FLAGS, "--data", str(npz), "--out", str(one), "--shard-size", "2"]) == 0
+    p = torchrun(*model, *FLAGS, "--data", npz, "--out", two, "--shard-size", 2, "--batch-size", 16)
+    assert p.returncode == 0, p.stderr
+    assert_same_bytes(per_image(one), per_image(two))
+    assert (two / "terms.csv").read_bytes() == (one / "terms.csv").read_bytes()
+    assert p.stdout.count("total bound") == 1  # only rank 0 prints
+    assert len(list((two / "shards").glob("nll_*.npz"))) == 3
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this Python")
+def test_a_failure_on_one_rank_stops_every_rank_with_its_message(npz, tmp_path):
+    t0 = time.monotonic()
+    p = torchrun("--model", "tests/scale_plugins.py:nan_on_rank_1_T20", *FLAGS, "--data", npz, "--out",
+                 tmp_path / "o", "--shard-size", 2)
+    assert p.returncode != 0 and time.monotonic() - t0 < 60  # no rank waits for the process-group timeout
+    assert "NaN/Inf for term(s)" in p.stderr  # the failing rank's own message (torchrun may stop the others first)
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_sigkill_then_rerun_computes_only_missing_shards_and_matches_an_uninterrupted_run(npz, tmp_path):
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    cmd = [sys.executable, "-m", "ddpm_bench", "nll", "--model", "tests/scale_plugins.py:slow_tiny_conv_T20", *FLAGS,
+           "--data", str(npz), "--out", str(out), "--shard-size", "1", "--batch-size", "20"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shards = out / "shards"
+    deadline = time.monotonic() + 60
+    while not list(shards.glob("nll_*.npz")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = {p.name: p.stat().st_mtime_ns for p in shards.glob("nll_*.npz")}
+    assert 1 <= len(before) < 6 and not (out / "summary.json").exists()
+    missing = sorted(set(f"nll_{i:06d}.npz" for i in range(6)) - set(before))
+    # a write the kill cut short: a temporary file, never taken for the shard it would have become
+    (shards / f".{missing[0]}.x1y2z3.tmp").write_bytes(b"PK\x03\x04 cut short")
+
+    assert subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=120).returncode == 0
+    after = {p.name: p.stat().st_mtime_ns for p in shards.glob("nll_*.npz")}
+    assert {k: after[k] for k in before} == before  # completed shards were not recomputed
+    assert sorted(set(after) - set(before)) == missing
+    assert not list(shards.glob("*.tmp"))
+    assert main(["nll", "--model", "tests/plugins.py:tiny_conv_T20", *FLAGS, "--data", str(npz), "--out", str(ref),
+                 "--shard-size", "1", "--batch-size", "20"]) == 0
+    assert_same_bytes(per_image(out), per_image(ref))
+
+
+def test_counter_noise_does_not_depend_on_its_chunking(monkeypatch):
+    import torch
+
+    from ddpm_bench import noise
+
+    keys = torch.randint(-2**62, 2**62, (9, 3))
+    whole = noise.counter_normal(5, keys, (3, 8, 8))
+    monkeypatch.setattr(noise, "CHUNK_ELEMENTS", 1)  # one row at a time
+    assert torch.equal(noise.counter_normal(5, keys, (3, 8, 8)), whole)
+    monkeypatch.setattr(noise, "CHUNK_ELEMENTS", 3 * 8 * 8 * 4)  # 4 rows, a partial last chunk
+    assert torch.equal(noise.counter_normal(5, keys, (3, 8, 8)), whole)
