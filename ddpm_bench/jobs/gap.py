@@ -38,7 +38,9 @@ def gap_statistics(train: np.ndarray, test: np.ndarray) -> dict:
             "n_train": int(len(train)), "n_test": int(len(test))}
 
 
-def run_gap(train_dir: str, test_dir: str, max_gap: float = 0.03) -> int:
+def compute_gap(train_dir: str | Path, test_dir: str | Path, max_gap: float = 0.03) -> dict:
+    """The gap between two nll outputs of the same model and settings; `exceeds` when the whole 95%
+    interval lies above `max_gap`."""
     (s_train, train), (s_test, test) = load_nll_dir(train_dir), load_nll_dir(test_dir)
     for key in MUST_AGREE:
         if s_train.get(key) != s_test.get(key):
@@ -48,6 +50,11 @@ def run_gap(train_dir: str, test_dir: str, max_gap: float = 0.03) -> int:
         raise UserError(f"{train_dir} and {test_dir} were computed with different models")
     result = gap_statistics(train, test)
     result.update({"max_gap": max_gap, "train": s_train["data"], "test": s_test["data"],
-                   "exceeds": bool(result["ci95"][0] > max_gap)})
+                   "exceeds": bool(result["ci95"][0] > max_gap), "model": s_test["model"]})
+    return result
+
+
+def run_gap(train_dir: str, test_dir: str, max_gap: float = 0.03) -> int:
+    result = compute_gap(train_dir, test_dir, max_gap)
     print(json.dumps(result, indent=2))
     return 1 if result["exceeds"] else 0
