@@ -10,6 +10,7 @@ DistributedDataParallel (NCCL on GPUs, gloo on CPU); only rank 0 writes files.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -154,7 +155,7 @@ def _save(trainer: Trainer, config: dict, data: dict, run_dir: Path, keep_last: 
         "config": config, **trainer.state_dict(),
         "rng": {"scheme": "every random choice of step s is seeded by (training.seed, s)",
                 "seed": trainer.cfg.training.seed},
-        "data": data, "provenance": environment()})
+        "data": data, "provenance": json.loads(to_json(environment()))})  # plain types only
     for old in list_checkpoints(run_dir)[:-keep_last]:
         old.unlink()
 
