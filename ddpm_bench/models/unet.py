@@ -205,7 +205,7 @@ class UNet(nn.Module):
 
         hs = [self.conv_in(x)]
         for lv in self.down:
-            for block, attn in zip(lv.block, lv.attn):
+            for block, attn in zip(lv.block, lv.attn, strict=True):
                 hs.append(attn(block(hs[-1], temb)))
             if hasattr(lv, "downsample"):
                 hs.append(lv.downsample(hs[-1]))
@@ -213,7 +213,7 @@ class UNet(nn.Module):
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(hs[-1], temb)), temb)
 
         for lv in reversed(self.up):
-            for block, attn in zip(lv.block, lv.attn):
+            for block, attn in zip(lv.block, lv.attn, strict=True):
                 h = attn(block(torch.cat([h, hs.pop()], dim=1), temb))
             if hasattr(lv, "upsample"):
                 h = lv.upsample(h)
