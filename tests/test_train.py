@@ -165,3 +165,17 @@ def test_truncated_checkpoint_exits_2_with_one_line(recipe, tmp_path):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and str(bad) in lines[0]
+
+
+@pytest.mark.parametrize("mean,var,objective", [
+    ("mu", "learned", "L"), ("mu", "fixed-large", "L"), ("mu", "fixed-large", "mse"),
+    ("eps", "learned", "L"), ("eps", "fixed-small", "L"), ("x0", "fixed-large", "L_simple"),
+])
+def test_every_table2_combination_trains(recipe, tmp_path, mean, var, objective, capsys):
+    run = tmp_path / "run"
+    assert train(recipe, run, f"diffusion.mean_type={mean}", f"diffusion.var_type={var}",
+                 f"training.objective={objective}", "training.steps=2", "training.log_every=1") == 0
+    losses = [float(r.split(",")[1]) for r in (run / "log.csv").read_text().splitlines()[1:]]
+    assert len(losses) == 2 and all(np.isfinite(losses)) and all(v > 0 for v in losses)
+    c = ckpt(run / "checkpoints" / "ckpt_0000002.pt")
+    assert c["model"]["conv_out.weight"].shape[0] == (6 if var == "learned" else 3)

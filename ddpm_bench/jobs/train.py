@@ -89,6 +89,13 @@ def trim_log(run_dir: Path, step: int) -> None:
     atomic_write_text(path, "\n".join([LOG_HEADER, *keep]) + "\n")
 
 
+def check_device(device: str) -> None:
+    if not (device in ("auto", "cpu") or device.startswith("cuda")):
+        raise UserError(f"--device {device}: expected cpu, cuda, cuda:N or auto")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+
+
 def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device) from the torchrun environment; a single process without it."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -121,6 +128,7 @@ def load_training_images(cfg: RunConfig, origin: str) -> tuple[torch.Tensor, dic
 
 def run_train(recipe: str, overrides: list[str], out: str, device: str = "auto", force: bool = False,
               progress: bool = True) -> int:
+    check_device(device)
     origin = f"recipe {recipe}" + (f" with --set {' '.join(overrides)}" if overrides else "")
     cfg = load_recipe(recipe, overrides)
     config = cfg.to_dict()
