@@ -136,6 +136,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from ddpm_bench.jobs.train import run_train
+
+    return run_train(args.recipe, args.set, args.out, device=args.device, force=args.force,
+                     progress=not args.no_progress)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ddpm_bench.jobs.inspect import run_inspect
+
+    if (args.ckpt is None) == (args.recipe is None):
+        raise UserError("give exactly one of --ckpt PATH and --recipe PATH")
+    return run_inspect(args.ckpt, args.recipe, args.set)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddpm-bench", description=__doc__, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"ddpm-bench {__version__}")
@@ -186,6 +201,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (rewritten when it holds a report of the same RUN_DIRs)")
     p.add_argument("--force", action="store_true", help="empty an existing --out that holds something else")
     p.set_defaults(func=cmd_report)
+
+
+    p = _parser(sub, "train", "train the paper's U-Net on a recipe (DDPM Algorithm 1); rerun to resume")
+    p.add_argument("--recipe", required=True, help="TOML recipe, e.g. recipes/tiny.toml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set training.steps=200 (repeatable)")
+    p.add_argument("--out", required=True, help="run directory (resumed from its latest checkpoint when the config matches)")
+    p.add_argument("--force", action="store_true", help="empty an existing --out that holds something else")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (under torchrun: one GPU per process)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = _parser(sub, "inspect", "print what a checkpoint or recipe holds (parameters, config) as JSON")
+    p.add_argument("--ckpt", default=None, help="ddpm-bench checkpoint file")
+    p.add_argument("--recipe", default=None, help="TOML recipe")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    p.set_defaults(func=cmd_inspect)
 
     return parser
 

@@ -33,8 +33,8 @@ def versions() -> dict:
     return {
         "ddpm_bench": __version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
+        "torch": str(torch.__version__),
+        "numpy": str(np.__version__),
     }
 
 

@@ -1,0 +1,230 @@
+"""Run configurations: frozen dataclasses loaded from TOML recipes, with `--set key=value` overrides.
+
+A recipe has three tables, `[model]` (the U-Net's arguments), `[diffusion]` (`DiffusionConfig`) and
+`[training]` (`TrainConfig`); every key is optional (paper defaults). An unknown table or key, a value
+of the wrong type, or an invalid value is a `ConfigError` naming the key and the file or flag. The
+resolved configuration (`RunConfig.to_dict()`) is JSON-able and written next to every run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from ddpm_bench.diffusion import DiffusionConfig
+from ddpm_bench.errors import ConfigError
+
+# Paper Table 2: "L_simple" (Eq. 14) and "mse" are the unweighted squared error of the network's own
+# target (eps, x0 or mu-tilde; the official loss_type "mse"); "L" is the variational bound (Eq. 5).
+OBJECTIVES = ("L_simple", "mse", "L")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Arguments of the paper's U-Net (Appendix B); the CIFAR-10 model by default."""
+
+    name: str = "unet"
+    image_size: int = 32
+    in_channels: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    out_channels: int = 0  # 0: in_channels, or 2 * in_channels for the learned variance types
+
+    def __post_init__(self) -> None:
+        _positive(self, ("image_size", "in_channels", "ch", "num_res_blocks"))
+        if not self.ch_mult or any(m < 1 for m in self.ch_mult):
+            raise ValueError(f"model.ch_mult must be a non-empty list of positive integers, got {list(self.ch_mult)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")
+        if self.out_channels < 0:
+            raise ValueError(f"model.out_channels must be >= 0, got {self.out_channels}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (paper Appendix B and Algorithm 1)."""
+
+    data: str = ""  # a data source (SPEC section 2); required to train
+    data_root: str = ""  # folder with cifar-10-batches-py ("" = $DDPM_BENCH_DATA)
+    num_images: int = 0  # 0 = all images of `data`
+    steps: int = 800_000
+    batch_size: int = 128  # global batch, split evenly over processes
+    lr: float = 2e-4
+    warmup: int = 5000  # linear learning-rate warm-up steps
+    grad_clip: float = 1.0  # global gradient norm clip
+    ema_decay: float = 0.9999
+    random_flip: bool = True
+    objective: str = "L_simple"
+    seed: int = 0
+    log_every: int = 100
+    ckpt_every: int = 10_000
+    keep_last: int = 3  # checkpoints kept in RUN_DIR/checkpoints
+
+    def __post_init__(self) -> None:
+        _positive(self, ("steps", "batch_size", "log_every", "ckpt_every", "keep_last"))
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"training.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if not self.lr > 0 or self.warmup < 0 or not self.grad_clip > 0 or self.num_images < 0:
+            raise ValueError("training.lr and training.grad_clip must be > 0, training.warmup and "
+                             "training.num_images >= 0")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(f"training.ema_decay must lie in [0, 1], got {self.ema_decay}")
+
+
+def _positive(cfg: Any, names: tuple[str, ...]) -> None:
+    section = "model" if isinstance(cfg, ModelConfig) else "training"
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{section}.{name} must be >= 1, got {getattr(cfg, name)}")
+
+
+SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "training": TrainConfig}
+# Keys a resumed run may change: they do not change the parameters a step produces.
+RESUMABLE_KEYS = ("training.steps", "training.log_every", "training.ckpt_every", "training.keep_last")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        """JSON-able nested dict (tuples become lists); `model` is what `build_model` takes."""
+        return json.loads(json.dumps({name: asdict(getattr(self, name)) for name in SECTIONS}))
+
+
+def resolve(cfg: RunConfig, origin: str) -> RunConfig:
+    """Fill the derived settings and check the combination: out_channels from the variance type;
+    objectives that cannot train a learned variance are refused."""
+    try:
+        cfg.diffusion.schedule()
+    except ValueError as e:
+        raise ConfigError(f"{origin}: diffusion: {e}") from None
+    want = cfg.model.in_channels * (2 if cfg.diffusion.learned_variance else 1)
+    if cfg.model.out_channels not in (0, want):
+        raise ConfigError(f"{origin}: model.out_channels = {cfg.model.out_channels} does not fit "
+                          f"diffusion.var_type = {cfg.diffusion.var_type!r} (needs {want})")
+    if cfg.diffusion.learned_variance and cfg.training.objective != "L":
+        raise ConfigError(f"{origin}: training.objective = {cfg.training.objective!r} does not train the "
+                          f"{cfg.diffusion.var_type!r} variance; use objective = 'L' (paper Table 2)")
+    return replace(cfg, model=replace(cfg.model, out_channels=want))
+
+
+def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
+    """Check a TOML value against a dataclass field type (int, float, bool, str, tuple[int, ...])."""
+    def bad() -> ConfigError:
+        return ConfigError(f"{origin}: {key} = {value!r}: expected {getattr(hint, '__name__', hint)}")
+
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{origin}: {key} = {value!r}: expected a list of integers")
+        return tuple(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if hint is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise bad()
+        return value
+    if hint is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise bad()
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    raise TypeError(f"unsupported field type {hint}")  # pragma: no cover
+
+
+def _section(cls: type, values: dict, section: str, origin: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{origin}: unknown key '{section}.{key}' (known in [{section}]: {', '.join(known)})")
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", origin)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ConfigError(f"{origin}: {e}") from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (["section", "key"], value); the value is read as a TOML value
+    (`2e-4`, `true`, `[1, 2]`, `"text"`), and as a plain string when it is not one (`cifar10:train`)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. --set training.steps=200")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip().split("."), value
+
+
+def config_from_dict(data: dict, origin: str, overrides: list[str] = ()) -> RunConfig:
+    """A RunConfig from nested recipe tables plus `--set` overrides (applied in order), resolved."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for name, value in data.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{origin}: unknown key '{name}' (known tables: {', '.join(SECTIONS)})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{origin}: '{name}' must be a table [{name}]")
+    for item in overrides:
+        path, value = parse_override(item)
+        if len(path) != 2 or path[0] not in SECTIONS:
+            raise ConfigError(f"--set {item}: unknown key '{'.'.join(path)}' (use SECTION.KEY with SECTION one of "
+                              f"{', '.join(SECTIONS)})")
+        if path[1] not in {f.name for f in fields(SECTIONS[path[0]])}:
+            raise ConfigError(f"--set {item}: unknown key '{'.'.join(path)}'")
+        data.setdefault(path[0], {})[path[1]] = value
+    where = origin + (f" with --set {' '.join(overrides)}" if overrides else "")
+    cfg = RunConfig(**{name: _section(cls, data.get(name, {}), name, where) for name, cls in SECTIONS.items()})
+    return resolve(cfg, where)
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a TOML recipe and apply `--set` overrides."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--recipe {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--recipe {path}: cannot read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--recipe {path}: not valid TOML: {e}") from None
+    return config_from_dict(data, f"recipe {path}", overrides)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{"training": {"lr": 1}} -> {"training.lr": 1}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between two resolved config dicts."""
+    a, b = flatten(old), flatten(new)
+    return [k for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k, "<missing>") != b.get(k, "<missing>")]

@@ -1,0 +1,44 @@
+"""`ddpm-bench inspect`: what a checkpoint or a recipe holds, as one JSON object on stdout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ddpm_bench.checkpoint import load_checkpoint
+from ddpm_bench.config import load_recipe
+from ddpm_bench.errors import CheckpointError
+from ddpm_bench.models import build_model
+from ddpm_bench.provenance import sha256_file
+from ddpm_bench.shards import to_json
+
+
+def count_params(model_config: dict) -> int:
+    """Number of parameters of the network a config describes (built without memory on 'meta')."""
+    with torch.device("meta"):
+        model = build_model(model_config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def inspect_recipe(recipe: str, overrides: list[str] = ()) -> dict:
+    config = load_recipe(recipe, overrides).to_dict()
+    return {"recipe": str(Path(recipe).resolve()), "params": count_params(config["model"]), "config": config}
+
+
+def inspect_ckpt(path: str) -> dict:
+    ckpt = load_checkpoint(path)
+    try:
+        params = count_params(ckpt["config"]["model"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"--ckpt {path}: invalid stored model config: {e}") from None
+    stored = sum(v.numel() for v in ckpt["model"].values()) if isinstance(ckpt["model"], dict) else None
+    return {"ckpt": str(Path(path).resolve()), "format": ckpt["format"], "step": int(ckpt["step"]),
+            "sha256": sha256_file(path), "params": params, "stored_tensor_elements": stored,
+            "config": ckpt["config"], "data": ckpt.get("data")}
+
+
+def run_inspect(ckpt: str | None, recipe: str | None, overrides: list[str] = ()) -> int:
+    info = inspect_ckpt(ckpt) if ckpt is not None else inspect_recipe(recipe, overrides)
+    print(to_json(info), end="")
+    return 0

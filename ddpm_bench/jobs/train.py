@@ -1,0 +1,209 @@
+"""`ddpm-bench train`: run the reference trainer on a recipe, with checkpoints, a CSV log and resume.
+
+RUN_DIR/config.json    the resolved configuration (written first; a rerun must match it)
+RUN_DIR/checkpoints/   ckpt_XXXXXXX.pt every `ckpt_every` steps and at the end, the last `keep_last` kept
+RUN_DIR/log.csv        step,loss,grad_norm,lr,steps_per_s every `log_every` steps
+
+Under torchrun (WORLD_SIZE > 1) every process trains on its slice of the global batch through
+DistributedDataParallel (NCCL on GPUs, gloo on CPU); only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ddpm_bench.checkpoint import load_checkpoint, save_checkpoint
+from ddpm_bench.config import RESUMABLE_KEYS, RunConfig, config_differences, flatten, load_recipe
+from ddpm_bench.data import load_images
+from ddpm_bench.errors import ConfigError, OutputDirError, UserError
+from ddpm_bench.provenance import environment
+from ddpm_bench.shards import atomic_write_json, atomic_write_text, read_json, to_json
+from ddpm_bench.training import Trainer
+
+CONFIG_FILE = "config.json"
+CKPT_DIR = "checkpoints"
+LOG_FILE = "log.csv"
+LOG_HEADER = "step,loss,grad_norm,lr,steps_per_s"
+
+
+class TrainingDiverged(UserError):
+    """The loss or the gradient became NaN or infinite (usually a too large learning rate)."""
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / CKPT_DIR / f"ckpt_{step:07d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    return sorted((run_dir / CKPT_DIR).glob("ckpt_*.pt"))
+
+
+def prepare_run_dir(run_dir: Path, config: dict, force: bool, write: bool = True) -> bool:
+    """Create RUN_DIR with config.json, or check that an existing one belongs to the same run.
+    Returns True when resuming. Only the keys in RESUMABLE_KEYS may change between runs. With
+    `write=False` (ranks other than 0) it only checks."""
+    stored_path = run_dir / CONFIG_FILE
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputDirError(f"--out {run_dir}: exists and is not a directory")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if force:
+            if write:
+                shutil.rmtree(run_dir)
+        elif not stored_path.exists():
+            raise OutputDirError(f"--out {run_dir}: directory exists, is not empty and holds no {CONFIG_FILE}; "
+                                 "use another directory or --force")
+        else:
+            stored = read_json(stored_path)
+            diff = config_differences(stored, config, ignore=RESUMABLE_KEYS)
+            if diff:
+                old, new = flatten(stored), flatten(config)
+                shown = "; ".join(f"{k}: {old.get(k, '<missing>')!r} -> {new.get(k, '<missing>')!r}" for k in diff[:3])
+                raise ConfigError(f"--out {run_dir}: holds a run with another config ({shown}); "
+                                  "use another --out, or --force to start over")
+            if write:  # a resumable key (e.g. training.steps) may have changed
+                atomic_write_json(stored_path, config)
+            return True
+    if write:
+        (run_dir / CKPT_DIR).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(stored_path, config)
+    return False
+
+
+def trim_log(run_dir: Path, step: int) -> None:
+    """Keep the log rows up to `step` (rows written after the checkpoint we resume from are redone)."""
+    path = run_dir / LOG_FILE
+    if not path.exists():
+        atomic_write_text(path, LOG_HEADER + "\n")
+        return
+    rows = path.read_text().splitlines()[1:]
+    keep = [r for r in rows if r and int(r.split(",")[0]) <= step]
+    atomic_write_text(path, "\n".join([LOG_HEADER, *keep]) + "\n")
+
+
+def check_device(device: str) -> None:
+    if not (device in ("auto", "cpu") or device.startswith("cuda")):
+        raise UserError(f"--device {device}: expected cpu, cuda, cuda:N or auto")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from the torchrun environment; a single process without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if device == "auto":
+        device = "cuda" if use_cuda else "cpu"
+    if world == 1:
+        return 0, 1, torch.device(device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        return dist.get_rank(), world, torch.device("cuda", local_rank)
+    return dist.get_rank(), world, torch.device("cpu")
+
+
+def load_training_images(cfg: RunConfig, origin: str) -> tuple[torch.Tensor, dict]:
+    """The training set as a uint8 (N, C, H, W) tensor, checked against the model's image shape."""
+    tc, mc = cfg.training, cfg.model
+    if not tc.data:
+        raise ConfigError(f"{origin}: training.data is not set; give it, e.g. --set training.data=PATH.npz")
+    images = load_images(tc.data, tc.data_root or None, tc.num_images or None)
+    want = (mc.in_channels, mc.image_size, mc.image_size)
+    if images.shape != want:
+        raise ConfigError(f"{origin}: training.data {tc.data} holds images of shape (C, H, W) = {images.shape}, "
+                          f"but the model takes {want}")
+    data = {"source": images.source, "sha256": images.sha256, "n_images": len(images)}
+    return torch.from_numpy(images.images).permute(0, 3, 1, 2).contiguous(), data
+
+
+def run_train(recipe: str, overrides: list[str], out: str, device: str = "auto", force: bool = False,
+              progress: bool = True) -> int:
+    check_device(device)
+    origin = f"recipe {recipe}" + (f" with --set {' '.join(overrides)}" if overrides else "")
+    cfg = load_recipe(recipe, overrides)
+    config = cfg.to_dict()
+    run_dir = Path(out)
+    images, data = load_training_images(cfg, origin)
+    resuming = prepare_run_dir(run_dir, config, force, write=int(os.environ.get("RANK", "0")) == 0)
+
+    rank, world, dev = setup_distributed(device)
+    try:
+        if world > 1:
+            dist.barrier()
+        trainer = Trainer(cfg, images.to(dev), cfg.diffusion.schedule(), dev, rank, world)
+        ckpts = list_checkpoints(run_dir)
+        if ckpts:
+            trainer.load_state_dict(load_checkpoint(ckpts[-1], map_location=dev))
+        if world > 1:
+            trainer.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                trainer.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if rank == 0:
+            trim_log(run_dir, trainer.step)
+            if resuming:
+                print(f"ddpm-bench train: resuming {run_dir} at step {trainer.step}", file=sys.stderr)
+        _loop(trainer, cfg, config, data, run_dir, rank, world, progress)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def _save(trainer: Trainer, config: dict, data: dict, run_dir: Path, keep_last: int) -> None:
+    save_checkpoint(checkpoint_path(run_dir, trainer.step), {
+        "config": config, **trainer.state_dict(),
+        "rng": {"scheme": "every random choice of step s is seeded by (training.seed, s)",
+                "seed": trainer.cfg.training.seed},
+        "data": data, "provenance": json.loads(to_json(environment()))})  # plain types only
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        old.unlink()
+
+
+def _loop(trainer: Trainer, cfg: RunConfig, config: dict, data: dict, run_dir: Path, rank: int, world: int,
+          progress: bool) -> None:
+    from tqdm import tqdm
+
+    tc = cfg.training
+    bar = tqdm(total=tc.steps, initial=trainer.step, disable=not progress or rank != 0, desc="train",
+               unit="step", dynamic_ncols=True)
+    window, t0, start = [], time.perf_counter(), trainer.step
+    with bar:
+        while trainer.step < tc.steps:
+            loss, grad_norm, lr = trainer.train_step()
+            if world > 1:
+                dist.all_reduce(loss)
+                loss /= world
+            loss_value, norm_value = float(loss), float(grad_norm)
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                ckpts = list_checkpoints(run_dir)
+                last = f"the last good checkpoint is {ckpts[-1]}" if ckpts else "no checkpoint was written yet"
+                raise TrainingDiverged(f"loss {loss_value} / gradient norm {norm_value} at step {trainer.step + 1} "
+                                       f"is not finite; stopped without updating ({last}); "
+                                       "lower training.lr or check the data")
+            trainer.apply_update(lr)
+            window.append(loss_value)
+            bar.update(1)
+            done = trainer.step == tc.steps
+            if rank == 0 and (trainer.step % tc.log_every == 0 or done):
+                now = time.perf_counter()
+                rate = len(window) / (now - t0)
+                with open(run_dir / LOG_FILE, "a") as f:
+                    f.write(f"{trainer.step},{sum(window) / len(window):.6g},{norm_value:.6g},{lr:.6g},{rate:.4g}\n")
+                bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
+                window, t0 = [], now
+            if rank == 0 and (trainer.step % tc.ckpt_every == 0 or done):
+                _save(trainer, config, data, run_dir, tc.keep_last)
+    if rank == 0:
+        last = checkpoint_path(run_dir, trainer.step)
+        if start == tc.steps:
+            print(f"ddpm-bench train: {run_dir} is already at step {tc.steps}; nothing to do", file=sys.stderr)
+        print(to_json({"run_dir": str(run_dir), "step": trainer.step, "checkpoint": str(last)}), end="")

@@ -1,0 +1,152 @@
+"""The reference trainer: DDPM Algorithm 1 with the paper's optimisation settings (Appendix B).
+
+repeat: x_0 ~ q(x_0) (random horizontal flips), t ~ Uniform({1..T}), eps ~ N(0, I), gradient step on the
+objective (losses.py) with Adam, linear learning-rate warm-up, global-norm gradient clipping and an EMA
+of the parameters.
+
+Every random choice of step s (the global batch, its timesteps, noise and flips, and the dropout masks)
+comes from generators seeded by (seed, s) alone, so a run stopped and resumed from a checkpoint gives
+exactly the parameters of one that never stopped, and the global batch is the same whatever the number
+of processes: rank r of W takes rows [r B/W, (r+1) B/W) of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddpm_bench.config import RunConfig
+from ddpm_bench.diffusion import q_sample
+from ddpm_bench.losses import training_loss
+from ddpm_bench.models import build_model
+from ddpm_bench.models.ema import EMA
+from ddpm_bench.noise import mix64_int
+from ddpm_bench.schedule import Schedule
+
+# independent random streams of one step
+STREAM_DATA, STREAM_DIFFUSION, STREAM_DROPOUT, STREAM_INIT = 1, 2, 3, 4
+
+
+def stream_seed(seed: int, *keys: int) -> int:
+    """A 63-bit generator seed that is a pure function of (seed, keys) (SplitMix64 chain)."""
+    h = mix64_int(seed)
+    for k in keys:
+        h = mix64_int(h ^ (k & ((1 << 64) - 1)))
+    return h >> 1
+
+
+def learning_rate(step: int, lr: float, warmup: int) -> float:
+    """lr * min(1, (step + 1) / warmup) for the update that ends step `step` + 1 (0-based `step`).
+    (The official code uses step / warmup, so its first update has rate 0.)"""
+    return lr if warmup == 0 else lr * min(1.0, (step + 1) / warmup)
+
+
+def global_batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
+    """(B,) dataset indices of step `step`: the data is visited in epochs, each a permutation seeded by
+    (seed, epoch), and step s takes positions [s B, (s+1) B) of their concatenation."""
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, pos = divmod(start + len(out), n)
+        perm = np.random.Generator(np.random.PCG64(stream_seed(seed, STREAM_DATA, epoch))).permutation(n)
+        out.extend(perm[pos: pos + batch_size - len(out)].tolist())
+    return np.asarray(out, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class StepRandomness:
+    """The random choices of one step for the whole global batch."""
+
+    index: np.ndarray  # (B,) int64 dataset rows
+    i: torch.Tensor  # (B,) int64 network indices i = t - 1, uniform on 0..T-1
+    noise: torch.Tensor  # (B, C, H, W) float32 eps ~ N(0, I)
+    flip: torch.Tensor  # (B,) bool horizontal flips
+
+
+def step_randomness(seed: int, step: int, batch_size: int, n: int, T: int, shape: tuple[int, int, int],
+                    random_flip: bool) -> StepRandomness:
+    g = torch.Generator().manual_seed(stream_seed(seed, STREAM_DIFFUSION, step))
+    i = torch.randint(0, T, (batch_size,), generator=g, dtype=torch.int64)
+    noise = torch.randn((batch_size, *shape), generator=g, dtype=torch.float32)
+    flip = torch.rand(batch_size, generator=g) < 0.5
+    if not random_flip:
+        flip = torch.zeros_like(flip)
+    return StepRandomness(global_batch_indices(seed, step, batch_size, n), i, noise, flip)
+
+
+def to_model_scale(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float64 x = v / 127.5 - 1."""
+    return images.to(torch.float64) / 127.5 - 1.0
+
+
+class Trainer:
+    """Model, EMA, optimiser and step counter; `train_step` runs one step of Algorithm 1.
+
+    `ddp_model` is the module the forward and backward go through (a DistributedDataParallel wrapper
+    under torchrun, else the model itself); `rank`/`world` select this process's slice of the batch.
+    """
+
+    def __init__(self, cfg: RunConfig, images: torch.Tensor, schedule: Schedule, device: torch.device,
+                 rank: int = 0, world: int = 1):
+        tc = cfg.training
+        if tc.batch_size % world:
+            raise ValueError(f"training.batch_size {tc.batch_size} is not divisible by {world} processes")
+        self.cfg, self.images, self.device, self.rank, self.world = cfg, images, device, rank, world
+        self.schedule = schedule.to(device)
+        torch.manual_seed(stream_seed(tc.seed, STREAM_INIT))
+        self.model = build_model(cfg.to_dict()["model"]).to(device)
+        self.ema = EMA(self.model, tc.ema_decay)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr)
+        self.ddp_model: nn.Module = self.model
+        self.step = 0  # number of completed steps
+
+    def local_batch(self, r: StepRandomness) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's rows: x_0 float64 (b, C, H, W) on the device, i (b,), eps float64 (b, C, H, W)."""
+        b = self.cfg.training.batch_size // self.world
+        rows = slice(self.rank * b, (self.rank + 1) * b)
+        index = torch.from_numpy(r.index[rows])
+        x0 = self.images[index.to(self.images.device)].to(self.device)
+        flip = r.flip[rows].to(self.device)
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        return to_model_scale(x0), r.i[rows].to(self.device), r.noise[rows].to(self.device, torch.float64)
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Forward and backward of step `self.step` + 1. Returns (this rank's mean loss, global gradient
+        norm before clipping, learning rate); the update itself is `apply_update`, so a caller can stop
+        on a non-finite loss with the parameters untouched."""
+        tc, d = self.cfg.training, self.cfg.diffusion
+        n, c, h, w = self.images.shape
+        r = step_randomness(tc.seed, self.step, tc.batch_size, n, d.T, (c, h, w), tc.random_flip)
+        x0, i, noise = self.local_batch(r)
+        xt = q_sample(self.schedule, x0, i, noise)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(stream_seed(tc.seed, STREAM_DROPOUT, self.step, self.rank))
+        torch.manual_seed(stream_seed(tc.seed, STREAM_DROPOUT, self.step, self.rank))
+        self.ddp_model.train()
+        output = self.ddp_model(xt.to(torch.float32), i)
+        loss = training_loss(tc.objective, d, self.schedule, output, x0, xt, i, noise).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        return loss.detach(), grad_norm.detach(), learning_rate(self.step, tc.lr, tc.warmup)
+
+    def apply_update(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.ema.update(self.model)
+        self.step += 1
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to continue exactly (randomness is a function of (seed, step))."""
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])

@@ -1,0 +1,63 @@
+"""Training objectives: closed-form zeros for a perfect network, and the bound terms against the
+Gaussian helpers they are built from."""
+
+import math
+
+import torch
+
+from ddpm_bench.diffusion import DiffusionConfig, q_posterior_logvar, q_posterior_mean, q_sample
+from ddpm_bench.gaussian import discretized_gaussian_log_likelihood
+from ddpm_bench.losses import training_loss, vb_term_bpd
+
+
+def batch(T=50, n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randint(0, 256, (n, 3, 4, 4), generator=g).double() / 127.5 - 1
+    noise = torch.randn(n, 3, 4, 4, generator=g, dtype=torch.float64)
+    i = torch.tensor([0, 1, 2, T // 2, T - 2, T - 1])[:n]
+    return x0, noise, i
+
+
+def test_perfect_eps_network_has_zero_simple_loss_and_zero_kl_with_the_posterior_variance():
+    cfg = DiffusionConfig(T=50, var_type="fixed-small")
+    s = cfg.schedule()
+    x0, noise, i = batch()
+    xt = q_sample(s, x0, i, noise)
+    assert torch.equal(training_loss("L_simple", cfg, s, noise, x0, xt, i, noise), torch.zeros(6, dtype=torch.float64))
+    kl = training_loss("L", cfg, s, noise, x0, xt, i, noise)
+    assert torch.all(kl[1:].abs() < 1e-9)  # KL(q || p) = 0 when p is the posterior (t > 1)
+    assert kl[0] > 0  # the decoder term L_0 is a positive NLL
+
+
+def test_perfect_mu_network_with_learned_posterior_variance_has_zero_bound_terms():
+    cfg = DiffusionConfig(T=50, mean_type="mu", var_type="learned")
+    s = cfg.schedule()
+    x0, noise, i = batch()
+    xt = q_sample(s, x0, i, noise)
+    mu = q_posterior_mean(s, x0, xt, i)
+    out = torch.cat([mu, q_posterior_logvar(s, i, 4).expand_as(mu)], dim=1)
+    assert torch.all(training_loss("mse", cfg, s, out[:, :3], x0, xt, i, noise) == 0)
+    assert torch.all(vb_term_bpd(cfg, s, out, x0, xt, i)[1:].abs() < 1e-9)
+
+
+def test_decoder_term_is_the_discretised_gaussian_nll_in_bits_per_dim():
+    cfg = DiffusionConfig(T=50, mean_type="x0", var_type="fixed-large")
+    s = cfg.schedule()
+    x0, noise, i = batch()
+    xt = q_sample(s, x0, i, noise)
+    out = (x0 + 0.01 * noise)  # an x0 prediction
+    got = vb_term_bpd(cfg, s, out, x0, xt, i)[0]
+    mean = q_posterior_mean(s, out.clamp(-10, 10), xt, i)[0]
+    logvar = math.log(s.posterior_variance[1].item())  # fixed-large entry 0
+    want = -discretized_gaussian_log_likelihood(x0[0], mean, torch.full_like(mean, 0.5 * logvar)).mean() / math.log(2)
+    assert torch.allclose(got, want, rtol=1e-12)
+
+
+def test_bound_gradients_reach_a_learned_variance():
+    cfg = DiffusionConfig(T=50, var_type="learned")
+    s = cfg.schedule()
+    x0, noise, i = batch()
+    xt = q_sample(s, x0, i, noise)
+    out = torch.zeros(6, 6, 4, 4, dtype=torch.float32, requires_grad=True)
+    training_loss("L", cfg, s, out, x0, xt, i, noise).sum().backward()
+    assert out.grad[:, 3:].abs().sum() > 0 and out.grad[:, :3].abs().sum() > 0

@@ -1,0 +1,181 @@
+"""The reference trainer end to end on a tiny U-Net: checkpoints, exact resume, config checks,
+divergence, and loading the checkpoint for evaluation."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_bench.cli import main
+from ddpm_bench.models.source import load_ckpt_source
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread, and far slower with two on a busy shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+TINY = """
+[model]
+image_size = 8
+ch = 32
+ch_mult = [1, 2]
+num_res_blocks = 1
+attn_resolutions = [4]
+dropout = 0.1
+
+[diffusion]
+T = 20
+
+[training]
+data = "{data}"
+steps = 6
+batch_size = 4
+warmup = 2
+ema_decay = 0.9
+log_every = 2
+ckpt_every = 3
+keep_last = 2
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8))
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.format(data=data))
+    return path
+
+
+def train(recipe, out, *sets):
+    argv = ["train", "--recipe", str(recipe), "--out", str(out), "--no-progress", "--device", "cpu"]
+    for s in sets:
+        argv += ["--set", s]
+    return main(argv)
+
+
+def ckpt(path):
+    return torch.load(path, weights_only=True)
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
+        elif isinstance(a[k], dict):
+            assert_same_state(a[k], b[k])
+        else:
+            assert a[k] == b[k], k
+
+
+def test_stopped_and_resumed_run_equals_an_uninterrupted_one(recipe, tmp_path, capsys):
+    assert train(recipe, tmp_path / "straight") == 0
+    assert train(recipe, tmp_path / "resumed", "training.steps=3") == 0
+    assert train(recipe, tmp_path / "resumed") == 0  # steps back to 6: resumes from ckpt_0000003
+    assert "resuming" in capsys.readouterr().err
+    a = ckpt(tmp_path / "straight" / "checkpoints" / "ckpt_0000006.pt")
+    b = ckpt(tmp_path / "resumed" / "checkpoints" / "ckpt_0000006.pt")
+    assert a["step"] == b["step"] == 6
+    for key in ("model", "ema", "optimizer"):
+        assert_same_state(a[key], b[key])
+    assert not torch.equal(a["model"]["conv_out.weight"], a["ema"]["conv_out.weight"])  # it did train
+    log = (tmp_path / "resumed" / "log.csv").read_text().splitlines()
+    assert log[0] == "step,loss,grad_norm,lr,steps_per_s"
+    assert [r.split(",")[0] for r in log[1:]] == ["2", "3", "4", "6"]
+
+
+def test_checkpoints_hold_the_contract_and_load_for_evaluation(recipe, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(recipe, run) == 0
+    files = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert files == ["ckpt_0000003.pt", "ckpt_0000006.pt"]  # keep_last = 2
+    c = ckpt(run / "checkpoints" / "ckpt_0000006.pt")
+    assert c["format"] == "ddpm-bench/1" and c["step"] == 6
+    assert set(c) >= {"config", "model", "ema", "optimizer", "step"}
+    assert c["config"] == __import__("json").loads((run / "config.json").read_text())
+    src = load_ckpt_source(run / "checkpoints" / "ckpt_0000006.pt")
+    assert src.image_shape == (3, 8, 8) and src.diffusion.T == 20 and src.provenance["step"] == 6
+    x = torch.randn(2, 3, 8, 8)
+    out = src.net(x, torch.tensor([0, 19]))
+    assert out.shape == (2, 3, 8, 8)
+    capsys.readouterr()
+    assert main(["inspect", "--ckpt", str(run / "checkpoints" / "ckpt_0000006.pt")]) == 0
+    info = __import__("json").loads(capsys.readouterr().out)
+    assert info["step"] == 6 and info["format"] == "ddpm-bench/1" and len(info["sha256"]) == 64
+    assert info["params"] == sum(v.numel() for v in c["ema"].values())
+
+
+def test_resuming_with_a_changed_setting_names_the_key(recipe, tmp_path, capsys):
+    assert train(recipe, tmp_path / "run", "training.steps=2") == 0
+    capsys.readouterr()
+    assert train(recipe, tmp_path / "run", "training.lr=0.001") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training.lr" in err[0]
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(recipe, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(recipe, run, "training.lr=1e30", "training.warmup=0", "training.ckpt_every=1",
+                 "training.keep_last=5") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not finite" in err[0] and "at step 2" in err[0]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["ckpt_0000001.pt"]
+
+
+def test_a_non_empty_directory_without_a_run_is_refused(recipe, tmp_path, capsys):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x.txt").write_text("mine")
+    assert train(recipe, tmp_path / "busy") == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def run_cli(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "ddpm_bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env)
+
+
+def test_unknown_recipe_key_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[training]\nbatchsize = 3\n")
+    r = run_cli("train", "--recipe", str(bad), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "training.batchsize" in lines[0] and str(bad) in lines[0]
+
+
+def test_truncated_checkpoint_exits_2_with_one_line(recipe, tmp_path):
+    assert train(recipe, tmp_path / "run", "training.steps=1") == 0
+    good = (tmp_path / "run" / "checkpoints" / "ckpt_0000001.pt").read_bytes()
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(good[: len(good) // 2])
+    r = run_cli("inspect", "--ckpt", str(bad))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0]
+
+
+@pytest.mark.parametrize("mean,var,objective", [
+    ("mu", "learned", "L"), ("mu", "fixed-large", "L"), ("mu", "fixed-large", "mse"),
+    ("eps", "learned", "L"), ("eps", "fixed-small", "L"), ("x0", "fixed-large", "L_simple"),
+])
+def test_every_table2_combination_trains(recipe, tmp_path, mean, var, objective, capsys):
+    run = tmp_path / "run"
+    assert train(recipe, run, f"diffusion.mean_type={mean}", f"diffusion.var_type={var}",
+                 f"training.objective={objective}", "training.steps=2", "training.log_every=1") == 0
+    losses = [float(r.split(",")[1]) for r in (run / "log.csv").read_text().splitlines()[1:]]
+    assert len(losses) == 2 and all(np.isfinite(losses)) and all(v > 0 for v in losses)
+    c = ckpt(run / "checkpoints" / "ckpt_0000002.pt")
+    assert c["model"]["conv_out.weight"].shape[0] == (6 if var == "learned" else 3)
