@@ -151,6 +151,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return run_inspect(args.ckpt, args.recipe, args.set)
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from ddpm_bench.jobs.reproduce import run_reproduce
+
+    run_reproduce(args.recipe, args.set, args.out, ckpt=args.ckpt, device=args.device, data_root=args.data_root,
+                  force=args.force, dry=args.dry_run, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddpm-bench", description=__doc__, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"ddpm-bench {__version__}")
@@ -218,6 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=None, help="TOML recipe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     p.set_defaults(func=cmd_inspect)
+
+    p = _parser(sub, "reproduce", "train (or load), sample, bound on train and test, gap, rate-distortion, FID/IS "
+                "and report, end to end; rerun to resume")
+    p.add_argument("recipe", metavar="RECIPE", help="TOML recipe ([model], [diffusion], [training], [evaluation])")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    p.add_argument("--ckpt", default=None, help="evaluate this checkpoint instead of training")
+    p.add_argument("--data-root", default=None, help="folder holding cifar-10-batches-py (else $DDPM_BENCH_DATA)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto")
+    p.add_argument("--dry-run", action="store_true", help="print the work of every stage, then stop")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_out_args(p)
+    p.set_defaults(func=cmd_reproduce)
 
     return parser
 

@@ -1,7 +1,7 @@
 """Run configurations: frozen dataclasses loaded from TOML recipes, with `--set key=value` overrides.
 
-A recipe has three tables, `[model]` (the U-Net's arguments), `[diffusion]` (`DiffusionConfig`) and
-`[training]` (`TrainConfig`); every key is optional (paper defaults). An unknown table or key, a value
+A recipe has four tables, `[model]` (the U-Net's arguments), `[diffusion]` (`DiffusionConfig`),
+`[training]` (`TrainConfig`) and `[evaluation]` (`EvalConfig`, what `reproduce` measures); every key is optional (paper defaults). An unknown table or key, a value
 of the wrong type, or an invalid value is a `ConfigError` naming the key and the file or flag. The
 resolved configuration (`RunConfig.to_dict()`) is JSON-able and written next to every run.
 """
@@ -83,16 +83,46 @@ class TrainConfig:
             raise ValueError(f"training.ema_decay must lie in [0, 1], got {self.ema_decay}")
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """What `ddpm-bench reproduce` measures after training (paper section 4); the paper's protocol by
+    default: 50,000 samples with all T steps, the bound on the whole train and test splits, FID/IS
+    against the training set with the standard Inception."""
+
+    test_data: str = "cifar10:test"
+    nll_train_images: int = 0  # 0 = every image of training.data
+    nll_test_images: int = 0  # 0 = every image of test_data
+    nll_batch_size: int = 256  # (image, timestep) pairs per network call
+    draws: int = 1
+    num_samples: int = 50_000
+    sample_steps: int = 0  # 0 = all T steps (Algorithm 2); K < T = respaced sampling
+    sample_batch_size: int = 128
+    progressive_every: int = 100  # paper Figure 6: the x0 prediction every N steps
+    fid_ref: str = ""  # "" = training.data (the paper: FID against the training set)
+    fid_backend: str = "torch-fidelity"
+    feature_extractor: str = "inception-v3-compat"  # or "packaged" (offline FID Inception)
+    max_gap: float = 0.03
+    seed: int = 0
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for name in ("nll_train_images", "nll_test_images", "sample_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"evaluation.{name} must be >= 0, got {getattr(self, name)}")
+        _positive(self, ("nll_batch_size", "draws", "num_samples", "sample_batch_size", "progressive_every"))
+
+
 def _positive(cfg: Any, names: tuple[str, ...]) -> None:
-    section = "model" if isinstance(cfg, ModelConfig) else "training"
+    section = {ModelConfig: "model", EvalConfig: "evaluation"}.get(type(cfg), "training")
     for name in names:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{section}.{name} must be >= 1, got {getattr(cfg, name)}")
 
 
-SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "training": TrainConfig}
-# Keys a resumed run may change: they do not change the parameters a step produces.
-RESUMABLE_KEYS = ("training.steps", "training.log_every", "training.ckpt_every", "training.keep_last")
+SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "training": TrainConfig, "evaluation": EvalConfig}
+# Keys a resumed training run may change: they do not change the parameters a step produces
+# (a trailing dot covers a whole table).
+RESUMABLE_KEYS = ("training.steps", "training.log_every", "training.ckpt_every", "training.keep_last", "evaluation.")
 
 
 @dataclass(frozen=True)
@@ -100,6 +130,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         """JSON-able nested dict (tuples become lists); `model` is what `build_model` takes."""
@@ -227,4 +258,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def config_differences(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
     """Dotted keys whose values differ between two resolved config dicts."""
     a, b = flatten(old), flatten(new)
-    return [k for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k, "<missing>") != b.get(k, "<missing>")]
+    def ignored(k: str) -> bool:
+        return any(k == i or (i.endswith(".") and k.startswith(i)) for i in ignore)
+
+    return [k for k in sorted(set(a) | set(b)) if not ignored(k) and a.get(k, "<missing>") != b.get(k, "<missing>")]
