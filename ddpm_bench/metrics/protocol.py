@@ -29,13 +29,16 @@ def paper_values() -> dict:
 
 
 def check_counts(n_samples: int, n_ref: int, feature_dim: int) -> list[str]:
-    """Refuse fewer images than feature dimensions (singular covariance); warn below the paper's 50,000."""
-    for what, n in (("--samples", n_samples), ("--ref", n_ref)):
-        if n < feature_dim:
-            raise UserError(f"{what}: {n} images is fewer than the {feature_dim} feature dimensions; the covariance "
-                            f"would be singular and FID meaningless (the paper uses {PAPER_NUM_SAMPLES:,})")
+    """Refuse fewer samples than feature dimensions (singular covariance); warn below the paper's 50,000
+    and for a reference smaller than the feature dimension (e.g. the 2,000-image embedded set)."""
+    if n_samples < feature_dim:
+        raise UserError(f"--samples: {n_samples} images is fewer than the {feature_dim} feature dimensions; the "
+                        f"covariance would be singular and FID meaningless (the paper uses {PAPER_NUM_SAMPLES:,})")
     warnings = []
     if n_samples < PAPER_NUM_SAMPLES:
         warnings.append(f"fewer than {PAPER_NUM_SAMPLES:,} samples ({n_samples:,}): {NOT_COMPARABLE} "
                         "(FID is biased upwards for small sample counts)")
+    if n_ref < feature_dim:
+        warnings.append(f"reference has {n_ref:,} images, fewer than the {feature_dim} feature dimensions: its "
+                        f"covariance is singular; {NOT_COMPARABLE}")
     return warnings
