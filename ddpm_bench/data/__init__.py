@@ -33,6 +33,8 @@ def validate_images(images: np.ndarray, origin: str) -> np.ndarray:
     if not isinstance(images, np.ndarray):
         raise DataError(f"{origin}: expected an array, got {type(images).__name__}")
     if images.dtype != np.uint8:
+        if images.dtype.kind in "fc" and images.size and not np.isfinite(images).all():
+            raise DataError(f"{origin}: images must be uint8 in 0..255, got {images.dtype} holding NaN or inf")
         lo, hi = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
         raise DataError(f"{origin}: images must be uint8 in 0..255, got {images.dtype} with range [{lo:g}, {hi:g}]")
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
