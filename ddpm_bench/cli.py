@@ -166,7 +166,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
                      num_ref=args.num_ref, backend=args.backend, clean_fid_mode=args.clean_fid_mode,
                      feature_extractor=args.feature_extractor, inception_weights=args.inception_weights,
                      cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device, prc=args.prc,
-                     out=args.out, force=args.force)
+                     out=args.out, force=args.force, allow_few_samples=args.allow_few_samples)
     print(format_result(result))
     return 0
 
@@ -290,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local weights-inception-2015-12-05-6726825d.pth for the standard extractor")
     p.add_argument("--cache-dir", default=None, help="reference statistics cache (default $DDPM_BENCH_CACHE/fid "
                                                      "or ~/.cache/ddpm-bench/fid)")
+    p.add_argument("--allow-few-samples", action="store_true",
+                   help="compute FID with fewer samples than feature dimensions (singular covariance; marked in the result)")
     p.add_argument("--prc", action=argparse.BooleanOptionalAction, default=True,
                    help="torch-fidelity precision/recall (the slowest metric after feature extraction)")
     p.add_argument("--batch-size", type=int, default=64, help="images per feature-extractor call")

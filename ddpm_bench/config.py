@@ -101,6 +101,7 @@ class EvalConfig:
     fid_ref: str = ""  # "" = training.data (the paper: FID against the training set)
     fid_backend: str = "torch-fidelity"
     feature_extractor: str = "inception-v3-compat"  # or "packaged" (offline FID Inception)
+    fid_allow_few_samples: bool = False  # FID below the feature dimension, marked as not comparable
     max_gap: float = 0.03
     seed: int = 0
     precision: str = "fp32"

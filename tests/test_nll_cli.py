@@ -150,3 +150,44 @@ def test_console_entry_exits_2_on_bad_input(tmp_path):
     p = subprocess.run([sys.executable, "-m", "ddpm_bench", "nll", "--model", PLUGIN, "--T", "20", "--data",
                         str(tmp_path / "x.npz"), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "float32" in p.stderr
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    """A real ddpm-bench checkpoint of a small U-Net (untrained) with T = 20."""
+    from ddpm_bench.checkpoint import save_checkpoint
+    from ddpm_bench.config import config_from_dict
+    from ddpm_bench.models import build_model
+
+    cfg = config_from_dict({"model": {"image_size": 8, "ch": 32, "ch_mult": [1], "num_res_blocks": 1,
+                                      "attn_resolutions": [], "dropout": 0.0},
+                            "diffusion": {"T": 20, "var_type": "fixed-small"}}, "test").to_dict()
+    torch.manual_seed(0)
+    state = build_model(cfg["model"]).state_dict()
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"config": cfg, "model": state, "ema": state, "optimizer": {}, "step": 0})
+    return path
+
+
+def test_nll_from_a_checkpoint_records_its_hash_and_settings(npz, tmp_path, tiny_ckpt):
+    from ddpm_bench.provenance import sha256_file
+
+    out = tmp_path / "out"
+    assert main(["nll", "--ckpt", str(tiny_ckpt), "--data", str(npz), "--num-images", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["sha256"] == sha256_file(tiny_ckpt) and summary["model"]["weights"] == "ema"
+    assert summary["T"] == 20 and summary["var_type"] == "fixed-small"
+
+
+@pytest.mark.parametrize("flags,needle", [(["--T", "1000"], "--T 1000 contradicts"),
+                                          (["--var-type", "fixed-large"], "--var-type fixed-large contradicts")])
+def test_a_flag_that_contradicts_the_checkpoint_exits_2(npz, tmp_path, tiny_ckpt, capsys, flags, needle):
+    assert main(["nll", "--ckpt", str(tiny_ckpt), "--data", str(npz), "--out", str(tmp_path / "o"), *flags]) == 2
+    assert needle in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_images_of_another_size_than_the_checkpoint_exit_2(tmp_path, tiny_ckpt, capsys):
+    np.savez(tmp_path / "big.npz", np.zeros((2, 16, 16, 3), np.uint8))
+    assert main(["nll", "--ckpt", str(tiny_ckpt), "--data", str(tmp_path / "big.npz"), "--out", str(tmp_path / "o")]) == 2
+    assert "the model expects" in capsys.readouterr().err

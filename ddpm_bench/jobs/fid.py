@@ -109,7 +109,7 @@ def run_fid(samples: str, ref: str = protocol.PAPER_REF, data_root: str | None =
             num_ref: int | None = None, backend: str = "torch-fidelity", clean_fid_mode: str = "legacy_tensorflow",
             feature_extractor: str = STANDARD, inception_weights: str | None = None, cache_dir: str | None = None,
             batch_size: int = 64, device: str = "auto", prc: bool = True, out: str | None = None,
-            force: bool = False) -> dict:
+            force: bool = False, allow_few_samples: bool = False) -> dict:
     if out is None:
         raise UserError("--out is required")
     if backend not in BACKENDS:
@@ -135,7 +135,7 @@ def run_fid(samples: str, ref: str = protocol.PAPER_REF, data_root: str | None =
     if tuple(sample_set.images.shape[1:3]) != tuple(ref_hwc[:2]):
         raise DataError(f"--samples {samples} are {sample_set.images.shape[1]}x{sample_set.images.shape[2]} but --ref "
                         f"{ref} is {ref_hwc[0]}x{ref_hwc[1]}: FID compares images of one size")
-    warnings = protocol.check_counts(len(sample_set), n_ref, extractor.feature_dim)
+    warnings = protocol.check_counts(len(sample_set), n_ref, extractor.feature_dim, allow_few_samples)
     warnings += _protocol_warnings(samples_prov, ref_name, extractor, backends)
 
     settings = {"samples": sample_set.source, "samples_sha256": sample_set.sha256, "ref": ref_name, "n_ref": n_ref,

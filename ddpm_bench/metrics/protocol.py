@@ -28,13 +28,18 @@ def paper_values() -> dict:
             "ref": PAPER_REF, "weights": "ema", "is_splits": IS_SPLITS, "row": rec["model"]}
 
 
-def check_counts(n_samples: int, n_ref: int, feature_dim: int) -> list[str]:
-    """Refuse fewer samples than feature dimensions (singular covariance); warn below the paper's 50,000
-    and for a reference smaller than the feature dimension (e.g. the 2,000-image embedded set)."""
-    if n_samples < feature_dim:
-        raise UserError(f"--samples: {n_samples} images is fewer than the {feature_dim} feature dimensions; the "
-                        f"covariance would be singular and FID meaningless (the paper uses {PAPER_NUM_SAMPLES:,})")
+def check_counts(n_samples: int, n_ref: int, feature_dim: int, allow_few_samples: bool = False) -> list[str]:
+    """Refuse fewer samples than feature dimensions (singular covariance) unless explicitly allowed (then
+    a warning says so); warn below the paper's 50,000 and for a reference smaller than the feature
+    dimension (e.g. the 2,000-image embedded set)."""
     warnings = []
+    if n_samples < feature_dim:
+        if not allow_few_samples:
+            raise UserError(f"--samples: {n_samples} images is fewer than the {feature_dim} feature dimensions; the "
+                            f"covariance would be singular and FID meaningless (the paper uses "
+                            f"{PAPER_NUM_SAMPLES:,}); --allow-few-samples computes it anyway, marked as such")
+        warnings.append(f"{n_samples:,} samples, fewer than the {feature_dim} feature dimensions (--allow-few-samples): "
+                        f"the sample covariance is singular and the FID strongly biased; {NOT_COMPARABLE}")
     if n_samples < PAPER_NUM_SAMPLES:
         warnings.append(f"fewer than {PAPER_NUM_SAMPLES:,} samples ({n_samples:,}): {NOT_COMPARABLE} "
                         "(FID is biased upwards for small sample counts)")

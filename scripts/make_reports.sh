@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Regenerate reports/: the README's main job (recipes/tiny.toml on the embedded data set), then copy its
+# report (Tables 1-4, Figure 5) and sample grids into reports/. Run from the repository root.
+set -euo pipefail
+run=${1:-runs/tiny}
+ddpm-bench reproduce recipes/tiny.toml --out "$run" --no-progress
+rm -rf reports && mkdir -p reports
+cp "$run"/report/* reports/
+cp "$run"/samples/grid.png reports/samples_grid.png
+cp "$run"/samples/progressive.png reports/progressive.png
+cp "$run"/reproduce.json reports/reproduce.json
+echo "reports/ regenerated from $run"
