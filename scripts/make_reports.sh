@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Regenerate reports/: the README's main job (recipes/tiny.toml on the embedded data set), then copy its
-# report (Tables 1-4, Figure 5) and sample grids into reports/. Run from the repository root.
+# report (Tables 1-4, Figure 5) and sample grids into reports/. Run from the repository root, with
+# PYTHON set to the interpreter that has ddpm-bench installed (default python3).
 set -euo pipefail
 run=${1:-runs/tiny}
-ddpm-bench reproduce recipes/tiny.toml --out "$run" --no-progress
+"${PYTHON:-python3}" -m ddpm_bench reproduce recipes/tiny.toml --out "$run" --no-progress
 rm -rf reports && mkdir -p reports
 cp "$run"/report/* reports/
 cp "$run"/samples/grid.png reports/samples_grid.png
