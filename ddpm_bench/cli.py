@@ -93,13 +93,19 @@ def cmd_gap(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from ddpm_bench.distributed import PeerFailed
     from ddpm_bench.jobs.sample import run_sample
 
-    run_sample(ckpt=args.ckpt, model=args.model, weights=args.weights, diffusion_flags=diffusion_flags(args),
-               num=args.num, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
-               image_size=args.image_size, channels=args.channels, clip=args.clip, device=args.device,
-               precision=args.precision, shard_size=args.shard_size, progressive_every=args.progressive_every,
-               out=args.out, force=args.force, dry_run=args.dry_run, progress=not args.no_progress)
+    try:
+        run_sample(ckpt=args.ckpt, model=args.model, weights=args.weights, diffusion_flags=diffusion_flags(args),
+                   num=args.num, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
+                   image_size=args.image_size, channels=args.channels, clip=args.clip, device=args.device,
+                   precision=args.precision, shard_size=args.shard_size, progressive_every=args.progressive_every,
+                   out=args.out, force=args.force, dry_run=args.dry_run, progress=not args.no_progress)
+    except PeerFailed as e:  # another torchrun rank failed and printed its own error
+        print(f"ddpm-bench sample: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 

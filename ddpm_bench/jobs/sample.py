@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddpm_bench import distributed
 from ddpm_bench.errors import DataError, UserError
 from ddpm_bench.models.source import ModelSource, load_model_source
 from ddpm_bench.precision import resolve_device, with_precision
@@ -31,7 +32,13 @@ from ddpm_bench.sampling import (
     sampling_process,
     to_uint8,
 )
-from ddpm_bench.shards import atomic_write_bytes, atomic_write_json, atomic_write_npz, prepare_run_dir
+from ddpm_bench.shards import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_npz,
+    prepare_run_dir,
+    read_json,
+)
 
 MANIFEST = "manifest.json"
 GRID = "grid.png"
@@ -109,42 +116,124 @@ def run_sample(*, ckpt: str | None, model: str | None, weights: str = "ema", dif
                device: str = "auto", precision: str = "fp32", shard_size: int = 1000,
                progressive_every: int | None = None, out: str, force: bool = False, dry_run: bool = False,
                progress: bool = True) -> dict | None:
-    """Sample `num` images into `out`; returns the manifest (None for a dry run)."""
+    """Sample `num` images into `out`, in one process or in each process of a torchrun launch (see
+    ddpm_bench.distributed): rank r samples the missing shards s with s % world == r; rank 0 prepares `out`,
+    writes manifest.json, grid.png and the progressive files, and returns the manifest (other ranks and
+    dry runs return None)."""
     for flag, value in (("--num", num), ("--batch-size", batch_size), ("--shard-size", shard_size)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
     if progressive_every is not None and progressive_every < 1:
         raise UserError(f"--progressive-every must be at least 1, got {progressive_every}")
-    dev = resolve_device(device)
-    source = load_model_source(ckpt, model, weights, diffusion_flags or {}, dev)
-    cfg = source.diffusion
-    try:
-        process = sampling_process(cfg, steps)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    shape = _image_shape(source, image_size, channels)
-    net = with_precision(source.net, precision, dev)
+    dev = distributed.process_device(resolve_device(device))
+    with distributed.process_group(dev):
+        return _run_sample(ckpt=ckpt, model=model, weights=weights, diffusion_flags=diffusion_flags or {}, num=num,
+                           batch_size=batch_size, seed=seed, steps=steps, image_size=image_size, channels=channels,
+                           clip=clip, dev=dev, precision=precision, shard_size=shard_size,
+                           progressive_every=progressive_every, out_dir=Path(out), force=force, dry_run=dry_run,
+                           progress=progress)
+
+
+def _is_complete(out_dir: Path, num_shards: int, progressive_every: int | None) -> bool:
+    """Every shard, the manifest, the grid and (when asked for) the progressive files are present."""
+    names = [MANIFEST, GRID] + ([PROGRESSIVE_NPZ, PROGRESSIVE_PNG] if progressive_every else [])
+    names += [shard_name(s) for s in range(num_shards)]
+    return all((out_dir / n).exists() for n in names)
+
+
+def _run_sample(*, ckpt, model, weights, diffusion_flags, num, batch_size, seed, steps, image_size, channels, clip,
+                dev, precision, shard_size, progressive_every, out_dir: Path, force, dry_run,
+                progress) -> dict | None:
+    main, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
+    error = None
+    try:  # phase 1 (every rank): inputs; rank 0 prepares --out
+        source = load_model_source(ckpt, model, weights, diffusion_flags, dev)
+        cfg = source.diffusion
+        try:
+            process = sampling_process(cfg, steps)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        shape = _image_shape(source, image_size, channels)
+        net = with_precision(source.net, precision, dev)
+        settings = {"model": source.provenance, "diffusion": asdict(cfg), "image_shape": list(shape), "num": num,
+                    "seed": seed, "steps": process.steps, "clip": clip, "precision": precision,
+                    "shard_size": shard_size}
+        resumed = prepare_run_dir(out_dir, settings, force=force, command="sample") if main and not dry_run else True
+    except Exception as e:
+        error = e
+    distributed.agree(error)
     K = process.steps
 
     if dry_run:
-        _dry_run(net, cfg.T, shape, num, min(batch_size, num), K, seed, dev)
+        if main:
+            _dry_run(net, cfg.T, shape, num, min(batch_size, num), K, seed, dev)
         return None
-
-    settings = {"model": source.provenance, "diffusion": asdict(cfg), "image_shape": list(shape), "num": num,
-                "seed": seed, "steps": K, "clip": clip, "precision": precision, "shard_size": shard_size}
-    out_dir = Path(out)
-    resumed = prepare_run_dir(out_dir, settings, force=force, command="sample")
 
     num_shards = math.ceil(num / shard_size)
     ranges = [np.arange(s * shard_size, min((s + 1) * shard_size, num), dtype=np.int64) for s in range(num_shards)]
-    done: list[int] = []
-    for s in range(num_shards):
-        if (out_dir / shard_name(s)).exists():
-            _load_shard_index(out_dir / shard_name(s), ranges[s])
-            done.append(s)
-    missing = [s for s in range(num_shards) if s not in done]
-    rows = min(PROGRESSIVE_ROWS, num)
+    if _is_complete(out_dir, num_shards, progressive_every):
+        if main:
+            print(f"sample: {out_dir} is already complete", file=sys.stderr)
+        return read_json(out_dir / MANIFEST) if main else None
 
+    error = None
+    try:  # phase 2 (every rank, after rank 0 prepared --out): which shards are done; rank 0 writes the manifest
+        done = _done_shards(out_dir, ranges)
+        missing = [s for s in range(num_shards) if s not in done]
+        manifest = _manifest(source, process, seed, clip, precision, shape, num, shard_size, ranges, done,
+                             resumed, dev, batch_size, world)
+        if main:
+            atomic_write_json(out_dir / MANIFEST, manifest)
+    except Exception as e:
+        error = e
+    distributed.agree(error)
+
+    rows = min(PROGRESSIVE_ROWS, num)
+    mine = [s for s in missing if s % world == rank]
+    prog_rows: dict[int, np.ndarray] = {}
+    prog_t = None
+    start = time.perf_counter()
+    error = None
+    try:  # phase 3 (every rank): its own missing shards
+        prog_t = _sample_shards(net, process, seed, shape, clip, dev, batch_size, out_dir, ranges, mine,
+                                rows if progressive_every and main else 0, progressive_every, prog_rows, manifest,
+                                progress and main, write_manifest=world == 1)
+    except Exception as e:
+        error = e
+    distributed.agree(error)
+    if not main:
+        return None
+
+    # phase 4 (rank 0): grids and the final manifest, recounted from the shard files present
+    grid_images = read_samples(out_dir, min(GRID_SAMPLES, num), shard_size)
+    write_png(out_dir / GRID, image_grid(grid_images, ncols=8))
+    if progressive_every:
+        _write_progressive(out_dir, net, process, seed, shape, clip, progressive_every, rows, prog_rows, prog_t, dev,
+                           batch_size)
+    present = [s for s in range(num_shards) if (out_dir / shard_name(s)).exists()]
+    manifest.update(count=int(sum(len(ranges[s]) for s in present)), shards=[shard_name(s) for s in present],
+                    complete=len(present) == num_shards,
+                    network_evals=int(sum(len(ranges[s]) for s in missing)) * K,
+                    seconds=time.perf_counter() - start,
+                    outputs=[GRID] + ([PROGRESSIVE_NPZ, PROGRESSIVE_PNG] if progressive_every else []))
+    atomic_write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def _done_shards(out_dir: Path, ranges: list[np.ndarray]) -> list[int]:
+    """The shards already on disk (each checked to hold the expected sample numbers)."""
+    done = []
+    for s, expected in enumerate(ranges):
+        if (out_dir / shard_name(s)).exists():
+            _load_shard_index(out_dir / shard_name(s), expected)
+            done.append(s)
+    return done
+
+
+def _manifest(source: ModelSource, process, seed: int, clip: bool, precision: str, shape, num: int,
+              shard_size: int, ranges: list[np.ndarray], done: list[int], resumed: bool, dev: torch.device,
+              batch_size: int, world: int) -> dict:
+    cfg, K = source.diffusion, process.steps
     manifest = {
         "format": FORMAT,
         "command": "sample",
@@ -165,9 +254,9 @@ def run_sample(*, ckpt: str | None, model: str | None, weights: str = "ema", dif
         "layout": "arr_0 uint8 (n, H, W, C); index int64 (n,)",
         "num": num,
         "shard_size": shard_size,
-        "num_shards": num_shards,
+        "num_shards": len(ranges),
         "count": int(sum(len(ranges[s]) for s in done)),
-        "complete": not missing,
+        "complete": len(done) == len(ranges),
         "shards": [shard_name(s) for s in done],
         "resumed": resumed,
         "device": str(dev),
@@ -176,17 +265,28 @@ def run_sample(*, ckpt: str | None, model: str | None, weights: str = "ema", dif
         "seconds": 0.0,
         "environment": environment(),
     }
-    atomic_write_json(out_dir / MANIFEST, manifest)
+    if world > 1:
+        manifest["processes"] = world
+    return manifest
 
-    todo = np.concatenate([ranges[s] for s in missing]) if missing else np.zeros(0, dtype=np.int64)
+
+def _sample_shards(net: Net, process, seed: int, shape, clip: bool, dev: torch.device, batch_size: int,
+                   out_dir: Path, ranges: list[np.ndarray], shards: list[int], rows: int,
+                   progressive_every: int | None, prog_rows: dict, manifest: dict, progress: bool,
+                   write_manifest: bool):
+    """Sample the listed shards in batches (a batch may span shards of this process only) and write each
+    shard as soon as it is complete; collect the progressive rows of samples j < `rows`. With
+    `write_manifest` (one process) manifest.json is updated after each shard. Returns the progressive t."""
+    shard_size, K = len(ranges[0]), process.steps
+    todo = np.concatenate([ranges[s] for s in shards]) if shards else np.zeros(0, dtype=np.int64)
+    done = [s for s in range(len(ranges)) if s not in shards]
     pending: dict[int, list[np.ndarray]] = {}
-    prog_rows: dict[int, np.ndarray] = {}
     prog_t = None
     start = time.perf_counter()
     bar = _progress(len(todo), progress)
     for b in range(0, len(todo), batch_size):
         idx = todo[b: b + batch_size]
-        want_prog = bool(progressive_every) and int(idx[0]) < rows
+        want_prog = int(idx[0]) < rows
         res = ancestral_sample(net, process, torch.from_numpy(idx), seed, shape, clip=clip,
                                progressive_every=progressive_every if want_prog else None, device=dev)
         images = to_uint8(res.x0)
@@ -204,21 +304,14 @@ def run_sample(*, ckpt: str | None, model: str | None, weights: str = "ema", dif
                 atomic_write_npz(out_dir / shard_name(s), arr_0=got, index=ranges[s])
                 del pending[s]
                 done.append(s)
-                manifest.update(count=int(sum(len(ranges[d]) for d in done)), shards=[shard_name(d) for d in sorted(done)],
-                                complete=len(done) == num_shards, seconds=time.perf_counter() - start)
-                atomic_write_json(out_dir / MANIFEST, manifest)
+                if write_manifest:
+                    manifest.update(count=int(sum(len(ranges[d]) for d in done)),
+                                    shards=[shard_name(d) for d in sorted(done)],
+                                    complete=len(done) == len(ranges), seconds=time.perf_counter() - start)
+                    atomic_write_json(out_dir / MANIFEST, manifest)
         bar.update(len(idx))
     bar.close()
-
-    grid_images = read_samples(out_dir, min(GRID_SAMPLES, num), shard_size)
-    write_png(out_dir / GRID, image_grid(grid_images, ncols=8))
-    if progressive_every:
-        _write_progressive(out_dir, net, process, seed, shape, clip, progressive_every, rows, prog_rows, prog_t, dev,
-                           batch_size)
-    manifest.update(seconds=time.perf_counter() - start,
-                    outputs=[GRID] + ([PROGRESSIVE_NPZ, PROGRESSIVE_PNG] if progressive_every else []))
-    atomic_write_json(out_dir / MANIFEST, manifest)
-    return manifest
+    return prog_t
 
 
 def _write_progressive(out_dir: Path, net: Net, process, seed: int, shape, clip: bool, every: int, rows: int,
