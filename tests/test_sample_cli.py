@@ -178,3 +178,16 @@ def test_bf16_precision_runs_and_stays_close(tmp_path):
     assert sample(b, "--num", "2", "--T", "8", "--precision", "bf16") == 0
     diff = np.abs(load_all(a)[0].astype(int) - load_all(b)[0].astype(int))
     assert 0 < diff.max() <= 16 and json.loads((b / "manifest.json").read_text())["sampler"]["precision"] == "bf16"
+
+
+def test_a_complete_directory_is_not_rewritten(tmp_path, capsys):
+    out = tmp_path / "s"
+    args = ("--num", "5", "--shard-size", "2", "--T", "8", "--progressive-every", "4")
+    assert sample(out, *args) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    stored = json.loads((out / "manifest.json").read_text())
+    capsys.readouterr()
+    assert sample(out, *args, "--batch-size", "1") == 0
+    assert f"sample: {out} is already complete" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert json.loads((out / "manifest.json").read_text()) == stored

@@ -1,5 +1,6 @@
 """Scale: torchrun processes give the same bytes as one process; a run killed with SIGKILL resumes."""
 
+import json
 import os
 import signal
 import subprocess
@@ -34,10 +35,11 @@ def assert_same_bytes(a, b):
         assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
 
 
-def torchrun(*args, nproc=2, timeout=120):
+def torchrun(*args, nproc=2, timeout=120, command="nll"):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DDPM_BENCH_DIST_TIMEOUT_S": "60"}
-    return subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", str(nproc), "-m", "ddpm_bench",
-                           "nll", *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    # "--": torchrun's parser would otherwise take `--num` for an abbreviation of its own --numa-binding
+    return subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", str(nproc), "-m", "ddpm_bench", "--",
+                           command, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this Python")
@@ -61,6 +63,27 @@ def test_a_failure_on_one_rank_stops_every_rank_with_its_message(npz, tmp_path):
     assert p.returncode != 0 and time.monotonic() - t0 < 60  # no rank waits for the process-group timeout
     assert "NaN/Inf for term(s)" in p.stderr  # the failing rank's own message (torchrun may stop the others first)
     assert not (tmp_path / "o" / "summary.json").exists()
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this Python")
+def test_two_gloo_processes_sample_the_bytes_of_one(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    flags = ["--model", "tests/sampling_plugins.py:tiny_conv", "--T", "10", "--image-size", "8", "--num", "12",
+             "--shard-size", "4", "--batch-size", "3", "--no-progress", "--device", "cpu"]
+    assert main(["sample", *flags, "--out", str(one)]) == 0
+    p = torchrun(*flags, "--out", two, command="sample")
+    assert p.returncode == 0, p.stderr
+    names = sorted(q.name for q in one.glob("samples_*.npz"))
+    assert names == [f"samples_{s:06d}.npz" for s in range(3)]
+    assert sorted(q.name for q in two.glob("samples_*.npz")) == names
+    for name in names:
+        with np.load(one / name) as a, np.load(two / name) as b:
+            for key in ("arr_0", "index"):
+                assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), (name, key)
+    assert (two / "grid.png").read_bytes() == (one / "grid.png").read_bytes()
+    m = json.loads((two / "manifest.json").read_text())
+    assert (m["count"], m["complete"], m["processes"], m["network_evals"]) == (12, True, 2, 12 * 10)
+    assert m["shards"] == names
 
 
 def test_sigkill_then_rerun_computes_only_missing_shards_and_matches_an_uninterrupted_run(npz, tmp_path):
