@@ -12,30 +12,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ddpm_bench.data import ImageSet, load_images
 from ddpm_bench.errors import DataError, UserError
 from ddpm_bench.metrics import clean_fid_backend, protocol, reference_cache, torch_fidelity_backend
 from ddpm_bench.metrics.extractors import PACKAGED, STANDARD, TINY_TEST, Extractor, resolve_extractor
 from ddpm_bench.metrics.reference_cache import ReferenceKey
+from ddpm_bench.precision import resolve_device
 from ddpm_bench.provenance import environment
 from ddpm_bench.shards import atomic_write_json, prepare_run_dir, read_json
 
 BACKENDS = ("torch-fidelity", "clean-fid", "both")
 METRICS_FILE = "metrics.json"
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device}: not a device (cpu, cuda, cuda:N or auto)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
-    return dev
 
 
 def _library_versions() -> dict:
