@@ -28,9 +28,7 @@ def _shr(z: torch.Tensor, n: int) -> torch.Tensor:
 
 def mix64(z: torch.Tensor) -> torch.Tensor:
     """SplitMix64 finaliser on int64 tensors (two's-complement wrap-around arithmetic)."""
-    z = (z ^ _shr(z, 30)) * _signed(_M1)
-    z = (z ^ _shr(z, 27)) * _signed(_M2)
-    return z ^ _shr(z, 31)
+    return mix64_(z.clone(), torch.empty_like(z))
 
 
 def mix64_int(z: int) -> int:

