@@ -166,14 +166,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
+    from ddpm_bench.distributed import PeerFailed
     from ddpm_bench.jobs.fid import format_result, run_fid
 
-    result = run_fid(samples=args.samples, ref=args.ref, data_root=args.data_root, num_samples=args.num_samples,
-                     num_ref=args.num_ref, backend=args.backend, clean_fid_mode=args.clean_fid_mode,
-                     feature_extractor=args.feature_extractor, inception_weights=args.inception_weights,
-                     cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device, prc=args.prc,
-                     out=args.out, force=args.force, allow_few_samples=args.allow_few_samples)
-    print(format_result(result))
+    try:
+        result = run_fid(samples=args.samples, ref=args.ref, data_root=args.data_root, num_samples=args.num_samples,
+                         num_ref=args.num_ref, backend=args.backend, clean_fid_mode=args.clean_fid_mode,
+                         feature_extractor=args.feature_extractor, inception_weights=args.inception_weights,
+                         cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device, prc=args.prc,
+                         out=args.out, force=args.force, allow_few_samples=args.allow_few_samples,
+                         shard_size=args.shard_size, progress=not args.no_progress)
+    except PeerFailed as e:  # another torchrun rank failed and printed its own error
+        print(f"ddpm-bench fid: {e}", file=sys.stderr)
+        return 1
+    if result is not None:  # rank 0 of a torchrun launch, or the only process
+        print(format_result(result))
     return 0
 
 
@@ -301,7 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prc", action=argparse.BooleanOptionalAction, default=True,
                    help="torch-fidelity precision/recall (the slowest metric after feature extraction)")
     p.add_argument("--batch-size", type=int, default=64, help="images per feature-extractor call")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto")
+    p.add_argument("--shard-size", type=int, default=1000,
+                   help="images per feature shard (the unit of resume, and of work per torchrun rank)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda:LOCAL_RANK under torchrun)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_out_args(p)
     p.set_defaults(func=cmd_fid)
 

@@ -116,3 +116,12 @@ def barrier() -> None:
     """Wait for every rank (all ranks must call it)."""
     if is_initialized():
         failed_ranks(False)  # an all-reduce: works the same on gloo and NCCL
+
+
+def broadcast(obj):
+    """Collective: rank 0's `obj` (picklable) on every rank; `obj` itself in one process."""
+    if not is_initialized():
+        return obj
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0, device=_flag_device())
+    return box[0]

@@ -46,7 +46,7 @@ def _npz(path, images) -> str:
 
 def _fid(tmp_path, *args, capsys=None) -> tuple[int, dict | None]:
     out = tmp_path / "out"
-    argv = ["fid", "--feature-extractor", TINY_TEST, "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+    argv = ["fid", "--feature-extractor", TINY_TEST, "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--no-progress",
             "--device", "cpu", *args]
     rc = main(argv)
     metrics = json.loads((out / "metrics.json").read_text()) if rc == 0 else None

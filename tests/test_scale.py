@@ -86,6 +86,30 @@ def test_two_gloo_processes_sample_the_bytes_of_one(tmp_path):
     assert m["shards"] == names
 
 
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this Python")
+def test_two_gloo_processes_extract_fid_features_giving_the_bytes_of_one(tmp_path):
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "s.npz", rng.integers(0, 256, (50, 16, 16, 3), dtype=np.uint8))
+    np.savez(tmp_path / "r.npz", rng.integers(0, 256, (45, 16, 16, 3), dtype=np.uint8))
+    flags = ["--samples", tmp_path / "s.npz", "--ref", tmp_path / "r.npz", "--feature-extractor", "tiny-test",
+             "--backend", "both", "--shard-size", 8, "--batch-size", 3, "--no-progress", "--device", "cpu"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["fid", *map(str, flags), "--cache-dir", str(tmp_path / "c1"), "--out", str(one)]) == 0
+    p = torchrun(*flags, "--cache-dir", tmp_path / "c2", "--out", two, command="fid")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("samples vs") == 1  # only rank 0 prints
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert (m1["processes"], m2["processes"]) == (1, 2)
+    for b in ("torch-fidelity", "clean-fid"):
+        for key, value in m1["by_backend"][b].items():
+            assert m2["by_backend"][b][key] == value, (b, key)  # exactly: the merged features are the same bytes
+        assert m2["timing"][b]["samples_images_extracted"] == 50
+        with np.load(m1["reference_statistics"][b]["path"]) as a, np.load(m2["reference_statistics"][b]["path"]) as c:
+            for key in ("features", "mu", "sigma"):
+                assert np.array_equal(a[key], c[key]), (b, key)
+    assert m1["fid"] > 0 and m1["is_mean"] > 1
+
+
 def test_sigkill_then_rerun_computes_only_missing_shards_and_matches_an_uninterrupted_run(npz, tmp_path):
     out, ref = tmp_path / "out", tmp_path / "ref"
     cmd = [sys.executable, "-m", "ddpm_bench", "nll", "--model", "tests/scale_plugins.py:slow_tiny_conv_T20", *FLAGS,

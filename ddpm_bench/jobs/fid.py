@@ -2,21 +2,26 @@
 
 Loads both image sets, checks them, gets the reference statistics from the cache (or computes and caches
 them), runs each requested backend library on the samples and writes `metrics.json` with how every
-number was made.
+number was made. Features are extracted in resumable shards under `--out`/features, split over the
+processes of a torchrun launch; the merged features, and so every number, are the same for 1 or N
+processes and for a run killed and started again.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ddpm_bench import distributed
 from ddpm_bench.data import ImageSet, load_images
 from ddpm_bench.errors import DataError, UserError
 from ddpm_bench.metrics import clean_fid_backend, protocol, reference_cache, torch_fidelity_backend
 from ddpm_bench.metrics.extractors import PACKAGED, STANDARD, TINY_TEST, Extractor, resolve_extractor
+from ddpm_bench.metrics.feature_shards import extract_in_shards
 from ddpm_bench.metrics.reference_cache import ReferenceKey
 from ddpm_bench.precision import resolve_device
 from ddpm_bench.provenance import environment
@@ -24,6 +29,7 @@ from ddpm_bench.shards import atomic_write_json, prepare_run_dir, read_json
 
 BACKENDS = ("torch-fidelity", "clean-fid", "both")
 METRICS_FILE = "metrics.json"
+FEATURES_DIR = "features"  # feature shards while the run is unfinished; removed once metrics.json is written
 
 
 def _library_versions() -> dict:
@@ -69,105 +75,189 @@ def _protocol_warnings(samples_prov: dict, ref: str, extractor: Extractor, backe
     return warnings
 
 
-def _reference_stats(backend: str, mode: str, extractor: Extractor, ref_set: ImageSet | None, ref_file: str | None,
-                     num_ref: int | None, compute, cache_dir: Path, library: str) -> tuple[np.ndarray, dict, dict]:
-    """(features, stats, info) from the given statistics file, the cache, or `compute(images)`."""
-    fields = {"extractor": extractor.name, "weights_sha256": extractor.weights_sha256, "backend": backend,
-              "mode": mode, "layer": extractor.fid_layer}
+def _reference_key(backend: str, mode: str, library: str, extractor: Extractor, ref_set: ImageSet) -> ReferenceKey:
+    h, w, c = ref_set.images.shape[1:]
+    return ReferenceKey(source=ref_set.source, source_sha256=ref_set.sha256, count=len(ref_set), image_shape=(h, w, c),
+                        extractor=extractor.name, weights_sha256=extractor.weights_sha256, backend=backend, mode=mode,
+                        layer=extractor.fid_layer, library=library)
+
+
+def _known_reference(backend: str, mode: str, library: str, extractor: Extractor, ref_set: ImageSet | None,
+                     ref_file: str | None, num_ref: int | None, cache_dir: Path) -> tuple[np.ndarray, dict, dict] | None:
+    """(features, stats, info) from the given statistics file or the cache; None when they must be computed."""
     if ref_file is not None:
+        fields = {"extractor": extractor.name, "weights_sha256": extractor.weights_sha256, "backend": backend,
+                  "mode": mode, "layer": extractor.fid_layer}
         if num_ref is not None:
             fields["count"] = num_ref
         meta, feats, stats = reference_cache.load_statistics_file(ref_file, fields)
         return feats, stats, {"from": "file", "path": str(Path(ref_file).resolve()), "key": meta["key"]}
-    h, w, c = ref_set.images.shape[1:]
-    key = ReferenceKey(source=ref_set.source, source_sha256=ref_set.sha256, count=len(ref_set), image_shape=(h, w, c),
-                       library=library, **fields)
+    key = _reference_key(backend, mode, library, extractor, ref_set)
     hit = reference_cache.lookup(cache_dir, key)
-    if hit is not None:
-        return hit[0], hit[1], {"from": "cache", "path": str(reference_cache.entry_path(cache_dir, key)), "key": key.as_dict()}
-    t0 = time.perf_counter()
-    feats, stats = compute(ref_set.images)
-    seconds = time.perf_counter() - t0
-    path = reference_cache.store(cache_dir, key, feats, stats)
-    return feats, stats, {"from": "computed", "path": str(path), "key": key.as_dict(), "seconds": seconds,
-                          "images_per_second": len(ref_set) / seconds}
+    if hit is None:
+        return None
+    return hit[0], hit[1], {"from": "cache", "path": str(reference_cache.entry_path(cache_dir, key)), "key": key.as_dict()}
+
+
+class _Backend:
+    """One backend library: its name, resize mode, statistics and a feature function whose network is
+    made on first use (so a finished run, or one whose shards are all on disk, never loads it)."""
+
+    def __init__(self, name: str, extractor: Extractor, clean_fid_mode: str, dev, batch_size: int,
+                 inception_weights: str | None):
+        self.name, self.extractor, self.dev, self.batch_size = name, extractor, dev, batch_size
+        self.inception_weights = inception_weights
+        if name == torch_fidelity_backend.NAME:
+            self.mode, self.module = torch_fidelity_backend.MODE, torch_fidelity_backend
+            self.how = torch_fidelity_backend.describe()
+        else:
+            self.mode, self.module = clean_fid_mode, clean_fid_backend
+            self.how = clean_fid_backend.describe(clean_fid_mode)
+        self.library = self.how["library"]
+        self.network, self.network_info = None, {}
+
+    def _ensure_network(self) -> None:
+        if self.network is not None:
+            return
+        if self.module is torch_fidelity_backend:
+            self.network = self.extractor.create(self.dev)
+        else:
+            self.network, self.network_info = clean_fid_backend.feature_model(self.extractor, self.mode, self.dev,
+                                                                              self.inception_weights)
+
+    def features(self, origin: str):
+        """uint8 (n, H, W, C) -> {layer: (n, D) float32}, the function extract_in_shards calls per shard."""
+
+        def extract(images: np.ndarray) -> dict[str, np.ndarray]:
+            self._ensure_network()
+            if self.module is torch_fidelity_backend:
+                return torch_fidelity_backend.extract_features(images, self.extractor, self.dev, self.batch_size,
+                                                               origin, network=self.network)
+            return {self.extractor.fid_layer: clean_fid_backend.extract_features(
+                images, self.network, self.mode, self.dev, self.batch_size, origin)}
+
+        return extract
+
+    def statistics(self, features: np.ndarray) -> dict:
+        return self.module.statistics(features)
+
+    def metrics(self, feats: dict[str, np.ndarray], ref_feats: np.ndarray, ref_stats: dict, prc: bool) -> dict:
+        if self.module is torch_fidelity_backend:
+            return {**torch_fidelity_backend.metrics(feats, ref_feats, ref_stats, self.extractor, protocol.IS_SPLITS, prc),
+                    "weights_sha256": self.extractor.weights_sha256, "how": self.how}
+        if not self.network_info:  # every shard came from disk: describe the network without running it
+            self._ensure_network()
+        return {**clean_fid_backend.metrics(feats[self.extractor.fid_layer], ref_feats, ref_stats, self.mode),
+                **self.network_info, "how": self.how}
 
 
 def run_fid(samples: str, ref: str = protocol.PAPER_REF, data_root: str | None = None, num_samples: int | None = None,
             num_ref: int | None = None, backend: str = "torch-fidelity", clean_fid_mode: str = "legacy_tensorflow",
             feature_extractor: str = STANDARD, inception_weights: str | None = None, cache_dir: str | None = None,
             batch_size: int = 64, device: str = "auto", prc: bool = True, out: str | None = None,
-            force: bool = False, allow_few_samples: bool = False) -> dict:
+            force: bool = False, allow_few_samples: bool = False, shard_size: int = 1000,
+            progress: bool = True) -> dict | None:
+    """FID/IS of `samples` into `out`/metrics.json, in one process or in each process of a torchrun launch:
+    the features of both image sets are extracted in shards split over the ranks (metrics/feature_shards.py);
+    rank 0 computes the statistics and metrics from the merged features and returns the result (other
+    ranks return None)."""
     if out is None:
         raise UserError("--out is required")
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: choose from {', '.join(BACKENDS)}")
     if clean_fid_mode not in clean_fid_backend.MODES:
         raise UserError(f"--clean-fid-mode {clean_fid_mode}: choose from {', '.join(clean_fid_backend.MODES)}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    backends = ["torch-fidelity", "clean-fid"] if backend == "both" else [backend]
-    dev = resolve_device(device)
-    extractor = resolve_extractor(feature_extractor, inception_weights)
-    cache = Path(cache_dir) if cache_dir else reference_cache.default_cache_dir()
+    for flag, value in (("--batch-size", batch_size), ("--shard-size", shard_size)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    dev = distributed.process_device(resolve_device(device))
+    with distributed.process_group(dev):
+        return _run_fid(samples=samples, ref=ref, data_root=data_root, num_samples=num_samples, num_ref=num_ref,
+                        backends=["torch-fidelity", "clean-fid"] if backend == "both" else [backend], backend=backend,
+                        clean_fid_mode=clean_fid_mode, feature_extractor=feature_extractor,
+                        inception_weights=inception_weights, cache_dir=cache_dir, batch_size=batch_size, dev=dev,
+                        prc=prc, out=Path(out), force=force, allow_few_samples=allow_few_samples,
+                        shard_size=shard_size, progress=progress)
 
-    sample_set = load_images(samples, data_root, num_samples)
-    samples_prov = _samples_provenance(samples, sample_set)
-    ref_file = ref if reference_cache.is_statistics_file(ref) else None
-    ref_set = None if ref_file else load_images(ref, data_root, num_ref)
-    if ref_file:
-        ref_meta = reference_cache.read_entry(ref_file)[0]["key"]
-        ref_hwc, n_ref, ref_name = tuple(ref_meta["image_shape"]), ref_meta["count"], ref_meta["source"]
-    else:
-        ref_hwc, n_ref, ref_name = ref_set.images.shape[1:], len(ref_set), ref_set.source
-    if tuple(sample_set.images.shape[1:3]) != tuple(ref_hwc[:2]):
-        raise DataError(f"--samples {samples} are {sample_set.images.shape[1]}x{sample_set.images.shape[2]} but --ref "
-                        f"{ref} is {ref_hwc[0]}x{ref_hwc[1]}: FID compares images of one size")
-    warnings = protocol.check_counts(len(sample_set), n_ref, extractor.feature_dim, allow_few_samples)
-    warnings += _protocol_warnings(samples_prov, ref_name, extractor, backends)
 
-    settings = {"samples": sample_set.source, "samples_sha256": sample_set.sha256, "ref": ref_name, "n_ref": n_ref,
-                "backend": backend, "clean_fid_mode": clean_fid_mode, "feature_extractor": extractor.name,
-                "weights_sha256": extractor.weights_sha256, "prc": prc}
-    resumed = prepare_run_dir(out, settings, force=force, command="fid")
-    metrics_path = Path(out) / METRICS_FILE
-    if resumed and metrics_path.exists():
-        print(f"ddpm-bench fid: {metrics_path} is complete for these settings; nothing to do", file=sys.stderr)
-        return read_json(metrics_path)
+def _run_fid(*, samples, ref, data_root, num_samples, num_ref, backends, backend, clean_fid_mode, feature_extractor,
+             inception_weights, cache_dir, batch_size, dev, prc, out: Path, force, allow_few_samples, shard_size,
+             progress) -> dict | None:
+    main = distributed.is_main()
+    metrics_path = out / METRICS_FILE
+    known: dict[str, tuple | None] = {}
+    error = None
+    try:  # phase 1 (every rank): inputs; rank 0 prepares --out and finds the reference statistics it already has
+        extractor = resolve_extractor(feature_extractor, inception_weights)
+        cache = Path(cache_dir) if cache_dir else reference_cache.default_cache_dir()
+        sample_set = load_images(samples, data_root, num_samples)
+        samples_prov = _samples_provenance(samples, sample_set)
+        ref_file = ref if reference_cache.is_statistics_file(ref) else None
+        ref_set = None if ref_file else load_images(ref, data_root, num_ref)
+        if ref_file:
+            ref_meta = reference_cache.read_entry(ref_file)[0]["key"]
+            ref_hwc, n_ref, ref_name = tuple(ref_meta["image_shape"]), ref_meta["count"], ref_meta["source"]
+        else:
+            ref_hwc, n_ref, ref_name = ref_set.images.shape[1:], len(ref_set), ref_set.source
+        if tuple(sample_set.images.shape[1:3]) != tuple(ref_hwc[:2]):
+            raise DataError(f"--samples {samples} are {sample_set.images.shape[1]}x{sample_set.images.shape[2]} but "
+                            f"--ref {ref} is {ref_hwc[0]}x{ref_hwc[1]}: FID compares images of one size")
+        warnings = protocol.check_counts(len(sample_set), n_ref, extractor.feature_dim, allow_few_samples)
+        warnings += _protocol_warnings(samples_prov, ref_name, extractor, backends)
+        libs = {b: _Backend(b, extractor, clean_fid_mode, dev, batch_size, inception_weights) for b in backends}
+        settings = {"samples": sample_set.source, "samples_sha256": sample_set.sha256, "ref": ref_name, "n_ref": n_ref,
+                    "backend": backend, "clean_fid_mode": clean_fid_mode, "feature_extractor": extractor.name,
+                    "weights_sha256": extractor.weights_sha256, "prc": prc, "shard_size": shard_size}
+        if main:
+            prepare_run_dir(out, settings, force=force, command="fid")
+            if not metrics_path.exists():
+                known = {b: _known_reference(b, lib.mode, lib.library, extractor, ref_set, ref_file, num_ref, cache)
+                         for b, lib in libs.items()}
+    except Exception as e:
+        error = e
+    distributed.agree(error)
+    if metrics_path.exists():
+        if main:
+            print(f"ddpm-bench fid: {metrics_path} is complete for these settings; nothing to do", file=sys.stderr)
+            return read_json(metrics_path)
+        return None
 
+    # phase 2 (every rank): features of the samples, and of the reference where no statistics are known yet
+    to_compute = distributed.broadcast([b for b in backends if known.get(b) is None] if main else None)
     t_start = time.perf_counter()
-    by_backend, references, timings = {}, {}, {}
-    if "torch-fidelity" in backends:
-        tf = torch_fidelity_backend
-
-        def tf_compute(images):
-            feats = tf.extract_features(images, extractor, dev, batch_size, f"--ref {ref}")[extractor.fid_layer]
-            return feats, tf.statistics(feats)
-
-        ref_feats, ref_stats, references[tf.NAME] = _reference_stats(
-            tf.NAME, tf.MODE, extractor, ref_set, ref_file, num_ref, tf_compute, cache, tf.describe()["library"])
+    ref_feats, sample_feats, timings = {}, {}, {}
+    for b, lib in libs.items():
+        if b in to_compute:
+            t0 = time.perf_counter()
+            got = extract_in_shards(ref_set.images, lib.features(f"--ref {ref}"), out / FEATURES_DIR / f"ref-{b}",
+                                    shard_size, batch_size, f"{b} features of {ref_name}", progress)
+            ref_feats[b] = (got, time.perf_counter() - t0)
         t0 = time.perf_counter()
-        feats = tf.extract_features(sample_set.images, extractor, dev, batch_size, f"--samples {samples}")
-        timings[tf.NAME] = {"samples_features_seconds": time.perf_counter() - t0}
-        timings[tf.NAME]["samples_images_per_second"] = len(sample_set) / timings[tf.NAME]["samples_features_seconds"]
-        by_backend[tf.NAME] = {**tf.metrics(feats, ref_feats, ref_stats, extractor, protocol.IS_SPLITS, prc),
-                               "weights_sha256": extractor.weights_sha256, "how": tf.describe()}
-    if "clean-fid" in backends:
-        cf = clean_fid_backend
-        model, model_info = cf.feature_model(extractor, clean_fid_mode, dev, inception_weights)
+        got = extract_in_shards(sample_set.images, lib.features(f"--samples {samples}"),
+                                out / FEATURES_DIR / f"samples-{b}", shard_size, batch_size,
+                                f"{b} features of the samples", progress)
+        seconds = time.perf_counter() - t0
+        sample_feats[b] = got.features
+        timings[b] = {"samples_features_seconds": seconds, "samples_images_extracted": got.extracted,
+                      "samples_images_per_second": got.extracted / seconds if got.extracted else None}
+    if not main:
+        return None
 
-        def cf_compute(images):
-            feats = cf.extract_features(images, model, clean_fid_mode, dev, batch_size, f"--ref {ref}")
-            return feats, cf.statistics(feats)
-
-        ref_feats, ref_stats, references[cf.NAME] = _reference_stats(
-            cf.NAME, clean_fid_mode, extractor, ref_set, ref_file, num_ref, cf_compute, cache, cf.describe(clean_fid_mode)["library"])
-        t0 = time.perf_counter()
-        feats = cf.extract_features(sample_set.images, model, clean_fid_mode, dev, batch_size, f"--samples {samples}")
-        timings[cf.NAME] = {"samples_features_seconds": time.perf_counter() - t0}
-        timings[cf.NAME]["samples_images_per_second"] = len(sample_set) / timings[cf.NAME]["samples_features_seconds"]
-        by_backend[cf.NAME] = {**cf.metrics(feats, ref_feats, ref_stats, clean_fid_mode), **model_info,
-                               "how": cf.describe(clean_fid_mode)}
+    # phase 3 (rank 0): reference statistics (cached), metrics, metrics.json
+    by_backend, references = {}, {}
+    for b, lib in libs.items():
+        if b in ref_feats:
+            got, seconds = ref_feats[b]
+            feats = got.features[extractor.fid_layer]
+            stats = lib.statistics(feats)
+            key = _reference_key(b, lib.mode, lib.library, extractor, ref_set)
+            path = reference_cache.store(cache, key, feats, stats)
+            references[b] = {"from": "computed", "path": str(path), "key": key.as_dict(), "seconds": seconds,
+                             "images_extracted": got.extracted,
+                             "images_per_second": got.extracted / seconds if got.extracted else None}
+            known[b] = (feats, stats, references[b])
+        r_feats, r_stats, references[b] = known[b]
+        by_backend[b] = lib.metrics(sample_feats[b], r_feats, r_stats, prc)
 
     primary = by_backend[backends[0]]
     tf_result = by_backend.get("torch-fidelity")
@@ -197,6 +287,9 @@ def run_fid(samples: str, ref: str = protocol.PAPER_REF, data_root: str | None =
         "reference_statistics": references,
         "timing": {**timings, "total_seconds": time.perf_counter() - t_start},
         "device": str(dev),
+        "processes": distributed.world_size(),
+        "shard_size": shard_size,
+        "batch_size": batch_size,
         "provenance": {"samples": samples_prov,
                        "ref": {"source": ref_name, "sha256": ref_set.sha256 if ref_set else None, "n": n_ref},
                        "libraries": _library_versions(), **environment()},
@@ -206,6 +299,7 @@ def run_fid(samples: str, ref: str = protocol.PAPER_REF, data_root: str | None =
         result["backend_difference"] = {"fid_clean_fid_minus_torch_fidelity": d,
                                         "relative": d / max(abs(by_backend["torch-fidelity"]["fid"]), 1e-12)}
     atomic_write_json(metrics_path, result)
+    shutil.rmtree(out / FEATURES_DIR, ignore_errors=True)
     return result
 
 

@@ -123,7 +123,7 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
     else:
         stage("fid", lambda: run_fid(samples=str(run / "samples"), ref=ev.fid_ref or cfg.training.data,
                                      data_root=data_root, backend=ev.fid_backend, feature_extractor=ev.feature_extractor,
-                                     device=device, out=str(fid_dir), force=True,
+                                     device=device, out=str(fid_dir), force=False, progress=progress,
                                      allow_few_samples=ev.fid_allow_few_samples))
     stage("report", lambda: build_report([run], run / "report", force=True))
     record = {"recipe": str(recipe), "overrides": list(overrides), "checkpoint": model_ckpt, "stages": STAGES,

@@ -44,9 +44,10 @@ class UInt8Images(Dataset):
 
 
 def extract_features(images: np.ndarray, extractor: Extractor, device: torch.device, batch_size: int,
-                     origin: str) -> dict[str, np.ndarray]:
-    """torch-fidelity features of uint8 (N, H, W, C) images: {layer name: (N, D) float32}."""
-    fe = extractor.create(device)
+                     origin: str, network=None) -> dict[str, np.ndarray]:
+    """torch-fidelity features of uint8 (N, H, W, C) images: {layer name: (N, D) float32}. `network` is
+    `extractor.create(device)`, made here when not given."""
+    fe = extractor.create(device) if network is None else network
     out = get_featuresdict_from_dataset(UInt8Images(images), fe, batch_size=min(batch_size, len(images)),
                                         cuda=device.type == "cuda", save_cpu_ram=True, verbose=False)
     feats = {k: v.numpy() for k, v in out.items()}
