@@ -10,6 +10,7 @@ from ddpm_bench import __version__
 from ddpm_bench.diffusion import MEAN_TYPES, VAR_TYPES
 from ddpm_bench.errors import UserError
 from ddpm_bench.gaussian import DECODER_CDF_MODES
+from ddpm_bench.network_speed import COMPILE_MODES
 from ddpm_bench.schedule import BETA_SCHEDULES
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -60,11 +61,17 @@ def add_bound_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network precision (bound math stays float64)")
     p.add_argument("--shard-size", type=int, default=64, help="images per resumable shard")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network (pays off on long GPU runs)")
-    p.add_argument("--channels-last", action="store_true",
-                   help="run a torch module in channels-last memory format (may change float32 rounding)")
+    add_speed_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the network evaluations and an ETA, then stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_speed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
+                   help="torch.compile the network; MODE default, reduce-overhead (CUDA graphs on a GPU) or "
+                        "max-autotune (pays off on long GPU runs; may change float32 rounding)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="run a torch module in channels-last memory format (may change float32 rounding)")
 
 
 def add_out_args(p: argparse.ArgumentParser) -> None:
@@ -101,7 +108,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
                    num=args.num, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
                    image_size=args.image_size, channels=args.channels, clip=args.clip, device=args.device,
                    precision=args.precision, shard_size=args.shard_size, progressive_every=args.progressive_every,
-                   out=args.out, force=args.force, dry_run=args.dry_run, progress=not args.no_progress)
+                   out=args.out, force=args.force, dry_run=args.dry_run, progress=not args.no_progress,
+                   compile_mode=args.compile, channels_last=args.channels_last)
     except PeerFailed as e:  # another torchrun rank failed and printed its own error
         print(f"ddpm-bench sample: {e}", file=sys.stderr)
         return 1
@@ -115,7 +123,7 @@ def _nll_args(args: argparse.Namespace) -> dict:
                 data=args.data, data_root=args.data_root, num_images=args.num_images, batch_size=args.batch_size,
                 seed=args.seed, draws=args.draws, clip=args.clip, decoder_cdf=args.decoder_cdf, device=args.device,
                 precision=args.precision, shard_size=args.shard_size, dry_run=args.dry_run,
-                progress=not args.no_progress, compile_net=args.compile, channels_last=args.channels_last)
+                progress=not args.no_progress, compile_mode=args.compile, channels_last=args.channels_last)
 
 
 def cmd_rate_distortion(args: argparse.Namespace) -> int:
@@ -229,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network precision (sampler math stays float64)")
     p.add_argument("--shard-size", type=int, default=500, help="samples per resumable shard samples_XXXXXX.npz")
+    add_speed_args(p)
     p.add_argument("--progressive-every", type=int, default=None,
                    help="also write progressive.png/.npz: the x0 prediction every N steps for the first 8 samples (paper Figure 6)")
     p.add_argument("--dry-run", action="store_true", help="print the network evaluations and an ETA, then stop")

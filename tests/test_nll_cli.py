@@ -191,3 +191,26 @@ def test_images_of_another_size_than_the_checkpoint_exit_2(tmp_path, tiny_ckpt, 
     np.savez(tmp_path / "big.npz", np.zeros((2, 16, 16, 3), np.uint8))
     assert main(["nll", "--ckpt", str(tiny_ckpt), "--data", str(tmp_path / "big.npz"), "--out", str(tmp_path / "o")]) == 2
     assert "the model expects" in capsys.readouterr().err
+
+
+def _terms(out):
+    with np.load(out / "per_image.npz") as f:
+        return f["terms"]
+
+
+def test_channels_last_changes_only_rounding_and_is_recorded(npz, tmp_path):
+    a, b = tmp_path / "plain", tmp_path / "cl"
+    assert nll("--data", npz, "--out", a) == 0
+    assert nll("--data", npz, "--out", b, "--channels-last") == 0
+    np.testing.assert_allclose(_terms(b), _terms(a), rtol=1e-6, atol=1e-9)
+    run = json.loads((b / "summary.json").read_text())["network_execution"]
+    assert run == {"channels_last": True, "compile": None, "cuda_graphs": False}
+
+
+@pytest.mark.slow
+def test_compiled_network_changes_only_rounding(npz, tmp_path):
+    a, b = tmp_path / "eager", tmp_path / "compiled"
+    assert nll("--data", npz, "--out", a) == 0
+    assert nll("--data", npz, "--out", b, "--compile") == 0
+    np.testing.assert_allclose(_terms(b), _terms(a), rtol=1e-6, atol=1e-9)
+    assert json.loads((b / "summary.json").read_text())["network_execution"]["compile"] == "default"

@@ -191,3 +191,24 @@ def test_a_complete_directory_is_not_rewritten(tmp_path, capsys):
     assert f"sample: {out} is already complete" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     assert json.loads((out / "manifest.json").read_text()) == stored
+
+
+def test_channels_last_sampler_stays_within_one_level_and_is_recorded(tmp_path):
+    a, b = tmp_path / "plain", tmp_path / "cl"
+    assert sample(a, "--num", "6", "--T", "8", "--batch-size", "3") == 0
+    assert sample(b, "--num", "6", "--T", "8", "--batch-size", "3", "--channels-last") == 0
+    diff = np.abs(load_all(a)[0].astype(int) - load_all(b)[0].astype(int))
+    assert diff.max() <= 1  # the float32 rounding of another convolution layout, nothing more
+    run = json.loads((b / "manifest.json").read_text())["network_execution"]
+    assert run == {"channels_last": True, "compile": None, "cuda_graphs": False}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_sampler_stays_within_one_level(tmp_path, mode):
+    a, b = tmp_path / "eager", tmp_path / mode
+    assert sample(a, "--num", "4", "--T", "8") == 0
+    assert sample(b, "--num", "4", "--T", "8", "--compile", mode) == 0  # reduce-overhead: no CUDA graphs on a CPU
+    diff = np.abs(load_all(a)[0].astype(int) - load_all(b)[0].astype(int))
+    assert diff.max() <= 1
+    assert json.loads((b / "manifest.json").read_text())["network_execution"]["compile"] == mode

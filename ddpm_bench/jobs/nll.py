@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_bench import __version__, distributed
+from ddpm_bench import __version__, distributed, network_speed
 from ddpm_bench.bound import bound_pairs, compute_bound, to_model_scale
 from ddpm_bench.data import ImageSet, load_images
 from ddpm_bench.errors import UserError
@@ -183,7 +183,7 @@ def clean_stale_temporaries(out: Path) -> None:
 def run_nll(*, ckpt: str | None, model: str | None, weights: str, diffusion_flags: dict, data: str,
             data_root: str | None, num_images: int | None, batch_size: int, seed: int, draws: int, clip: bool,
             decoder_cdf: str, device: str, precision: str, shard_size: int, out: str, force: bool,
-            dry_run: bool = False, progress: bool = True, compile_net: bool = False,
+            dry_run: bool = False, progress: bool = True, compile_mode: str | None = None,
             channels_last: bool = False) -> dict | None:
     """The nll command, in one process or in each process of a torchrun launch (see ddpm_bench.distributed):
     rank r computes the shards s with s % world == r; rank 0 prepares --out, merges and writes the results
@@ -196,24 +196,20 @@ def run_nll(*, ckpt: str | None, model: str | None, weights: str, diffusion_flag
         return _run_nll(ckpt=ckpt, model=model, weights=weights, diffusion_flags=diffusion_flags, data=data,
                         data_root=data_root, num_images=num_images, batch_size=batch_size, seed=seed, draws=draws,
                         clip=clip, decoder_cdf=decoder_cdf, dev=dev, precision=precision, shard_size=shard_size,
-                        out=Path(out), force=force, dry_run=dry_run, progress=progress, compile_net=compile_net,
+                        out=Path(out), force=force, dry_run=dry_run, progress=progress, compile_mode=compile_mode,
                         channels_last=channels_last)
 
 
 def _run_nll(*, ckpt, model, weights, diffusion_flags, data, data_root, num_images, batch_size, seed, draws, clip,
-             decoder_cdf, dev, precision, shard_size, out: Path, force, dry_run, progress, compile_net,
+             decoder_cdf, dev, precision, shard_size, out: Path, force, dry_run, progress, compile_mode,
              channels_last) -> dict | None:
     main, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     error = None
     try:  # phase 1 (every rank): inputs; rank 0 prepares --out
         source = load_model_source(ckpt, model, weights, diffusion_flags, dev)
         images = load_images(data, data_root, num_images)
         check_image_shape(source, images)
-        if source.module is not None and channels_last:
-            source.module.to(memory_format=torch.channels_last)
-        if compile_net:
-            source.net = torch.compile(source.net)
+        memory_format = network_speed.speed_up(source, channels_last, compile_mode)
         settings = nll_settings(source, images, seed, draws, clip, decoder_cdf, precision, shard_size)
         if main and not dry_run:
             prepare_run_dir(out, settings, force=force, command="nll")
@@ -253,6 +249,7 @@ def _run_nll(*, ckpt, model, weights, diffusion_flags, data, data_root, num_imag
     c, h, w = images.shape
     summary = summarise(merged, settings, source, dims=c * h * w)
     summary["processes"] = world
+    summary["network_execution"] = network_speed.describe(channels_last, compile_mode)
     write_outputs(out, merged, summary)
     print_summary(summary)
     return summary

@@ -2,9 +2,10 @@
 a progressive-generation grid (DDPM Figure 6).
 
 Shard s (`samples_XXXXXX.npz`) holds sample numbers [s * shard_size, (s + 1) * shard_size) as `arr_0`
-uint8 (n, H, W, C) and `index` int64 (n,); which samples a shard holds depends on the shard size only,
-and each sample on (seed, sample number) only, so batch size, restarts and process count never change a
-byte of the output.
+uint8 (n, H, W, C) and `index` int64 (n,); which samples a shard holds depends on the shard size only.
+The noise of each sample depends on (seed, sample number) only, and each shard is sampled in its own
+batches (`shard_batches`), so restarts and the process count never change a byte of the output; another
+batch size can change the network's float32 rounding only.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_bench import distributed
+from ddpm_bench import distributed, network_speed
 from ddpm_bench.errors import DataError, UserError
 from ddpm_bench.models.source import ModelSource, load_model_source
 from ddpm_bench.precision import resolve_device, with_precision
@@ -115,7 +116,7 @@ def run_sample(*, ckpt: str | None, model: str | None, weights: str = "ema", dif
                image_size: int | None = None, channels: int | None = None, clip: bool = True,
                device: str = "auto", precision: str = "fp32", shard_size: int = 1000,
                progressive_every: int | None = None, out: str, force: bool = False, dry_run: bool = False,
-               progress: bool = True) -> dict | None:
+               progress: bool = True, compile_mode: str | None = None, channels_last: bool = False) -> dict | None:
     """Sample `num` images into `out`, in one process or in each process of a torchrun launch (see
     ddpm_bench.distributed): rank r samples the missing shards s with s % world == r; rank 0 prepares `out`,
     writes manifest.json, grid.png and the progressive files, and returns the manifest (other ranks and
@@ -131,7 +132,7 @@ def run_sample(*, ckpt: str | None, model: str | None, weights: str = "ema", dif
                            batch_size=batch_size, seed=seed, steps=steps, image_size=image_size, channels=channels,
                            clip=clip, dev=dev, precision=precision, shard_size=shard_size,
                            progressive_every=progressive_every, out_dir=Path(out), force=force, dry_run=dry_run,
-                           progress=progress)
+                           progress=progress, compile_mode=compile_mode, channels_last=channels_last)
 
 
 def _is_complete(out_dir: Path, num_shards: int, progressive_every: int | None) -> bool:
@@ -143,7 +144,7 @@ def _is_complete(out_dir: Path, num_shards: int, progressive_every: int | None) 
 
 def _run_sample(*, ckpt, model, weights, diffusion_flags, num, batch_size, seed, steps, image_size, channels, clip,
                 dev, precision, shard_size, progressive_every, out_dir: Path, force, dry_run,
-                progress) -> dict | None:
+                progress, compile_mode, channels_last) -> dict | None:
     main, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
     error = None
     try:  # phase 1 (every rank): inputs; rank 0 prepares --out
@@ -154,7 +155,8 @@ def _run_sample(*, ckpt, model, weights, diffusion_flags, num, batch_size, seed,
         except ValueError as e:
             raise UserError(str(e)) from None
         shape = _image_shape(source, image_size, channels)
-        net = with_precision(source.net, precision, dev)
+        memory_format = network_speed.speed_up(source, channels_last, compile_mode)
+        net = network_speed.with_memory_format(with_precision(source.net, precision, dev), memory_format)
         settings = {"model": source.provenance, "diffusion": asdict(cfg), "image_shape": list(shape), "num": num,
                     "seed": seed, "steps": process.steps, "clip": clip, "precision": precision,
                     "shard_size": shard_size}
@@ -181,7 +183,7 @@ def _run_sample(*, ckpt, model, weights, diffusion_flags, num, batch_size, seed,
         done = _done_shards(out_dir, ranges)
         missing = [s for s in range(num_shards) if s not in done]
         manifest = _manifest(source, process, seed, clip, precision, shape, num, shard_size, ranges, done,
-                             resumed, dev, batch_size, world)
+                             resumed, dev, batch_size, world, network_speed.describe(channels_last, compile_mode))
         if main:
             atomic_write_json(out_dir / MANIFEST, manifest)
     except Exception as e:
@@ -209,7 +211,7 @@ def _run_sample(*, ckpt, model, weights, diffusion_flags, num, batch_size, seed,
     write_png(out_dir / GRID, image_grid(grid_images, ncols=8))
     if progressive_every:
         _write_progressive(out_dir, net, process, seed, shape, clip, progressive_every, rows, prog_rows, prog_t, dev,
-                           batch_size)
+                           batch_size, ranges)
     present = [s for s in range(num_shards) if (out_dir / shard_name(s)).exists()]
     manifest.update(count=int(sum(len(ranges[s]) for s in present)), shards=[shard_name(s) for s in present],
                     complete=len(present) == num_shards,
@@ -232,7 +234,7 @@ def _done_shards(out_dir: Path, ranges: list[np.ndarray]) -> list[int]:
 
 def _manifest(source: ModelSource, process, seed: int, clip: bool, precision: str, shape, num: int,
               shard_size: int, ranges: list[np.ndarray], done: list[int], resumed: bool, dev: torch.device,
-              batch_size: int, world: int) -> dict:
+              batch_size: int, world: int, execution: dict) -> dict:
     cfg, K = source.diffusion, process.steps
     manifest = {
         "format": FORMAT,
@@ -261,6 +263,7 @@ def _manifest(source: ModelSource, process, seed: int, clip: bool, precision: st
         "resumed": resumed,
         "device": str(dev),
         "batch_size": batch_size,
+        "network_execution": execution,
         "network_evals": 0,
         "seconds": 0.0,
         "environment": environment(),
@@ -270,52 +273,51 @@ def _manifest(source: ModelSource, process, seed: int, clip: bool, precision: st
     return manifest
 
 
+def shard_batches(shard: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """The batches a shard's samples are drawn in: consecutive runs of `batch_size` from its first sample.
+    A batch never spans two shards, so which samples share a network call (which can move the float32
+    rounding of the network) depends on the shard and batch sizes only, never on processes or restarts."""
+    return [shard[b: b + batch_size] for b in range(0, len(shard), batch_size)]
+
+
 def _sample_shards(net: Net, process, seed: int, shape, clip: bool, dev: torch.device, batch_size: int,
                    out_dir: Path, ranges: list[np.ndarray], shards: list[int], rows: int,
                    progressive_every: int | None, prog_rows: dict, manifest: dict, progress: bool,
                    write_manifest: bool):
-    """Sample the listed shards in batches (a batch may span shards of this process only) and write each
-    shard as soon as it is complete; collect the progressive rows of samples j < `rows`. With
-    `write_manifest` (one process) manifest.json is updated after each shard. Returns the progressive t."""
-    shard_size, K = len(ranges[0]), process.steps
-    todo = np.concatenate([ranges[s] for s in shards]) if shards else np.zeros(0, dtype=np.int64)
+    """Sample the listed shards, each in its own batches, and write each shard when it is complete; collect
+    the progressive rows of samples j < `rows`. With `write_manifest` (one process) manifest.json is
+    updated after each shard. Returns the progressive t."""
+    K = process.steps
     done = [s for s in range(len(ranges)) if s not in shards]
-    pending: dict[int, list[np.ndarray]] = {}
     prog_t = None
     start = time.perf_counter()
-    bar = _progress(len(todo), progress)
-    for b in range(0, len(todo), batch_size):
-        idx = todo[b: b + batch_size]
-        want_prog = int(idx[0]) < rows
-        res = ancestral_sample(net, process, torch.from_numpy(idx), seed, shape, clip=clip,
-                               progressive_every=progressive_every if want_prog else None, device=dev)
-        images = to_uint8(res.x0)
-        if want_prog:
-            prog_t = res.progressive_t
-            for r, j in enumerate(idx.tolist()):
-                if j < rows:
-                    prog_rows[j] = to_uint8(res.progressive[r])
-        manifest["network_evals"] += len(idx) * K
-        for s in sorted({int(j) // shard_size for j in idx}):
-            sel = (idx // shard_size) == s
-            pending.setdefault(s, []).append(images[sel])
-            got = np.concatenate(pending[s])
-            if len(got) == len(ranges[s]):
-                atomic_write_npz(out_dir / shard_name(s), arr_0=got, index=ranges[s])
-                del pending[s]
-                done.append(s)
-                if write_manifest:
-                    manifest.update(count=int(sum(len(ranges[d]) for d in done)),
-                                    shards=[shard_name(d) for d in sorted(done)],
-                                    complete=len(done) == len(ranges), seconds=time.perf_counter() - start)
-                    atomic_write_json(out_dir / MANIFEST, manifest)
-        bar.update(len(idx))
+    bar = _progress(sum(len(ranges[s]) for s in shards), progress)
+    for s in shards:
+        parts = []
+        for idx in shard_batches(ranges[s], batch_size):
+            want_prog = int(idx[0]) < rows
+            res = ancestral_sample(net, process, torch.from_numpy(idx), seed, shape, clip=clip,
+                                   progressive_every=progressive_every if want_prog else None, device=dev)
+            parts.append(to_uint8(res.x0))
+            if want_prog:
+                prog_t = res.progressive_t
+                for r, j in enumerate(idx.tolist()):
+                    if j < rows:
+                        prog_rows[j] = to_uint8(res.progressive[r])
+            manifest["network_evals"] += len(idx) * K
+            bar.update(len(idx))
+        atomic_write_npz(out_dir / shard_name(s), arr_0=np.concatenate(parts), index=ranges[s])
+        done.append(s)
+        if write_manifest:
+            manifest.update(count=int(sum(len(ranges[d]) for d in done)), shards=[shard_name(d) for d in sorted(done)],
+                            complete=len(done) == len(ranges), seconds=time.perf_counter() - start)
+            atomic_write_json(out_dir / MANIFEST, manifest)
     bar.close()
     return prog_t
 
 
 def _write_progressive(out_dir: Path, net: Net, process, seed: int, shape, clip: bool, every: int, rows: int,
-                       prog_rows: dict, prog_t, dev: torch.device, batch_size: int) -> None:
+                       prog_rows: dict, prog_t, dev: torch.device, batch_size: int, ranges: list[np.ndarray]) -> None:
     """progressive.npz (`x0_pred` uint8 (rows, P, H, W, C), `t` (P,), `index`, `every`) and its grid PNG:
     one row per sample, one column per recorded x_0 prediction, t = T on the left."""
     path = out_dir / PROGRESSIVE_NPZ
@@ -323,14 +325,18 @@ def _write_progressive(out_dir: Path, net: Net, process, seed: int, shape, clip:
         with np.load(path) as z:
             if int(z["every"]) == every and len(z["index"]) == rows:
                 return
-    if len(prog_rows) < rows:  # the first samples came from an earlier run: recompute them (deterministic)
-        idx = torch.arange(rows, dtype=torch.int64)
-        for b in range(0, rows, batch_size):
-            res = ancestral_sample(net, process, idx[b: b + batch_size], seed, shape, clip=clip,
-                                   progressive_every=every, device=dev)
-            prog_t = res.progressive_t
-            for r, j in enumerate(idx[b: b + batch_size].tolist()):
-                prog_rows[j] = to_uint8(res.progressive[r])
+    if len(prog_rows) < rows:  # the first samples came from an earlier run: redo their batches (deterministic)
+        shard_size = len(ranges[0])
+        for s in range((rows - 1) // shard_size + 1):
+            for idx in shard_batches(ranges[s], batch_size):
+                if int(idx[0]) >= rows:
+                    break
+                res = ancestral_sample(net, process, torch.from_numpy(idx), seed, shape, clip=clip,
+                                       progressive_every=every, device=dev)
+                prog_t = res.progressive_t
+                for r, j in enumerate(idx.tolist()):
+                    if j < rows:
+                        prog_rows[j] = to_uint8(res.progressive[r])
     x0_pred = np.stack([prog_rows[j] for j in range(rows)])  # (rows, P, H, W, C)
     atomic_write_npz(path, x0_pred=x0_pred, t=prog_t.numpy(), index=np.arange(rows, dtype=np.int64),
                      every=np.int64(every))
