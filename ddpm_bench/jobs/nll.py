@@ -249,7 +249,7 @@ def _run_nll(*, ckpt, model, weights, diffusion_flags, data, data_root, num_imag
     c, h, w = images.shape
     summary = summarise(merged, settings, source, dims=c * h * w)
     summary["processes"] = world
-    summary["network_execution"] = network_speed.describe(channels_last, compile_mode)
+    summary["network_execution"] = network_speed.describe(channels_last, compile_mode, dev)
     write_outputs(out, merged, summary)
     print_summary(summary)
     return summary

@@ -183,7 +183,7 @@ def _run_sample(*, ckpt, model, weights, diffusion_flags, num, batch_size, seed,
         done = _done_shards(out_dir, ranges)
         missing = [s for s in range(num_shards) if s not in done]
         manifest = _manifest(source, process, seed, clip, precision, shape, num, shard_size, ranges, done,
-                             resumed, dev, batch_size, world, network_speed.describe(channels_last, compile_mode))
+                             resumed, dev, batch_size, world, network_speed.describe(channels_last, compile_mode, dev))
         if main:
             atomic_write_json(out_dir / MANIFEST, manifest)
     except Exception as e:
