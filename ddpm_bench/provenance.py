@@ -43,7 +43,9 @@ def environment() -> dict:
     return {
         "versions": versions(),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                    # CPU results are byte-identical only between runs with the same number of threads
+                    "torch_threads": torch.get_num_threads()},
         "argv": sys.argv,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
