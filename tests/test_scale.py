@@ -35,15 +35,27 @@ def assert_same_bytes(a, b):
         assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
 
 
+@pytest.fixture
+def one_thread():
+    """One CPU thread for the one-process reference run, as torchrun gives each of its processes
+    (OMP_NUM_THREADS=1): CPU results are the same bytes only at the same thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def torchrun(*args, nproc=2, timeout=120, command="nll"):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DDPM_BENCH_DIST_TIMEOUT_S": "60"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DDPM_BENCH_DIST_TIMEOUT_S": "60", "OMP_NUM_THREADS": "1"}
     # "--": torchrun's parser would otherwise take `--num` for an abbreviation of its own --numa-binding
     return subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", str(nproc), "-m", "ddpm_bench", "--",
                            command, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this Python")
-def test_two_gloo_processes_give_the_bytes_of_one(npz, tmp_path):
+def test_two_gloo_processes_give_the_bytes_of_one(npz, tmp_path, one_thread):
     one, two = tmp_path / "one", tmp_path / "two"
     model = ["--model", "tests/plugins.py:tiny_conv_T20"]
     assert main(["nll", *model, *FLAGS, "--data", str(npz), "--out", str(one), "--shard-size", "2"]) == 0
@@ -66,7 +78,7 @@ def test_a_failure_on_one_rank_stops_every_rank_with_its_message(npz, tmp_path):
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this Python")
-def test_two_gloo_processes_sample_the_bytes_of_one(tmp_path):
+def test_two_gloo_processes_sample_the_bytes_of_one(tmp_path, one_thread):
     one, two = tmp_path / "one", tmp_path / "two"
     flags = ["--model", "tests/sampling_plugins.py:tiny_conv", "--T", "10", "--image-size", "8", "--num", "12",
              "--shard-size", "4", "--batch-size", "3", "--no-progress", "--device", "cpu"]
@@ -87,7 +99,7 @@ def test_two_gloo_processes_sample_the_bytes_of_one(tmp_path):
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this Python")
-def test_two_gloo_processes_extract_fid_features_giving_the_bytes_of_one(tmp_path):
+def test_two_gloo_processes_extract_fid_features_giving_the_bytes_of_one(tmp_path, one_thread):
     rng = np.random.default_rng(3)
     np.savez(tmp_path / "s.npz", rng.integers(0, 256, (50, 16, 16, 3), dtype=np.uint8))
     np.savez(tmp_path / "r.npz", rng.integers(0, 256, (45, 16, 16, 3), dtype=np.uint8))
