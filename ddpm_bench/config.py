@@ -50,6 +50,8 @@ class ModelConfig:
             raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")
         if self.out_channels < 0:
             raise ValueError(f"model.out_channels must be >= 0, got {self.out_channels}")
+        if self.name == "unet" and self.ch % 32:  # every U-Net normalisation is GroupNorm(32)
+            raise ValueError(f"model.ch must be a multiple of 32 (GroupNorm with 32 groups), got {self.ch}")
 
 
 @dataclass(frozen=True)

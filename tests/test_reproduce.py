@@ -37,6 +37,22 @@ def test_committed_reports_are_complete_and_well_formed():
     assert record["recipe"].endswith("tiny.toml") and set(record["seconds"]) >= {"sample", "nll_test", "fid"}
 
 
+def test_dry_run_prints_every_stage_with_an_eta_from_probes_and_writes_nothing(tmp_path, capsys):
+    small = ["--set", "model.attn_resolutions=[]", "--set", "training.batch_size=2",
+             "--set", "evaluation.sample_batch_size=4", "--set", "evaluation.nll_batch_size=8",
+             "--set", "evaluation.feature_extractor=tiny-test"]
+    out = tmp_path / "run"
+    assert main(["reproduce", "recipes/tiny.toml", *small, "--out", str(out), "--dry-run", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in text.splitlines()[1:-1]}
+    assert set(lines) == {"train", "sample", "nll", "fid"}
+    assert "200 steps x batch 2" in lines["train"] and "500 samples x 25 steps = 12500" in lines["sample"]
+    assert "125 calls of 4" in lines["sample"] and "500 of embedded:test" in lines["fid"]
+    assert text.count("8 images x 1000 terms x 1 draw(s) = 8000 network evaluations") == 2
+    assert all("-> ETA" in line for line in text.splitlines()[1:-1])
+    assert "total ETA" in text and not out.exists()
+
+
 @pytest.mark.e2e
 def test_tiny_reproduction_end_to_end_and_resume(tmp_path):
     from ddpm_bench.errors import UserError

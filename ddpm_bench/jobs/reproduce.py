@@ -33,31 +33,6 @@ def final_checkpoint(run: Path, cfg: RunConfig) -> Path:
     return ckpts[-1]
 
 
-def dry_run(cfg: RunConfig, ckpt: str | None) -> None:
-    """Print the network evaluations of every stage."""
-    ev, T = cfg.evaluation, cfg.diffusion.T
-    steps = ev.sample_steps or T
-    from ddpm_bench.data import load_images
-
-    def count(src: str, n: int) -> str | int:
-        try:
-            return n or len(load_images(src))
-        except UserError:
-            return "all"
-
-    n_train, n_test = count(cfg.training.data, ev.nll_train_images), count(ev.test_data, ev.nll_test_images)
-    lines = []
-    if ckpt is None:
-        lines.append(f"train:  {cfg.training.steps} steps x batch {cfg.training.batch_size} (forward + backward)")
-    lines.append(f"sample: {ev.num_samples} samples x {steps} steps = {ev.num_samples * steps} network evaluations")
-    for name, n in (("nll train", n_train), ("nll test", n_test)):
-        evals = n * T * ev.draws if isinstance(n, int) else f"{T * ev.draws} per image"
-        lines.append(f"{name}: {n} images x {T} terms x {ev.draws} draw(s) = {evals} network evaluations")
-    lines.append(f"fid:    Inception features of {ev.num_samples} samples and the reference {ev.fid_ref or cfg.training.data}")
-    print("\n".join(lines))
-    print("(each stage's own --dry-run gives an ETA from a timed probe: ddpm-bench sample/nll ... --dry-run)")
-
-
 def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None = None, device: str = "auto",
                   data_root: str | None = None, force: bool = False, dry: bool = False, progress: bool = True) -> dict:
     from ddpm_bench.jobs.fid import run_fid
@@ -71,7 +46,10 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
     cfg = load_recipe(recipe, overrides)
     ev = cfg.evaluation
     if dry:
-        dry_run(cfg, ckpt)
+        from ddpm_bench.jobs.reproduce_eta import print_eta
+        from ddpm_bench.precision import resolve_device
+
+        print_eta(cfg, ckpt, resolve_device(device), data_root)
         return {}
     run = Path(out)
     record_path = run / "reproduce.json"

@@ -1,0 +1,155 @@
+"""`ddpm-bench reproduce --dry-run`: the work of every stage and an ETA from short timed probes.
+
+Every probe times the real operation on the recipe's network (the checkpoint's with --ckpt, otherwise a
+freshly initialised one: the weights do not change the time) at the batch size the stage will use, as
+the median of 3 calls after a warm-up call: one training step (forward, backward, Adam), one sampling
+step, one step of the bound engine (noise, network, float64 terms, `nll.probe_seconds_per_eval`) and one
+batch of the FID feature extractor. The ETA is the probe times the number of calls; it leaves out data
+loading, checkpoints and the metrics themselves.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ddpm_bench.config import RunConfig
+from ddpm_bench.data import ImageSet, load_images
+from ddpm_bench.errors import UserError
+
+REPEATS = 3
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int = REPEATS) -> float:
+    """Median seconds of `repeats` calls of `fn` after one warm-up call."""
+    times = []
+    for r in range(repeats + 1):
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if r > 0:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def _source(cfg: RunConfig, ckpt: str | None, device: torch.device):
+    from ddpm_bench.models import build_model
+    from ddpm_bench.models.source import ModelSource, load_model_source
+
+    if ckpt is not None:
+        return load_model_source(ckpt, None, "ema", {}, device)
+    m = cfg.model
+    module = build_model(cfg.to_dict()["model"]).to(device).eval()
+    return ModelSource(net=module, diffusion=cfg.diffusion, provenance={"kind": "probe"},
+                       image_shape=(m.in_channels, m.image_size, m.image_size), module=module)
+
+
+def _images(src: str, data_root: str | None, n: int, shape: tuple[int, int, int]) -> tuple[ImageSet, int | None]:
+    """The first `n` images of `src` and its size, or zeros of the model's shape and None when the data
+    is not here."""
+    try:
+        data = load_images(src, data_root, None)
+        return ImageSet(data.images[:n], data.index[:n], data.source, data.sha256), len(data)
+    except UserError:
+        c, h, w = shape
+        return ImageSet(np.zeros((n, h, w, c), np.uint8), np.arange(n, dtype=np.int64), "zeros", ""), None
+
+
+def _train_step_seconds(cfg: RunConfig, device: torch.device) -> float:
+    from ddpm_bench.losses import training_loss
+    from ddpm_bench.models import build_model
+
+    tc, d, m = cfg.training, cfg.diffusion, cfg.model
+    model = build_model(cfg.to_dict()["model"]).to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    s = d.schedule().to(device)
+    x0 = torch.zeros(tc.batch_size, m.in_channels, m.image_size, m.image_size, dtype=torch.float64, device=device)
+    i = torch.randint(0, d.T, (tc.batch_size,), device=device)
+    noise = torch.randn_like(x0)
+
+    def step() -> None:
+        out = model(x0.to(torch.float32), i)
+        loss = training_loss(tc.objective, d, s, out, x0, x0, i, noise).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return timed(step, device)
+
+
+def _fid_batch_seconds(name: str, batch: int, shape: tuple[int, int, int], device: torch.device) -> float:
+    from ddpm_bench.metrics.extractors import resolve_extractor
+    from ddpm_bench.metrics.torch_fidelity_backend import extract_features
+
+    extractor = resolve_extractor(name)
+    fe = extractor.create(device)
+    c, h, w = shape
+    images = np.zeros((batch, h, w, c), np.uint8)
+    return timed(lambda: extract_features(images, extractor, device, batch, "probe", network=fe), device)
+
+
+def print_eta(cfg: RunConfig, ckpt: str | None, device: torch.device, data_root: str | None = None) -> float:
+    """Print every stage's work and probe ETA; returns the total ETA in seconds."""
+    from ddpm_bench.jobs.nll import probe_seconds_per_eval
+    from ddpm_bench.precision import with_precision
+
+    ev, T = cfg.evaluation, cfg.diffusion.T
+    steps = ev.sample_steps or T
+    source = _source(cfg, ckpt, device)
+    shape = source.image_shape
+    rows: list[tuple[str, str, float | None]] = []
+    if ckpt is None:
+        sec = _train_step_seconds(cfg, device)
+        rows.append(("train", f"{cfg.training.steps} steps x batch {cfg.training.batch_size}: {sec:.3g} s per step",
+                     sec * cfg.training.steps))
+    b = min(ev.sample_batch_size, ev.num_samples)
+    net = with_precision(source.net, ev.precision, device)
+    x = torch.zeros(b, *shape, device=device)
+    i = torch.full((b,), T - 1, dtype=torch.int64, device=device)
+    with torch.inference_mode():
+        sec = timed(lambda: net(x, i), device)
+    calls = math.ceil(ev.num_samples / b) * steps
+    rows.append(("sample", f"{ev.num_samples} samples x {steps} steps = {ev.num_samples * steps} network evaluations "
+                           f"({calls} calls of {b}: {sec:.3g} s each)", sec * calls))
+    for name, src, n in (("nll train", cfg.training.data, ev.nll_train_images), ("nll test", ev.test_data,
+                                                                                 ev.nll_test_images)):
+        probe, size = _images(src, data_root, min(ev.nll_batch_size, n or ev.nll_batch_size), shape)
+        per_eval = probe_seconds_per_eval(source, probe, ev.nll_batch_size, ev.precision, device)
+        count = n or size
+        if count is None:
+            rows.append((name, f"all images of {src} (not here to count) x {T} terms x {ev.draws} draw(s): "
+                               f"{per_eval * 1e3:.3g} ms per evaluation", None))
+            continue
+        evals = count * T * ev.draws
+        rows.append((name, f"{count} images x {T} terms x {ev.draws} draw(s) = {evals} network evaluations "
+                           f"({per_eval * 1e3:.3g} ms each)", per_eval * evals))
+    ref = ev.fid_ref or cfg.training.data
+    n_ref = _images(ref, data_root, 1, shape)[1]
+    try:
+        per_image = _fid_batch_seconds(ev.feature_extractor, 16, shape, device) / 16
+        images = ev.num_samples + (n_ref or 0)
+        ref_part = f"{n_ref} of {ref}" if n_ref else f"those of {ref} (not here to count, not in the ETA)"
+        rows.append(("fid", f"{ev.feature_extractor} features of {ev.num_samples} samples and {ref_part}; the "
+                            f"reference only while not cached: {per_image * 1e3:.3g} ms per image", per_image * images))
+    except UserError as e:
+        rows.append(("fid", f"not probed: {e}", None))
+    total = sum(r[2] for r in rows if r[2] is not None)
+    origin = f"checkpoint {ckpt}" if ckpt else "the recipe's network, freshly initialised"
+    print(f"dry run on {device} ({origin}; probes: median of {REPEATS} calls after a warm-up):")
+    for stage, what, eta in rows:
+        print(f"  {stage:10s} {what}" + (f" -> ETA {_duration(eta)}" if eta is not None else ""))
+    print(f"  total ETA {_duration(total)} (stages without an ETA not included)")
+    return total
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
