@@ -82,9 +82,10 @@ def extract_in_shards(images: np.ndarray, extract: Extract, folder: str | Path, 
             feats = extract(chunk)
             for layer, f in feats.items():
                 if f.shape[0] != len(index):
-                    raise DataError(f"{label}: the extractor returned {f.shape[0]} {layer} features for {len(index)} images")
-            atomic_write_npz(folder / shard_name(s), **feats, **{INDEX: index, IMAGES_SHA256: np.array(_images_sha256(chunk)),
-                                                                 BATCH_SIZE: np.int64(batch_size)})
+                    raise DataError(f"{label}: the extractor returned {f.shape[0]} {layer} features for "
+                                    f"{len(index)} images")
+            about = {INDEX: index, IMAGES_SHA256: np.array(_images_sha256(chunk)), BATCH_SIZE: np.int64(batch_size)}
+            atomic_write_npz(folder / shard_name(s), **feats, **about)
             bar.update(len(index))
         bar.close()
     except Exception as e:
