@@ -122,6 +122,22 @@ def test_two_gloo_processes_extract_fid_features_giving_the_bytes_of_one(tmp_pat
     assert m1["fid"] > 0 and m1["is_mean"] > 1
 
 
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this Python")
+def test_a_feature_extraction_failure_on_one_rank_stops_fid_on_every_rank(tmp_path):
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "s.npz", rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DDPM_BENCH_DIST_TIMEOUT_S": "60", "OMP_NUM_THREADS": "1"}
+    t0 = time.monotonic()
+    p = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "tests/fid_fail_on_rank_1.py", "fid",
+                        "--samples", str(tmp_path / "s.npz"), "--ref", str(tmp_path / "s.npz"), "--feature-extractor",
+                        "tiny-test", "--shard-size", "8", "--no-progress", "--device", "cpu", "--cache-dir",
+                        str(tmp_path / "c"), "--out", str(tmp_path / "o")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and time.monotonic() - t0 < 60  # no rank waits for the process-group timeout
+    assert "rank 1: the feature extractor broke" in p.stderr
+    assert not (tmp_path / "o" / "metrics.json").exists() and not list((tmp_path / "c").glob("*.npz"))
+
+
 def test_sigkill_then_rerun_computes_only_missing_shards_and_matches_an_uninterrupted_run(npz, tmp_path):
     out, ref = tmp_path / "out", tmp_path / "ref"
     cmd = [sys.executable, "-m", "ddpm_bench", "nll", "--model", "tests/scale_plugins.py:slow_tiny_conv_T20", *FLAGS,
