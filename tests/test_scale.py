@@ -35,18 +35,6 @@ def assert_same_bytes(a, b):
         assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
 
 
-@pytest.fixture
-def one_thread():
-    """One CPU thread for the one-process reference run, as torchrun gives each of its processes
-    (OMP_NUM_THREADS=1): CPU results are the same bytes only at the same thread count."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def torchrun(*args, nproc=2, timeout=120, command="nll"):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DDPM_BENCH_DIST_TIMEOUT_S": "60", "OMP_NUM_THREADS": "1"}
     # "--": torchrun's parser would otherwise take `--num` for an abbreviation of its own --numa-binding

@@ -17,12 +17,8 @@ ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread, and far slower with two on a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here at one thread (see conftest.one_thread)."""
 
 TINY = """
 [model]

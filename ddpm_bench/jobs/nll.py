@@ -22,6 +22,7 @@ from ddpm_bench.data import ImageSet, load_images
 from ddpm_bench.errors import UserError
 from ddpm_bench.models.source import ModelSource, load_model_source
 from ddpm_bench.precision import resolve_device
+from ddpm_bench.probe import timed
 from ddpm_bench.provenance import environment
 from ddpm_bench.shards import (
     atomic_write_bytes,
@@ -162,16 +163,8 @@ def probe_seconds_per_eval(source: ModelSource, data: ImageSet, batch_size: int,
     index = torch.from_numpy(data.index[:m]).to(device)
     flat = torch.arange(batch_size, device=device)
     n, k, d = flat % m, (flat * 7919) % T, torch.zeros_like(flat)  # pairs spread over images and terms
-    times = []
-    for r in range(repeats + 1):
-        t0 = time.perf_counter()
-        bound_pairs(source.net, source.diffusion, s, x0_all, index, n, d, k, precision=precision,
-                    memory_format=memory_format)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if r > 0:
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2] / batch_size
+    return timed(lambda: bound_pairs(source.net, source.diffusion, s, x0_all, index, n, d, k, precision=precision,
+                                     memory_format=memory_format), device, repeats) / batch_size
 
 
 def clean_stale_temporaries(out: Path) -> None:

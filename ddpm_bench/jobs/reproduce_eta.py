@@ -11,8 +11,6 @@ loading, checkpoints and the metrics themselves.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -20,21 +18,7 @@ import torch
 from ddpm_bench.config import RunConfig
 from ddpm_bench.data import ImageSet, load_images
 from ddpm_bench.errors import UserError
-
-REPEATS = 3
-
-
-def timed(fn: Callable[[], object], device: torch.device, repeats: int = REPEATS) -> float:
-    """Median seconds of `repeats` calls of `fn` after one warm-up call."""
-    times = []
-    for r in range(repeats + 1):
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if r > 0:
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+from ddpm_bench.probe import REPEATS, timed
 
 
 def _source(cfg: RunConfig, ckpt: str | None, device: torch.device):

@@ -24,6 +24,7 @@ from ddpm_bench import distributed, network_speed
 from ddpm_bench.errors import DataError, UserError
 from ddpm_bench.models.source import ModelSource, load_model_source
 from ddpm_bench.precision import resolve_device, with_precision
+from ddpm_bench.probe import timed
 from ddpm_bench.provenance import environment
 from ddpm_bench.sampling import (
     PURPOSE_STEP,
@@ -356,18 +357,7 @@ def _dry_run(net: Net, T: int, shape, num: int, batch: int, K: int, seed: int, d
     i = torch.full((batch,), T - 1, dtype=torch.int64, device=dev)
     idx = torch.arange(batch, dtype=torch.int64, device=dev)
     with torch.inference_mode():
-        net(x, i)  # warm-up
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            net(x, i)
-            sample_noise(seed, idx, T - 1, PURPOSE_STEP, shape)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            times.append(time.perf_counter() - t0)
-        per_step = sorted(times)[1]  # the median of three
+        per_step = timed(lambda: (net(x, i), sample_noise(seed, idx, T - 1, PURPOSE_STEP, shape)), dev)
     batches = math.ceil(num / batch)
     eta = per_step * batches * K
     print(f"dry run: {num} samples x {K} steps = {num * K} network evaluations "
