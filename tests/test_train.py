@@ -20,6 +20,7 @@ ROOT = Path(__file__).parents[1]
 def _one_thread(one_thread):
     """Every test here at one thread (see conftest.one_thread)."""
 
+
 TINY = """
 [model]
 image_size = 8

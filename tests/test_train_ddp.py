@@ -11,28 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_train import TINY
+
 ROOT = Path(__file__).parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
-RECIPE = """
-[model]
-image_size = 8
-ch = 32
-ch_mult = [1, 2]
-num_res_blocks = 1
-attn_resolutions = [4]
-dropout = 0.0
-[diffusion]
-T = 20
-[training]
-data = "{data}"
-steps = 4
-batch_size = 4
-warmup = 2
-ema_decay = 0.9
-log_every = 1
-ckpt_every = 2
-"""
+# the trainer tests' tiny recipe, without dropout (each process would draw its own masks)
+DDP_SETS = ["--set", "model.dropout=0.0", "--set", "training.steps=4", "--set", "training.log_every=1",
+            "--set", "training.ckpt_every=2"]
 
 
 @pytest.mark.slow
@@ -40,10 +26,10 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     data = tmp_path / "data.npz"
     np.savez(data, np.random.default_rng(1).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8))
     recipe = tmp_path / "r.toml"
-    recipe.write_text(RECIPE.format(data=data))
+    recipe.write_text(TINY.format(data=data))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["train", "--recipe", str(recipe), "--no-progress", "--device", "cpu"]
-    ddp = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "ddpm_bench", *common,
+    common = ["train", "--recipe", str(recipe), *DDP_SETS, "--no-progress", "--device", "cpu"]
+    ddp = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "ddpm_bench", "--", *common,
                           "--out", str(tmp_path / "ddp")], cwd=ROOT, env=env, capture_output=True, text=True)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     one = subprocess.run([sys.executable, "-m", "ddpm_bench", *common, "--out", str(tmp_path / "one")],
