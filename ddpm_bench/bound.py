@@ -28,14 +28,40 @@ from ddpm_bench.diffusion import (
     q_posterior_mean,
     q_sample,
 )
-from ddpm_bench.errors import ModelOutputError
-from ddpm_bench.gaussian import discretized_gaussian_log_likelihood, normal_kl
+from ddpm_bench.errors import ModelOutputError, UserError
+from ddpm_bench.gaussian import DECODER_CDF_MODES, discretized_gaussian_log_likelihood, normal_kl
 from ddpm_bench.noise import counter_normal
-from ddpm_bench.precision import network_precision
+from ddpm_bench.precision import PRECISIONS, network_precision
 from ddpm_bench.schedule import Schedule
 
 LN2 = math.log(2.0)
 Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: int, name: str = "--seed") -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{name} {seed}: must be an integer in 0..2**63-1")
+
+
+@dataclass(frozen=True)
+class BoundOptions:
+    """Everything besides the model and the data that changes the bound's numbers (SPEC section 1)."""
+
+    seed: int = 0  # noise of (image j, term k, draw d) is a pure function of (seed, j, k, d)
+    draws: int = 1  # independent draws of x_{k+1} averaged per image and term
+    clip: bool = True  # clip the x0 prediction to [-1, 1] before forming the mean (official bound loop)
+    decoder_cdf: str = "exact"  # "exact" (log-space normal CDF) or "tanh" (official code, 1e-12 floor)
+    precision: str = "fp32"  # network precision; every term stays float64
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
+        if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1:
+            raise UserError(f"--draws must be at least 1, got {self.draws}")
+        if self.decoder_cdf not in DECODER_CDF_MODES:
+            raise UserError(f"--decoder-cdf {self.decoder_cdf}: choose from {', '.join(DECODER_CDF_MODES)}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision {self.precision}: choose from {', '.join(PRECISIONS)}")
 
 
 def to_model_scale(images: torch.Tensor) -> torch.Tensor:
@@ -144,13 +170,9 @@ def compute_bound(
     s: Schedule,
     images: torch.Tensor,  # (N, C, H, W) uint8
     index: torch.Tensor,  # (N,) int64 dataset indices: the noise key
+    opts: BoundOptions = BoundOptions(),
     *,
-    seed: int = 0,
-    draws: int = 1,
-    clip: bool = True,
-    decoder_cdf: str = "exact",
     batch_size: int = 256,
-    precision: str = "fp32",
     memory_format: torch.memory_format = torch.contiguous_format,
     progress: Callable[[int], None] | None = None,
 ) -> BoundTerms:
@@ -160,6 +182,7 @@ def compute_bound(
     s = s.to(device)
     N, T = images.shape[0], s.T
     x0_all = to_model_scale(images)
+    draws = opts.draws
     per_draw = torch.zeros(N, draws, T, dtype=torch.float64, device=device)
     mse = torch.zeros(N, draws, T, dtype=torch.float64, device=device)
     index = index.to(device=device, dtype=torch.int64)
@@ -167,8 +190,8 @@ def compute_bound(
     for start in range(0, total, batch_size):
         flat = torch.arange(start, min(start + batch_size, total), device=device)
         n, d, k = flat // (draws * T), (flat // T) % draws, flat % T
-        values = bound_pairs(net, cfg, s, x0_all, index, n, d, k, seed=seed, clip=clip, decoder_cdf=decoder_cdf,
-                             precision=precision, memory_format=memory_format)
+        values = bound_pairs(net, cfg, s, x0_all, index, n, d, k, seed=opts.seed, clip=opts.clip,
+                             decoder_cdf=opts.decoder_cdf, precision=opts.precision, memory_format=memory_format)
         per_draw[n, d, k] = values.bpd
         mse[n, d, k] = values.mse
         if progress is not None:

@@ -6,9 +6,16 @@ import argparse
 import sys
 import traceback
 
+from pathlib import Path
+
 from ddpm_bench import __version__
+from ddpm_bench.bound import BoundOptions
+from ddpm_bench.data import DataSpec
 from ddpm_bench.diffusion import MEAN_TYPES, VAR_TYPES
+from ddpm_bench.distributed import PeerFailed
 from ddpm_bench.errors import UserError
+from ddpm_bench.models.source import ModelSpec
+from ddpm_bench.run_dir import RunOptions
 from ddpm_bench.gaussian import DECODER_CDF_MODES
 from ddpm_bench.network_speed import COMPILE_MODES
 from ddpm_bench.schedule import BETA_SCHEDULES
@@ -79,51 +86,51 @@ def add_out_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="empty an existing --out that holds something else")
 
 
-def cmd_nll(args: argparse.Namespace) -> int:
-    from ddpm_bench.distributed import PeerFailed
-    from ddpm_bench.jobs.nll import run_nll
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    return ModelSpec(ckpt=args.ckpt, model=args.model, weights=args.weights, diffusion_flags=diffusion_flags(args))
 
+
+def data_spec(args: argparse.Namespace) -> DataSpec:
     if args.data is None:
         raise UserError("--data is required")
-    try:
-        run_nll(**_nll_args(args), out=args.out, force=args.force)
-    except PeerFailed as e:  # another torchrun rank failed and printed its own error
-        print(f"ddpm-bench nll: {e}", file=sys.stderr)
-        return 1
+    return DataSpec(args.data, args.data_root, args.num_images)
+
+
+def bound_options(args: argparse.Namespace) -> BoundOptions:
+    return BoundOptions(seed=args.seed, draws=args.draws, clip=args.clip, decoder_cdf=args.decoder_cdf,
+                        precision=args.precision)
+
+
+def run_options(args: argparse.Namespace, out: str | None = None) -> RunOptions:
+    return RunOptions(out=args.out if out is None else out, force=args.force, device=args.device,
+                      batch_size=args.batch_size, compile_mode=getattr(args, "compile", None),
+                      channels_last=getattr(args, "channels_last", False), dry_run=getattr(args, "dry_run", False),
+                      progress=not getattr(args, "no_progress", False))
+
+
+def cmd_nll(args: argparse.Namespace) -> int:
+    from ddpm_bench.jobs.nll import run_nll
+
+    run_nll(model_spec(args), data_spec(args), bound_options(args), run_options(args), shard_size=args.shard_size)
     return 0
 
 
 def cmd_gap(args: argparse.Namespace) -> int:
     from ddpm_bench.jobs.gap import run_gap
 
-    return run_gap(args.train_dir, args.test_dir, max_gap=args.max_gap)
+    return run_gap(args.train_dir, args.test_dir, max_gap=args.max_gap, out=args.out)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from ddpm_bench.distributed import PeerFailed
     from ddpm_bench.jobs.sample import run_sample
 
-    try:
-        run_sample(ckpt=args.ckpt, model=args.model, weights=args.weights, diffusion_flags=diffusion_flags(args),
-                   num=args.num, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
-                   image_size=args.image_size, channels=args.channels, clip=args.clip, device=args.device,
-                   precision=args.precision, shard_size=args.shard_size, progressive_every=args.progressive_every,
-                   out=args.out, force=args.force, dry_run=args.dry_run, progress=not args.no_progress,
-                   compile_mode=args.compile, channels_last=args.channels_last)
-    except PeerFailed as e:  # another torchrun rank failed and printed its own error
-        print(f"ddpm-bench sample: {e}", file=sys.stderr)
-        return 1
+    run_sample(ckpt=args.ckpt, model=args.model, weights=args.weights, diffusion_flags=diffusion_flags(args),
+               num=args.num, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
+               image_size=args.image_size, channels=args.channels, clip=args.clip, device=args.device,
+               precision=args.precision, shard_size=args.shard_size, progressive_every=args.progressive_every,
+               out=args.out, force=args.force, dry_run=args.dry_run, progress=not args.no_progress,
+               compile_mode=args.compile, channels_last=args.channels_last)
     return 0
-
-
-
-def _nll_args(args: argparse.Namespace) -> dict:
-    """The keyword arguments of `ddpm_bench.jobs.nll.run_nll` (as cmd_nll passes them), without out/force."""
-    return dict(ckpt=args.ckpt, model=args.model, weights=args.weights, diffusion_flags=diffusion_flags(args),
-                data=args.data, data_root=args.data_root, num_images=args.num_images, batch_size=args.batch_size,
-                seed=args.seed, draws=args.draws, clip=args.clip, decoder_cdf=args.decoder_cdf, device=args.device,
-                precision=args.precision, shard_size=args.shard_size, dry_run=args.dry_run,
-                progress=not args.no_progress, compile_mode=args.compile, channels_last=args.channels_last)
 
 
 def cmd_rate_distortion(args: argparse.Namespace) -> int:
@@ -137,7 +144,9 @@ def cmd_rate_distortion(args: argparse.Namespace) -> int:
             raise UserError("give NLL_DIR (an nll output) or a model (--ckpt or --model) with --data")
         if args.data is None:
             raise UserError("--data is required with --ckpt or --model")
-        run_rate_distortion(out=args.out, nll_args=_nll_args(args), force=args.force)
+        run_rate_distortion(out=args.out, force=args.force,
+                            nll=(model_spec(args), data_spec(args), bound_options(args),
+                                 run_options(args, out=str(Path(args.out) / "nll")), args.shard_size))
     else:
         run_rate_distortion(out=args.out, nll_dir=args.nll_dir, force=args.force)
     return 0
@@ -174,19 +183,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
-    from ddpm_bench.distributed import PeerFailed
     from ddpm_bench.jobs.fid import format_result, run_fid
 
-    try:
-        result = run_fid(samples=args.samples, ref=args.ref, data_root=args.data_root, num_samples=args.num_samples,
-                         num_ref=args.num_ref, backend=args.backend, clean_fid_mode=args.clean_fid_mode,
-                         feature_extractor=args.feature_extractor, inception_weights=args.inception_weights,
-                         cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device, prc=args.prc,
-                         out=args.out, force=args.force, allow_few_samples=args.allow_few_samples,
-                         shard_size=args.shard_size, progress=not args.no_progress)
-    except PeerFailed as e:  # another torchrun rank failed and printed its own error
-        print(f"ddpm-bench fid: {e}", file=sys.stderr)
-        return 1
+    result = run_fid(samples=args.samples, ref=args.ref, data_root=args.data_root, num_samples=args.num_samples,
+                     num_ref=args.num_ref, backend=args.backend, clean_fid_mode=args.clean_fid_mode,
+                     feature_extractor=args.feature_extractor, inception_weights=args.inception_weights,
+                     cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device, prc=args.prc,
+                     out=args.out, force=args.force, allow_few_samples=args.allow_few_samples,
+                     shard_size=args.shard_size, progress=not args.no_progress)
     if result is not None:  # rank 0 of a torchrun launch, or the only process
         print(format_result(result))
     return 0
@@ -223,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("train_dir", help="nll output directory of the training split")
     p.add_argument("test_dir", help="nll output directory of the test split")
     p.add_argument("--max-gap", type=float, default=0.03, help="exit 1 when the gap exceeds this beyond its interval")
+    p.add_argument("--out", default=None, metavar="FILE", help="also write the result to this JSON file")
     p.set_defaults(func=cmd_gap)
 
     p = _parser(sub, "sample", "ancestral samples (DDPM Algorithm 2) in resumable shards; sample j depends on (seed, j) only")
@@ -334,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"ddpm-bench {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except PeerFailed as e:  # another torchrun rank failed and printed its own error
+        print(f"ddpm-bench {args.command}: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ddpm-bench {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

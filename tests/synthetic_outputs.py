@@ -4,11 +4,16 @@ summary.json is computed from per_image.npz the way the bound engine defines it 
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from ddpm_bench.diffusion import DiffusionConfig
+from ddpm_bench.identity import model_identity
+from ddpm_bench.outputs import NllSummary, PerImage
 from ddpm_bench.schedule import make_betas
 
 
@@ -25,31 +30,37 @@ def per_image_arrays(n: int, T: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
     return terms, mse
 
 
+def model_entry(weights_sha256: str = "ab" * 32, weights: str = "ema", T: int = 20) -> dict:
+    """The `model` field of an output: provenance and a model identity (ddpm_bench.identity)."""
+    ident = model_identity("ckpt", weights, weights_sha256, DiffusionConfig(T=T), "/runs/x/checkpoints/last.pt")
+    return {"kind": "ckpt", "path": "/runs/x/checkpoints/last.pt", "sha256": "ef" * 32, "weights": weights,
+            "step": 10, "identity": ident.to_dict()}
+
+
 def write_nll_dir(path: Path, n: int = 6, T: int = 20, seed: int = 0, data: str = "embedded:test",
-                  with_mse: bool = True, sha256: str = "ab" * 32) -> Path:
-    """An nll output directory: summary.json, terms.csv, per_image.npz."""
+                  sha256: str = "ab" * 32, weights: str = "ema") -> Path:
+    """An nll output directory: summary.json, terms.csv, per_image.npz (through the typed outputs)."""
     path.mkdir(parents=True, exist_ok=True)
     terms, mse = per_image_arrays(n, T, seed)
     total = terms.sum(axis=1)
-    summary = {
-        "total_bpd": float(total.mean()), "total_bpd_stderr": float(total.std(ddof=1) / np.sqrt(n)),
-        "prior_bpd": float(terms[:, T].mean()), "kl_bpd": float(terms[:, 1:T].sum(axis=1).mean()),
-        "decoder_bpd": float(terms[:, 0].mean()), "rate_bpd": float(terms[:, 1:].sum(axis=1).mean()),
-        "n_images": n, "dims": 3 * 8 * 8, "T": T, "data": data, "seed": seed, "draws": 1, "clip": True,
-        "decoder_cdf": "exact", "mean_type": "eps", "var_type": "fixed-large", "precision": "fp32",
-        "model": {"kind": "ckpt", "path": "/runs/x/checkpoints/last.pt", "sha256": sha256, "weights": "ema", "step": 10},
-        "ddpm_bench_version": "0.1.0", "seconds": 1.0, "network_evals": n * T, "environment": {},
-    }
-    (path / "summary.json").write_text(json.dumps(summary))
+    run_id = hashlib.sha256(f"{path.name}{n}{T}{seed}{data}{sha256}".encode()).hexdigest()
+    bound = {"seed": seed, "draws": 1, "clip": True, "decoder_cdf": "exact", "precision": "fp32"}
+    summary = NllSummary(
+        run_id=run_id, total_bpd=float(total.mean()), total_bpd_stderr=float(total.std(ddof=1) / np.sqrt(n)),
+        prior_bpd=float(terms[:, T].mean()), kl_bpd=float(terms[:, 1:T].sum(axis=1).mean()),
+        decoder_bpd=float(terms[:, 0].mean()), rate_bpd=float(terms[:, 1:].sum(axis=1).mean()),
+        rate_bpd_stderr=None, decoder_bpd_stderr=None, n_images=n, dims=3 * 8 * 8, T=T, data=data,
+        data_sha256=hashlib.sha256(data.encode()).hexdigest(), seed=seed, draws=1, clip=True, decoder_cdf="exact",
+        mean_type="eps", var_type="fixed-large", precision="fp32", model=model_entry(sha256, weights, T),
+        bound=bound, diffusion=asdict(DiffusionConfig(T=T)), ddpm_bench_version="0.1.0", seconds=1.0,
+        network_evals=n * T)
     rows = ["term,bpd_mean,bpd_stderr,mse_mean"]
     for k in range(T + 1):
         m = "" if k == T else repr(float(mse[:, k].mean()))
         rows.append(f"{k},{terms[:, k].mean()!r},{terms[:, k].std(ddof=1) / np.sqrt(n)!r},{m}")
     (path / "terms.csv").write_text("\n".join(rows) + "\n")
-    arrays = {"terms": terms, "index": np.arange(n, dtype=np.int64)}
-    if with_mse:
-        arrays["mse"] = mse
-    np.savez(path / "per_image.npz", **arrays)
+    PerImage(terms=terms, mse=mse, index=np.arange(n, dtype=np.int64), run_id=run_id).write(path)
+    summary.write(path)
     return path
 
 

@@ -111,7 +111,8 @@ def test_command_outputs_T20(tmp_path, capsys):
     assert "nan" not in md.lower()
     assert [c.strip() for c in md.splitlines()[0].strip("|").split("|")][:3] == [C.REVERSE_TIME, C.RATE_BPD, C.RMSE]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["model"]["sha256"] == summary_nll["model"]["sha256"]
+    assert summary["model"]["identity"] == summary_nll["model"]["identity"]
+    assert summary["nll_run_id"] == summary_nll["run_id"]
     assert summary["data"] == "embedded:test" and summary["seed"] == 0 and summary["T"] == 20
     assert summary["rate_bpd"] == pytest.approx(summary_nll["rate_bpd"], rel=1e-12)
     assert summary["distortion_bpd"] == pytest.approx(summary_nll["decoder_bpd"], rel=1e-12)
@@ -142,19 +143,12 @@ def test_command_paper_columns_T1000(tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["paper"]["rate_bpd"] == 1.78
 
 
-def test_command_without_mse_leaves_distortion_blank(tmp_path, capsys):
-    nll = write_nll_dir(tmp_path / "nll", n=4, T=10, with_mse=False)
-    code, _, err = _run(["rate-distortion", str(nll), "--out", str(tmp_path / "rd")], capsys)
-    assert code == 0 and "no 'mse'" in err
-    curve = pd.read_csv(tmp_path / "rd" / "curve.csv", keep_default_na=False)
-    assert set(curve[C.RMSE]) == {""} and "" not in set(curve[C.RATE_BPD].astype(str))
-
-
 @pytest.mark.parametrize("damage, message", [
     ("no_per_image", "per_image.npz: missing"),
-    ("mse_shape", "'mse' must be (N, T)"),
-    ("terms_T", "says T = 10"),
-    ("no_summary", "no summary.json"),
+    ("mse_shape", "field 'mse' must be float64 (4, 10)"),
+    ("terms_T", "says n_images = 4, T = 10"),
+    ("other_run", "field 'run_id' is not that of summary.json"),
+    ("no_summary", "summary.json: missing"),
     ("not_a_dir", "not a directory"),
 ])
 def test_bad_nll_dir_exit_2(tmp_path, capsys, damage, message):
@@ -163,9 +157,11 @@ def test_bad_nll_dir_exit_2(tmp_path, capsys, damage, message):
     if damage == "no_per_image":
         (nll / "per_image.npz").unlink()
     elif damage == "mse_shape":
-        np.savez(nll / "per_image.npz", terms=z["terms"], mse=z["mse"][:, :-2], index=z["index"])
+        np.savez(nll / "per_image.npz", **{**z, "mse": z["mse"][:, :-2]})
     elif damage == "terms_T":
-        np.savez(nll / "per_image.npz", terms=z["terms"][:, :-1], mse=z["mse"][:, :-1], index=z["index"])
+        np.savez(nll / "per_image.npz", **{**z, "terms": z["terms"][:, :-1], "mse": z["mse"][:, :-1]})
+    elif damage == "other_run":
+        np.savez(nll / "per_image.npz", **{**z, "run_id": np.array("cd" * 32)})
     elif damage == "no_summary":
         (nll / "summary.json").unlink()
     elif damage == "not_a_dir":

@@ -27,6 +27,10 @@ class ImageSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def identity(self) -> dict:
+        """What a number computed on these images is tied to: their content, never their path."""
+        return {"sha256": self.sha256, "n_images": len(self), "shape": list(self.shape)}
+
 
 def validate_images(images: np.ndarray, origin: str) -> np.ndarray:
     """Check an array is (N, H, W, C) uint8 with C in {1, 3}; a clear DataError otherwise."""
@@ -57,6 +61,24 @@ def select(images: np.ndarray, index: np.ndarray, source: str, num_images: int |
     images = np.ascontiguousarray(images)
     return ImageSet(images=images, index=np.asarray(index, dtype=np.int64), source=source,
                     sha256=sha256_array(images))
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A data source as the command line or a recipe names it (SPEC section 2, `--data`)."""
+
+    source: str
+    data_root: str | None = None
+    num_images: int | None = None  # the first N images; None = all
+
+    def __post_init__(self) -> None:
+        if not self.source or not str(self.source).strip():
+            raise DataError("--data: empty (give cifar10:train|test, embedded:train|test, PATH.npz or a PNG folder)")
+        if self.num_images is not None and self.num_images < 1:
+            raise DataError(f"--num-images must be at least 1, got {self.num_images}")
+
+    def load(self) -> ImageSet:
+        return load_images(self.source, self.data_root, self.num_images)
 
 
 def load_images(src: str, data_root: str | None = None, num_images: int | None = None) -> ImageSet:

@@ -9,22 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_bench.errors import UserError
-from ddpm_bench.shards import read_json
+from ddpm_bench.outputs import GapResult, NllOutput
+from ddpm_bench.run_dir import describe_differences
 
 Z95 = 1.959963984540054
-MUST_AGREE = ("T", "draws", "clip", "decoder_cdf", "mean_type", "var_type", "precision", "dims")
-
-
-def load_nll_dir(path: str | Path) -> tuple[dict, np.ndarray]:
-    """summary.json and the per-image totals (N,) of an nll output directory."""
-    path = Path(path)
-    summary_file, per_image = path / "summary.json", path / "per_image.npz"
-    if not summary_file.is_file() or not per_image.is_file():
-        raise UserError(f"{path}: not a finished nll output (summary.json and per_image.npz are required)")
-    summary = read_json(summary_file)
-    with np.load(per_image) as f:
-        totals = f["terms"].sum(1)
-    return summary, totals
 
 
 def gap_statistics(train: np.ndarray, test: np.ndarray) -> dict:
@@ -38,23 +26,45 @@ def gap_statistics(train: np.ndarray, test: np.ndarray) -> dict:
             "n_train": int(len(train)), "n_test": int(len(test))}
 
 
-def compute_gap(train_dir: str | Path, test_dir: str | Path, max_gap: float = 0.03) -> dict:
+def check_comparable(train: NllOutput, test: NllOutput) -> None:
+    """Two nll outputs of one model identity (weights, ema or raw, diffusion) with the same bound options,
+    on two different image sets; UserError (exit 2) naming what differs otherwise."""
+    a, b = train.summary, test.summary
+    where = f"{train.path} and {test.path}"
+    if a.run_id == b.run_id:
+        raise UserError(f"{where} are the same nll run (run_id {a.run_id[:12]}); give a train and a test output")
+    if a.data_sha256 == b.data_sha256:
+        raise UserError(f"{where} were computed on the same images (data sha256 {a.data_sha256[:12]}); "
+                        "give a train and a test output")
+    if a.model_sha256 != b.model_sha256:
+        ia, ib = a.model["identity"], b.model["identity"]
+        raise UserError(f"{where} were computed with different models ("
+                        f"{describe_differences(_model_fields(ia), _model_fields(ib))}); a gap compares one model")
+    if a.bound != b.bound or a.dims != b.dims:
+        raise UserError(f"{where} differ in their bound options "
+                        f"({describe_differences({**a.bound, 'dims': a.dims}, {**b.bound, 'dims': b.dims})})")
+
+
+def _model_fields(identity: dict) -> dict:
+    return {k: identity.get(k) for k in ("weights", "weights_sha256", "diffusion", "kind", "sha256")}
+
+
+def compute_gap(train_dir: str | Path, test_dir: str | Path, max_gap: float = 0.03) -> GapResult:
     """The gap between two nll outputs of the same model and settings; `exceeds` when the whole 95%
     interval lies above `max_gap`."""
-    (s_train, train), (s_test, test) = load_nll_dir(train_dir), load_nll_dir(test_dir)
-    for key in MUST_AGREE:
-        if s_train.get(key) != s_test.get(key):
-            raise UserError(f"{train_dir} and {test_dir} differ in {key} ({s_train.get(key)!r} vs {s_test.get(key)!r})")
-    if s_train["model"].get("sha256") != s_test["model"].get("sha256") or \
-            s_train["model"].get("callable") != s_test["model"].get("callable"):
-        raise UserError(f"{train_dir} and {test_dir} were computed with different models")
-    result = gap_statistics(train, test)
-    result.update({"max_gap": max_gap, "train": s_train["data"], "test": s_test["data"],
-                   "exceeds": bool(result["ci95"][0] > max_gap), "model": s_test["model"]})
-    return result
+    train, test = NllOutput.read(train_dir), NllOutput.read(test_dir)
+    check_comparable(train, test)
+    stats = gap_statistics(train.per_image.terms.sum(1), test.per_image.terms.sum(1))
+    return GapResult(**stats, max_gap=max_gap, exceeds=bool(stats["ci95"][0] > max_gap), train=train.summary.data,
+                     test=test.summary.data, train_run_id=train.summary.run_id, test_run_id=test.summary.run_id,
+                     model=test.summary.model)
 
 
-def run_gap(train_dir: str, test_dir: str, max_gap: float = 0.03) -> int:
+def run_gap(train_dir: str, test_dir: str, max_gap: float = 0.03, out: str | None = None) -> int:
     result = compute_gap(train_dir, test_dir, max_gap)
-    print(json.dumps(result, indent=2))
-    return 1 if result["exceeds"] else 0
+    if out is not None:
+        from ddpm_bench.shards import atomic_write_json
+
+        atomic_write_json(out, result.to_dict())
+    print(json.dumps(result.to_dict(), indent=2))
+    return 1 if result.exceeds else 0

@@ -16,28 +16,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_bench import __version__, distributed, network_speed
-from ddpm_bench.bound import bound_pairs, compute_bound, to_model_scale
-from ddpm_bench.data import ImageSet, load_images
+from ddpm_bench import __version__, distributed, network_speed, run_dir
+from ddpm_bench.bound import BoundOptions, bound_pairs, compute_bound, to_model_scale
+from ddpm_bench.data import DataSpec, ImageSet
 from ddpm_bench.errors import UserError
-from ddpm_bench.models.source import ModelSource, load_model_source
+from ddpm_bench.models.source import ModelSource, ModelSpec
+from ddpm_bench.outputs import NllSummary, PerImage
 from ddpm_bench.precision import resolve_device
 from ddpm_bench.probe import timed
 from ddpm_bench.provenance import environment
-from ddpm_bench.shards import (
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_npz,
-    prepare_run_dir,
-    read_json,
-)
+from ddpm_bench.run_dir import RunDir, RunOptions, ShardPlan
+from ddpm_bench.shards import atomic_write_bytes
 
-SUMMARY, TERMS_CSV, PER_IMAGE = "summary.json", "terms.csv", "per_image.npz"
+COMMAND = "nll"
+TERMS_CSV = "terms.csv"
 SHARD_DIR = "shards"
+SHARD_KEYS = ("terms", "mse", "seconds")
 
 
-def shard_path(out: Path, s: int) -> Path:
-    return out / SHARD_DIR / f"nll_{s:06d}.npz"
+def shard_name(s: int) -> str:
+    return f"{SHARD_DIR}/nll_{s:06d}.npz"
 
 
 def check_image_shape(source: ModelSource, data: ImageSet) -> None:
@@ -46,49 +44,43 @@ def check_image_shape(source: ModelSource, data: ImageSet) -> None:
                         f"{tuple(source.image_shape)}")
 
 
-def nll_settings(source: ModelSource, data: ImageSet, seed: int, draws: int, clip: bool, decoder_cdf: str,
-                 precision: str, shard_size: int) -> dict:
-    """Everything that changes the numbers (batch size and device do not, so they may change on resume)."""
-    return {"model": source.provenance, "diffusion": asdict(source.diffusion), "data": data.source,
-            "data_sha256": data.sha256, "n_images": len(data), "seed": seed, "draws": draws, "clip": clip,
-            "decoder_cdf": decoder_cdf, "precision": precision, "shard_size": shard_size}
+def nll_identity(source: ModelSource, data: ImageSet, opts: BoundOptions, shard_size: int) -> dict:
+    """Everything that changes the numbers: the model, the images, the bound options and the shard size
+    (which images share a network call). Batch size, device and compile mode are not part of it."""
+    return {"model": source.identity.sha256, "data": data.identity(), "bound": asdict(opts), "shard_size": shard_size}
 
 
-def evaluate_shards(source: ModelSource, data: ImageSet, out: Path, shards: list[int], *, seed: int, draws: int,
-                    clip: bool, decoder_cdf: str, batch_size: int, precision: str, shard_size: int,
-                    device: torch.device, progress: bool,
+def evaluate_shards(source: ModelSource, data: ImageSet, rd: RunDir, plan: ShardPlan, shards: list[int],
+                    opts: BoundOptions, *, batch_size: int, device: torch.device, progress: bool,
                     memory_format: torch.memory_format = torch.contiguous_format) -> None:
-    """Compute and write each listed shard that is not already complete."""
+    """Compute and write the listed shards."""
     from tqdm import tqdm
 
     s = source.diffusion.schedule()
-    todo = [i for i in shards if not shard_path(out, i).exists()]
-    per_image = source.diffusion.T * draws
-    total = sum(min(shard_size, len(data) - i * shard_size) for i in todo) * per_image
+    per_image = source.diffusion.T * opts.draws
+    total = sum(len(plan.items(i)) for i in shards) * per_image
     bar = tqdm(total=total, unit="eval", disable=not progress or total == 0, dynamic_ncols=True,
                desc="bound", file=sys.stderr)
-    for i in todo:
-        lo, hi = i * shard_size, min((i + 1) * shard_size, len(data))
+    for i in shards:
+        items = plan.items(i)
+        lo, hi = int(items[0]), int(items[-1]) + 1
         images = torch.from_numpy(data.images[lo:hi]).permute(0, 3, 1, 2).to(device)
         index = torch.from_numpy(data.index[lo:hi])
         t0 = time.perf_counter()
-        result = compute_bound(source.net, source.diffusion, s, images, index, seed=seed, draws=draws, clip=clip,
-                               decoder_cdf=decoder_cdf, batch_size=batch_size, precision=precision,
+        result = compute_bound(source.net, source.diffusion, s, images, index, opts, batch_size=batch_size,
                                memory_format=memory_format, progress=bar.update)
         seconds = time.perf_counter() - t0
-        atomic_write_npz(shard_path(out, i), terms=result.terms.cpu().numpy(), mse=result.mse.cpu().numpy(),
-                         index=data.index[lo:hi], seconds=np.float64(seconds))
+        rd.write_shard(shard_name(i), items, terms=result.terms.cpu().numpy(), mse=result.mse.cpu().numpy(),
+                       seconds=np.full(len(items), seconds / len(items)))
     bar.close()
 
 
-def merge_shards(out: Path, n_shards: int) -> dict[str, np.ndarray]:
-    parts = []
-    for i in range(n_shards):
-        with np.load(shard_path(out, i)) as f:
-            parts.append({k: f[k] for k in f.files})
+def merge_shards(rd: RunDir, plan: ShardPlan, data: ImageSet) -> dict[str, np.ndarray]:
+    """Every shard, each checked to belong to this run and to hold its images, in order."""
+    parts = [rd.read_shard(shard_name(i), plan.items(i), SHARD_KEYS) for i in range(plan.num_shards)]
     return {"terms": np.concatenate([p["terms"] for p in parts]), "mse": np.concatenate([p["mse"] for p in parts]),
-            "index": np.concatenate([p["index"] for p in parts]),
-            "seconds": np.float64(sum(float(p["seconds"]) for p in parts))}
+            "index": data.index.astype(np.int64),
+            "seconds": np.float64(sum(float(p["seconds"].sum()) for p in parts))}
 
 
 def stderr_of_mean(x: np.ndarray) -> float | None:
@@ -96,39 +88,42 @@ def stderr_of_mean(x: np.ndarray) -> float | None:
     return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else None
 
 
-def summarise(merged: dict, settings: dict, source: ModelSource, dims: int) -> dict:
+def summarise(merged: dict, rd: RunDir, source: ModelSource, data: ImageSet, opts: BoundOptions) -> NllSummary:
     terms = merged["terms"]  # (N, T + 1)
     T = terms.shape[1] - 1
     total = terms.sum(1)
     rate = terms[:, 1:].sum(1)
-    return {
-        "total_bpd": float(total.mean()),
-        "total_bpd_stderr": stderr_of_mean(total),
-        "prior_bpd": float(terms[:, T].mean()),
-        "kl_bpd": float(terms[:, 1:T].sum(1).mean()),
-        "decoder_bpd": float(terms[:, 0].mean()),
-        "rate_bpd": float(rate.mean()),
-        "rate_bpd_stderr": stderr_of_mean(rate),
-        "decoder_bpd_stderr": stderr_of_mean(terms[:, 0]),
-        "n_images": int(terms.shape[0]),
-        "dims": dims,
-        "T": T,
-        "data": settings["data"],
-        "data_sha256": settings["data_sha256"],
-        "seed": settings["seed"],
-        "draws": settings["draws"],
-        "clip": settings["clip"],
-        "decoder_cdf": settings["decoder_cdf"],
-        "mean_type": source.diffusion.mean_type,
-        "var_type": source.diffusion.var_type,
-        "diffusion": settings["diffusion"],
-        "precision": settings["precision"],
-        "model": source.provenance,
-        "ddpm_bench_version": __version__,
-        "seconds": float(merged["seconds"]),
-        "network_evals": int(terms.shape[0] * T * settings["draws"]),
-        "environment": environment(),
-    }
+    c, h, w = data.shape
+    return NllSummary(
+        run_id=rd.run_id,
+        total_bpd=float(total.mean()),
+        total_bpd_stderr=stderr_of_mean(total),
+        prior_bpd=float(terms[:, T].mean()),
+        kl_bpd=float(terms[:, 1:T].sum(1).mean()),
+        decoder_bpd=float(terms[:, 0].mean()),
+        rate_bpd=float(rate.mean()),
+        rate_bpd_stderr=stderr_of_mean(rate),
+        decoder_bpd_stderr=stderr_of_mean(terms[:, 0]),
+        n_images=int(terms.shape[0]),
+        dims=c * h * w,
+        T=T,
+        data=data.source,
+        data_sha256=data.sha256,
+        seed=opts.seed,
+        draws=opts.draws,
+        clip=opts.clip,
+        decoder_cdf=opts.decoder_cdf,
+        mean_type=source.diffusion.mean_type,
+        var_type=source.diffusion.var_type,
+        precision=opts.precision,
+        model=source.describe(),
+        bound=asdict(opts),
+        diffusion=asdict(source.diffusion),
+        ddpm_bench_version=__version__,
+        seconds=float(merged["seconds"]),
+        network_evals=int(terms.shape[0] * T * opts.draws),
+        extra={"environment": environment()},
+    )
 
 
 def terms_csv(terms: np.ndarray, mse: np.ndarray) -> str:
@@ -143,11 +138,29 @@ def terms_csv(terms: np.ndarray, mse: np.ndarray) -> str:
     return buf.getvalue()
 
 
-def write_outputs(out: Path, merged: dict, summary: dict) -> None:
+def write_outputs(rd: RunDir, merged: dict, summary: NllSummary) -> None:
     """per_image.npz and terms.csv first, summary.json last (its presence marks a complete run)."""
-    atomic_write_npz(out / PER_IMAGE, terms=merged["terms"], mse=merged["mse"], index=merged["index"].astype(np.int64))
-    atomic_write_bytes(out / TERMS_CSV, terms_csv(merged["terms"], merged["mse"]).encode())
-    atomic_write_json(out / SUMMARY, summary)
+    PerImage(terms=merged["terms"], mse=merged["mse"], index=merged["index"], run_id=rd.run_id).write(rd.path)
+    atomic_write_bytes(rd.path / TERMS_CSV, terms_csv(merged["terms"], merged["mse"]).encode())
+    summary.write(rd.path)
+
+
+def finished_summary(rd: RunDir) -> NllSummary | None:
+    """The summary of a finished run in `rd`: summary.json, per_image.npz and terms.csv present, whole and
+    of this run; None otherwise (the outputs are then merged again from the checked shards)."""
+    from ddpm_bench.outputs import OutputFileError
+
+    if not (rd.path / NllSummary.FILE).exists():
+        return None
+    try:
+        summary = NllSummary.read(rd.path)
+        PerImage.read(rd.path, summary)
+    except OutputFileError as e:
+        print(f"ddpm-bench nll: {e}; merging the shards again", file=sys.stderr)
+        return None
+    if summary.run_id != rd.run_id or not (rd.path / TERMS_CSV).is_file():
+        return None
+    return summary
 
 
 def probe_seconds_per_eval(source: ModelSource, data: ImageSet, batch_size: int, precision: str,
@@ -169,91 +182,78 @@ def probe_seconds_per_eval(source: ModelSource, data: ImageSet, batch_size: int,
 
 def clean_stale_temporaries(out: Path) -> None:
     """Remove temporary files of writes a killed run left behind (never taken for complete files)."""
-    for tmp in (out / SHARD_DIR).glob(".*.tmp"):
+    for tmp in (*out.glob(".*.tmp"), *(out / SHARD_DIR).glob(".*.tmp")):
         tmp.unlink(missing_ok=True)
 
 
-def run_nll(*, ckpt: str | None, model: str | None, weights: str, diffusion_flags: dict, data: str,
-            data_root: str | None, num_images: int | None, batch_size: int, seed: int, draws: int, clip: bool,
-            decoder_cdf: str, device: str, precision: str, shard_size: int, out: str, force: bool,
-            dry_run: bool = False, progress: bool = True, compile_mode: str | None = None,
-            channels_last: bool = False) -> dict | None:
+def run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptions, shard_size: int = 64) -> NllSummary | None:
     """The nll command, in one process or in each process of a torchrun launch (see ddpm_bench.distributed):
-    rank r computes the shards s with s % world == r; rank 0 prepares --out, merges and writes the results
+    rank r computes the shards s with s % world == r; rank 0 claims --out, merges and writes the results
     and returns the summary (other ranks return None)."""
-    for flag, value in (("--batch-size", batch_size), ("--draws", draws), ("--shard-size", shard_size)):
-        if value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
-    dev = distributed.process_device(resolve_device(device))
+    if shard_size < 1:
+        raise UserError(f"--shard-size must be at least 1, got {shard_size}")
+    dev = distributed.process_device(resolve_device(run.device))
     with distributed.process_group(dev):
-        return _run_nll(ckpt=ckpt, model=model, weights=weights, diffusion_flags=diffusion_flags, data=data,
-                        data_root=data_root, num_images=num_images, batch_size=batch_size, seed=seed, draws=draws,
-                        clip=clip, decoder_cdf=decoder_cdf, dev=dev, precision=precision, shard_size=shard_size,
-                        out=Path(out), force=force, dry_run=dry_run, progress=progress, compile_mode=compile_mode,
-                        channels_last=channels_last)
+        return _run_nll(model, data, opts, run, shard_size, dev)
 
 
-def _run_nll(*, ckpt, model, weights, diffusion_flags, data, data_root, num_images, batch_size, seed, draws, clip,
-             decoder_cdf, dev, precision, shard_size, out: Path, force, dry_run, progress, compile_mode,
-             channels_last) -> dict | None:
-    main, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
-    error = None
-    try:  # phase 1 (every rank): inputs; rank 0 prepares --out
-        source = load_model_source(ckpt, model, weights, diffusion_flags, dev)
-        images = load_images(data, data_root, num_images)
+def _run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptions, shard_size: int,
+             dev: torch.device) -> NllSummary | None:
+    main, world = distributed.is_main(), distributed.world_size()
+    with run_dir.phase():  # every rank: inputs; rank 0 claims --out
+        source = model.load(dev)
+        images = data.load()
         check_image_shape(source, images)
-        memory_format = network_speed.speed_up(source, channels_last, compile_mode)
-        settings = nll_settings(source, images, seed, draws, clip, decoder_cdf, precision, shard_size)
-        if main and not dry_run:
-            prepare_run_dir(out, settings, force=force, command="nll")
-            clean_stale_temporaries(out)
-    except Exception as e:
-        error = e
-    distributed.agree(error)
+        memory_format = network_speed.speed_up(source, run.channels_last, run.compile_mode)
+        identity = nll_identity(source, images, opts, shard_size)
+        if not run.dry_run:
+            rd = run_dir.claim_collective(run.out, COMMAND, identity, force=run.force)
+            if main:
+                clean_stale_temporaries(rd.path)
 
     T = source.diffusion.T
-    evals = len(images) * T * draws
-    if dry_run:
+    evals = len(images) * T * opts.draws
+    if run.dry_run:
         if main:
-            sec = probe_seconds_per_eval(source, images, batch_size, precision, dev, memory_format)
+            sec = probe_seconds_per_eval(source, images, run.batch_size, opts.precision, dev, memory_format)
             procs = f" in {world} processes" if world > 1 else ""
-            print(f"nll: {len(images)} images x {T} terms x {draws} draw(s) = {evals} network evaluations; "
-                  f"~{sec * 1e3:.3g} ms each on {dev} (noise, network and terms, batches of {batch_size}) "
+            print(f"nll: {len(images)} images x {T} terms x {opts.draws} draw(s) = {evals} network evaluations; "
+                  f"~{sec * 1e3:.3g} ms each on {dev} (noise, network and terms, batches of {run.batch_size}) "
                   f"-> ETA {evals * sec / world / 60:.1f} min{procs}")
         return None
-    if (out / SUMMARY).exists():
-        if main:
-            print(f"nll: {out} is already complete", file=sys.stderr)
-        return read_json(out / SUMMARY) if main else None
 
-    n_shards = math.ceil(len(images) / shard_size)
-    mine = [i for i in range(n_shards) if i % world == rank]
-    error = None
-    try:  # phase 2 (every rank): its own shards
-        evaluate_shards(source, images, out, mine, seed=seed, draws=draws, clip=clip, decoder_cdf=decoder_cdf,
-                        batch_size=batch_size, precision=precision, shard_size=shard_size, device=dev,
-                        progress=progress and main, memory_format=memory_format)
-    except Exception as e:
-        error = e
-    distributed.agree(error)
+    plan = ShardPlan(len(images), shard_size)
+    with run_dir.phase():  # rank 0 decides what is done: a finished run, or the valid shards
+        done = distributed.broadcast(finished_summary(rd) is not None if main else None)
+        missing = [] if done else plan.missing(lambda i: rd.shard_is_valid(shard_name(i), plan.items(i), SHARD_KEYS))
+    if done:
+        if main:
+            print(f"nll: {rd.path} is already complete", file=sys.stderr)
+        return finished_summary(rd) if main else None
+    if main:
+        for i in missing:  # an invalid shard is recomputed, never merged
+            (rd.path / shard_name(i)).unlink(missing_ok=True)
+
+    with run_dir.phase():  # every rank: its own shards
+        evaluate_shards(source, images, rd, plan, plan.owned(missing), opts, batch_size=run.batch_size, device=dev,
+                        progress=run.progress and main, memory_format=memory_format)
     if not main:
         return None
-    merged = merge_shards(out, n_shards)  # phase 3 (rank 0): merge and write
-    c, h, w = images.shape
-    summary = summarise(merged, settings, source, dims=c * h * w)
-    summary["processes"] = world
-    summary["network_execution"] = network_speed.describe(channels_last, compile_mode, dev)
-    write_outputs(out, merged, summary)
+    merged = merge_shards(rd, plan, images)  # rank 0: merge (every shard checked again) and write
+    summary = summarise(merged, rd, source, images, opts)
+    summary.extra.update(processes=world,
+                         network_execution=network_speed.describe(run.channels_last, run.compile_mode, dev))
+    write_outputs(rd, merged, summary)
     print_summary(summary)
     return summary
 
 
-def print_summary(summary: dict) -> None:
-    se = summary["total_bpd_stderr"]
-    print(f"{summary['data']}: {summary['n_images']} images, T={summary['T']}, draws={summary['draws']}")
-    print(f"  total bound   {summary['total_bpd']:.5f} bits/dim" + (f" +- {se:.5f}" if se is not None else ""))
-    print(f"  L_T (prior)   {summary['prior_bpd']:.3e}")
-    print(f"  L_1..L_T-1    {summary['kl_bpd']:.5f}")
-    print(f"  L_0 (decoder) {summary['decoder_bpd']:.5f}")
-    print(f"  rate L_1..L_T {summary['rate_bpd']:.5f}")
-    print(f"  {summary['network_evals']} network evaluations in {summary['seconds']:.1f} s")
+def print_summary(s: NllSummary) -> None:
+    se = s.total_bpd_stderr
+    print(f"{s.data}: {s.n_images} images, T={s.T}, draws={s.draws}, model {s.model_sha256[:12]}")
+    print(f"  total bound   {s.total_bpd:.5f} bits/dim" + (f" +- {se:.5f}" if se is not None else ""))
+    print(f"  L_T (prior)   {s.prior_bpd:.3e}")
+    print(f"  L_1..L_T-1    {s.kl_bpd:.5f}")
+    print(f"  L_0 (decoder) {s.decoder_bpd:.5f}")
+    print(f"  rate L_1..L_T {s.rate_bpd:.5f}")
+    print(f"  {s.network_evals} network evaluations in {s.seconds:.1f} s")

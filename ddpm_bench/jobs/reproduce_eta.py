@@ -22,6 +22,7 @@ from ddpm_bench.probe import REPEATS, timed
 
 
 def _source(cfg: RunConfig, ckpt: str | None, device: torch.device):
+    from ddpm_bench.identity import model_identity
     from ddpm_bench.models import build_model
     from ddpm_bench.models.source import ModelSource, load_model_source
 
@@ -29,7 +30,8 @@ def _source(cfg: RunConfig, ckpt: str | None, device: torch.device):
         return load_model_source(ckpt, None, "ema", {}, device)
     m = cfg.model
     module = build_model(cfg.to_dict()["model"]).to(device).eval()
-    return ModelSource(net=module, diffusion=cfg.diffusion, provenance={"kind": "probe"},
+    ident = model_identity("probe", None, "", cfg.diffusion, "recipe (untrained, for timing only)", strong=False)
+    return ModelSource(net=module, diffusion=cfg.diffusion, identity=ident, provenance={"kind": "probe"},
                        image_shape=(m.in_channels, m.image_size, m.image_size), module=module)
 
 

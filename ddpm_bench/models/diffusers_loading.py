@@ -28,6 +28,7 @@ import torch
 
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import CheckpointError, UserError
+from ddpm_bench.identity import model_identity, state_dict_sha256
 from ddpm_bench.models.source import ModelSource, check_flags_match, diffusion_from_flags
 from ddpm_bench.provenance import sha256_file
 
@@ -134,5 +135,6 @@ def load_diffusers_source(path: str | Path, diffusion_flags: dict, device: str |
             "weights_files": sorted(f.name for f in files),
             "scheduler_config": str(sched_path.resolve()) if sched_path else None,
             "diffusers": diffusers.__version__}
-    return ModelSource(net=net, diffusion=diffusion, provenance=prov, image_shape=(c_in, int(h), int(w)),
-                       module=unet, config={"unet": dict(unet.config)})
+    ident = model_identity("diffusers", None, state_dict_sha256(unet.state_dict()), diffusion, str(path))
+    return ModelSource(net=net, diffusion=diffusion, identity=ident, provenance=prov,
+                       image_shape=(c_in, int(h), int(w)), module=unet, config={"unet": dict(unet.config)})

@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ import torch
 from ddpm_bench.checkpoint import load_checkpoint
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import CheckpointError, UserError
+from ddpm_bench.identity import ModelIdentity, model_identity, state_dict_sha256
 from ddpm_bench.provenance import sha256_file
 
 Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -37,10 +38,15 @@ DIFFUSION_FLAGS = {
 class ModelSource:
     net: Net
     diffusion: DiffusionConfig
-    provenance: dict  # kind, path / callable, sha256, weights, step
+    identity: ModelIdentity  # what every number computed with `net` is tied to
+    provenance: dict  # where it was found, for a human reader: kind, path / callable, file sha256, step
     image_shape: tuple[int, int, int] | None = None  # (C, H, W) when the source knows it
     module: torch.nn.Module | None = None
     config: dict | None = None  # the checkpoint's stored config
+
+    def describe(self) -> dict:
+        """The `model` entry of every output: where it came from and its identity."""
+        return {**self.provenance, "identity": self.identity.to_dict()}
 
 
 def diffusion_from_flags(flags: dict) -> DiffusionConfig:
@@ -95,8 +101,9 @@ def load_ckpt_source(path: str | Path, weights: str = "ema", diffusion_flags: di
         if "in_channels" in mcfg and "image_size" in mcfg else None
     prov = {"kind": "ckpt", "path": str(path.resolve()), "sha256": sha256_file(path), "weights": weights,
             "step": int(ckpt["step"])}
-    return ModelSource(net=module, diffusion=diffusion, provenance=prov, image_shape=shape, module=module,
-                       config=config)
+    ident = model_identity("ckpt", weights, state_dict_sha256(state), diffusion, str(path))
+    return ModelSource(net=module, diffusion=diffusion, identity=ident, provenance=prov, image_shape=shape,
+                       module=module, config=config)
 
 
 def _import_callable(spec: str) -> Callable:
@@ -138,10 +145,42 @@ def load_plugin_source(spec: str, diffusion_flags: dict, device: str | torch.dev
     if module is not None:
         module.to(device).eval()
     prov = {"kind": "plugin", "callable": spec}
-    file = Path(spec.rpartition(":")[0])
-    if file.suffix == ".py" and file.is_file():
-        prov["sha256"] = sha256_file(file)
-    return ModelSource(net=net, diffusion=diffusion_from_flags(diffusion_flags), provenance=prov, module=module)
+    source_file = _source_file(factory)
+    if source_file is not None:
+        prov["sha256"] = sha256_file(source_file)
+    diffusion = diffusion_from_flags(diffusion_flags)
+    if module is not None:
+        ident = model_identity("plugin", None, state_dict_sha256(module.state_dict()), diffusion, spec)
+    else:
+        if source_file is None:
+            raise UserError(f"--model {spec}: returned a plain function whose source file cannot be found; "
+                            "return a torch.nn.Module so that its weights identify it")
+        print(f"ddpm-bench: warning: --model {spec} returned a plain function: its identity is the hash of "
+              f"{source_file.name} only, so a change in what it reads (weights files, globals) is not detected; "
+              "return a torch.nn.Module for an identity by its weights", file=sys.stderr)
+        ident = model_identity("plugin", None, prov["sha256"], diffusion, spec, strong=False)
+    return ModelSource(net=net, diffusion=diffusion, identity=ident, provenance=prov, module=module)
+
+
+def _source_file(factory: Callable) -> Path | None:
+    """The .py file that defines `factory`, when there is one."""
+    module = sys.modules.get(getattr(factory, "__module__", "") or "")
+    file = getattr(module, "__file__", None) or getattr(getattr(factory, "__code__", None), "co_filename", None)
+    return Path(file) if file and Path(file).is_file() else None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the model comes from, as the command line or a recipe says it: exactly one of `ckpt` and
+    `model`, which weights of a checkpoint, and the diffusion flags (None = not given)."""
+
+    ckpt: str | None = None
+    model: str | None = None
+    weights: str = "ema"
+    diffusion_flags: dict = field(default_factory=dict)
+
+    def load(self, device: str | torch.device = "cpu") -> ModelSource:
+        return load_model_source(self.ckpt, self.model, self.weights, self.diffusion_flags, device)
 
 
 def load_model_source(ckpt: str | None, model: str | None, weights: str = "ema",

@@ -1,0 +1,77 @@
+"""Identities by content: what a number is tied to (SPEC section 2, "Model identity").
+
+An identity is a sha256 of content, never of a path:
+- the weights actually evaluated: every tensor of the state dict in sorted key order, with its name,
+  dtype and shape (so the same weights loaded from a moved, renamed or symlinked file are the same);
+- a model: those weights, which of them (ema or raw), and the diffusion settings it is evaluated with;
+- options and manifests: their canonical JSON (sorted keys, no whitespace).
+A plug-in that is a plain function has no weights; its identity is the hash of its source file and is
+marked weak (`strong = False`): a change in whatever the function reads is not seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+IDENTITY_FORMAT = "ddpm-bench-model-identity/1"
+
+
+def canonical_json(obj: Any) -> str:
+    """The one JSON text of `obj`: sorted keys, no spaces (tuples become lists)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of the tensors of a state dict in sorted key order, each with its name, dtype and shape."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name]
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Who a number belongs to. `sha256` covers everything else here but `origin`, which only says where
+    the model was found (a path or MODULE:CALLABLE) for a human reader."""
+
+    sha256: str  # of {format, kind, weights, weights_sha256, diffusion}
+    kind: str  # "ckpt", "diffusers" or "plugin"
+    weights: str | None  # "ema" / "raw" for a ddpm-bench checkpoint, None otherwise
+    weights_sha256: str  # state dict of the evaluated weights, or the plug-in's source file
+    diffusion: dict  # DiffusionConfig as a dict
+    strong: bool  # False for a plain-function plug-in (source file hash only)
+    origin: str  # path or MODULE:CALLABLE, informative, not part of the identity
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelIdentity:
+        return cls(**{k: d[k] for k in ("sha256", "kind", "weights", "weights_sha256", "diffusion", "strong", "origin")})
+
+    def short(self) -> str:
+        return self.sha256[:12]
+
+
+def model_identity(kind: str, weights: str | None, weights_sha256: str, diffusion, origin: str,
+                   strong: bool = True) -> ModelIdentity:
+    """The identity of a model: its weights hash, which weights, and its DiffusionConfig."""
+    diff = asdict(diffusion) if not isinstance(diffusion, dict) else dict(diffusion)
+    core = {"format": IDENTITY_FORMAT, "kind": kind, "weights": weights, "weights_sha256": weights_sha256,
+            "diffusion": diff}
+    return ModelIdentity(sha256=sha256_json(core), kind=kind, weights=weights, weights_sha256=weights_sha256,
+                         diffusion=diff, strong=strong, origin=origin)

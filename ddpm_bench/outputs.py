@@ -1,0 +1,473 @@
+"""Every output file as a typed object: its file name, an atomic `write`, and a `read` that validates.
+
+A `read` checks every field against its type and raises `OutputFileError` (exit 2), one line naming
+the file and the field. No other module spells an output's file name or reads its keys from a raw dict:
+writers build these objects, readers get them back.
+
+Outputs: the nll summary (`summary.json`) and per-image terms (`per_image.npz`), the sample manifest
+(`manifest.json`), the FID metrics (`metrics.json`), the rate-distortion summary (`summary.json` beside
+`curve.csv`), the gap result (`gap.json`) and the layout of a `reproduce` run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ddpm_bench.errors import UserError
+from ddpm_bench.shards import atomic_write_json, atomic_write_npz
+
+
+class OutputFileError(UserError):
+    """An output file that is missing, unreadable, or has a field of the wrong type."""
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list)
+    if origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint)
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def read_json_object(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        raise OutputFileError(f"{path}: missing") from None
+    except (OSError, ValueError) as e:
+        raise OutputFileError(f"{path}: unreadable JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise OutputFileError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+class JsonOutput:
+    """Base of the JSON outputs: a dataclass whose fields are the file's keys (extra keys are kept in
+    `extra` and written back, so provenance the reader does not use survives)."""
+
+    FILE: ClassVar[str]
+    extra: dict
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**self.extra, **json.loads(json.dumps(d, default=_plain))}
+
+    def write(self, folder: str | Path) -> Path:
+        path = Path(folder) / self.FILE
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def from_dict(cls, obj: dict, path: Path | str = "<memory>"):
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            if f.name not in obj:
+                if f.default is not MISSING:
+                    values[f.name] = f.default
+                    continue
+                raise OutputFileError(f"{path}: field '{f.name}' is missing")
+            if not _type_ok(obj[f.name], hints[f.name]):
+                raise OutputFileError(f"{path}: field '{f.name}' is {type(obj[f.name]).__name__} "
+                                      f"{_short(obj[f.name])}, expected {_hint_name(hints[f.name])}")
+            values[f.name] = obj[f.name]
+        known = {f.name for f in fields(cls)}
+        out = cls(**values, extra={k: v for k, v in obj.items() if k not in known})
+        out.check(Path(path))
+        return out
+
+    @classmethod
+    def read(cls, folder: str | Path):
+        path = Path(folder) / cls.FILE
+        return cls.from_dict(read_json_object(path), path)
+
+    def check(self, path: Path) -> None:
+        """Checks across fields (subclasses); raise OutputFileError naming the file and field."""
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _plain(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def model_sha256_of(model: dict, path: Path, name: str = "model") -> str:
+    """The model identity inside a `model` field; OutputFileError when it has none."""
+    ident = model.get("identity") if isinstance(model, dict) else None
+    sha = ident.get("sha256") if isinstance(ident, dict) else None
+    if not isinstance(sha, str) or len(sha) != 64:
+        raise OutputFileError(f"{path}: field '{name}.identity.sha256' is missing (written before model identities "
+                              "existed?); compute it again")
+    return sha
+
+
+# -- nll ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NllSummary(JsonOutput):
+    """`summary.json` of `nll` (SPEC section 2), bits/dim; written last, so its presence marks a finished run."""
+
+    FILE: ClassVar[str] = "summary.json"
+    COMMAND: ClassVar[str] = "nll"
+
+    run_id: str
+    total_bpd: float
+    total_bpd_stderr: float | None
+    prior_bpd: float
+    kl_bpd: float
+    decoder_bpd: float
+    rate_bpd: float
+    rate_bpd_stderr: float | None
+    decoder_bpd_stderr: float | None
+    n_images: int
+    dims: int
+    T: int
+    data: str
+    data_sha256: str
+    seed: int
+    draws: int
+    clip: bool
+    decoder_cdf: str
+    mean_type: str
+    var_type: str
+    precision: str
+    model: dict  # provenance and `identity` (ddpm_bench.identity.ModelIdentity)
+    bound: dict  # the BoundOptions, whole
+    diffusion: dict
+    ddpm_bench_version: str
+    seconds: float
+    network_evals: int
+    command: str = "nll"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def model_sha256(self) -> str:
+        return self.model["identity"]["sha256"]
+
+    def check(self, path: Path) -> None:
+        model_sha256_of(self.model, path)
+        if self.command != self.COMMAND:
+            raise OutputFileError(f"{path}: field 'command' is {self.command!r}, not an nll summary")
+        if self.n_images < 1 or self.T < 1 or self.dims < 1:
+            raise OutputFileError(f"{path}: fields 'n_images', 'T', 'dims' must be >= 1")
+
+
+@dataclass(frozen=True)
+class PerImage:
+    """`per_image.npz` of `nll`: `terms` float64 (N, T+1) bits/dim, `mse` float64 (N, T) (squared error of
+    the x0 prediction, model scale), `index` int64 (N,) data-set indices, `run_id` of the nll run."""
+
+    FILE: ClassVar[str] = "per_image.npz"
+
+    terms: np.ndarray
+    mse: np.ndarray
+    index: np.ndarray
+    run_id: str
+
+    def write(self, folder: str | Path) -> Path:
+        path = Path(folder) / self.FILE
+        atomic_write_npz(path, terms=self.terms, mse=self.mse, index=self.index.astype(np.int64),
+                         run_id=np.array(self.run_id))
+        return path
+
+    @classmethod
+    def read(cls, folder: str | Path, summary: NllSummary | None = None) -> PerImage:
+        """Read and check shapes, dtypes and finiteness; with `summary`, that both belong to one run."""
+        path = Path(folder) / cls.FILE
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = [k for k in ("terms", "mse", "index", "run_id") if k not in z.files]
+                if missing:
+                    raise OutputFileError(f"{path}: field '{missing[0]}' is missing")
+                terms, mse, index, run_id = z["terms"], z["mse"], z["index"], str(z["run_id"])
+        except OutputFileError:
+            raise
+        except FileNotFoundError:
+            raise OutputFileError(f"{path}: missing") from None
+        except Exception as e:
+            raise OutputFileError(f"{path}: unreadable or cut off ({type(e).__name__}: {e})") from None
+        if terms.dtype != np.float64 or terms.ndim != 2 or terms.shape[0] < 1 or terms.shape[1] < 2:
+            raise OutputFileError(f"{path}: field 'terms' must be float64 (N, T+1), got {terms.dtype} {terms.shape}")
+        n, T = terms.shape[0], terms.shape[1] - 1
+        if mse.dtype != np.float64 or mse.shape != (n, T):
+            raise OutputFileError(f"{path}: field 'mse' must be float64 ({n}, {T}), got {mse.dtype} {mse.shape}")
+        if index.dtype != np.int64 or index.shape != (n,):
+            raise OutputFileError(f"{path}: field 'index' must be int64 ({n},), got {index.dtype} {index.shape}")
+        if not np.all(np.isfinite(terms)):
+            raise OutputFileError(f"{path}: field 'terms' holds non-finite values")
+        if not np.all(np.isfinite(mse)) or np.any(mse < 0):
+            raise OutputFileError(f"{path}: field 'mse' holds negative or non-finite values")
+        if summary is not None:
+            if run_id != summary.run_id:
+                raise OutputFileError(f"{path}: field 'run_id' is not that of {NllSummary.FILE} beside it "
+                                      "(files of two runs)")
+            if (n, T) != (summary.n_images, summary.T):
+                raise OutputFileError(f"{path}: field 'terms' is ({n}, {T}+1) but {NllSummary.FILE} says "
+                                      f"n_images = {summary.n_images}, T = {summary.T}")
+        return cls(terms=terms, mse=mse, index=index, run_id=run_id)
+
+
+@dataclass(frozen=True)
+class NllOutput:
+    """A finished nll output directory: its summary and per-image terms, checked to belong together."""
+
+    path: Path
+    summary: NllSummary
+    per_image: PerImage
+
+    @classmethod
+    def read(cls, folder: str | Path) -> NllOutput:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise OutputFileError(f"{folder}: not a directory (expected a finished `ddpm-bench nll` output)")
+        summary = NllSummary.read(folder)
+        return cls(folder, summary, PerImage.read(folder, summary))
+
+    @staticmethod
+    def is_one(folder: Path) -> bool:
+        """Whether `folder` looks like an nll output (its summary says so); not a validation."""
+        try:
+            with open(Path(folder) / NllSummary.FILE) as f:
+                obj = json.load(f)
+        except (OSError, ValueError):
+            return False
+        return isinstance(obj, dict) and obj.get("command") == NllSummary.COMMAND and "total_bpd" in obj
+
+
+# -- sample ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SampleManifest(JsonOutput):
+    """`manifest.json` of a sample directory (SPEC section 3): what every shard must belong to."""
+
+    FILE: ClassVar[str] = "manifest.json"
+    FORMAT: ClassVar[str] = "ddpm-bench-samples/1"
+
+    format: str
+    run_id: str
+    model: dict
+    seed: int
+    num: int
+    shard_size: int
+    num_shards: int
+    image_shape: list
+    count: int
+    complete: bool
+    shards: list
+    sampler: dict
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def model_sha256(self) -> str:
+        return self.model["identity"]["sha256"]
+
+    def check(self, path: Path) -> None:
+        if self.format != self.FORMAT:
+            raise OutputFileError(f"{path}: field 'format' is {self.format!r}, expected {self.FORMAT!r}")
+        model_sha256_of(self.model, path)
+        if self.num < 1 or self.shard_size < 1 or self.num_shards != -(-self.num // self.shard_size):
+            raise OutputFileError(f"{path}: fields 'num', 'shard_size', 'num_shards' do not agree")
+        if len(self.image_shape) != 3 or not all(isinstance(v, int) and v >= 1 for v in self.image_shape):
+            raise OutputFileError(f"{path}: field 'image_shape' must be [C, H, W], got {self.image_shape}")
+
+
+def sample_shard_name(s: int) -> str:
+    return f"samples_{s:06d}.npz"
+
+
+# -- fid ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FidMetrics(JsonOutput):
+    """`metrics.json` of `fid` (SPEC section 2)."""
+
+    FILE: ClassVar[str] = "metrics.json"
+
+    run_id: str
+    fid: float
+    is_mean: float | None
+    is_std: float | None
+    n_samples: int
+    n_ref: int
+    ref: str
+    samples: str
+    backend: str
+    feature_extractor: dict
+    by_backend: dict
+    warnings: list
+    comparable_to_paper: bool
+    samples_model: dict | None  # the `model` of the samples' manifest (with its identity), None for plain images
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def model_sha256(self) -> str | None:
+        return None if self.samples_model is None else self.samples_model["identity"]["sha256"]
+
+    def check(self, path: Path) -> None:
+        if self.samples_model is not None:
+            model_sha256_of(self.samples_model, path, "samples_model")
+
+
+# -- rate-distortion ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RateDistortionSummary(JsonOutput):
+    """`summary.json` of `rate-distortion` (beside curve.csv, table4.*, figure5.*), written last."""
+
+    FILE: ClassVar[str] = "summary.json"
+    CURVE: ClassVar[str] = "curve.csv"
+    COMMAND: ClassVar[str] = "rate-distortion"
+
+    command: str
+    nll_run_id: str
+    nll_dir: str
+    T: int
+    n_images: int
+    rate_bpd: float
+    distortion_bpd: float
+    rmse_at_t1: float | None
+    model: dict
+    data: str
+    seed: int
+    draws: int
+    clip: bool
+    decoder_cdf: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def model_sha256(self) -> str:
+        return self.model["identity"]["sha256"]
+
+    def check(self, path: Path) -> None:
+        if self.command != self.COMMAND:
+            raise OutputFileError(f"{path}: field 'command' is {self.command!r}, not {self.COMMAND!r}")
+        model_sha256_of(self.model, path)
+
+    @staticmethod
+    def is_one(folder: Path) -> bool:
+        try:
+            with open(Path(folder) / RateDistortionSummary.FILE) as f:
+                obj = json.load(f)
+        except (OSError, ValueError):
+            return False
+        return (isinstance(obj, dict) and obj.get("command") == RateDistortionSummary.COMMAND
+                and (Path(folder) / RateDistortionSummary.CURVE).is_file())
+
+
+# -- gap ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GapResult(JsonOutput):
+    """The test-minus-train gap of two nll outputs of one model (`gap.json` in a reproduce run)."""
+
+    FILE: ClassVar[str] = "gap.json"
+
+    gap_bpd: float
+    gap_stderr: float
+    ci95: list
+    train_bpd: float
+    test_bpd: float
+    n_train: int
+    n_test: int
+    max_gap: float
+    exceeds: bool
+    train: str
+    test: str
+    train_run_id: str
+    test_run_id: str
+    model: dict
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def model_sha256(self) -> str:
+        return self.model["identity"]["sha256"]
+
+    def check(self, path: Path) -> None:
+        model_sha256_of(self.model, path)
+        if len(self.ci95) != 2 or not all(_type_ok(v, float) for v in self.ci95):
+            raise OutputFileError(f"{path}: field 'ci95' must be [low, high]")
+
+
+# -- reproduce ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReproduceLayout:
+    """Where each stage of `reproduce` writes inside RUN_DIR."""
+
+    root: Path
+    CONFIG: ClassVar[str] = "config.json"
+    RECORD: ClassVar[str] = "reproduce.json"
+
+    @property
+    def config(self) -> Path:
+        return self.root / self.CONFIG
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def nll_train(self) -> Path:
+        return self.root / "nll_train"
+
+    @property
+    def nll_test(self) -> Path:
+        return self.root / "nll_test"
+
+    @property
+    def gap(self) -> Path:
+        return self.root / GapResult.FILE
+
+    @property
+    def rate_distortion(self) -> Path:
+        return self.root / "rate_distortion"
+
+    @property
+    def fid(self) -> Path:
+        return self.root / "fid"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def record(self) -> Path:
+        return self.root / self.RECORD

@@ -1,0 +1,326 @@
+"""The run lifecycle, one implementation for every command that writes an `--out` directory.
+
+1. **Claim** (`claim`): `--out` is locked with `fcntl.flock` on `OUT/.lock` (the pid of the holder written
+   in it) for as long as the process lives; a second process on the same `--out`, with `--force` or not,
+   stops with exit 2 naming the holder's pid. Within one process a claim is re-entrant (`reproduce` trains
+   into the directory it claimed).
+2. **Manifest** (`run.json`): the command and its identity (a JSON object of everything that changes the
+   numbers: model identity, data hash, typed options), and `run_id`, the sha256 of both. A directory is
+   resumed only when its `run_id` is the same; another existing non-empty directory is refused (exit 2,
+   naming the first differences) unless `--force` empties it.
+3. **Shards** (`ShardPlan`, `RunDir.write_shard`, `RunDir.read_shard`): items [s * size, (s + 1) * size)
+   form shard s; rank r owns the shards with s % world == r; which are missing is decided once (on rank
+   0) and shared. Each shard file carries the `run_id` of its run and its item numbers and is checked
+   whenever it is read, at resume and at merge: a shard of another run, of other items, cut off or
+   unreadable is refused by name, never merged.
+4. **Phases** (`phase`): every rank runs the body, then all agree (`distributed.agree`): a failure on
+   one rank stops every rank; `PeerFailed` is handled once, in the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddpm_bench import __version__, distributed
+from ddpm_bench.errors import OutputDirError, UserError
+from ddpm_bench.identity import canonical_json, sha256_json
+from ddpm_bench.shards import atomic_write_json, atomic_write_npz, read_json, to_json
+
+MANIFEST = "run.json"
+LOCK = ".lock"
+MANIFEST_FORMAT = "ddpm-bench-run/1"
+RUN_ID = "run_id"  # the key of the run identity inside every shard file
+INDEX = "index"  # the item numbers inside every shard file
+
+_held: dict[str, int] = {}  # realpath of a claimed directory -> fd of its lock file (this process)
+
+
+class ShardError(OutputDirError):
+    """A shard file that does not belong to its run (another run, other items, cut off, unreadable)."""
+
+
+def run_id_of(command: str, identity: dict) -> str:
+    return sha256_json({"command": command, "identity": identity})
+
+
+def normalise(identity: Any) -> Any:
+    """The JSON form of an identity (tuples -> lists, numpy -> python), as it reads back from run.json."""
+    import json
+
+    return json.loads(to_json(identity))
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """'key: old -> new' for each leaf that differs between two JSON values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += differences(old.get(k, "<missing>"), new.get(k, "<missing>"), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def describe_differences(old: Any, new: Any, limit: int = 3) -> str:
+    diffs = differences(old, new)
+    return "; ".join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run executes, not what it computes: none of these is part of a run's identity (another
+    device, batch size, compile mode or memory format may move float32 rounding only)."""
+
+    out: str
+    force: bool = False
+    device: str = "auto"
+    batch_size: int = 256
+    compile_mode: str | None = None
+    channels_last: bool = False
+    dry_run: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise OutputDirError("--out: empty")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+# -- the lock ------------------------------------------------------------------------------------------------
+
+def _holder(lock_path: Path) -> str:
+    for _ in range(20):  # the holder writes its pid right after it takes the lock
+        try:
+            text = lock_path.read_text().strip()
+        except OSError:
+            text = ""
+        if text:
+            return text
+        time.sleep(0.01)
+    return "unknown pid"
+
+
+def lock_dir(out: Path) -> None:
+    """Take the exclusive lock of `out` (created if missing) for the life of this process."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputDirError(f"--out {out}: exists and is not a directory") from None
+    except NotADirectoryError:
+        raise OutputDirError(f"--out {out}: a parent of it is a file, not a directory") from None
+    if not out.is_dir():
+        raise OutputDirError(f"--out {out}: exists and is not a directory")
+    key = os.path.realpath(out)
+    lock_path = out / LOCK
+    fd = _held.get(key)
+    if fd is not None:
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
+                return  # already ours (re-entrant within one process)
+        except OSError:
+            pass
+        os.close(fd)
+        del _held[key]
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise OutputDirError(f"--out {out}: in use by another ddpm-bench process ({_holder(lock_path)}); "
+                                 "wait for it to finish or use another directory") from None
+        raise
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()}\n".encode())
+    _held[key] = fd
+
+
+def release(out: str | Path) -> None:
+    """Give up this process's lock of `out` (tests, and commands that end before the process does)."""
+    fd = _held.pop(os.path.realpath(out), None)
+    if fd is not None:
+        os.close(fd)
+
+
+# -- the directory -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunDir:
+    """A claimed output directory: where it is, which run it holds, and whether that run was resumed."""
+
+    path: Path
+    command: str
+    run_id: str
+    resumed: bool
+
+    def shard_path(self, name: str) -> Path:
+        return self.path / name
+
+    def write_shard(self, name: str, index: np.ndarray, **arrays: np.ndarray) -> None:
+        """Write a shard atomically, with this run's id and the item numbers it holds."""
+        atomic_write_npz(self.path / name, **arrays, **{INDEX: np.asarray(index, dtype=np.int64),
+                                                         RUN_ID: np.array(self.run_id)})
+
+    def read_shard(self, name: str, index: np.ndarray, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The arrays `keys` of a shard, after checking that it is whole, of this run and of these items."""
+        return read_shard(self.path / name, self.run_id, index, keys)
+
+    def shard_is_valid(self, name: str, index: np.ndarray, keys: tuple[str, ...]) -> bool:
+        try:
+            self.read_shard(name, index, keys)
+            return True
+        except ShardError:
+            return False
+
+
+def read_shard(path: Path, run_id: str, index: np.ndarray, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """See `RunDir.read_shard`; ShardError (exit 2) naming the file and what is wrong."""
+    hint = "delete it to recompute it"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = set(z.files)
+            missing = [k for k in (*keys, INDEX, RUN_ID) if k not in files]
+            if missing:
+                raise ShardError(f"{path}: not a shard of this run (no {', '.join(missing)}); {hint}")
+            got = {k: z[k] for k in (*keys, INDEX, RUN_ID)}
+    except ShardError:
+        raise
+    except Exception as e:
+        raise ShardError(f"{path}: unreadable or cut-off shard ({type(e).__name__}: {e}); {hint}") from None
+    if str(got.pop(RUN_ID)) != run_id:
+        raise ShardError(f"{path}: belongs to another run (run_id differs: other model, data, seed or settings); "
+                         f"refused, never merged; {hint}")
+    have = got.pop(INDEX)
+    if not np.array_equal(have, index):
+        raise ShardError(f"{path}: holds items {_span(have)}, not {_span(index)}; refused; {hint}")
+    for k, v in got.items():
+        if v.ndim == 0 or v.shape[0] != len(index):
+            raise ShardError(f"{path}: '{k}' has {v.shape[0] if v.ndim else 0} rows for {len(index)} items; {hint}")
+    return got
+
+
+def _span(index: np.ndarray) -> str:
+    return f"{int(index[0])}..{int(index[-1])}" if len(index) else "none"
+
+
+def claim(out: str | Path, command: str, identity: dict, *, force: bool = False) -> RunDir:
+    """Lock `out` and make it hold the run (`command`, `identity`): a new run in a missing or empty
+    directory, the same run resumed, or (with `force`) a new run in an emptied directory. Anything else is
+    an OutputDirError (exit 2) that names the difference."""
+    out = Path(out)
+    identity = normalise(identity)
+    run_id = run_id_of(command, identity)
+    lock_dir(out)
+    manifest = out / MANIFEST
+    content = [p for p in out.iterdir() if p.name != LOCK]
+    if content and force:
+        for p in content:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        content = []
+    if content:
+        if not manifest.is_file():
+            raise OutputDirError(f"--out {out}: directory exists and is not empty; use another directory or --force")
+        old = read_manifest(out)
+        if old["run_id"] == run_id:
+            return RunDir(out, command, run_id, resumed=True)
+        if old["command"] != command:
+            raise OutputDirError(f"--out {out}: holds a '{old['command']}' run, not '{command}'; "
+                                 "use another directory or --force")
+        raise OutputDirError(f"--out {out}: holds a run with other settings "
+                             f"({describe_differences(old['identity'], identity)}); use another directory or --force")
+    atomic_write_json(manifest, {"format": MANIFEST_FORMAT, "command": command, "run_id": run_id,
+                                 "identity": identity, "ddpm_bench_version": __version__})
+    return RunDir(out, command, run_id, resumed=False)
+
+
+def read_manifest(out: Path) -> dict:
+    """run.json of `out`, checked; OutputDirError naming the file and field when it is garbage."""
+    path = out / MANIFEST
+    try:
+        m = read_json(path)
+    except (OSError, ValueError) as e:
+        raise OutputDirError(f"{path}: unreadable ({type(e).__name__}: {e}); use another directory or --force") from None
+    if not isinstance(m, dict):
+        raise OutputDirError(f"{path}: expected a JSON object, got {type(m).__name__}; use --force to start over")
+    for key, kind in (("command", str), ("run_id", str), ("identity", dict)):
+        if not isinstance(m.get(key), kind):
+            raise OutputDirError(f"{path}: field '{key}' is missing or not a {kind.__name__} (written by another "
+                                 "version?); use another directory or --force")
+    if m.get("format") != MANIFEST_FORMAT or run_id_of(m["command"], m["identity"]) != m["run_id"]:
+        raise OutputDirError(f"{path}: field 'run_id' does not match its identity, or format is not "
+                             f"{MANIFEST_FORMAT!r}; use another directory or --force")
+    return m
+
+
+def follow(out: str | Path, command: str, identity: dict) -> RunDir:
+    """The RunDir of a run that rank 0 claimed (other ranks of a torchrun launch): no lock, no writes."""
+    return RunDir(Path(out), command, run_id_of(command, normalise(identity)), resumed=True)
+
+
+def claim_collective(out: str | Path, command: str, identity: dict, *, force: bool = False) -> RunDir:
+    """`claim` on rank 0, `follow` on the others (call inside a `phase`)."""
+    if distributed.is_main():
+        return claim(out, command, identity, force=force)
+    return follow(out, command, identity)
+
+
+# -- the shard plan ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Items 0..n-1 in shards of `size`; shard s = [s * size, (s + 1) * size) whatever the process count."""
+
+    n: int
+    size: int
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"shard size must be at least 1, got {self.size}")
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.n // self.size)
+
+    def items(self, s: int) -> np.ndarray:
+        return np.arange(s * self.size, min((s + 1) * self.size, self.n), dtype=np.int64)
+
+    def ranges(self) -> list[np.ndarray]:
+        return [self.items(s) for s in range(self.num_shards)]
+
+    def owned(self, shards: list[int], rank: int | None = None, world: int | None = None) -> list[int]:
+        """The shards of `shards` that rank `rank` of `world` computes: s % world == rank."""
+        rank = distributed.rank() if rank is None else rank
+        world = distributed.world_size() if world is None else world
+        return [s for s in shards if s % world == rank]
+
+    def missing(self, is_done) -> list[int]:
+        """The shards for which `is_done(s)` is false, decided on rank 0 and shared with every rank."""
+        mine = [s for s in range(self.num_shards) if not is_done(s)] if distributed.is_main() else None
+        return distributed.broadcast(mine)
+
+
+@contextlib.contextmanager
+def phase() -> Iterator[None]:
+    """Every rank runs the body; then all agree: this rank's own error is re-raised, or PeerFailed when
+    another rank failed (see `distributed.agree`). In one process it only re-raises."""
+    error = None
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - every failure must reach the other ranks
+        error = e
+    distributed.agree(error)
+
+
+def identity_text(identity: dict) -> str:
+    return canonical_json(normalise(identity))
