@@ -11,9 +11,8 @@ from ddpm_bench.diffusion import MEAN_TYPES, VAR_TYPES
 from ddpm_bench.errors import UserError
 from ddpm_bench.gaussian import DECODER_CDF_MODES
 from ddpm_bench.network_speed import COMPILE_MODES
+from ddpm_bench.precision import PRECISIONS
 from ddpm_bench.schedule import BETA_SCHEDULES
-
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -22,13 +22,13 @@ import torch
 
 from ddpm_bench import distributed, network_speed
 from ddpm_bench.errors import DataError, UserError
+from ddpm_bench.models import Net
 from ddpm_bench.models.source import ModelSource, load_model_source
 from ddpm_bench.precision import resolve_device, with_precision
 from ddpm_bench.probe import timed
 from ddpm_bench.provenance import environment
 from ddpm_bench.sampling import (
     PURPOSE_STEP,
-    Net,
     ancestral_sample,
     sample_noise,
     sampling_process,
