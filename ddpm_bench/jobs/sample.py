@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ddpm_bench import distributed, network_speed
+from ddpm_bench.data.sample_dir import MANIFEST
 from ddpm_bench.errors import DataError, UserError
 from ddpm_bench.models import Net
 from ddpm_bench.models.source import ModelSource, load_model_source
@@ -42,7 +43,6 @@ from ddpm_bench.shards import (
     read_json,
 )
 
-MANIFEST = "manifest.json"
 GRID = "grid.png"
 PROGRESSIVE_NPZ = "progressive.npz"
 PROGRESSIVE_PNG = "progressive.png"
