@@ -30,12 +30,12 @@ from ddpm_bench.diffusion import (
 )
 from ddpm_bench.errors import ModelOutputError, UserError
 from ddpm_bench.gaussian import DECODER_CDF_MODES, discretized_gaussian_log_likelihood, normal_kl
+from ddpm_bench.models import Net
 from ddpm_bench.noise import counter_normal
 from ddpm_bench.precision import PRECISIONS, network_precision
 from ddpm_bench.schedule import Schedule
 
 LN2 = math.log(2.0)
-Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MAX_SEED = 2**63 - 1
 
 

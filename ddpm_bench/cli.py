@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-
 from pathlib import Path
 
 from ddpm_bench import __version__
@@ -14,13 +13,12 @@ from ddpm_bench.data import DataSpec
 from ddpm_bench.diffusion import MEAN_TYPES, VAR_TYPES
 from ddpm_bench.distributed import PeerFailed
 from ddpm_bench.errors import UserError
-from ddpm_bench.models.source import ModelSpec
-from ddpm_bench.run_dir import RunOptions
 from ddpm_bench.gaussian import DECODER_CDF_MODES
+from ddpm_bench.models.source import ModelSpec
 from ddpm_bench.network_speed import COMPILE_MODES
+from ddpm_bench.precision import PRECISIONS
+from ddpm_bench.run_dir import RunOptions
 from ddpm_bench.schedule import BETA_SCHEDULES
-
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

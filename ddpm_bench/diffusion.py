@@ -80,11 +80,6 @@ def predict_x0_from_mu(s: Schedule, xt: torch.Tensor, i: torch.Tensor, mu: torch
     return (mu - c2 * xt) / c1
 
 
-def eps_from_x0(s: Schedule, xt: torch.Tensor, i: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    """The noise that maps x_0 to x_t under Eq. 4."""
-    return (xt - extract(s.sqrt_alphas_cumprod, i, xt.ndim) * x0) / extract(s.sqrt_one_minus_alphas_cumprod, i, xt.ndim)
-
-
 def fixed_logvar(s: Schedule, var_type: str) -> torch.Tensor:
     """(T,) log sigma_t^2 of a fixed variance type.
 

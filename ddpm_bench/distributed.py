@@ -112,12 +112,6 @@ def agree(error: BaseException | None) -> None:
         raise PeerFailed(f"rank {rank()}: stopping because rank(s) {', '.join(map(str, failed))} failed (see above)")
 
 
-def barrier() -> None:
-    """Wait for every rank (all ranks must call it)."""
-    if is_initialized():
-        failed_ranks(False)  # an all-reduce: works the same on gloo and NCCL
-
-
 def broadcast(obj):
     """Collective: rank 0's `obj` (picklable) on every rank; `obj` itself in one process."""
     if not is_initialized():

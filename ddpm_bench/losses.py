@@ -7,16 +7,16 @@
   p_theta(x_{t-1}|x_t)) for t > 1 and the decoder L_0 = -log p_theta(x_0|x_1) (Eq. 13) for t = 1, in bits/dim,
   with the fixed isotropic or the learned diagonal variance of the diffusion config (gradients reach both
   the mean and a learned variance). L_T has no parameters and is left out, as in the official code.
+  The term is `bound.term_values`, the bound engine's own, with the x_0 prediction not clipped (as in the
+  official training loss).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ddpm_bench.diffusion import DiffusionConfig, p_mean_logvar, q_posterior_logvar, q_posterior_mean
-from ddpm_bench.gaussian import discretized_gaussian_log_likelihood, normal_kl
+from ddpm_bench.bound import term_values
+from ddpm_bench.diffusion import DiffusionConfig, q_posterior_mean
 from ddpm_bench.schedule import Schedule
 
 
@@ -42,27 +42,11 @@ def simple_loss(cfg: DiffusionConfig, s: Schedule, output: torch.Tensor, x0: tor
     return mean_flat((output.to(torch.float64) - target) ** 2)
 
 
-def vb_term_bpd(cfg: DiffusionConfig, s: Schedule, output: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor,
-                i: torch.Tensor) -> torch.Tensor:
-    """(N,) bound term L_{t-1} in bits/dim for x_t ~ q(x_t | x_0), t = i + 1 (Eq. 5 and 13), float64.
-
-    KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) where i > 0, -log p(x_0|x_1) where i = 0. The x_0
-    prediction is not clipped, as in the official training loss.
-    """
-    p = p_mean_logvar(cfg, s, output, xt, i, clip=False)
-    q_mean = q_posterior_mean(s, x0, xt, i)
-    q_logvar = q_posterior_logvar(s, i, xt.ndim)
-    kl = mean_flat(normal_kl(q_mean, q_logvar, p.mean, p.logvar))
-    logvar = p.logvar.expand_as(p.mean)
-    decoder_nll = -mean_flat(discretized_gaussian_log_likelihood(x0, p.mean, 0.5 * logvar))
-    return torch.where(i == 0, decoder_nll, kl) / math.log(2.0)
-
-
 def training_loss(objective: str, cfg: DiffusionConfig, s: Schedule, output: torch.Tensor, x0: torch.Tensor,
                   xt: torch.Tensor, i: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """(N,) per-image loss of `objective` ("L_simple", "mse" or "L")."""
     if objective in ("L_simple", "mse"):
         return simple_loss(cfg, s, output[:, : x0.shape[1]], x0, xt, i, noise)
     if objective == "L":
-        return vb_term_bpd(cfg, s, output, x0, xt, i)
+        return term_values(cfg, s, output, x0, xt, i, clip=False).bpd
     raise ValueError(f"unknown objective {objective!r}")

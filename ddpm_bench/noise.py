@@ -21,11 +21,6 @@ def _signed(c: int) -> int:
     return c - (1 << 64) if c >= 1 << 63 else c
 
 
-def _shr(z: torch.Tensor, n: int) -> torch.Tensor:
-    """Logical right shift of int64 bits."""
-    return (z >> n) & ((1 << (64 - n)) - 1)
-
-
 def mix64(z: torch.Tensor) -> torch.Tensor:
     """SplitMix64 finaliser on int64 tensors (two's-complement wrap-around arithmetic)."""
     return mix64_(z.clone(), torch.empty_like(z))

@@ -18,7 +18,6 @@ float64; the network sees float32.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,10 +25,9 @@ import torch
 
 from ddpm_bench.diffusion import DiffusionConfig, p_mean_logvar
 from ddpm_bench.errors import ModelOutputError
+from ddpm_bench.models import Net
 from ddpm_bench.noise import counter_normal
 from ddpm_bench.schedule import Schedule, respace_betas, schedule_from_betas, space_timesteps
-
-Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # third component of a noise key: what the noise is for
 PURPOSE_PRIOR = 0  # x_T ~ N(0, I)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddpm_bench.bound import to_model_scale
 from ddpm_bench.config import RunConfig
 from ddpm_bench.diffusion import q_sample
 from ddpm_bench.losses import training_loss
@@ -75,11 +76,6 @@ def step_randomness(seed: int, step: int, batch_size: int, n: int, T: int, shape
     if not random_flip:
         flip = torch.zeros_like(flip)
     return StepRandomness(global_batch_indices(seed, step, batch_size, n), i, noise, flip)
-
-
-def to_model_scale(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float64 x = v / 127.5 - 1."""
-    return images.to(torch.float64) / 127.5 - 1.0
 
 
 class Trainer:

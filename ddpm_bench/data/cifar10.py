@@ -17,7 +17,6 @@ The pickles are read with an unpickler that allows only the numpy array construc
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import shutil
@@ -31,6 +30,7 @@ import numpy as np
 
 from ddpm_bench.data import validate_images
 from ddpm_bench.errors import DataError
+from ddpm_bench.provenance import file_digest
 
 FOLDER = "cifar-10-batches-py"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -85,14 +85,6 @@ def find_split(names: list[str], roots: list[Path]) -> Path | None:
     return None
 
 
-def md5_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def urllib_fetch(url: str, dest: Path) -> None:
     with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as r, open(dest, "wb") as f:
         shutil.copyfileobj(r, f, length=1 << 20)
@@ -111,7 +103,7 @@ def download(dest_root: Path, fetch: Fetch = urllib_fetch, url: str = URL, archi
     try:
         archive = tmp / "cifar-10-python.tar.gz"
         fetch(url, archive)
-        got = md5_file(archive)
+        got = file_digest(archive, "md5")
         if got != archive_md5:
             raise DataError(f"{url}: downloaded archive has md5 {got}, expected {archive_md5}; try again later")
         with tarfile.open(archive, "r:gz") as tar:
@@ -200,7 +192,7 @@ def read_batch(path: Path) -> np.ndarray:
 
 
 def verify_md5(path: Path, expected: str) -> None:
-    got = md5_file(path)
+    got = file_digest(path, "md5")
     if got != expected:
         raise DataError(f"{path}: checksum mismatch: md5 {got}, the official file has {expected}; "
                         f"set ${ENV_SKIP_MD5}=1 to accept a file that is not the official one")

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ddpm_bench.config import RunConfig, load_recipe
+from ddpm_bench.config import load_recipe
 from ddpm_bench.errors import UserError
 from ddpm_bench.provenance import environment
 from ddpm_bench.shards import atomic_write_json, read_json
@@ -24,7 +24,7 @@ def _say(msg: str) -> None:
     print(f"[reproduce] {msg}", file=sys.stderr, flush=True)
 
 
-def final_checkpoint(run: Path, cfg: RunConfig) -> Path:
+def final_checkpoint(run: Path) -> Path:
     from ddpm_bench.jobs.train import list_checkpoints
 
     ckpts = list_checkpoints(run)
@@ -65,7 +65,7 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
     if ckpt is None:
         stage("train", lambda: run_train(recipe, overrides, out=str(run), device=device, force=force,
                                          progress=progress))
-        model_ckpt = str(final_checkpoint(run, cfg))
+        model_ckpt = str(final_checkpoint(run))
     else:
         if force and run.exists():
             import shutil

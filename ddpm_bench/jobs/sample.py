@@ -21,14 +21,15 @@ import numpy as np
 import torch
 
 from ddpm_bench import distributed, network_speed
+from ddpm_bench.data.sample_dir import MANIFEST
 from ddpm_bench.errors import DataError, UserError
+from ddpm_bench.models import Net
 from ddpm_bench.models.source import ModelSource, load_model_source
 from ddpm_bench.precision import resolve_device, with_precision
 from ddpm_bench.probe import timed
 from ddpm_bench.provenance import environment
 from ddpm_bench.sampling import (
     PURPOSE_STEP,
-    Net,
     ancestral_sample,
     sample_noise,
     sampling_process,
@@ -42,7 +43,6 @@ from ddpm_bench.shards import (
     read_json,
 )
 
-MANIFEST = "manifest.json"
 GRID = "grid.png"
 PROGRESSIVE_NPZ = "progressive.npz"
 PROGRESSIVE_PNG = "progressive.png"

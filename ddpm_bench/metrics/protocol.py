@@ -6,10 +6,8 @@ set, IS as mean +/- std over 10 splits (the protocol of Salimans et al. 2016 and
 
 from __future__ import annotations
 
-import json
-from importlib import resources
-
 from ddpm_bench.errors import UserError
+from ddpm_bench.reporting.paper import paper_table_rows
 
 PAPER_NUM_SAMPLES = 50_000
 PAPER_REF = "cifar10:train"
@@ -19,11 +17,8 @@ NOT_COMPARABLE = "not comparable to the paper"
 
 def paper_values() -> dict:
     """The paper's unconditional DDPM row of Table 1 (IS, IS std, FID) and its protocol."""
-    values = json.loads(resources.files("ddpm_bench.paper").joinpath("ddpm_paper_values.json").read_text())
-    table = values["table1_cifar10"]
-    cols = table["columns"]
-    row = next(r for r in table["rows"] if str(r[0]).startswith("Ours") and "L_simple" in str(r[0]))
-    rec = dict(zip(cols, row, strict=True))
+    rec = next(r for r in paper_table_rows("table1_cifar10")
+               if str(r["model"]).startswith("Ours") and "L_simple" in str(r["model"]))
     return {"is_mean": rec["IS"], "is_std": rec["IS_std"], "fid": rec["FID"], "num_samples": PAPER_NUM_SAMPLES,
             "ref": PAPER_REF, "weights": "ema", "is_splits": IS_SPLITS, "row": rec["model"]}
 

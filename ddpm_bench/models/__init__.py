@@ -6,6 +6,9 @@ from collections.abc import Callable
 
 import torch
 
+# a network: net(x, i) on float32 (N, C, H, W) model-scale inputs and int64 (N,) network indices
+Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 _BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {}
 
 

@@ -19,9 +19,8 @@ from ddpm_bench.checkpoint import load_checkpoint
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import CheckpointError, UserError
 from ddpm_bench.identity import ModelIdentity, model_identity, state_dict_sha256
+from ddpm_bench.models import Net
 from ddpm_bench.provenance import sha256_file
-
-Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # flag name on the command line -> DiffusionConfig field
 DIFFUSION_FLAGS = {

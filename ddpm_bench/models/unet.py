@@ -140,6 +140,7 @@ class Level(nn.Module):
         self.attn = nn.ModuleList()
 
 
+@register_model("unet")
 class UNet(nn.Module):
     """eps_theta(x_t, i): float32 (N, in_channels, H, W) and int64 (N,) -> (N, out_channels, H, W)."""
 
@@ -218,8 +219,3 @@ class UNet(nn.Module):
             if hasattr(lv, "upsample"):
                 h = lv.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
-
-
-@register_model("unet")
-def build_unet(**kwargs) -> UNet:
-    return UNet(**kwargs)
