@@ -18,6 +18,7 @@ from ddpm_bench.models.source import ModelSpec
 from ddpm_bench.network_speed import COMPILE_MODES
 from ddpm_bench.precision import PRECISIONS
 from ddpm_bench.run_dir import RunOptions
+from ddpm_bench.sampling import SamplerOptions
 from ddpm_bench.schedule import BETA_SCHEDULES
 
 
@@ -122,12 +123,9 @@ def cmd_gap(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from ddpm_bench.jobs.sample import run_sample
 
-    run_sample(ckpt=args.ckpt, model=args.model, weights=args.weights, diffusion_flags=diffusion_flags(args),
-               num=args.num, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
-               image_size=args.image_size, channels=args.channels, clip=args.clip, device=args.device,
-               precision=args.precision, shard_size=args.shard_size, progressive_every=args.progressive_every,
-               out=args.out, force=args.force, dry_run=args.dry_run, progress=not args.no_progress,
-               compile_mode=args.compile, channels_last=args.channels_last)
+    sampler = SamplerOptions(seed=args.seed, steps=args.steps, clip=args.clip, precision=args.precision)
+    run_sample(model_spec(args), sampler, run_options(args), num=args.num, shard_size=args.shard_size,
+               image_size=args.image_size, channels=args.channels, progressive_every=args.progressive_every)
     return 0
 
 
@@ -182,13 +180,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_fid(args: argparse.Namespace) -> int:
     from ddpm_bench.jobs.fid import format_result, run_fid
+    from ddpm_bench.metrics.protocol import FidOptions
 
-    result = run_fid(samples=args.samples, ref=args.ref, data_root=args.data_root, num_samples=args.num_samples,
-                     num_ref=args.num_ref, backend=args.backend, clean_fid_mode=args.clean_fid_mode,
-                     feature_extractor=args.feature_extractor, inception_weights=args.inception_weights,
-                     cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device, prc=args.prc,
-                     out=args.out, force=args.force, allow_few_samples=args.allow_few_samples,
-                     shard_size=args.shard_size, progress=not args.no_progress)
+    opts = FidOptions(ref=args.ref, data_root=args.data_root, num_samples=args.num_samples, num_ref=args.num_ref,
+                      backend=args.backend, clean_fid_mode=args.clean_fid_mode,
+                      feature_extractor=args.feature_extractor, inception_weights=args.inception_weights,
+                      cache_dir=args.cache_dir, allow_few_samples=args.allow_few_samples, prc=args.prc)
+    result = run_fid(args.samples, opts, run_options(args), shard_size=args.shard_size)
     if result is not None:  # rank 0 of a torchrun launch, or the only process
         print(format_result(result))
     return 0

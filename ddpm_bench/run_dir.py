@@ -172,7 +172,7 @@ class RunDir:
         atomic_write_npz(self.path / name, **arrays, **{INDEX: np.asarray(index, dtype=np.int64),
                                                          RUN_ID: np.array(self.run_id)})
 
-    def read_shard(self, name: str, index: np.ndarray, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    def read_shard(self, name: str, index: np.ndarray, keys: tuple[str, ...] | None) -> dict[str, np.ndarray]:
         """The arrays `keys` of a shard, after checking that it is whole, of this run and of these items."""
         return read_shard(self.path / name, self.run_id, index, keys)
 
@@ -184,18 +184,22 @@ class RunDir:
             return False
 
 
-def read_shard(path: Path, run_id: str, index: np.ndarray, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """See `RunDir.read_shard`; ShardError (exit 2) naming the file and what is wrong."""
+def read_shard(path: Path, run_id: str, index: np.ndarray, keys: tuple[str, ...] | None) -> dict[str, np.ndarray]:
+    """See `RunDir.read_shard` (`keys` None: every array of the shard); ShardError (exit 2) naming the file
+    and what is wrong."""
     hint = "delete it to recompute it"
     try:
         with np.load(path, allow_pickle=False) as z:
             files = set(z.files)
-            missing = [k for k in (*keys, INDEX, RUN_ID) if k not in files]
+            want = tuple(k for k in z.files if k not in (INDEX, RUN_ID)) if keys is None else keys
+            missing = [k for k in (*want, INDEX, RUN_ID) if k not in files]
             if missing:
                 raise ShardError(f"{path}: not a shard of this run (no {', '.join(missing)}); {hint}")
-            got = {k: z[k] for k in (*keys, INDEX, RUN_ID)}
+            got = {k: z[k] for k in (*want, INDEX, RUN_ID)}
     except ShardError:
         raise
+    except FileNotFoundError:
+        raise ShardError(f"{path}: missing; run the same command again to compute it") from None
     except Exception as e:
         raise ShardError(f"{path}: unreadable or cut-off shard ({type(e).__name__}: {e}); {hint}") from None
     if str(got.pop(RUN_ID)) != run_id:
@@ -205,7 +209,7 @@ def read_shard(path: Path, run_id: str, index: np.ndarray, keys: tuple[str, ...]
     if not np.array_equal(have, index):
         raise ShardError(f"{path}: holds items {_span(have)}, not {_span(index)}; refused; {hint}")
     for k, v in got.items():
-        if v.ndim == 0 or v.shape[0] != len(index):
+        if (v.ndim == 0 and keys is not None) or (v.ndim > 0 and v.shape[0] != len(index)):
             raise ShardError(f"{path}: '{k}' has {v.shape[0] if v.ndim else 0} rows for {len(index)} items; {hint}")
     return got
 

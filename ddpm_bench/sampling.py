@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ddpm_bench.diffusion import DiffusionConfig, p_mean_logvar
-from ddpm_bench.errors import ModelOutputError
+from ddpm_bench.errors import ModelOutputError, UserError
 from ddpm_bench.models import Net
 from ddpm_bench.noise import counter_normal
 from ddpm_bench.schedule import Schedule, respace_betas, schedule_from_betas, space_timesteps
@@ -32,6 +32,26 @@ from ddpm_bench.schedule import Schedule, respace_betas, schedule_from_betas, sp
 # third component of a noise key: what the noise is for
 PURPOSE_PRIOR = 0  # x_T ~ N(0, I)
 PURPOSE_STEP = 1  # z ~ N(0, I) of a reverse step
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """Everything besides the model that changes a sample (with its number j)."""
+
+    seed: int = 0  # sample j is a pure function of (seed, j)
+    steps: int | None = None  # respaced sampling with K evenly strided steps; None = all T steps
+    clip: bool = True  # clip the x0 prediction to [-1, 1] before forming the mean (official sampler)
+    precision: str = "fp32"  # network precision; the sampler's math stays float64
+
+    def __post_init__(self) -> None:
+        from ddpm_bench.bound import check_seed
+        from ddpm_bench.precision import PRECISIONS
+
+        check_seed(self.seed)
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"--steps must be at least 1, got {self.steps}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision {self.precision}: choose from {', '.join(PRECISIONS)}")
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,17 @@ with the numbers of an uninterrupted run; shards of other images are refused."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from ddpm_bench.cli import main
-from ddpm_bench.errors import DataError
+from ddpm_bench.errors import DataError, UserError
 from ddpm_bench.metrics import feature_shards, torch_fidelity_backend
 from ddpm_bench.metrics.extractors import TINY_TEST
+
+RUN = "ab" * 32  # the run id the shards carry
 
 
 def _images(seed: int, n: int) -> np.ndarray:
@@ -43,27 +46,31 @@ def test_shards_merge_to_the_features_of_one_pass_and_resume_only_what_is_missin
     whole = _features(images)
     first = Counting(fail_after=2)
     with pytest.raises(RuntimeError, match="stopped"):
-        feature_shards.extract_in_shards(images, first, tmp_path, 5, 8, "x", progress=False)
+        feature_shards.extract_in_shards(images, first, tmp_path, 5, 8, "x", RUN, progress=False)
     assert sorted(p.name for p in tmp_path.glob("features_*.npz")) == ["features_000000.npz", "features_000001.npz"]
     again = Counting()
-    got = feature_shards.extract_in_shards(images, again, tmp_path, 5, 8, "x", progress=False)
+    got = feature_shards.extract_in_shards(images, again, tmp_path, 5, 8, "x", RUN, progress=False)
     assert again.calls == [5, 5, 3] and got.extracted == 13  # shards 2, 3, 4 only
     for layer in ("mean", "max"):
         assert got.features[layer].dtype == np.float32 and np.array_equal(got.features[layer], whole[layer])
-    assert feature_shards.extract_in_shards(images, Counting(fail_after=0), tmp_path, 5, 8, "x",
+    assert feature_shards.extract_in_shards(images, Counting(fail_after=0), tmp_path, 5, 8, "x", RUN,
                                             progress=False).extracted == 0  # all there: no extraction
 
 
 def test_a_shard_of_other_images_is_refused(tmp_path):
     images = _images(0, 10)
-    feature_shards.extract_in_shards(images, _features, tmp_path, 5, 8, "x", progress=False)
+    feature_shards.extract_in_shards(images, _features, tmp_path, 5, 8, "x", RUN, progress=False)
     other = images.copy()
     other[7, 0, 0, 0] ^= 1
     with pytest.raises(DataError, match="features_000001.npz: was extracted from other images"):
-        feature_shards.extract_in_shards(other, _features, tmp_path, 5, 8, "x", progress=False)
+        feature_shards.extract_in_shards(other, _features, tmp_path, 5, 8, "x", RUN, progress=False)
     (tmp_path / "features_000000.npz").write_bytes(b"PK\x03\x04 cut short")
-    with pytest.raises(DataError, match="features_000000.npz: unreadable feature shard"):
-        feature_shards.extract_in_shards(images, _features, tmp_path, 5, 8, "x", progress=False)
+    with pytest.raises(UserError, match="features_000000.npz: unreadable or cut-off shard"):
+        feature_shards.extract_in_shards(images, _features, tmp_path, 5, 8, "x", RUN, progress=False)
+    feature_shards.extract_in_shards(images, _features, tmp_path / "other", 5, 8, "x", "another run", progress=False)
+    shutil.copy(tmp_path / "other" / "features_000000.npz", tmp_path / "features_000000.npz")
+    with pytest.raises(UserError, match="features_000000.npz: belongs to another run"):
+        feature_shards.extract_in_shards(images, _features, tmp_path, 5, 8, "x", RUN, progress=False)
 
 
 def _fid(tmp_path, out, *args) -> int:

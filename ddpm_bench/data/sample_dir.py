@@ -1,71 +1,52 @@
-"""A sample directory (SPEC section 3) as one uint8 (N, H, W, C) array.
+"""A sample directory (SPEC section 3) as one uint8 (N, H, W, C) array, every shard checked.
 
-Layout assumed (as `ddpm-bench sample` writes it): shards `samples_XXXXXX.npz`, each with `arr_0` uint8
-NHWC, read in the order of their number (the number is not otherwise interpreted: it may count shards or
-the first sample of the shard), and `manifest.json` with the number of samples the run was asked for
-under the key `"num"` (`"count"` is accepted too). Temporary files (`.samples_*.tmp`) are ignored.
-
-A directory whose shards hold fewer (or more) samples than the manifest asks for is refused as
-incomplete: it is an unfinished sampling run, and running `ddpm-bench sample` again with the same
-`--out` finishes it. A manifest without a count is refused, since completeness could not be checked.
+Layout (as `ddpm-bench sample` writes it): `manifest.json` (`ddpm_bench.outputs.SampleManifest`: the
+run's `run_id`, the model identity, seed, `num` and `shard_size`) and shards `samples_XXXXXX.npz`, shard s
+holding `arr_0` uint8 NHWC of sample numbers [s * shard_size, (s + 1) * shard_size), their `index` and
+the `run_id` of the run. Every shard is checked against the manifest when read: a shard of another run
+(other seed, other model, other settings), of other sample numbers, or cut off is refused by name.
+A directory with missing shards is an unfinished sampling run: running `ddpm-bench sample` again with
+the same `--out` finishes it.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 import numpy as np
 
 from ddpm_bench.data import validate_images
-from ddpm_bench.data.npz import load_npz
 from ddpm_bench.errors import DataError
+from ddpm_bench.outputs import OutputFileError, SampleManifest, sample_shard_name
 
-MANIFEST = "manifest.json"
-SHARD_RE = re.compile(r"^samples_(\d{6,})\.npz$")
-COUNT_KEYS = ("num", "count")
+MANIFEST = SampleManifest.FILE
 
 
-def manifest_count(folder: Path) -> int:
-    """The number of samples the run was asked for, from `manifest.json`."""
-    path = folder / MANIFEST
+def read_manifest(folder: Path) -> SampleManifest:
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable JSON manifest: {e}") from None
-    if not isinstance(manifest, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    for key in COUNT_KEYS:
-        value = manifest.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-            return value
-    raise DataError(f"{path}: no sample count (key 'num' or 'count'); cannot tell whether the run finished")
-
-
-def shard_paths(folder: Path) -> list[Path]:
-    """`samples_XXXXXX.npz` files in the order of their number."""
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := SHARD_RE.match(p.name))]
-    return [p for _, p in sorted(found)]
+        return SampleManifest.read(folder)
+    except OutputFileError as e:
+        raise DataError(str(e)) from None
 
 
 def load_sample_dir(path: str | Path) -> np.ndarray:
-    """All samples of a finished sample directory, concatenated in shard order: uint8 (N, H, W, C)."""
+    """All samples of a finished sample directory in sample-number order: uint8 (N, H, W, C)."""
+    from ddpm_bench.run_dir import ShardPlan, read_shard
+
     folder = Path(path)
-    expected = manifest_count(folder)
-    shards = shard_paths(folder)
-    if not shards:
-        raise DataError(f"{folder}: incomplete sample directory: no samples_XXXXXX.npz shards "
-                        f"(manifest asks for {expected}); run `ddpm-bench sample` again with --out {folder}")
+    manifest = read_manifest(folder)
+    plan = ShardPlan(manifest.num, manifest.shard_size)
+    missing = [sample_shard_name(s) for s in range(plan.num_shards) if not (folder / sample_shard_name(s)).is_file()]
+    if missing:
+        raise DataError(f"{folder}: incomplete sample directory: {len(missing)} of {plan.num_shards} shards missing "
+                        f"(first {missing[0]}; {MANIFEST} asks for {manifest.num} samples); run `ddpm-bench sample` "
+                        f"again with --out {folder} to finish it")
+    c, h, w = manifest.image_shape
     parts = []
-    for p in shards:
-        a = load_npz(p)
-        if parts and a.shape[1:] != parts[0].shape[1:]:
-            raise DataError(f"{p}: images of shape {a.shape[1:]} but {shards[0].name} has {parts[0].shape[1:]}")
+    for s in range(plan.num_shards):
+        shard = folder / sample_shard_name(s)
+        a = read_shard(shard, manifest.run_id, plan.items(s), ("arr_0",))["arr_0"]
+        if a.dtype != np.uint8 or a.shape[1:] != (h, w, c):
+            raise DataError(f"{shard}: images are {a.dtype} {a.shape[1:]}, but {MANIFEST} says uint8 {(h, w, c)}")
         parts.append(a)
-    total = sum(len(a) for a in parts)
-    if total != expected:
-        raise DataError(f"{folder}: incomplete sample directory: the shards hold {total} samples but "
-                        f"{MANIFEST} asks for {expected}; run `ddpm-bench sample` again with --out {folder} "
-                        "to finish it")
     return validate_images(np.concatenate(parts, axis=0), str(folder))

@@ -16,19 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_bench import distributed
+from ddpm_bench import distributed, run_dir
 from ddpm_bench.data import ImageSet, load_images
+from ddpm_bench.data.sample_dir import read_manifest
 from ddpm_bench.errors import DataError, UserError
 from ddpm_bench.metrics import clean_fid_backend, protocol, reference_cache, torch_fidelity_backend
 from ddpm_bench.metrics.extractors import PACKAGED, STANDARD, TINY_TEST, Extractor, resolve_extractor
 from ddpm_bench.metrics.feature_shards import extract_in_shards
+from ddpm_bench.metrics.protocol import FidOptions
 from ddpm_bench.metrics.reference_cache import ReferenceKey
+from ddpm_bench.outputs import FidMetrics, OutputFileError, SampleManifest
 from ddpm_bench.precision import resolve_device
 from ddpm_bench.provenance import environment
-from ddpm_bench.shards import atomic_write_json, prepare_run_dir, read_json
+from ddpm_bench.run_dir import RunDir, RunOptions
 
-BACKENDS = ("torch-fidelity", "clean-fid", "both")
-METRICS_FILE = "metrics.json"
+COMMAND = "fid"
 FEATURES_DIR = "features"  # feature shards while the run is unfinished; removed once metrics.json is written
 
 
@@ -44,14 +46,17 @@ def _library_versions() -> dict:
     return out
 
 
-def _samples_provenance(samples: str, images: ImageSet) -> dict:
+def samples_manifest(samples: str) -> SampleManifest | None:
+    """The manifest of a sample directory (its shards were checked against it when the images were
+    loaded); None for a .npz or a PNG folder."""
+    folder = Path(samples)
+    return read_manifest(folder) if (folder / SampleManifest.FILE).is_file() else None
+
+
+def _samples_provenance(images: ImageSet, manifest: SampleManifest | None) -> dict:
     prov = {"source": images.source, "sha256": images.sha256, "n": len(images), "shape_hwc": list(images.images.shape[1:])}
-    manifest = Path(samples) / "manifest.json"
-    if manifest.is_file():
-        try:
-            prov["manifest"] = read_json(manifest)
-        except (OSError, ValueError) as e:
-            raise DataError(f"--samples {samples}: unreadable manifest.json: {e}") from None
+    if manifest is not None:
+        prov["manifest"] = manifest.to_dict()
     return prov
 
 
@@ -151,91 +156,94 @@ class _Backend:
                 **self.network_info, "how": self.how}
 
 
-def run_fid(samples: str, ref: str = protocol.PAPER_REF, data_root: str | None = None, num_samples: int | None = None,
-            num_ref: int | None = None, backend: str = "torch-fidelity", clean_fid_mode: str = "legacy_tensorflow",
-            feature_extractor: str = STANDARD, inception_weights: str | None = None, cache_dir: str | None = None,
-            batch_size: int = 64, device: str = "auto", prc: bool = True, out: str | None = None,
-            force: bool = False, allow_few_samples: bool = False, shard_size: int = 1000,
-            progress: bool = True) -> dict | None:
-    """FID/IS of `samples` into `out`/metrics.json, in one process or in each process of a torchrun launch:
-    the features of both image sets are extracted in shards split over the ranks (metrics/feature_shards.py);
-    rank 0 computes the statistics and metrics from the merged features and returns the result (other
-    ranks return None)."""
-    if out is None:
-        raise UserError("--out is required")
-    if backend not in BACKENDS:
-        raise UserError(f"--backend {backend}: choose from {', '.join(BACKENDS)}")
-    if clean_fid_mode not in clean_fid_backend.MODES:
-        raise UserError(f"--clean-fid-mode {clean_fid_mode}: choose from {', '.join(clean_fid_backend.MODES)}")
-    for flag, value in (("--batch-size", batch_size), ("--shard-size", shard_size)):
-        if value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
-    dev = distributed.process_device(resolve_device(device))
+def fid_identity(sample_set: ImageSet, manifest: SampleManifest | None, ref_identity: dict, opts: FidOptions,
+                 extractor: Extractor, shard_size: int) -> dict:
+    """Everything that changes the metrics: the samples (their content and, for a sample directory, the run
+    and model they came from), the reference, the backends and extractor (its weights by hash), and the
+    shard size. Paths, the cache folder and the batch size are not part of it."""
+    return {"samples": sample_set.identity(), "samples_run_id": manifest.run_id if manifest else None,
+            "samples_model": manifest.model_sha256 if manifest else None, "ref": ref_identity,
+            "backend": opts.backend, "clean_fid_mode": opts.clean_fid_mode, "feature_extractor": extractor.name,
+            "weights_sha256": extractor.weights_sha256, "prc": opts.prc, "allow_few_samples": opts.allow_few_samples,
+            "shard_size": shard_size}
+
+
+def finished_metrics(rd: RunDir) -> FidMetrics | None:
+    """metrics.json of a finished run of `rd`, whole and of this run; None otherwise (recomputed)."""
+    if not (rd.path / FidMetrics.FILE).exists():
+        return None
+    try:
+        metrics = FidMetrics.read(rd.path)
+    except OutputFileError as e:
+        print(f"ddpm-bench fid: {e}; computing the metrics again", file=sys.stderr)
+        return None
+    return metrics if metrics.run_id == rd.run_id else None
+
+
+def run_fid(samples: str, opts: FidOptions, run: RunOptions, shard_size: int = 1000) -> FidMetrics | None:
+    """FID/IS of `samples` into `run.out`/metrics.json, in one process or in each process of a torchrun
+    launch: the features of both image sets are extracted in shards split over the ranks
+    (metrics/feature_shards.py); rank 0 computes the statistics and metrics from the merged features and
+    returns the result (other ranks return None)."""
+    if shard_size < 1:
+        raise UserError(f"--shard-size must be at least 1, got {shard_size}")
+    dev = distributed.process_device(resolve_device(run.device))
     with distributed.process_group(dev):
-        return _run_fid(samples=samples, ref=ref, data_root=data_root, num_samples=num_samples, num_ref=num_ref,
-                        backends=["torch-fidelity", "clean-fid"] if backend == "both" else [backend], backend=backend,
-                        clean_fid_mode=clean_fid_mode, feature_extractor=feature_extractor,
-                        inception_weights=inception_weights, cache_dir=cache_dir, batch_size=batch_size, dev=dev,
-                        prc=prc, out=Path(out), force=force, allow_few_samples=allow_few_samples,
-                        shard_size=shard_size, progress=progress)
+        return _run_fid(samples, opts, run, shard_size, dev)
 
 
-def _run_fid(*, samples, ref, data_root, num_samples, num_ref, backends, backend, clean_fid_mode, feature_extractor,
-             inception_weights, cache_dir, batch_size, dev, prc, out: Path, force, allow_few_samples, shard_size,
-             progress) -> dict | None:
+def _run_fid(samples: str, opts: FidOptions, run: RunOptions, shard_size: int, dev) -> FidMetrics | None:
     main = distributed.is_main()
-    metrics_path = out / METRICS_FILE
+    backends, ref, num_ref, batch_size = opts.backends, opts.ref, opts.num_ref, run.batch_size
     known: dict[str, tuple | None] = {}
-    error = None
-    try:  # phase 1 (every rank): inputs; rank 0 prepares --out and finds the reference statistics it already has
-        extractor = resolve_extractor(feature_extractor, inception_weights)
-        cache = Path(cache_dir) if cache_dir else reference_cache.default_cache_dir()
-        sample_set = load_images(samples, data_root, num_samples)
-        samples_prov = _samples_provenance(samples, sample_set)
+    with run_dir.phase():  # every rank: inputs; rank 0 claims --out and finds the reference statistics it has
+        extractor = resolve_extractor(opts.feature_extractor, opts.inception_weights)
+        cache = Path(opts.cache_dir) if opts.cache_dir else reference_cache.default_cache_dir()
+        sample_set = load_images(samples, opts.data_root, opts.num_samples)
+        manifest = samples_manifest(samples)
+        samples_prov = _samples_provenance(sample_set, manifest)
         ref_file = ref if reference_cache.is_statistics_file(ref) else None
-        ref_set = None if ref_file else load_images(ref, data_root, num_ref)
+        ref_set = None if ref_file else load_images(ref, opts.data_root, num_ref)
         if ref_file:
             ref_meta = reference_cache.read_entry(ref_file)[0]["key"]
             ref_hwc, n_ref, ref_name = tuple(ref_meta["image_shape"]), ref_meta["count"], ref_meta["source"]
+            ref_identity = {"statistics": ref_meta}
         else:
             ref_hwc, n_ref, ref_name = ref_set.images.shape[1:], len(ref_set), ref_set.source
+            ref_identity = ref_set.identity()
         if tuple(sample_set.images.shape[1:3]) != tuple(ref_hwc[:2]):
             raise DataError(f"--samples {samples} are {sample_set.images.shape[1]}x{sample_set.images.shape[2]} but "
                             f"--ref {ref} is {ref_hwc[0]}x{ref_hwc[1]}: FID compares images of one size")
-        warnings = protocol.check_counts(len(sample_set), n_ref, extractor.feature_dim, allow_few_samples)
+        warnings = protocol.check_counts(len(sample_set), n_ref, extractor.feature_dim, opts.allow_few_samples)
         warnings += _protocol_warnings(samples_prov, ref_name, extractor, backends)
-        libs = {b: _Backend(b, extractor, clean_fid_mode, dev, batch_size, inception_weights) for b in backends}
-        settings = {"samples": sample_set.source, "samples_sha256": sample_set.sha256, "ref": ref_name, "n_ref": n_ref,
-                    "backend": backend, "clean_fid_mode": clean_fid_mode, "feature_extractor": extractor.name,
-                    "weights_sha256": extractor.weights_sha256, "prc": prc, "shard_size": shard_size}
+        libs = {b: _Backend(b, extractor, opts.clean_fid_mode, dev, batch_size, opts.inception_weights)
+                for b in backends}
+        identity = fid_identity(sample_set, manifest, ref_identity, opts, extractor, shard_size)
+        rd = run_dir.claim_collective(run.out, COMMAND, identity, force=run.force)
+        done = finished_metrics(rd) if main else None
+        if main and done is None:
+            known = {b: _known_reference(b, lib.mode, lib.library, extractor, ref_set, ref_file, num_ref, cache)
+                     for b, lib in libs.items()}
+    if distributed.broadcast(done is not None if main else None):
         if main:
-            prepare_run_dir(out, settings, force=force, command="fid")
-            if not metrics_path.exists():
-                known = {b: _known_reference(b, lib.mode, lib.library, extractor, ref_set, ref_file, num_ref, cache)
-                         for b, lib in libs.items()}
-    except Exception as e:
-        error = e
-    distributed.agree(error)
-    if metrics_path.exists():
-        if main:
-            print(f"ddpm-bench fid: {metrics_path} is complete for these settings; nothing to do", file=sys.stderr)
-            return read_json(metrics_path)
-        return None
+            print(f"ddpm-bench fid: {rd.path / FidMetrics.FILE} is complete for these settings; nothing to do",
+                  file=sys.stderr)
+        return done
 
-    # phase 2 (every rank): features of the samples, and of the reference where no statistics are known yet
+    # every rank: features of the samples, and of the reference where no statistics are known yet
     to_compute = distributed.broadcast([b for b in backends if known.get(b) is None] if main else None)
     t_start = time.perf_counter()
     ref_feats, sample_feats, timings = {}, {}, {}
+    features = rd.path / FEATURES_DIR
     for b, lib in libs.items():
         if b in to_compute:
             t0 = time.perf_counter()
-            got = extract_in_shards(ref_set.images, lib.features(f"--ref {ref}"), out / FEATURES_DIR / f"ref-{b}",
-                                    shard_size, batch_size, f"{b} features of {ref_name}", progress)
+            got = extract_in_shards(ref_set.images, lib.features(f"--ref {ref}"), features / f"ref-{b}", shard_size,
+                                    batch_size, f"{b} features of {ref_name}", rd.run_id, run.progress)
             ref_feats[b] = (got, time.perf_counter() - t0)
         t0 = time.perf_counter()
-        got = extract_in_shards(sample_set.images, lib.features(f"--samples {samples}"),
-                                out / FEATURES_DIR / f"samples-{b}", shard_size, batch_size,
-                                f"{b} features of the samples", progress)
+        got = extract_in_shards(sample_set.images, lib.features(f"--samples {samples}"), features / f"samples-{b}",
+                                shard_size, batch_size, f"{b} features of the samples", rd.run_id, run.progress)
         seconds = time.perf_counter() - t0
         sample_feats[b] = got.features
         timings[b] = {"samples_features_seconds": seconds, "samples_images_extracted": got.extracted,
@@ -243,7 +251,7 @@ def _run_fid(*, samples, ref, data_root, num_samples, num_ref, backends, backend
     if not main:
         return None
 
-    # phase 3 (rank 0): reference statistics (cached), metrics, metrics.json
+    # rank 0: reference statistics (cached), metrics, metrics.json
     by_backend, references = {}, {}
     for b, lib in libs.items():
         if b in ref_feats:
@@ -257,7 +265,7 @@ def _run_fid(*, samples, ref, data_root, num_samples, num_ref, backends, backend
                              "images_per_second": got.extracted / seconds if got.extracted else None}
             known[b] = (feats, stats, references[b])
         r_feats, r_stats, references[b] = known[b]
-        by_backend[b] = lib.metrics(sample_feats[b], r_feats, r_stats, prc)
+        by_backend[b] = lib.metrics(sample_feats[b], r_feats, r_stats, opts.prc)
 
     primary = by_backend[backends[0]]
     tf_result = by_backend.get("torch-fidelity")
@@ -269,20 +277,8 @@ def _run_fid(*, samples, ref, data_root, num_samples, num_ref, backends, backend
     else:
         is_mean = is_std = None
         is_reason = f"feature extractor {extractor.name} has no logits (pool3 features only)"
-    result = {
-        "fid": primary["fid"],
-        "is_mean": is_mean,
-        "is_std": is_std,
+    extra = {
         "is_reason": is_reason,
-        "n_samples": len(sample_set),
-        "n_ref": n_ref,
-        "ref": ref_name,
-        "samples": sample_set.source,
-        "backend": backend,
-        "feature_extractor": extractor.describe(),
-        "by_backend": by_backend,
-        "warnings": warnings,
-        "comparable_to_paper": not warnings and extractor.name == STANDARD,
         "paper": protocol.paper_values(),
         "reference_statistics": references,
         "timing": {**timings, "total_seconds": time.perf_counter() - t_start},
@@ -296,14 +292,20 @@ def _run_fid(*, samples, ref, data_root, num_samples, num_ref, backends, backend
     }
     if len(by_backend) == 2:
         d = by_backend["clean-fid"]["fid"] - by_backend["torch-fidelity"]["fid"]
-        result["backend_difference"] = {"fid_clean_fid_minus_torch_fidelity": d,
-                                        "relative": d / max(abs(by_backend["torch-fidelity"]["fid"]), 1e-12)}
-    atomic_write_json(metrics_path, result)
-    shutil.rmtree(out / FEATURES_DIR, ignore_errors=True)
+        extra["backend_difference"] = {"fid_clean_fid_minus_torch_fidelity": d,
+                                       "relative": d / max(abs(by_backend["torch-fidelity"]["fid"]), 1e-12)}
+    result = FidMetrics(run_id=rd.run_id, fid=primary["fid"], is_mean=is_mean, is_std=is_std,
+                        n_samples=len(sample_set), n_ref=n_ref, ref=ref_name, samples=sample_set.source,
+                        backend=opts.backend, feature_extractor=extractor.describe(), by_backend=by_backend,
+                        warnings=warnings, comparable_to_paper=not warnings and extractor.name == STANDARD,
+                        samples_model=manifest.model if manifest else None, extra=extra)
+    result.write(rd.path)
+    shutil.rmtree(features, ignore_errors=True)
     return result
 
 
-def summary_line(result: dict) -> str:
+def summary_line(metrics: FidMetrics) -> str:
+    result = metrics.to_dict()
     parts = [f"FID {result['fid']:.4f}"]
     if result["is_mean"] is not None:
         parts.append(f"IS {result['is_mean']:.3f} ± {result['is_std']:.3f}")
@@ -319,6 +321,6 @@ def summary_line(result: dict) -> str:
     return "; ".join(parts)
 
 
-def format_result(result: dict) -> str:
-    lines = [summary_line(result)] + [f"warning: {w}" for w in result["warnings"]]
+def format_result(result: FidMetrics) -> str:
+    lines = [summary_line(result)] + [f"warning: {w}" for w in result.warnings]
     return "\n".join(lines)

@@ -14,45 +14,40 @@ import io
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ddpm_bench import distributed, network_speed
-from ddpm_bench.data.sample_dir import MANIFEST
-from ddpm_bench.errors import DataError, UserError
+from ddpm_bench import distributed, network_speed, run_dir
+from ddpm_bench.errors import UserError
 from ddpm_bench.models import Net
-from ddpm_bench.models.source import ModelSource, load_model_source
+from ddpm_bench.models.source import ModelSource, ModelSpec
+from ddpm_bench.outputs import OutputFileError, SampleManifest, sample_shard_name
 from ddpm_bench.precision import resolve_device, with_precision
 from ddpm_bench.probe import timed
 from ddpm_bench.provenance import environment
+from ddpm_bench.run_dir import RunDir, RunOptions, ShardPlan
 from ddpm_bench.sampling import (
     PURPOSE_STEP,
+    SamplerOptions,
+    SamplingProcess,
     ancestral_sample,
     sample_noise,
     sampling_process,
     to_uint8,
 )
-from ddpm_bench.shards import (
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_npz,
-    prepare_run_dir,
-    read_json,
-)
+from ddpm_bench.shards import atomic_write_bytes, atomic_write_npz
 
+COMMAND = "sample"
+SHARD_KEYS = ("arr_0",)
 GRID = "grid.png"
 PROGRESSIVE_NPZ = "progressive.npz"
 PROGRESSIVE_PNG = "progressive.png"
 GRID_SAMPLES = 64  # 8 x 8
 PROGRESSIVE_ROWS = 8
-FORMAT = "ddpm-bench-samples/1"
-
-
-def shard_name(s: int) -> str:
-    return f"samples_{s:06d}.npz"
+shard_name = sample_shard_name
 
 
 def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
@@ -89,179 +84,134 @@ def _image_shape(source: ModelSource, image_size: int | None, channels: int | No
     return (C, size, size)
 
 
-def _load_shard_index(path: Path, expected: np.ndarray) -> None:
-    try:
-        with np.load(path) as z:
-            index = z["index"]
-            shape = z["arr_0"].shape
-    except Exception as e:
-        raise DataError(f"{path}: unreadable sample shard ({type(e).__name__}: {e}); delete it to recompute") from None
-    if not np.array_equal(index, expected) or shape[0] != len(expected):
-        raise DataError(f"{path}: holds samples {index[:1].tolist()}.. not {expected[:1].tolist()}..; "
-                        "delete it to recompute")
-
-
-def read_samples(out: Path, limit: int, shard_size: int) -> np.ndarray:
-    """The first `limit` samples (uint8 NHWC) from the shards of a finished run."""
+def read_samples(rd: RunDir, plan: ShardPlan, limit: int) -> np.ndarray:
+    """The first `limit` samples (uint8 NHWC) from the checked shards of a finished run."""
     parts, have, s = [], 0, 0
     while have < limit:
-        with np.load(out / shard_name(s)) as z:
-            parts.append(z["arr_0"])
+        parts.append(rd.read_shard(shard_name(s), plan.items(s), SHARD_KEYS)["arr_0"])
         have += len(parts[-1])
         s += 1
     return np.concatenate(parts)[:limit]
 
 
-def run_sample(*, ckpt: str | None, model: str | None, weights: str = "ema", diffusion_flags: dict | None = None,
-               num: int, batch_size: int = 128, seed: int = 0, steps: int | None = None,
-               image_size: int | None = None, channels: int | None = None, clip: bool = True,
-               device: str = "auto", precision: str = "fp32", shard_size: int = 1000,
-               progressive_every: int | None = None, out: str, force: bool = False, dry_run: bool = False,
-               progress: bool = True, compile_mode: str | None = None, channels_last: bool = False) -> dict | None:
-    """Sample `num` images into `out`, in one process or in each process of a torchrun launch (see
-    ddpm_bench.distributed): rank r samples the missing shards s with s % world == r; rank 0 prepares `out`,
-    writes manifest.json, grid.png and the progressive files, and returns the manifest (other ranks and
-    dry runs return None)."""
-    for flag, value in (("--num", num), ("--batch-size", batch_size), ("--shard-size", shard_size)):
+def sample_identity(source: ModelSource, sampler: SamplerOptions, process: SamplingProcess, shape, num: int,
+                    shard_size: int) -> dict:
+    """Everything that changes the samples: the model, the sampler options (with the resolved number of
+    steps), the image shape, how many, and the shard size (which samples share a network call)."""
+    return {"model": source.identity.sha256, "sampler": {**asdict(sampler), "steps": process.steps},
+            "image_shape": list(shape), "num": num, "shard_size": shard_size}
+
+
+def run_sample(model: ModelSpec, sampler: SamplerOptions, run: RunOptions, *, num: int, shard_size: int = 500,
+               image_size: int | None = None, channels: int | None = None,
+               progressive_every: int | None = None) -> SampleManifest | None:
+    """Sample `num` images into `run.out`, in one process or in each process of a torchrun launch (see
+    ddpm_bench.distributed): rank r samples the missing shards s with s % world == r; rank 0 claims the
+    directory, writes manifest.json, grid.png and the progressive files, and returns the manifest (other
+    ranks and dry runs return None)."""
+    for flag, value in (("--num", num), ("--shard-size", shard_size)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
     if progressive_every is not None and progressive_every < 1:
         raise UserError(f"--progressive-every must be at least 1, got {progressive_every}")
-    dev = distributed.process_device(resolve_device(device))
+    dev = distributed.process_device(resolve_device(run.device))
     with distributed.process_group(dev):
-        return _run_sample(ckpt=ckpt, model=model, weights=weights, diffusion_flags=diffusion_flags or {}, num=num,
-                           batch_size=batch_size, seed=seed, steps=steps, image_size=image_size, channels=channels,
-                           clip=clip, dev=dev, precision=precision, shard_size=shard_size,
-                           progressive_every=progressive_every, out_dir=Path(out), force=force, dry_run=dry_run,
-                           progress=progress, compile_mode=compile_mode, channels_last=channels_last)
+        return _run_sample(model, sampler, run, num, shard_size, image_size, channels, progressive_every, dev)
 
 
-def _is_complete(out_dir: Path, num_shards: int, progressive_every: int | None) -> bool:
-    """Every shard, the manifest, the grid and (when asked for) the progressive files are present."""
-    names = [MANIFEST, GRID] + ([PROGRESSIVE_NPZ, PROGRESSIVE_PNG] if progressive_every else [])
-    names += [shard_name(s) for s in range(num_shards)]
-    return all((out_dir / n).exists() for n in names)
+def _is_complete(rd: RunDir, plan: ShardPlan, progressive_every: int | None) -> bool:
+    """The manifest is whole, of this run and says complete; every shard is whole and of this run; the grid
+    and (when asked for) the progressive files are there."""
+    names = [GRID] + ([PROGRESSIVE_NPZ, PROGRESSIVE_PNG] if progressive_every else [])
+    if not all((rd.path / n).exists() for n in names):
+        return False
+    try:
+        manifest = SampleManifest.read(rd.path)
+    except OutputFileError:
+        return False
+    if manifest.run_id != rd.run_id or not manifest.complete:
+        return False
+    return all(rd.shard_is_valid(shard_name(s), plan.items(s), SHARD_KEYS) for s in range(plan.num_shards))
 
 
-def _run_sample(*, ckpt, model, weights, diffusion_flags, num, batch_size, seed, steps, image_size, channels, clip,
-                dev, precision, shard_size, progressive_every, out_dir: Path, force, dry_run,
-                progress, compile_mode, channels_last) -> dict | None:
-    main, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
-    error = None
-    try:  # phase 1 (every rank): inputs; rank 0 prepares --out
-        source = load_model_source(ckpt, model, weights, diffusion_flags, dev)
-        cfg = source.diffusion
+def _run_sample(model: ModelSpec, sampler: SamplerOptions, run: RunOptions, num: int, shard_size: int,
+                image_size: int | None, channels: int | None, progressive_every: int | None,
+                dev: torch.device) -> SampleManifest | None:
+    main, world = distributed.is_main(), distributed.world_size()
+    with run_dir.phase():  # every rank: inputs; rank 0 claims --out
+        source = model.load(dev)
         try:
-            process = sampling_process(cfg, steps)
+            process = sampling_process(source.diffusion, sampler.steps)
         except ValueError as e:
             raise UserError(str(e)) from None
         shape = _image_shape(source, image_size, channels)
-        memory_format = network_speed.speed_up(source, channels_last, compile_mode)
-        net = network_speed.with_memory_format(with_precision(source.net, precision, dev), memory_format)
-        settings = {"model": source.provenance, "diffusion": asdict(cfg), "image_shape": list(shape), "num": num,
-                    "seed": seed, "steps": process.steps, "clip": clip, "precision": precision,
-                    "shard_size": shard_size}
-        resumed = prepare_run_dir(out_dir, settings, force=force, command="sample") if main and not dry_run else True
-    except Exception as e:
-        error = e
-    distributed.agree(error)
+        memory_format = network_speed.speed_up(source, run.channels_last, run.compile_mode)
+        net = network_speed.with_memory_format(with_precision(source.net, sampler.precision, dev), memory_format)
+        identity = sample_identity(source, sampler, process, shape, num, shard_size)
+        if not run.dry_run:
+            rd = run_dir.claim_collective(run.out, COMMAND, identity, force=run.force)
     K = process.steps
 
-    if dry_run:
+    if run.dry_run:
         if main:
-            _dry_run(net, cfg.T, shape, num, min(batch_size, num), K, seed, dev)
+            _dry_run(net, source.diffusion.T, shape, num, min(run.batch_size, num), K, sampler.seed, dev)
         return None
 
-    num_shards = math.ceil(num / shard_size)
-    ranges = [np.arange(s * shard_size, min((s + 1) * shard_size, num), dtype=np.int64) for s in range(num_shards)]
-    if _is_complete(out_dir, num_shards, progressive_every):
+    plan = ShardPlan(num, shard_size)
+    with run_dir.phase():  # rank 0 decides once what is done; every rank gets the same list
+        complete = distributed.broadcast(_is_complete(rd, plan, progressive_every) if main else None)
+        missing = [] if complete else \
+            plan.missing(lambda s: rd.shard_is_valid(shard_name(s), plan.items(s), SHARD_KEYS))
+        if main and not complete:
+            for s in missing:  # a shard that does not belong (or is cut off) is sampled again, never kept
+                (rd.path / shard_name(s)).unlink(missing_ok=True)
+    if complete:
         if main:
-            print(f"sample: {out_dir} is already complete", file=sys.stderr)
-        return read_json(out_dir / MANIFEST) if main else None
+            print(f"sample: {rd.path} is already complete", file=sys.stderr)
+        return SampleManifest.read(rd.path) if main else None
 
-    error = None
-    try:  # phase 2 (every rank, after rank 0 prepared --out): which shards are done; rank 0 writes the manifest
-        done = _done_shards(out_dir, ranges)
-        missing = [s for s in range(num_shards) if s not in done]
-        manifest = _manifest(source, process, seed, clip, precision, shape, num, shard_size, ranges, done,
-                             resumed, dev, batch_size, world, network_speed.describe(channels_last, compile_mode, dev))
-        if main:
-            atomic_write_json(out_dir / MANIFEST, manifest)
-    except Exception as e:
-        error = e
-    distributed.agree(error)
+    ranges = plan.ranges()
+    done = [s for s in range(plan.num_shards) if s not in missing]
+    manifest = _manifest(rd, source, process, sampler, shape, num, plan, done, dev, run.batch_size, world,
+                         network_speed.describe(run.channels_last, run.compile_mode, dev))
+    if main:
+        manifest.write(rd.path)
 
     rows = min(PROGRESSIVE_ROWS, num)
-    mine = [s for s in missing if s % world == rank]
     prog_rows: dict[int, np.ndarray] = {}
-    prog_t = None
     start = time.perf_counter()
-    error = None
-    try:  # phase 3 (every rank): its own missing shards
-        prog_t = _sample_shards(net, process, seed, shape, clip, dev, batch_size, out_dir, ranges, mine,
+    with run_dir.phase():  # every rank: its own missing shards
+        prog_t = _sample_shards(net, process, sampler, shape, dev, run.batch_size, rd, ranges, plan.owned(missing),
                                 rows if progressive_every and main else 0, progressive_every, prog_rows, manifest,
-                                progress and main, write_manifest=world == 1)
-    except Exception as e:
-        error = e
-    distributed.agree(error)
+                                run.progress and main, write_manifest=world == 1)
     if not main:
         return None
 
-    # phase 4 (rank 0): grids and the final manifest, recounted from the shard files present
-    grid_images = read_samples(out_dir, min(GRID_SAMPLES, num), shard_size)
-    write_png(out_dir / GRID, image_grid(grid_images, ncols=8))
+    # rank 0: grids and the final manifest, recounted from the checked shard files
+    write_png(rd.path / GRID, image_grid(read_samples(rd, plan, min(GRID_SAMPLES, num)), ncols=8))
     if progressive_every:
-        _write_progressive(out_dir, net, process, seed, shape, clip, progressive_every, rows, prog_rows, prog_t, dev,
-                           batch_size, ranges)
-    present = [s for s in range(num_shards) if (out_dir / shard_name(s)).exists()]
-    manifest.update(count=int(sum(len(ranges[s]) for s in present)), shards=[shard_name(s) for s in present],
-                    complete=len(present) == num_shards,
-                    network_evals=int(sum(len(ranges[s]) for s in missing)) * K,
-                    seconds=time.perf_counter() - start,
-                    outputs=[GRID] + ([PROGRESSIVE_NPZ, PROGRESSIVE_PNG] if progressive_every else []))
-    atomic_write_json(out_dir / MANIFEST, manifest)
-    return manifest
+        _write_progressive(rd.path, net, process, sampler, shape, progressive_every, rows, prog_rows, prog_t, dev,
+                           run.batch_size, ranges)
+    present = [s for s in range(plan.num_shards) if rd.shard_is_valid(shard_name(s), plan.items(s), SHARD_KEYS)]
+    final = replace(manifest, count=int(sum(len(ranges[s]) for s in present)), shards=[shard_name(s) for s in present],
+                    complete=len(present) == plan.num_shards)
+    final.extra.update(network_evals=int(sum(len(ranges[s]) for s in missing)) * K,
+                       seconds=time.perf_counter() - start,
+                       outputs=[GRID] + ([PROGRESSIVE_NPZ, PROGRESSIVE_PNG] if progressive_every else []))
+    final.write(rd.path)
+    return final
 
 
-def _done_shards(out_dir: Path, ranges: list[np.ndarray]) -> list[int]:
-    """The shards already on disk (each checked to hold the expected sample numbers)."""
-    done = []
-    for s, expected in enumerate(ranges):
-        if (out_dir / shard_name(s)).exists():
-            _load_shard_index(out_dir / shard_name(s), expected)
-            done.append(s)
-    return done
-
-
-def _manifest(source: ModelSource, process, seed: int, clip: bool, precision: str, shape, num: int,
-              shard_size: int, ranges: list[np.ndarray], done: list[int], resumed: bool, dev: torch.device,
-              batch_size: int, world: int, execution: dict) -> dict:
+def _manifest(rd: RunDir, source: ModelSource, process: SamplingProcess, sampler: SamplerOptions, shape, num: int,
+              plan: ShardPlan, done: list[int], dev: torch.device, batch_size: int, world: int,
+              execution: dict) -> SampleManifest:
     cfg, K = source.diffusion, process.steps
-    manifest = {
-        "format": FORMAT,
-        "command": "sample",
-        "model": source.provenance,
+    ranges = plan.ranges()
+    extra = {
+        "command": COMMAND,
         "diffusion": asdict(cfg),
-        "seed": seed,
-        "sampler": {
-            "algorithm": "ancestral (DDPM Algorithm 2)",
-            "steps": K,
-            "respaced": K != cfg.T,
-            "timesteps": process.timesteps.tolist() if K != cfg.T else "all",
-            "clip": clip,
-            "precision": precision,
-            "noise": "counter_normal(seed, [sample number, network index or T, purpose]); purpose 0 = x_T, 1 = z",
-            "to_uint8": "round((x + 1) * 127.5) clipped to 0..255",
-        },
-        "image_shape": list(shape),
-        "layout": "arr_0 uint8 (n, H, W, C); index int64 (n,)",
-        "num": num,
-        "shard_size": shard_size,
-        "num_shards": len(ranges),
-        "count": int(sum(len(ranges[s]) for s in done)),
-        "complete": len(done) == len(ranges),
-        "shards": [shard_name(s) for s in done],
-        "resumed": resumed,
+        "layout": "arr_0 uint8 (n, H, W, C); index int64 (n,); run_id (the run.json run_id)",
+        "resumed": rd.resumed,
         "device": str(dev),
         "batch_size": batch_size,
         "network_execution": execution,
@@ -270,8 +220,31 @@ def _manifest(source: ModelSource, process, seed: int, clip: bool, precision: st
         "environment": environment(),
     }
     if world > 1:
-        manifest["processes"] = world
-    return manifest
+        extra["processes"] = world
+    return SampleManifest(
+        format=SampleManifest.FORMAT,
+        run_id=rd.run_id,
+        model=source.describe(),
+        seed=sampler.seed,
+        num=num,
+        shard_size=plan.size,
+        num_shards=plan.num_shards,
+        image_shape=list(shape),
+        count=int(sum(len(ranges[s]) for s in done)),
+        complete=len(done) == plan.num_shards,
+        shards=[shard_name(s) for s in done],
+        sampler={
+            "algorithm": "ancestral (DDPM Algorithm 2)",
+            "steps": K,
+            "respaced": K != cfg.T,
+            "timesteps": process.timesteps.tolist() if K != cfg.T else "all",
+            "clip": sampler.clip,
+            "precision": sampler.precision,
+            "noise": "counter_normal(seed, [sample number, network index or T, purpose]); purpose 0 = x_T, 1 = z",
+            "to_uint8": "round((x + 1) * 127.5) clipped to 0..255",
+        },
+        extra=extra,
+    )
 
 
 def shard_batches(shard: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -281,9 +254,9 @@ def shard_batches(shard: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [shard[b: b + batch_size] for b in range(0, len(shard), batch_size)]
 
 
-def _sample_shards(net: Net, process, seed: int, shape, clip: bool, dev: torch.device, batch_size: int,
-                   out_dir: Path, ranges: list[np.ndarray], shards: list[int], rows: int,
-                   progressive_every: int | None, prog_rows: dict, manifest: dict, progress: bool,
+def _sample_shards(net: Net, process, sampler: SamplerOptions, shape, dev: torch.device, batch_size: int,
+                   rd: RunDir, ranges: list[np.ndarray], shards: list[int], rows: int,
+                   progressive_every: int | None, prog_rows: dict, manifest: SampleManifest, progress: bool,
                    write_manifest: bool):
     """Sample the listed shards, each in its own batches, and write each shard when it is complete; collect
     the progressive rows of samples j < `rows`. With `write_manifest` (one process) manifest.json is
@@ -291,13 +264,14 @@ def _sample_shards(net: Net, process, seed: int, shape, clip: bool, dev: torch.d
     K = process.steps
     done = [s for s in range(len(ranges)) if s not in shards]
     prog_t = None
+    evals = 0
     start = time.perf_counter()
     bar = _progress(sum(len(ranges[s]) for s in shards), progress)
     for s in shards:
         parts = []
         for idx in shard_batches(ranges[s], batch_size):
             want_prog = int(idx[0]) < rows
-            res = ancestral_sample(net, process, torch.from_numpy(idx), seed, shape, clip=clip,
+            res = ancestral_sample(net, process, torch.from_numpy(idx), sampler.seed, shape, clip=sampler.clip,
                                    progressive_every=progressive_every if want_prog else None, device=dev)
             parts.append(to_uint8(res.x0))
             if want_prog:
@@ -305,19 +279,20 @@ def _sample_shards(net: Net, process, seed: int, shape, clip: bool, dev: torch.d
                 for r, j in enumerate(idx.tolist()):
                     if j < rows:
                         prog_rows[j] = to_uint8(res.progressive[r])
-            manifest["network_evals"] += len(idx) * K
+            evals += len(idx) * K
             bar.update(len(idx))
-        atomic_write_npz(out_dir / shard_name(s), arr_0=np.concatenate(parts), index=ranges[s])
+        rd.write_shard(shard_name(s), ranges[s], arr_0=np.concatenate(parts))
         done.append(s)
-        if write_manifest:
-            manifest.update(count=int(sum(len(ranges[d]) for d in done)), shards=[shard_name(d) for d in sorted(done)],
-                            complete=len(done) == len(ranges), seconds=time.perf_counter() - start)
-            atomic_write_json(out_dir / MANIFEST, manifest)
+        if write_manifest:  # one process: the manifest follows every shard
+            now = replace(manifest, count=int(sum(len(ranges[d]) for d in done)),
+                          shards=[shard_name(d) for d in sorted(done)], complete=len(done) == len(ranges),
+                          extra={**manifest.extra, "network_evals": evals, "seconds": time.perf_counter() - start})
+            now.write(rd.path)
     bar.close()
     return prog_t
 
 
-def _write_progressive(out_dir: Path, net: Net, process, seed: int, shape, clip: bool, every: int, rows: int,
+def _write_progressive(out_dir: Path, net: Net, process, sampler: SamplerOptions, shape, every: int, rows: int,
                        prog_rows: dict, prog_t, dev: torch.device, batch_size: int, ranges: list[np.ndarray]) -> None:
     """progressive.npz (`x0_pred` uint8 (rows, P, H, W, C), `t` (P,), `index`, `every`) and its grid PNG:
     one row per sample, one column per recorded x_0 prediction, t = T on the left."""
@@ -332,7 +307,7 @@ def _write_progressive(out_dir: Path, net: Net, process, seed: int, shape, clip:
             for idx in shard_batches(ranges[s], batch_size):
                 if int(idx[0]) >= rows:
                     break
-                res = ancestral_sample(net, process, torch.from_numpy(idx), seed, shape, clip=clip,
+                res = ancestral_sample(net, process, torch.from_numpy(idx), sampler.seed, shape, clip=sampler.clip,
                                        progressive_every=every, device=dev)
                 prog_t = res.progressive_t
                 for r, j in enumerate(idx.tolist()):

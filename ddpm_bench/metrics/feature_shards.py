@@ -12,7 +12,6 @@ reads the shards back in order.
 from __future__ import annotations
 
 import hashlib
-import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,10 +21,11 @@ import numpy as np
 
 from ddpm_bench import distributed
 from ddpm_bench.errors import DataError
+from ddpm_bench.run_dir import INDEX, RUN_ID, ShardPlan, read_shard
 from ddpm_bench.shards import atomic_write_npz
 
 Extract = Callable[[np.ndarray], dict[str, np.ndarray]]  # uint8 (n, H, W, C) -> {layer: (n, D) float32}
-INDEX, IMAGES_SHA256, BATCH_SIZE = "index", "images_sha256", "batch_size"
+IMAGES_SHA256, BATCH_SIZE = "images_sha256", "batch_size"
 
 
 def shard_name(s: int) -> str:
@@ -42,37 +42,28 @@ def _images_sha256(images: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
 
 
-def _read_shard(path: Path, index: np.ndarray, images: np.ndarray, check_images: bool) -> dict[str, np.ndarray]:
-    """The layers of a shard file; DataError if it is unreadable or holds other images."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:
-        raise DataError(f"{path}: unreadable feature shard ({type(e).__name__}: {e}); delete it to recompute") from None
-    got = arrays.pop(INDEX, None)
+def _read_shard(path: Path, run_id: str, index: np.ndarray, images: np.ndarray,
+                check_images: bool) -> dict[str, np.ndarray]:
+    """The layers of a shard file, checked to be of this run and these images (run_dir.read_shard)."""
+    arrays = read_shard(path, run_id, index, None)
     sha = str(arrays.pop(IMAGES_SHA256, ""))
     arrays.pop(BATCH_SIZE, None)
-    if got is None or not np.array_equal(got, index) or any(len(v) != len(index) for v in arrays.values()):
-        raise DataError(f"{path}: does not hold the features of images {int(index[0])}..{int(index[-1])}; "
-                        "delete it to recompute")
     if check_images and sha != _images_sha256(images[index[0]: index[-1] + 1]):
         raise DataError(f"{path}: was extracted from other images; delete it to recompute")
     return arrays
 
 
 def extract_in_shards(images: np.ndarray, extract: Extract, folder: str | Path, shard_size: int, batch_size: int,
-                      label: str, progress: bool = True) -> Extracted:
-    """Features of uint8 (N, H, W, C) `images` by `extract`, through shard files in `folder`; a collective
-    under torchrun (every rank calls it with the same images)."""
+                      label: str, run_id: str, progress: bool = True) -> Extracted:
+    """Features of uint8 (N, H, W, C) `images` by `extract`, through shard files in `folder` that carry
+    `run_id` (the fid run's); a collective under torchrun (every rank calls it with the same images)."""
     folder = Path(folder)
-    main, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
-    n = len(images)
-    ranges = [np.arange(s * shard_size, min((s + 1) * shard_size, n), dtype=np.int64)
-              for s in range(math.ceil(n / shard_size))]
+    main = distributed.is_main()
+    plan = ShardPlan(len(images), shard_size)
+    ranges = plan.ranges()
     # rank 0's view, taken before any rank writes: every rank then works from the same list
-    missing = distributed.broadcast([s for s, _ in enumerate(ranges) if not (folder / shard_name(s)).exists()]
-                                    if main else None)
-    mine = [s for s in missing if s % world == rank]
+    missing = plan.missing(lambda s: (folder / shard_name(s)).exists())
+    mine = plan.owned(missing)
     error = None
     try:
         bar = _progress(sum(len(ranges[s]) for s in mine), label, progress and main)
@@ -84,7 +75,8 @@ def extract_in_shards(images: np.ndarray, extract: Extract, folder: str | Path, 
                 if f.shape[0] != len(index):
                     raise DataError(f"{label}: the extractor returned {f.shape[0]} {layer} features for "
                                     f"{len(index)} images")
-            about = {INDEX: index, IMAGES_SHA256: np.array(_images_sha256(chunk)), BATCH_SIZE: np.int64(batch_size)}
+            about = {INDEX: index, RUN_ID: np.array(run_id), IMAGES_SHA256: np.array(_images_sha256(chunk)),
+                     BATCH_SIZE: np.int64(batch_size)}
             atomic_write_npz(folder / shard_name(s), **feats, **about)
             bar.update(len(index))
         bar.close()
@@ -95,7 +87,7 @@ def extract_in_shards(images: np.ndarray, extract: Extract, folder: str | Path, 
     if not main:
         return Extracted(None, extracted)
     computed_here = set(mine)
-    parts = [_read_shard(folder / shard_name(s), ranges[s], images, check_images=s not in computed_here)
+    parts = [_read_shard(folder / shard_name(s), run_id, ranges[s], images, check_images=s not in computed_here)
              for s in range(len(ranges))]
     layers = sorted(parts[0]) if parts else []
     for s, p in enumerate(parts):

@@ -6,6 +6,8 @@ set, IS as mean +/- std over 10 splits (the protocol of Salimans et al. 2016 and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ddpm_bench.errors import UserError
 from ddpm_bench.reporting.paper import paper_table_rows
 
@@ -13,6 +15,38 @@ PAPER_NUM_SAMPLES = 50_000
 PAPER_REF = "cifar10:train"
 IS_SPLITS = 10
 NOT_COMPARABLE = "not comparable to the paper"
+BACKENDS = ("torch-fidelity", "clean-fid", "both")
+CLEAN_FID_MODES = ("clean", "legacy_tensorflow")
+
+
+@dataclass(frozen=True)
+class FidOptions:
+    """What `fid` measures and against what (the samples and `--out` are the run's own)."""
+
+    ref: str = PAPER_REF  # a data source, or a reference statistics .npz from the cache
+    data_root: str | None = None  # folder with cifar-10-batches-py
+    num_samples: int | None = None  # the first N samples (None = all)
+    num_ref: int | None = None  # the first N reference images (None = all)
+    backend: str = "torch-fidelity"  # or "clean-fid", "both"
+    clean_fid_mode: str = "legacy_tensorflow"  # or "clean"
+    feature_extractor: str = "inception-v3-compat"  # or "packaged", "tiny-test"
+    inception_weights: str | None = None  # local file of the standard weights
+    cache_dir: str | None = None  # reference statistics cache
+    allow_few_samples: bool = False  # FID below the feature dimension, marked as not comparable
+    prc: bool = True  # torch-fidelity precision/recall
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise UserError(f"--backend {self.backend}: choose from {', '.join(BACKENDS)}")
+        if self.clean_fid_mode not in CLEAN_FID_MODES:
+            raise UserError(f"--clean-fid-mode {self.clean_fid_mode}: choose from {', '.join(CLEAN_FID_MODES)}")
+        for flag, value in (("--num-samples", self.num_samples), ("--num-ref", self.num_ref)):
+            if value is not None and value < 1:
+                raise UserError(f"{flag} must be at least 1, got {value}")
+
+    @property
+    def backends(self) -> list[str]:
+        return ["torch-fidelity", "clean-fid"] if self.backend == "both" else [self.backend]
 
 
 def paper_values() -> dict:
