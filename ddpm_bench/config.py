@@ -1,7 +1,9 @@
 """Run configurations: frozen dataclasses loaded from TOML recipes, with `--set key=value` overrides.
 
 A recipe has four tables, `[model]` (the U-Net's arguments), `[diffusion]` (`DiffusionConfig`),
-`[training]` (`TrainConfig`) and `[evaluation]` (`EvalConfig`, what `reproduce` measures); every key is optional (paper defaults). An unknown table or key, a value
+`[training]` (`TrainConfig`) and `[evaluation]` (`EvalConfig`, what `reproduce` measures, with one table
+per stage, `[evaluation.nll]`, `[evaluation.sample]`, `[evaluation.fid]`, holding that command's typed
+options: `BoundOptions`, `SamplerOptions`, `FidOptions`, and how it runs); every key is optional (paper defaults). An unknown table or key, a value
 of the wrong type, or an invalid value is a `ConfigError` naming the key and the file or flag. The
 resolved configuration (`RunConfig.to_dict()`) is JSON-able and written next to every run.
 """
@@ -10,8 +12,9 @@ from __future__ import annotations
 
 import json
 import sys
+import types
 import typing
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from ddpm_bench.bound import BoundOptions
 from ddpm_bench.diffusion import DiffusionConfig
-from ddpm_bench.errors import ConfigError
+from ddpm_bench.errors import ConfigError, UserError
+from ddpm_bench.metrics.protocol import FidOptions
+from ddpm_bench.sampling import SamplerOptions
 
 # Paper Table 2: "L_simple" (Eq. 14) and "mse" are the unweighted squared error of the network's own
 # target (eps, x0 or mu-tilde; the official loss_type "mse"); "L" is the variational bound (Eq. 5).
@@ -86,37 +92,118 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class StageExecution:
+    """How a `reproduce` stage runs: what the command line says with --batch-size, --shard-size, --compile
+    and --channels-last. Not part of any result's identity."""
+
+    batch_size: int
+    shard_size: int
+    compile: str = ""  # "" = not compiled, else a torch.compile mode (default, reduce-overhead, max-autotune)
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        from ddpm_bench.network_speed import COMPILE_MODES
+
+        if self.batch_size < 1 or self.shard_size < 1:
+            raise ValueError(f"batch_size and shard_size must be >= 1, got {self.batch_size} and {self.shard_size}")
+        if self.compile not in ("", *COMPILE_MODES):
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)} or \"\", got {self.compile!r}")
+
+    @property
+    def compile_mode(self) -> str | None:
+        return self.compile or None
+
+
+@dataclass(frozen=True)
+class NllStage:
+    """[evaluation.nll]: the bound on train and test images (`ddpm-bench nll`)."""
+
+    options: BoundOptions = field(default_factory=BoundOptions)
+    execution: StageExecution = field(default_factory=lambda: StageExecution(batch_size=256, shard_size=64))
+    train_images: int = 0  # 0 = every image of training.data
+    test_images: int = 0  # 0 = every image of evaluation.test_data
+
+    def __post_init__(self) -> None:
+        if self.train_images < 0 or self.test_images < 0:
+            raise ValueError("train_images and test_images must be >= 0")
+
+
+@dataclass(frozen=True)
+class SampleStage:
+    """[evaluation.sample]: the samples for FID/IS and the figures (`ddpm-bench sample`)."""
+
+    options: SamplerOptions = field(default_factory=SamplerOptions)
+    execution: StageExecution = field(default_factory=lambda: StageExecution(batch_size=128, shard_size=500))
+    num: int = 50_000
+    progressive_every: int = 100  # paper Figure 6: the x0 prediction every N steps
+
+    def __post_init__(self) -> None:
+        if self.num < 1 or self.progressive_every < 1:
+            raise ValueError(f"num and progressive_every must be >= 1, got {self.num} and {self.progressive_every}")
+
+
+@dataclass(frozen=True)
+class FidStage:
+    """[evaluation.fid]: FID/IS of the samples (`ddpm-bench fid`); ref "" = training.data (the paper)."""
+
+    options: FidOptions = field(default_factory=lambda: FidOptions(ref=""))
+    execution: StageExecution = field(default_factory=lambda: StageExecution(batch_size=64, shard_size=1000))
+
+
+STAGES = (NllStage, SampleStage, FidStage)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """What `ddpm-bench reproduce` measures after training (paper section 4); the paper's protocol by
     default: 50,000 samples with all T steps, the bound on the whole train and test splits, FID/IS
-    against the training set with the standard Inception."""
+    against the training set with the standard Inception. Each stage's table holds the same options as
+    its command's flags."""
 
     test_data: str = "cifar10:test"
-    nll_train_images: int = 0  # 0 = every image of training.data
-    nll_test_images: int = 0  # 0 = every image of test_data
-    nll_batch_size: int = 256  # (image, timestep) pairs per network call
-    draws: int = 1
-    num_samples: int = 50_000
-    sample_steps: int = 0  # 0 = all T steps (Algorithm 2); K < T = respaced sampling
-    sample_batch_size: int = 128
-    progressive_every: int = 100  # paper Figure 6: the x0 prediction every N steps
-    fid_ref: str = ""  # "" = training.data (the paper: FID against the training set)
-    fid_backend: str = "torch-fidelity"
-    feature_extractor: str = "inception-v3-compat"  # or "packaged" (offline FID Inception)
-    fid_allow_few_samples: bool = False  # FID below the feature dimension, marked as not comparable
     max_gap: float = 0.03
-    seed: int = 0
-    precision: str = "fp32"
+    nll: NllStage = field(default_factory=NllStage)
+    sample: SampleStage = field(default_factory=SampleStage)
+    fid: FidStage = field(default_factory=FidStage)
 
-    def __post_init__(self) -> None:
-        for name in ("nll_train_images", "nll_test_images", "sample_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"evaluation.{name} must be >= 0, got {getattr(self, name)}")
-        _positive(self, ("nll_batch_size", "draws", "num_samples", "sample_batch_size", "progressive_every"))
+
+# Flat [evaluation] keys of ddpm-bench 0.1 and where they are now.
+MOVED_EVALUATION_KEYS = {
+    "nll_train_images": "evaluation.nll.train_images", "nll_test_images": "evaluation.nll.test_images",
+    "nll_batch_size": "evaluation.nll.batch_size", "draws": "evaluation.nll.draws",
+    "num_samples": "evaluation.sample.num", "sample_steps": "evaluation.sample.steps",
+    "sample_batch_size": "evaluation.sample.batch_size", "progressive_every": "evaluation.sample.progressive_every",
+    "fid_ref": "evaluation.fid.ref", "fid_backend": "evaluation.fid.backend",
+    "feature_extractor": "evaluation.fid.feature_extractor", "fid_allow_few_samples": "evaluation.fid.allow_few_samples",
+    "seed": "evaluation.nll.seed and evaluation.sample.seed",
+    "precision": "evaluation.nll.precision and evaluation.sample.precision",
+}
+
+
+def stage_keys(cls: type) -> dict[str, tuple[str | None, Any]]:
+    """The flat keys of a stage table: key -> (sub-dataclass field or None, type hint)."""
+    keys: dict[str, tuple[str | None, Any]] = {}
+    for f in fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if is_dataclass(hint):
+            for name, sub_hint in typing.get_type_hints(hint).items():
+                keys[name] = (f.name, sub_hint)
+        else:
+            keys[f.name] = (None, hint)
+    return keys
+
+
+def stage_to_dict(stage: Any) -> dict:
+    """A stage as its flat table (the recipe's form)."""
+    out = {}
+    for f in fields(stage):
+        value = getattr(stage, f.name)
+        out.update(asdict(value) if is_dataclass(value) else {f.name: value})
+    return out
 
 
 def _positive(cfg: Any, names: tuple[str, ...]) -> None:
-    section = {ModelConfig: "model", EvalConfig: "evaluation"}.get(type(cfg), "training")
+    section = {ModelConfig: "model"}.get(type(cfg), "training")
     for name in names:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{section}.{name} must be >= 1, got {getattr(cfg, name)}")
@@ -136,8 +223,13 @@ class RunConfig:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
-        """JSON-able nested dict (tuples become lists); `model` is what `build_model` takes."""
-        return json.loads(json.dumps({name: asdict(getattr(self, name)) for name in SECTIONS}))
+        """JSON-able nested dict in the recipe's form (tuples become lists); `model` is what `build_model`
+        takes."""
+        d = {name: asdict(getattr(self, name)) for name in SECTIONS if name != "evaluation"}
+        ev = self.evaluation
+        d["evaluation"] = {"test_data": ev.test_data, "max_gap": ev.max_gap,
+                           **{name: stage_to_dict(getattr(ev, name)) for name in ("nll", "sample", "fid")}}
+        return json.loads(json.dumps(d))
 
 
 def resolve(cfg: RunConfig, origin: str) -> RunConfig:
@@ -158,9 +250,15 @@ def resolve(cfg: RunConfig, origin: str) -> RunConfig:
 
 
 def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
-    """Check a TOML value against a dataclass field type (int, float, bool, str, tuple[int, ...])."""
+    """Check a TOML value against a dataclass field type (int, float, bool, str, tuple[int, ...], or one of
+    these or None: TOML has no null, so None is the default of a key left out)."""
     def bad() -> ConfigError:
         return ConfigError(f"{origin}: {key} = {value!r}: expected {getattr(hint, '__name__', hint)}")
+
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [h for h in typing.get_args(hint) if h is not type(None)]
+        if len(inner) == 1:
+            return _coerce(value, inner[0], key, origin)
 
     if typing.get_origin(hint) is tuple:
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
@@ -191,12 +289,41 @@ def _section(cls: type, values: dict, section: str, origin: str) -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in known:
+            if cls is EvalConfig and key in MOVED_EVALUATION_KEYS:
+                raise ConfigError(f"{origin}: '{section}.{key}' is now {MOVED_EVALUATION_KEYS[key]}")
             raise ConfigError(f"{origin}: unknown key '{section}.{key}' (known in [{section}]: {', '.join(known)})")
-        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", origin)
+        if hints[key] in STAGES:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: '{section}.{key}' must be a table [{section}.{key}]")
+            kwargs[key] = _stage(hints[key], value, f"{section}.{key}", origin)
+        else:
+            kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", origin)
+    return _construct(cls, kwargs, section, origin)
+
+
+def _construct(cls: type, kwargs: dict, section: str, origin: str) -> Any:
     try:
         return cls(**kwargs)
-    except ValueError as e:
-        raise ConfigError(f"{origin}: {e}") from None
+    except (ValueError, UserError) as e:
+        raise ConfigError(f"{origin}: [{section}] {e}") from None
+
+
+def _stage(cls: type, values: dict, section: str, origin: str) -> Any:
+    """A stage table: its flat keys routed to the stage's options, execution and own fields."""
+    keys = stage_keys(cls)
+    groups: dict[str | None, dict] = {}
+    for key, value in values.items():
+        if key not in keys:
+            raise ConfigError(f"{origin}: unknown key '{section}.{key}' (known in [{section}]: {', '.join(keys)})")
+        group, hint = keys[key]
+        groups.setdefault(group, {})[key] = _coerce(value, hint, f"{section}.{key}", origin)
+    default = cls()
+    kwargs = dict(groups.get(None, {}))
+    for f in fields(cls):
+        if f.name in groups:
+            kwargs[f.name] = _construct(type(getattr(default, f.name)),
+                                        {**asdict(getattr(default, f.name)), **groups[f.name]}, section, origin)
+    return _construct(cls, kwargs, section, origin)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -222,12 +349,21 @@ def config_from_dict(data: dict, origin: str, overrides: list[str] = ()) -> RunC
             raise ConfigError(f"{origin}: '{name}' must be a table [{name}]")
     for item in overrides:
         path, value = parse_override(item)
-        if len(path) != 2 or path[0] not in SECTIONS:
+        if len(path) not in (2, 3) or path[0] not in SECTIONS:
             raise ConfigError(f"--set {item}: unknown key '{'.'.join(path)}' (use SECTION.KEY with SECTION one of "
-                              f"{', '.join(SECTIONS)})")
-        if path[1] not in {f.name for f in fields(SECTIONS[path[0]])}:
-            raise ConfigError(f"--set {item}: unknown key '{'.'.join(path)}'")
-        data.setdefault(path[0], {})[path[1]] = value
+                              f"{', '.join(SECTIONS)}, or evaluation.STAGE.KEY)")
+        table = data.setdefault(path[0], {})
+        if len(path) == 3:
+            stage = typing.get_type_hints(EvalConfig).get(path[1]) if path[0] == "evaluation" else None
+            if stage not in STAGES or path[2] not in stage_keys(stage):
+                raise ConfigError(f"--set {item}: unknown key '{'.'.join(path)}'")
+            table = table.setdefault(path[1], {})
+            table = table if isinstance(table, dict) else {}
+        elif path[1] not in {f.name for f in fields(SECTIONS[path[0]])}:
+            hint = f" (now {MOVED_EVALUATION_KEYS[path[1]]})" if path[0] == "evaluation" and \
+                path[1] in MOVED_EVALUATION_KEYS else ""
+            raise ConfigError(f"--set {item}: unknown key '{'.'.join(path)}'{hint}")
+        table[path[-1]] = value
     where = origin + (f" with --set {' '.join(overrides)}" if overrides else "")
     cfg = RunConfig(**{name: _section(cls, data.get(name, {}), name, where) for name, cls in SECTIONS.items()})
     return resolve(cfg, where)
@@ -245,23 +381,3 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--recipe {path}: not valid TOML: {e}") from None
     return config_from_dict(data, f"recipe {path}", overrides)
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """{"training": {"lr": 1}} -> {"training.lr": 1}."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_differences(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Dotted keys whose values differ between two resolved config dicts."""
-    a, b = flatten(old), flatten(new)
-    def ignored(k: str) -> bool:
-        return any(k == i or (i.endswith(".") and k.startswith(i)) for i in ignore)
-
-    return [k for k in sorted(set(a) | set(b)) if not ignored(k) and a.get(k, "<missing>") != b.get(k, "<missing>")]

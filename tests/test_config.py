@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_bench.config import RESUMABLE_KEYS, config_differences, load_recipe
+from ddpm_bench.config import load_recipe
 from ddpm_bench.errors import ConfigError
+from ddpm_bench.jobs.train import train_identity
+from ddpm_bench.run_dir import differences
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.toml"))
 
@@ -82,8 +84,8 @@ def test_out_channels_contradicting_the_variance_type_is_refused(tmp_path):
         load_recipe(write(tmp_path, "[model]\nout_channels = 6\n"))
 
 
-def test_config_differences_ignore_resumable_keys(tmp_path):
+def test_the_training_identity_leaves_out_resumable_keys(tmp_path):
     a = load_recipe(write(tmp_path, "")).to_dict()
-    b = load_recipe(write(tmp_path, ""), ["training.steps=5", "training.lr=0.1"]).to_dict()
-    assert config_differences(a, b) == ["training.lr", "training.steps"]
-    assert config_differences(a, b, ignore=RESUMABLE_KEYS) == ["training.lr"]
+    b = load_recipe(write(tmp_path, ""), ["training.steps=5", "training.lr=0.1", "evaluation.nll.draws=2"]).to_dict()
+    assert [d.split(":")[0] for d in differences(a, b)] == ["evaluation.nll.draws", "training.lr", "training.steps"]
+    assert differences(train_identity(a), train_identity(b)) == ["training.lr: 0.0002 -> 0.1"]

@@ -39,8 +39,8 @@ def test_committed_reports_are_complete_and_well_formed():
 
 def test_dry_run_prints_every_stage_with_an_eta_from_probes_and_writes_nothing(tmp_path, capsys):
     small = ["--set", "model.attn_resolutions=[]", "--set", "training.batch_size=2",
-             "--set", "evaluation.sample_batch_size=4", "--set", "evaluation.nll_batch_size=8",
-             "--set", "evaluation.feature_extractor=tiny-test"]
+             "--set", "evaluation.sample.batch_size=4", "--set", "evaluation.nll.batch_size=8",
+             "--set", "evaluation.fid.feature_extractor=tiny-test"]
     out = tmp_path / "run"
     assert main(["reproduce", "recipes/tiny.toml", *small, "--out", str(out), "--dry-run", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
@@ -65,9 +65,9 @@ def test_tiny_reproduction_end_to_end_and_resume(tmp_path):
     run = tmp_path / "run"
     args = ["reproduce", str(ROOT / "recipes" / "tiny.toml"), "--out", str(run), "--no-progress",
             "--set", "training.steps=6", "--set", "training.ckpt_every=3", "--set", "training.batch_size=4",
-            "--set", "evaluation.nll_train_images=2", "--set", "evaluation.nll_test_images=2",
-            "--set", "evaluation.num_samples=40", "--set", "evaluation.sample_steps=3",
-            "--set", "evaluation.sample_batch_size=40", "--set", "evaluation.progressive_every=1"]
+            "--set", "evaluation.nll.train_images=2", "--set", "evaluation.nll.test_images=2",
+            "--set", "evaluation.sample.num=40", "--set", "evaluation.sample.steps=3",
+            "--set", "evaluation.sample.batch_size=40", "--set", "evaluation.sample.progressive_every=1"]
     assert main(args) == 0
     check_report_dir(run / "report")
     for f in ("gap.json", "fid/metrics.json", "nll_train/summary.json", "nll_test/summary.json",

@@ -2,21 +2,33 @@
 
 Stages, each skipped when its output is already complete (each stage's own resume rules apply):
   train (or --ckpt) -> sample -> nll on train and test -> gap -> rate-distortion -> FID/IS -> report
-RUN_DIR layout: config.json, log.csv, checkpoints/ (train), samples/, nll_train/, nll_test/, gap.json,
-rate_distortion/, fid/, report/, reproduce.json (what ran, with timings).
+RUN_DIR layout: `ddpm_bench.outputs.ReproduceLayout` (config.json, log.csv, checkpoints/ from training,
+samples/, nll_train/, nll_test/, gap.json, rate_distortion/, fid/, report/, reproduce.json with what ran
+and its timings). Every stage takes its options whole from the recipe's `[evaluation.STAGE]` table.
+
+RUN_DIR is claimed for the whole run: by `train` (its run.json) when training, else as a `reproduce` run
+of the checkpoint's model identity, whose own stored config is what config.json records. The image
+shape of the model is checked against every data set of the recipe before any stage runs.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from ddpm_bench.config import load_recipe
+from ddpm_bench import run_dir
+from ddpm_bench.config import RunConfig, StageExecution, load_recipe
+from ddpm_bench.data import DataSpec
 from ddpm_bench.errors import UserError
+from ddpm_bench.models.source import ModelSource, ModelSpec
+from ddpm_bench.outputs import ReproduceLayout
 from ddpm_bench.provenance import environment
+from ddpm_bench.run_dir import RunOptions
 from ddpm_bench.shards import atomic_write_json, read_json
 
+COMMAND = "reproduce"
 STAGES = ("train", "sample", "nll_train", "nll_test", "gap", "rate_distortion", "fid", "report")
 
 
@@ -31,6 +43,43 @@ def final_checkpoint(run: Path) -> Path:
     if not ckpts:
         raise UserError(f"{run}: training left no checkpoint")
     return ckpts[-1]
+
+
+def data_specs(cfg: RunConfig, data_root: str | None) -> dict[str, DataSpec]:
+    """The data sets of the recipe's stages: the bound on train and test, and the FID reference."""
+    ev = cfg.evaluation
+    root = data_root or cfg.training.data_root or None
+    specs = {"nll_train": DataSpec(cfg.training.data, root, ev.nll.train_images or None),
+             "nll_test": DataSpec(ev.test_data, root, ev.nll.test_images or None)}
+    ref = ev.fid.options.ref or cfg.training.data
+    from ddpm_bench.metrics.reference_cache import is_statistics_file
+
+    if not is_statistics_file(ref):
+        specs["fid reference"] = DataSpec(ref, root, ev.fid.options.num_ref)
+    return specs
+
+
+def check_image_shapes(shape: tuple[int, int, int], specs: dict[str, DataSpec], origin: str) -> None:
+    """Every data set of the recipe holds images of the model's (C, H, W): checked before any stage."""
+    for stage, spec in specs.items():
+        images = spec.load()
+        if tuple(images.shape) != tuple(shape):
+            raise UserError(f"{origin} makes (C, H, W) = {tuple(shape)} images, but the {stage} data {spec.source} "
+                            f"holds {tuple(images.shape)}; set the recipe's data to images of the model's shape")
+
+
+def checkpoint_config(source: ModelSource, cfg: RunConfig) -> dict:
+    """config.json of a `reproduce --ckpt` run: the checkpoint's own stored config (not the recipe's), the
+    recipe's evaluation, and the model identity."""
+    stored = dict(source.config or {})
+    if "diffusion" not in stored:
+        stored["diffusion"] = asdict(source.diffusion)
+    return {**stored, "evaluation": cfg.to_dict()["evaluation"], "checkpoint": source.describe()}
+
+
+def _run_options(out: Path, ex: StageExecution, device: str, progress: bool, force: bool = False) -> RunOptions:
+    return RunOptions(out=str(out), force=force, device=device, batch_size=ex.batch_size, compile_mode=ex.compile_mode,
+                      channels_last=ex.channels_last, progress=progress)
 
 
 def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None = None, device: str = "auto",
@@ -51,8 +100,8 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
 
         print_eta(cfg, ckpt, resolve_device(device), data_root)
         return {}
-    run = Path(out)
-    record_path = run / "reproduce.json"
+    layout = ReproduceLayout(Path(out))
+    specs = data_specs(cfg, data_root)
     timings: dict[str, float] = {}
 
     def stage(name: str, fn) -> None:
@@ -63,52 +112,55 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
         _say(f"{name} done in {timings[name]:.1f} s")
 
     if ckpt is None:
-        stage("train", lambda: run_train(recipe, overrides, out=str(run), device=device, force=force,
+        m = cfg.model
+        check_image_shapes((m.in_channels, m.image_size, m.image_size), {k: v for k, v in specs.items()
+                                                                         if k != "nll_train"}, f"recipe {recipe}")
+        stage("train", lambda: run_train(recipe, overrides, out=str(layout.root), device=device, force=force,
                                          progress=progress))
-        model_ckpt = str(final_checkpoint(run))
+        model = ModelSpec(ckpt=str(final_checkpoint(layout.root)))
     else:
-        if force and run.exists():
-            import shutil
+        model = ModelSpec(ckpt=ckpt)
+        source = model.load("cpu")
+        if source.image_shape is not None:
+            check_image_shapes(source.image_shape, specs, f"--ckpt {ckpt}")
+        run_dir.claim(layout.root, COMMAND, {"model": source.identity.sha256}, force=force)
+        atomic_write_json(layout.config, checkpoint_config(source, cfg))
+    _say(f"model: {model.ckpt}")
 
-            shutil.rmtree(run)
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run / "config.json", cfg.to_dict())
-        model_ckpt = ckpt
-    _say(f"model: {model_ckpt}")
-    common = dict(ckpt=model_ckpt, model=None, weights="ema", diffusion_flags={}, device=device, precision=ev.precision)
-    stage("sample", lambda: run_sample(**common, num=ev.num_samples, batch_size=ev.sample_batch_size, seed=ev.seed,
-                                       steps=ev.sample_steps or None, progressive_every=ev.progressive_every,
-                                       out=str(run / "samples"), progress=progress))
-    nll_common = dict(common, data_root=data_root, batch_size=ev.nll_batch_size, seed=ev.seed, draws=ev.draws,
-                      clip=True, decoder_cdf="exact", shard_size=64, progress=progress)
-    stage("nll_train", lambda: run_nll(**nll_common, data=cfg.training.data, num_images=ev.nll_train_images or None,
-                                       out=str(run / "nll_train"), force=False))
-    stage("nll_test", lambda: run_nll(**nll_common, data=ev.test_data, num_images=ev.nll_test_images or None,
-                                      out=str(run / "nll_test"), force=False))
+    def sample() -> None:
+        run_sample(model, ev.sample.options, _run_options(layout.samples, ev.sample.execution, device, progress),
+                   num=ev.sample.num, shard_size=ev.sample.execution.shard_size,
+                   progressive_every=ev.sample.progressive_every)
+
+    def nll(split: str, out: Path) -> None:
+        run_nll(model, specs[split], ev.nll.options, _run_options(out, ev.nll.execution, device, progress),
+                shard_size=ev.nll.execution.shard_size)
 
     def gap() -> None:
-        result = compute_gap(run / "nll_train", run / "nll_test", ev.max_gap)
-        atomic_write_json(run / "gap.json", result)
-        _say(f"gap {result['gap_bpd']:+.4f} bits/dim, 95% interval [{result['ci95'][0]:+.4f}, {result['ci95'][1]:+.4f}]"
-             + (f" exceeds --max-gap {ev.max_gap}" if result["exceeds"] else ""))
+        result = compute_gap(layout.nll_train, layout.nll_test, ev.max_gap)
+        result.write(layout.root)
+        _say(f"gap {result.gap_bpd:+.4f} bits/dim, 95% interval [{result.ci95[0]:+.4f}, {result.ci95[1]:+.4f}]"
+             + (f" exceeds max_gap {ev.max_gap}" if result.exceeds else ""))
 
+    def fid() -> None:
+        opts = ev.fid.options
+        opts = replace(opts, ref=opts.ref or cfg.training.data, data_root=data_root or opts.data_root)
+        run_fid(str(layout.samples), opts, _run_options(layout.fid, ev.fid.execution, device, progress),
+                shard_size=ev.fid.execution.shard_size)
+
+    stage("sample", sample)
+    stage("nll_train", lambda: nll("nll_train", layout.nll_train))
+    stage("nll_test", lambda: nll("nll_test", layout.nll_test))
     stage("gap", gap)
-    stage("rate_distortion", lambda: run_rate_distortion(out=run / "rate_distortion", nll_dir=run / "nll_test",
+    stage("rate_distortion", lambda: run_rate_distortion(out=layout.rate_distortion, nll_dir=layout.nll_test,
                                                          force=True))
-    fid_dir = run / "fid"
-    if (fid_dir / "metrics.json").exists():
-        _say("fid: already complete")
-    else:
-        stage("fid", lambda: run_fid(samples=str(run / "samples"), ref=ev.fid_ref or cfg.training.data,
-                                     data_root=data_root, backend=ev.fid_backend, feature_extractor=ev.feature_extractor,
-                                     device=device, out=str(fid_dir), force=False, progress=progress,
-                                     allow_few_samples=ev.fid_allow_few_samples))
-    stage("report", lambda: build_report([run], run / "report", force=True))
-    record = {"recipe": str(recipe), "overrides": list(overrides), "checkpoint": model_ckpt, "stages": STAGES,
+    stage("fid", fid)
+    stage("report", lambda: build_report([layout.root], layout.report, force=True))
+    record = {"recipe": str(recipe), "overrides": list(overrides), "checkpoint": model.ckpt, "stages": STAGES,
               "seconds": timings, "environment": environment()}
-    if record_path.exists():
-        old = read_json(record_path)
+    if layout.record.exists():
+        old = read_json(layout.record)
         record["seconds"] = {**old.get("seconds", {}), **timings}
-    atomic_write_json(record_path, record)
-    _say(f"report: {run / 'report' / 'report.md'}")
+    atomic_write_json(layout.record, record)
+    _say(f"report: {layout.report / 'report.md'}")
     return record

@@ -85,7 +85,9 @@ def print_eta(cfg: RunConfig, ckpt: str | None, device: torch.device, data_root:
     from ddpm_bench.precision import with_precision
 
     ev, T = cfg.evaluation, cfg.diffusion.T
-    steps = ev.sample_steps or T
+    steps = ev.sample.options.steps or T
+    num, sample_batch = ev.sample.num, ev.sample.execution.batch_size
+    nll_batch, draws = ev.nll.execution.batch_size, ev.nll.options.draws
     source = _source(cfg, ckpt, device)
     shape = source.image_shape
     rows: list[tuple[str, str, float | None]] = []
@@ -93,34 +95,34 @@ def print_eta(cfg: RunConfig, ckpt: str | None, device: torch.device, data_root:
         sec = _train_step_seconds(cfg, device)
         rows.append(("train", f"{cfg.training.steps} steps x batch {cfg.training.batch_size}: {sec:.3g} s per step",
                      sec * cfg.training.steps))
-    b = min(ev.sample_batch_size, ev.num_samples)
-    net = with_precision(source.net, ev.precision, device)
+    b = min(sample_batch, num)
+    net = with_precision(source.net, ev.sample.options.precision, device)
     x = torch.zeros(b, *shape, device=device)
     i = torch.full((b,), T - 1, dtype=torch.int64, device=device)
     with torch.inference_mode():
         sec = timed(lambda: net(x, i), device)
-    calls = math.ceil(ev.num_samples / b) * steps
-    rows.append(("sample", f"{ev.num_samples} samples x {steps} steps = {ev.num_samples * steps} network evaluations "
+    calls = math.ceil(num / b) * steps
+    rows.append(("sample", f"{num} samples x {steps} steps = {num * steps} network evaluations "
                            f"({calls} calls of {b}: {sec:.3g} s each)", sec * calls))
-    for name, src, n in (("nll train", cfg.training.data, ev.nll_train_images), ("nll test", ev.test_data,
-                                                                                 ev.nll_test_images)):
-        probe, size = _images(src, data_root, min(ev.nll_batch_size, n or ev.nll_batch_size), shape)
-        per_eval = probe_seconds_per_eval(source, probe, ev.nll_batch_size, ev.precision, device)
+    for name, src, n in (("nll train", cfg.training.data, ev.nll.train_images),
+                         ("nll test", ev.test_data, ev.nll.test_images)):
+        probe, size = _images(src, data_root, min(nll_batch, n or nll_batch), shape)
+        per_eval = probe_seconds_per_eval(source, probe, nll_batch, ev.nll.options.precision, device)
         count = n or size
         if count is None:
-            rows.append((name, f"all images of {src} (not here to count) x {T} terms x {ev.draws} draw(s): "
+            rows.append((name, f"all images of {src} (not here to count) x {T} terms x {draws} draw(s): "
                                f"{per_eval * 1e3:.3g} ms per evaluation", None))
             continue
-        evals = count * T * ev.draws
-        rows.append((name, f"{count} images x {T} terms x {ev.draws} draw(s) = {evals} network evaluations "
+        evals = count * T * draws
+        rows.append((name, f"{count} images x {T} terms x {draws} draw(s) = {evals} network evaluations "
                            f"({per_eval * 1e3:.3g} ms each)", per_eval * evals))
-    ref = ev.fid_ref or cfg.training.data
+    ref, extractor = ev.fid.options.ref or cfg.training.data, ev.fid.options.feature_extractor
     n_ref = _images(ref, data_root, 1, shape)[1]
     try:
-        per_image = _fid_batch_seconds(ev.feature_extractor, 16, shape, device) / 16
-        images = ev.num_samples + (n_ref or 0)
+        per_image = _fid_batch_seconds(extractor, 16, shape, device) / 16
+        images = num + (n_ref or 0)
         ref_part = f"{n_ref} of {ref}" if n_ref else f"those of {ref} (not here to count, not in the ETA)"
-        rows.append(("fid", f"{ev.feature_extractor} features of {ev.num_samples} samples and {ref_part}; the "
+        rows.append(("fid", f"{extractor} features of {num} samples and {ref_part}; the "
                             f"reference only while not cached: {per_image * 1e3:.3g} ms per image", per_image * images))
     except UserError as e:
         rows.append(("fid", f"not probed: {e}", None))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,14 +19,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ddpm_bench import run_dir as run_dir_lib
 from ddpm_bench.checkpoint import load_checkpoint, save_checkpoint
-from ddpm_bench.config import RESUMABLE_KEYS, RunConfig, config_differences, flatten, load_recipe
+from ddpm_bench.config import RESUMABLE_KEYS, RunConfig, load_recipe
 from ddpm_bench.data import load_images
-from ddpm_bench.errors import ConfigError, OutputDirError, UserError
+from ddpm_bench.errors import CheckpointError, ConfigError, UserError
 from ddpm_bench.provenance import environment
-from ddpm_bench.shards import atomic_write_json, atomic_write_text, read_json, to_json
+from ddpm_bench.run_dir import RunDir
+from ddpm_bench.shards import atomic_write_json, atomic_write_text, to_json
 from ddpm_bench.training import Trainer
 
+COMMAND = "train"
 CONFIG_FILE = "config.json"
 CKPT_DIR = "checkpoints"
 LOG_FILE = "log.csv"
@@ -47,35 +49,36 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / CKPT_DIR).glob("ckpt_*.pt"))
 
 
-def prepare_run_dir(run_dir: Path, config: dict, force: bool, write: bool = True) -> bool:
-    """Create RUN_DIR with config.json, or check that an existing one belongs to the same run.
-    Returns True when resuming. Only the keys in RESUMABLE_KEYS may change between runs. With
-    `write=False` (ranks other than 0) it only checks."""
-    stored_path = run_dir / CONFIG_FILE
-    if run_dir.exists() and not run_dir.is_dir():
-        raise OutputDirError(f"--out {run_dir}: exists and is not a directory")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if force:
-            if write:
-                shutil.rmtree(run_dir)
-        elif not stored_path.exists():
-            raise OutputDirError(f"--out {run_dir}: directory exists, is not empty and holds no {CONFIG_FILE}; "
-                                 "use another directory or --force")
-        else:
-            stored = read_json(stored_path)
-            diff = config_differences(stored, config, ignore=RESUMABLE_KEYS)
-            if diff:
-                old, new = flatten(stored), flatten(config)
-                shown = "; ".join(f"{k}: {old.get(k, '<missing>')!r} -> {new.get(k, '<missing>')!r}" for k in diff[:3])
-                raise ConfigError(f"--out {run_dir}: holds a run with another config ({shown}); "
-                                  "use another --out, or --force to start over")
-            if write:  # a resumable key (e.g. training.steps) may have changed
-                atomic_write_json(stored_path, config)
-            return True
-    if write:
-        (run_dir / CKPT_DIR).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(stored_path, config)
-    return False
+def train_identity(config: dict) -> dict:
+    """The resolved config without the keys a resumed run may change (RESUMABLE_KEYS): what fixes the
+    parameters every step produces."""
+    def keep(key: str) -> bool:
+        return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
+
+    return {section: {k: v for k, v in values.items() if keep(f"{section}.{k}")}
+            for section, values in config.items() if isinstance(values, dict) and keep(f"{section}.")}
+
+
+def claim_run_dir(run_dir: Path, config: dict, data: dict, force: bool, main: bool = True) -> RunDir:
+    """Claim RUN_DIR (lock, run.json) for the training run of `config` on the images `data` (their hash),
+    and write the resolved config.json (a resumable key such as training.steps may have changed). Ranks
+    other than 0 only follow."""
+    identity = {"config": train_identity(config), "data": {"sha256": data["sha256"], "n_images": data["n_images"]}}
+    if not main:
+        return run_dir_lib.follow(run_dir, COMMAND, identity)
+    rd = run_dir_lib.claim(run_dir, COMMAND, identity, force=force)
+    (run_dir / CKPT_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / CONFIG_FILE, config)
+    return rd
+
+
+def check_checkpoint_belongs(path: Path, ckpt: dict, config: dict) -> None:
+    """A checkpoint to resume from must hold this run's config (resumable keys aside)."""
+    stored = ckpt.get("config")
+    if not isinstance(stored, dict) or train_identity(stored) != train_identity(config):
+        diff = run_dir_lib.describe_differences(train_identity(stored) if isinstance(stored, dict) else {},
+                                                train_identity(config))
+        raise CheckpointError(f"{path}: belongs to another training run ({diff}); refused; move it away or use --force")
 
 
 def trim_log(run_dir: Path, step: int) -> None:
@@ -134,7 +137,7 @@ def run_train(recipe: str, overrides: list[str], out: str, device: str = "auto",
     config = cfg.to_dict()
     run_dir = Path(out)
     images, data = load_training_images(cfg, origin)
-    resuming = prepare_run_dir(run_dir, config, force, write=int(os.environ.get("RANK", "0")) == 0)
+    resuming = claim_run_dir(run_dir, config, data, force, main=int(os.environ.get("RANK", "0")) == 0).resumed
 
     rank, world, dev = setup_distributed(device)
     try:
@@ -143,7 +146,9 @@ def run_train(recipe: str, overrides: list[str], out: str, device: str = "auto",
         trainer = Trainer(cfg, images.to(dev), cfg.diffusion.schedule(), dev, rank, world)
         ckpts = list_checkpoints(run_dir)
         if ckpts:
-            trainer.load_state_dict(load_checkpoint(ckpts[-1], map_location=dev))
+            state = load_checkpoint(ckpts[-1], map_location=dev)
+            check_checkpoint_belongs(ckpts[-1], state, config)
+            trainer.load_state_dict(state)
         if world > 1:
             trainer.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 trainer.model, device_ids=[dev.index] if dev.type == "cuda" else None)
