@@ -43,7 +43,7 @@ MANIFEST_FORMAT = "ddpm-bench-run/1"
 RUN_ID = "run_id"  # the key of the run identity inside every shard file
 INDEX = "index"  # the item numbers inside every shard file
 
-_held: dict[str, int] = {}  # realpath of a claimed directory -> fd of its lock file (this process)
+_held: dict[tuple[int, int], int] = {}  # (device, inode) of a lock file this process holds -> its fd
 
 
 class ShardError(OutputDirError):
@@ -121,18 +121,13 @@ def lock_dir(out: Path) -> None:
         raise OutputDirError(f"--out {out}: a parent of it is a file, not a directory") from None
     if not out.is_dir():
         raise OutputDirError(f"--out {out}: exists and is not a directory")
-    key = os.path.realpath(out)
     lock_path = out / LOCK
-    fd = _held.get(key)
-    if fd is not None:
-        try:
-            if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
-                return  # already ours (re-entrant within one process)
-        except OSError:
-            pass
-        os.close(fd)
-        del _held[key]
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    st = os.fstat(fd)
+    key = (st.st_dev, st.st_ino)
+    if key in _held:  # already ours (re-entrant within one process, also after a move of the directory)
+        os.close(fd)
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -148,7 +143,11 @@ def lock_dir(out: Path) -> None:
 
 def release(out: str | Path) -> None:
     """Give up this process's lock of `out` (tests, and commands that end before the process does)."""
-    fd = _held.pop(os.path.realpath(out), None)
+    try:
+        st = os.stat(Path(out) / LOCK)
+    except OSError:
+        return
+    fd = _held.pop((st.st_dev, st.st_ino), None)
     if fd is not None:
         os.close(fd)
 

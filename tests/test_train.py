@@ -55,6 +55,18 @@ def recipe(tmp_path):
     return path
 
 
+def tiny_checkpoint(tmp_path) -> Path:
+    """A checkpoint of the tiny recipe after 2 steps (8x8x3 images, T = 20), for evaluation tests."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "ckpt_data.npz"
+    np.savez(data, rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8))
+    recipe = tmp_path / "ckpt_tiny.toml"
+    recipe.write_text(TINY.format(data=data))
+    run = tmp_path / "ckpt_run"
+    assert train(recipe, run, "training.steps=2", "training.ckpt_every=2") == 0
+    return run / "checkpoints" / "ckpt_0000002.pt"
+
+
 def train(recipe, out, *sets):
     argv = ["train", "--recipe", str(recipe), "--out", str(out), "--no-progress", "--device", "cpu"]
     for s in sets:
