@@ -425,12 +425,13 @@ class GapResult(JsonOutput):
 # -- reproduce ------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class ReproduceLayout:
-    """Where each stage of `reproduce` writes inside RUN_DIR."""
+class TrainLayout:
+    """Where `train` writes inside RUN_DIR (besides run.json and .lock of the run lifecycle)."""
 
     root: Path
-    CONFIG: ClassVar[str] = "config.json"
-    RECORD: ClassVar[str] = "reproduce.json"
+    CONFIG: ClassVar[str] = "config.json"  # the resolved configuration
+    CHECKPOINTS: ClassVar[str] = "checkpoints"  # ckpt_XXXXXXX.pt
+    LOG: ClassVar[str] = "log.csv"
 
     @property
     def config(self) -> Path:
@@ -438,7 +439,25 @@ class ReproduceLayout:
 
     @property
     def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+        return self.root / self.CHECKPOINTS
+
+    @property
+    def log(self) -> Path:
+        return self.root / self.LOG
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"ckpt_{step:07d}.pt"
+
+    def list_checkpoints(self) -> list[Path]:
+        """Checkpoints of the run, oldest first."""
+        return sorted(self.checkpoints.glob("ckpt_*.pt"))
+
+
+@dataclass(frozen=True)
+class ReproduceLayout(TrainLayout):
+    """Where each stage of `reproduce` writes inside RUN_DIR (training, when it trains, as `TrainLayout`)."""
+
+    RECORD: ClassVar[str] = "reproduce.json"
 
     @property
     def samples(self) -> Path:

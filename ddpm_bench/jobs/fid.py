@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -279,6 +280,7 @@ def _run_fid(samples: str, opts: FidOptions, run: RunOptions, shard_size: int, d
         is_reason = f"feature extractor {extractor.name} has no logits (pool3 features only)"
     extra = {
         "is_reason": is_reason,
+        "options": asdict(opts),
         "paper": protocol.paper_values(),
         "reference_statistics": references,
         "timing": {**timings, "total_seconds": time.perf_counter() - t_start},

@@ -209,6 +209,7 @@ def _manifest(rd: RunDir, source: ModelSource, process: SamplingProcess, sampler
     ranges = plan.ranges()
     extra = {
         "command": COMMAND,
+        "options": asdict(sampler),
         "diffusion": asdict(cfg),
         "layout": "arr_0 uint8 (n, H, W, C); index int64 (n,); run_id (the run.json run_id)",
         "resumed": rd.resumed,

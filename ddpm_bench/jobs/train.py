@@ -24,15 +24,13 @@ from ddpm_bench.checkpoint import load_checkpoint, save_checkpoint
 from ddpm_bench.config import RESUMABLE_KEYS, RunConfig, load_recipe
 from ddpm_bench.data import load_images
 from ddpm_bench.errors import CheckpointError, ConfigError, UserError
+from ddpm_bench.outputs import TrainLayout
 from ddpm_bench.provenance import environment
 from ddpm_bench.run_dir import RunDir
 from ddpm_bench.shards import atomic_write_json, atomic_write_text, to_json
 from ddpm_bench.training import Trainer
 
 COMMAND = "train"
-CONFIG_FILE = "config.json"
-CKPT_DIR = "checkpoints"
-LOG_FILE = "log.csv"
 LOG_HEADER = "step,loss,grad_norm,lr,steps_per_s"
 
 
@@ -41,12 +39,12 @@ class TrainingDiverged(UserError):
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return run_dir / CKPT_DIR / f"ckpt_{step:07d}.pt"
+    return TrainLayout(run_dir).checkpoint(step)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoints of a run, oldest first."""
-    return sorted((run_dir / CKPT_DIR).glob("ckpt_*.pt"))
+    return TrainLayout(run_dir).list_checkpoints()
 
 
 def train_identity(config: dict) -> dict:
@@ -67,8 +65,8 @@ def claim_run_dir(run_dir: Path, config: dict, data: dict, force: bool, main: bo
     if not main:
         return run_dir_lib.follow(run_dir, COMMAND, identity)
     rd = run_dir_lib.claim(run_dir, COMMAND, identity, force=force)
-    (run_dir / CKPT_DIR).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / CONFIG_FILE, config)
+    TrainLayout(run_dir).checkpoints.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(TrainLayout(run_dir).config, config)
     return rd
 
 
@@ -83,7 +81,7 @@ def check_checkpoint_belongs(path: Path, ckpt: dict, config: dict) -> None:
 
 def trim_log(run_dir: Path, step: int) -> None:
     """Keep the log rows up to `step` (rows written after the checkpoint we resume from are redone)."""
-    path = run_dir / LOG_FILE
+    path = TrainLayout(run_dir).log
     if not path.exists():
         atomic_write_text(path, LOG_HEADER + "\n")
         return
@@ -201,7 +199,7 @@ def _loop(trainer: Trainer, cfg: RunConfig, config: dict, data: dict, run_dir: P
             if rank == 0 and (trainer.step % tc.log_every == 0 or done):
                 now = time.perf_counter()
                 rate = len(window) / (now - t0)
-                with open(run_dir / LOG_FILE, "a") as f:
+                with open(TrainLayout(run_dir).log, "a") as f:
                     f.write(f"{trainer.step},{sum(window) / len(window):.6g},{norm_value:.6g},{lr:.6g},{rate:.4g}\n")
                 bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
                 window, t0 = [], now
