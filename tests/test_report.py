@@ -11,8 +11,9 @@ import pytest
 
 from ddpm_bench.cli import main
 from ddpm_bench.jobs.report import build_report
+from ddpm_bench.outputs import NllSummary
 from ddpm_bench.reporting import columns as C
-from tests.synthetic_outputs import write_fid_dir, write_nll_dir, write_run_dir
+from tests.synthetic_outputs import model_entry, write_fid_dir, write_nll_dir, write_run_dir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PDF_MAGIC = b"%PDF-"
@@ -75,9 +76,13 @@ def test_report_tables_blanks_deltas_and_provenance(tmp_path, runs, capsys):
     src = json.loads((out / "table1.sources.json").read_text())["cells"]
     fid_a = next(c for c in src if c["column"] == C.FID and "cifar_simple" in c["row_label"])
     assert fid_a["value"] == 4.0 and fid_a["from"]["backend"] == "torch-fidelity" and fid_a["from"]["n_samples"] == 100
-    assert fid_a["from"]["file"].endswith("fid/metrics.json") and fid_a["from"]["model_sha256"] == "ab" * 32
+    ident = NllSummary.read(a / "nll_test").model_sha256  # the model identity, not the weights' or file's hash
+    assert ident == model_entry()["identity"]["sha256"] != "ab" * 32
+    assert fid_a["from"]["file"].endswith("fid/metrics.json") and fid_a["from"]["model_identity"] == ident
     nll_a = next(c for c in src if c["column"] == C.NLL_TEST and "cifar_simple" in c["row_label"])
     assert nll_a["from"]["split"] == "test" and nll_a["from"]["n_images"] == 6
+    assert nll_a["from"]["model_identity"] == ident and "model_sha256" not in nll_a["from"]
+    assert f"[model {ident[:12]}]" in fid_a["row_label"]
     assert not any(c["column"] == C.FID and "embedded_L" in c["row_label"] for c in src)
 
     # Table 2: the grid with the paper's values beside; paper-only cells stay measured-blank
@@ -109,6 +114,8 @@ def test_report_tables_blanks_deltas_and_provenance(tmp_path, runs, capsys):
     for link in ("table1.csv", "table2.md", "table3.sources.json", "table4.csv", "figure5.png", "figure5.pdf"):
         assert f"]({link})" in index
     assert "fid/metrics.json" in index and "backend torch-fidelity" in index and "nan" not in index.lower()
+    assert f"model identity {ident[:12]}" in index and "efefefefefef" not in index  # not the checkpoint file hash
+    assert capsys.readouterr().err == ""  # nothing mixed, nothing twice: no warning
 
 
 def test_report_uses_rate_distortion_output_and_paper_table4(tmp_path, capsys):
@@ -127,7 +134,7 @@ def test_report_uses_rate_distortion_output_and_paper_table4(tmp_path, capsys):
 
 def test_report_fid_without_inception_scores(tmp_path):
     run = write_run_dir(tmp_path / "run", data="cifar10:train", fid=False)
-    write_fid_dir(run / "fid", fid=5.0, is_mean=None, is_std=None, ref="cifar10:train")
+    write_fid_dir(run / "fid", fid=5.0, is_mean=None, is_std=None, ref="cifar10:train", samples_model=model_entry())
     build_report([run], tmp_path / "out")
     row = [r for r in _csv_rows(tmp_path / "out" / "table1.csv") if r[C.ORIGIN] == "measured"][0]
     assert row[C.FID] == "5.0" and row[C.IS] == "" and row[C.DELTA_IS] == ""
@@ -155,3 +162,4 @@ def test_report_refuses_foreign_out(tmp_path, capsys):
     assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 2
     assert main(["report", str(run), "--out", str(tmp_path / "out"), "--force"]) == 0
     assert not (tmp_path / "out" / "x.txt").exists()
+
