@@ -341,3 +341,15 @@ def test_out_claim_identity_is_the_runs_not_the_paths(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and "inputs.nll:" in err and "--force" in err
     assert main(["report", str(moved), "--out", str(out), "--force"]) == 0
     assert len(_measured(out / "table1.csv")) == 1
+
+
+def test_config_and_model_diffusion_disagree_warns_and_uses_the_model(tmp_path, capsys):
+    run = write_run_dir(tmp_path / "run", data="cifar10:train", var_type="fixed-small")
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["diffusion"]["var_type"] = "fixed-large"  # the config says one thing, the model evaluated another
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
+    warnings = _warnings(capsys.readouterr().err)
+    assert len(warnings) == 1 and "var_type 'fixed-large' -> 'fixed-small'" in warnings[0], warnings
+    t2 = pd.read_csv(tmp_path / "out" / "table2.csv", keep_default_na=False)
+    assert list(t2[t2[C.SOURCE].str.contains("run:")][C.VAR_TYPE_RUN]) == ["fixed-small"]

@@ -168,11 +168,11 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, force: bool = 
     runs = read_inputs(run_dirs)
     curves = [(run, *c) for run in runs if (c := curve_of(run)) is not None]
     out = Path(out_dir)
-    run_dir.claim(out, REPORT_COMMAND, report_identity(runs), force=force)
     try:
+        run_dir.claim(out, REPORT_COMMAND, report_identity(runs), force=force)
         return _write_report(runs, curves, out)
     finally:
-        run_dir.release(out)
+        run_dir.release(out)  # the report is written (or refused): the lock is not held past it
 
 
 def report_identity(runs: list[RunInputs]) -> dict:
