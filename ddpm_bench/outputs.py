@@ -6,7 +6,8 @@ writers build these objects, readers get them back.
 
 Outputs: the nll summary (`summary.json`) and per-image terms (`per_image.npz`), the sample manifest
 (`manifest.json`), the FID metrics (`metrics.json`), the rate-distortion summary (`summary.json` beside
-`curve.csv`), the gap result (`gap.json`) and the layout of a `reproduce` run directory.
+`curve.csv`), the gap result (`gap.json`), the layout of a `reproduce` run directory and its `config.json`
+(`RunConfigFile`, read back by `report`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ddpm_bench.errors import UserError
+from ddpm_bench.identity import ModelIdentity, sha256_json
 from ddpm_bench.shards import atomic_write_json, atomic_write_npz
 
 
@@ -490,3 +492,79 @@ class ReproduceLayout(TrainLayout):
     @property
     def record(self) -> Path:
         return self.root / self.RECORD
+
+
+# -- read back for `report` (additions: model identities in full, a run's config.json) -----------------------
+
+def identity_of(model: Any, path: Path, name: str = "model") -> ModelIdentity:
+    """The whole ModelIdentity inside a `model` field, every field checked; OutputFileError naming the file
+    and the field otherwise (`model_sha256_of` checks the sha256 alone)."""
+    model_sha256_of(model, path, name)
+    ident = model["identity"]
+    hints = typing.get_type_hints(ModelIdentity)
+    for f in fields(ModelIdentity):
+        if f.name not in ident:
+            raise OutputFileError(f"{path}: field '{name}.identity.{f.name}' is missing")
+        if not _type_ok(ident[f.name], hints[f.name]):
+            raise OutputFileError(f"{path}: field '{name}.identity.{f.name}' is {type(ident[f.name]).__name__} "
+                                  f"{_short(ident[f.name])}, expected {_hint_name(hints[f.name])}")
+    return ModelIdentity.from_dict(ident)
+
+
+def feature_extractor_of(metrics: FidMetrics) -> tuple[str | None, str | None]:
+    """(name, weights sha256) of the feature extractor of a FID (`metrics.extractors.Extractor.describe()`)."""
+    fe = metrics.feature_extractor
+    name, sha = fe.get("name"), fe.get("sha256")
+    return (name if isinstance(name, str) else None, sha if isinstance(sha, str) else None)
+
+
+@dataclass(frozen=True)
+class RunConfigFile(JsonOutput):
+    """`config.json` of a `reproduce` (or `train`) run directory: `RunConfig.to_dict()` (ddpm_bench.config),
+    read back with the keys that place a run in the paper's tables checked (`KEYS`). It holds no model
+    identity (that of each output is in the output); `sha256` is its content identity."""
+
+    FILE: ClassVar[str] = ReproduceLayout.CONFIG
+    KEYS: ClassVar[dict] = {"diffusion": {"T": int, "mean_type": str, "var_type": str},
+                            "training": {"objective": str, "data": str}}
+
+    model: dict
+    diffusion: dict
+    training: dict
+    evaluation: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    def check(self, path: Path) -> None:
+        for section, keys in self.KEYS.items():
+            values = getattr(self, section)
+            for key, kind in keys.items():
+                if key not in values:
+                    raise OutputFileError(f"{path}: field '{section}.{key}' is missing")
+                if not _type_ok(values[key], kind):
+                    raise OutputFileError(f"{path}: field '{section}.{key}' is {type(values[key]).__name__} "
+                                          f"{_short(values[key])}, expected {_hint_name(kind)}")
+
+    @property
+    def sha256(self) -> str:
+        return sha256_json(self.to_dict())
+
+    @property
+    def T(self) -> int:
+        return self.diffusion["T"]
+
+    @property
+    def mean_type(self) -> str:
+        return self.diffusion["mean_type"]
+
+    @property
+    def var_type(self) -> str:
+        return self.diffusion["var_type"]
+
+    @property
+    def objective(self) -> str:
+        return self.training["objective"]
+
+    @property
+    def data(self) -> str:
+        """The training data source."""
+        return self.training["data"]

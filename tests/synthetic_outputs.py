@@ -1,19 +1,29 @@
-"""Self-consistent synthetic outputs of `nll` and `fid` (the file formats of SPEC section 2), for the
-rate-distortion and report tests. The numbers are random but the files agree with each other exactly:
-summary.json is computed from per_image.npz the way the bound engine defines it (means over images)."""
+"""Self-consistent synthetic outputs of `nll`, `sample`, `fid`, `gap` and `reproduce` (the file formats of
+SPEC section 2, written through the typed outputs of ddpm_bench.outputs), for the rate-distortion and report
+tests. The numbers are random but the files agree with each other exactly: summary.json is computed from
+per_image.npz the way the bound engine defines it (means over images), gap.json from both per_image.npz."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from ddpm_bench.config import RunConfig, TrainConfig
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.identity import model_identity
-from ddpm_bench.outputs import NllSummary, PerImage
+from ddpm_bench.jobs.gap import gap_statistics
+from ddpm_bench.outputs import (
+    FidMetrics,
+    GapResult,
+    NllOutput,
+    NllSummary,
+    PerImage,
+    ReproduceLayout,
+    SampleManifest,
+)
 from ddpm_bench.schedule import make_betas
 
 
@@ -30,15 +40,18 @@ def per_image_arrays(n: int, T: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
     return terms, mse
 
 
-def model_entry(weights_sha256: str = "ab" * 32, weights: str = "ema", T: int = 20) -> dict:
+def model_entry(weights_sha256: str = "ab" * 32, weights: str = "ema", T: int = 20, mean_type: str = "eps",
+                var_type: str = "fixed-large") -> dict:
     """The `model` field of an output: provenance and a model identity (ddpm_bench.identity)."""
-    ident = model_identity("ckpt", weights, weights_sha256, DiffusionConfig(T=T), "/runs/x/checkpoints/last.pt")
+    diffusion = DiffusionConfig(T=T, mean_type=mean_type, var_type=var_type)
+    ident = model_identity("ckpt", weights, weights_sha256, diffusion, "/runs/x/checkpoints/last.pt")
     return {"kind": "ckpt", "path": "/runs/x/checkpoints/last.pt", "sha256": "ef" * 32, "weights": weights,
             "step": 10, "identity": ident.to_dict()}
 
 
 def write_nll_dir(path: Path, n: int = 6, T: int = 20, seed: int = 0, data: str = "embedded:test",
-                  sha256: str = "ab" * 32, weights: str = "ema") -> Path:
+                  sha256: str = "ab" * 32, weights: str = "ema", mean_type: str = "eps",
+                  var_type: str = "fixed-large") -> Path:
     """An nll output directory: summary.json, terms.csv, per_image.npz (through the typed outputs)."""
     path.mkdir(parents=True, exist_ok=True)
     terms, mse = per_image_arrays(n, T, seed)
@@ -51,8 +64,10 @@ def write_nll_dir(path: Path, n: int = 6, T: int = 20, seed: int = 0, data: str 
         decoder_bpd=float(terms[:, 0].mean()), rate_bpd=float(terms[:, 1:].sum(axis=1).mean()),
         rate_bpd_stderr=None, decoder_bpd_stderr=None, n_images=n, dims=3 * 8 * 8, T=T, data=data,
         data_sha256=hashlib.sha256(data.encode()).hexdigest(), seed=seed, draws=1, clip=True, decoder_cdf="exact",
-        mean_type="eps", var_type="fixed-large", precision="fp32", model=model_entry(sha256, weights, T),
-        bound=bound, diffusion=asdict(DiffusionConfig(T=T)), ddpm_bench_version="0.1.0", seconds=1.0,
+        mean_type=mean_type, var_type=var_type, precision="fp32",
+        model=model_entry(sha256, weights, T, mean_type, var_type), bound=bound,
+        diffusion=asdict(DiffusionConfig(T=T, mean_type=mean_type, var_type=var_type)), ddpm_bench_version="0.1.0",
+        seconds=1.0,
         network_evals=n * T)
     rows = ["term,bpd_mean,bpd_stderr,mse_mean"]
     for k in range(T + 1):
@@ -64,29 +79,59 @@ def write_nll_dir(path: Path, n: int = 6, T: int = 20, seed: int = 0, data: str 
     return path
 
 
-def write_fid_dir(path: Path, fid: float = 12.5, is_mean: float | None = 7.1, is_std: float | None = 0.2,
-                  ref: str = "embedded:train", n_samples: int = 100) -> Path:
+def write_samples_manifest(path: Path, model: dict, num: int = 100, shard_size: int = 50) -> Path:
+    """A finished sample directory's manifest.json (no shards: the report reads the manifest only)."""
     path.mkdir(parents=True, exist_ok=True)
-    metrics = {"fid": fid, "is_mean": is_mean, "is_std": is_std, "n_samples": n_samples, "n_ref": 200, "ref": ref,
-               "backend": "torch-fidelity", "feature_extractor": {"name": "inception-v3-compat", "sha256": "cd" * 32},
-               "by_backend": {"torch-fidelity": {"fid": fid}}, "warnings": []}
-    (path / "metrics.json").write_text(json.dumps(metrics))
+    num_shards = -(-num // shard_size)
+    SampleManifest(format=SampleManifest.FORMAT, run_id=hashlib.sha256(f"samples{path}".encode()).hexdigest(),
+                   model=model, seed=0, num=num, shard_size=shard_size, num_shards=num_shards, image_shape=[3, 8, 8],
+                   count=num, complete=True, shards=list(range(num_shards)), sampler={"steps": None}).write(path)
     return path
+
+
+def write_fid_dir(path: Path, fid: float = 12.5, is_mean: float | None = 7.1, is_std: float | None = 0.2,
+                  ref: str = "embedded:train", n_samples: int = 100, samples_model: dict | None = None) -> Path:
+    """A fid output's metrics.json; `samples_model` is the samples' manifest model (None: plain images)."""
+    path.mkdir(parents=True, exist_ok=True)
+    run_id = hashlib.sha256(f"fid{path.name}{fid}{ref}{n_samples}".encode()).hexdigest()
+    FidMetrics(run_id=run_id, fid=fid, is_mean=is_mean, is_std=is_std, n_samples=n_samples, n_ref=200, ref=ref,
+               samples=str(path.parent / "samples"), backend="torch-fidelity",
+               feature_extractor={"name": "inception-v3-compat", "sha256": "cd" * 32},
+               by_backend={"torch-fidelity": {"fid": fid}}, warnings=[], comparable_to_paper=False,
+               samples_model=samples_model).write(path)
+    return path
+
+
+def write_gap(run: Path, max_gap: float = 0.03) -> Path:
+    """gap.json of a run directory, from its nll_train/ and nll_test/ (the statistics of ddpm-bench gap)."""
+    layout = ReproduceLayout(run)
+    train, test = NllOutput.read(layout.nll_train), NllOutput.read(layout.nll_test)
+    stats = gap_statistics(train.per_image.terms.sum(1), test.per_image.terms.sum(1))
+    GapResult(**stats, max_gap=max_gap, exceeds=bool(stats["ci95"][0] > max_gap), train=train.summary.data,
+              test=test.summary.data, train_run_id=train.summary.run_id, test_run_id=test.summary.run_id,
+              model=test.summary.model).write(run)
+    return layout.gap
 
 
 def write_run_dir(path: Path, objective: str = "L_simple", var_type: str = "fixed-large", mean_type: str = "eps",
                   data: str = "embedded:train", T: int = 20, fid: bool = True, fid_ref: str | None = None,
-                  fid_value: float = 12.5) -> Path:
-    """A reproduce run directory with config.json, nll_train/, nll_test/, gap.json and (optionally) fid/."""
+                  fid_value: float = 12.5, sha256: str = "ab" * 32, samples_sha256: str | None = None) -> Path:
+    """A reproduce run directory: config.json, nll_train/, nll_test/, gap.json and (optionally) samples/ and
+    fid/. Every output is of the model `sha256` but samples/ and fid/, of `samples_sha256` when given."""
     path.mkdir(parents=True, exist_ok=True)
-    config = {"model": {"ch": 32}, "diffusion": {"T": T, "beta_schedule": "linear", "mean_type": mean_type,
-                                                 "var_type": var_type},
-              "training": {"objective": objective}, "data": data}
-    (path / "config.json").write_text(json.dumps(config))
+    layout = ReproduceLayout(path)
+    diffusion = DiffusionConfig(T=T, mean_type=mean_type, var_type=var_type)
+    config = RunConfig(diffusion=diffusion, training=TrainConfig(data=data, objective=objective))
+    from ddpm_bench.shards import atomic_write_json
+
+    atomic_write_json(layout.config, config.to_dict())
     split = data.split(":")[0]
-    write_nll_dir(path / "nll_train", T=T, seed=1, data=f"{split}:train")
-    write_nll_dir(path / "nll_test", T=T, seed=2, data=f"{split}:test")
-    (path / "gap.json").write_text(json.dumps({"gap_bpd": 0.01, "ci95": [-0.02, 0.04], "train_bpd": 3.7, "test_bpd": 3.71}))
+    kw = dict(T=T, sha256=sha256, mean_type=mean_type, var_type=var_type)
+    write_nll_dir(layout.nll_train, seed=1, data=f"{split}:train", **kw)
+    write_nll_dir(layout.nll_test, seed=2, data=f"{split}:test", **kw)
+    write_gap(path)
     if fid:
-        write_fid_dir(path / "fid", fid=fid_value, ref=fid_ref or data)
+        model = model_entry(samples_sha256 or sha256, "ema", T, mean_type, var_type)
+        write_samples_manifest(layout.samples, model)
+        write_fid_dir(layout.fid, fid=fid_value, ref=fid_ref or data, samples_model=model)
     return path

@@ -4,7 +4,23 @@
 rate-distortion outputs, and writes into `out_dir` (atomically, file by file):
 table1..table4 as .csv, .md and .sources.json, figure5.png/.pdf (from the first run with a rate-distortion
 output or an nll_test per_image.npz) and report.md, an index that links them and says what produced
-each measured cell. Values the runs do not have are empty cells.
+each measured cell, naming the model identity (short sha256) of each. Values the runs do not have are
+empty cells.
+
+Inputs are read through the typed outputs (`reporting.inputs.read_inputs`): a garbage or wrongly typed
+file is exit 2 naming the file and field, before `--out` is touched. Each run is counted once (`report X
+X`, or two directories holding the same runs by run id: a warning, one row). A run directory whose outputs
+come from different model identities is never merged into one row: it is split, one row per model
+identity labelled with its short sha256, with a one-line warning on stderr; every table splits, none
+refuses.
+
+`--out` is claimed with `ddpm_bench.run_dir.claim` (command "report"). The report's identity is the runs it
+reads, by content: `{"inputs": {KEY: MODEL_IDENTITY}}` with one KEY per output read, "nll:RUN_ID",
+"fid:RUN_ID", "rate-distortion:NLL_RUN_ID", "gap:TRAIN_RUN_ID:TEST_RUN_ID", "samples:RUN_ID" and
+"config:SHA256" (of config.json's content), each mapped to the sha256 of the model that produced it (None
+for config.json and for a FID of plain images). No path is part of it: the same runs moved or given in
+another order are the same report (rewritten in place); other runs into a directory that holds a report
+are refused without --force.
 """
 
 from __future__ import annotations
@@ -12,14 +28,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ddpm_bench import __version__
+from ddpm_bench import __version__, run_dir
+from ddpm_bench.outputs import NllOutput, PerImage, RateDistortionSummary, RunConfigFile
 from ddpm_bench.provenance import environment
 from ddpm_bench.rate_distortion import RateDistortionCurve, rate_distortion_curve
 from ddpm_bench.reporting.figures import figure5, save_figure
-from ddpm_bench.reporting.inputs import CURVE_FILE, RunInputs, load_per_image, read_curve, read_run
+from ddpm_bench.reporting.inputs import PARTS, RunInputs, read_curve, read_inputs, short
 from ddpm_bench.reporting.paper import PAPER_VALUES_NAME
 from ddpm_bench.reporting.tables import (
     Table,
+    model_source,
     nll_source,
     table1,
     table2,
@@ -28,14 +46,14 @@ from ddpm_bench.reporting.tables import (
     to_markdown,
     write_table,
 )
-from ddpm_bench.shards import atomic_write_json, atomic_write_text, prepare_run_dir
+from ddpm_bench.shards import atomic_write_json, atomic_write_text
 
 REPORT_COMMAND = "report"
 REPORT_INDEX = "report.md"
 REPORT_MANIFEST = "report.json"
 FIGURE5_STEM = "figure5"
 # provenance fields shown in report.md, in this order
-DESCRIBE_KEYS = ("produced_by", "file", "model_sha256", "model", "step", "n_images", "n_samples", "n_ref", "ref",
+DESCRIBE_KEYS = ("produced_by", "file", "model_identity", "model", "weights", "n_images", "n_samples", "n_ref", "ref",
                  "data", "split", "backend", "feature_extractor", "seed", "draws", "T", "clip", "decoder_cdf")
 
 
@@ -43,18 +61,18 @@ def curve_of(run: RunInputs) -> tuple[RateDistortionCurve, dict] | None:
     """The rate-distortion curve of a run and where it came from: its rate-distortion output, else its
     nll_test per_image.npz; None when it has neither."""
     if run.rate_distortion is not None:
-        s = run.rate_distortion_summary or {}
-        model = s.get("model") if isinstance(s.get("model"), dict) else {}
-        origin = {"run_dir": str(run.path), "file": str(run.rate_distortion / CURVE_FILE),
-                  "produced_by": "ddpm-bench rate-distortion", "model_sha256": model.get("sha256"),
-                  "n_images": s.get("n_images"), "data": s.get("data"), "seed": s.get("seed"), "draws": s.get("draws"),
-                  "T": s.get("T"), "clip": s.get("clip"), "decoder_cdf": s.get("decoder_cdf")}
-        return read_curve(run.rate_distortion / CURVE_FILE), origin
-    if run.nll_test is not None and run.nll_test.per_image_path.is_file():
-        _, terms, mse = load_per_image(run.nll_test.path)
-        origin = {**nll_source(run, run.nll_test), "file": str(run.nll_test.per_image_path),
+        rd = run.rate_distortion
+        s = rd.output
+        origin = {"run_dir": str(run.path), "file": str(rd.folder / RateDistortionSummary.CURVE),
+                  "produced_by": "ddpm-bench rate-distortion", "nll_run_id": s.nll_run_id,
+                  **model_source(rd.identity), "n_images": s.n_images, "data": s.data, "seed": s.seed,
+                  "draws": s.draws, "T": s.T, "clip": s.clip, "decoder_cdf": s.decoder_cdf}
+        return read_curve(rd.folder), origin
+    if run.nll_test is not None and (run.nll_test.folder / PerImage.FILE).is_file():
+        nll = NllOutput.read(run.nll_test.folder)  # per_image.npz checked against its summary
+        origin = {**nll_source(run, run.nll_test), "file": str(nll.path / PerImage.FILE),
                   "produced_by": "ddpm-bench nll (per_image.npz; rate and distortion computed by report)"}
-        return rate_distortion_curve(terms, mse), origin
+        return rate_distortion_curve(nll.per_image.terms, nll.per_image.mse), origin
     return None
 
 
@@ -63,10 +81,13 @@ def describe(origin: dict) -> str:
     parts = []
     for k in DESCRIBE_KEYS:
         v = origin.get(k)
+        if k == "model_identity" and k in origin:
+            weak = origin.get("model_identity_strong") is False
+            parts.append("model identity none (images without a ddpm-bench sample manifest)" if v is None else
+                         f"model identity {short(v)}" + (" (weak: a plug-in's source file hash)" if weak else ""))
+            continue
         if v is None:
             continue
-        if k == "model_sha256":
-            v = f"{v[:12]}…"
         parts.append(f"{k} `{v}`" if k in ("file", "model") else f"{k} {v}")
     return "; ".join(parts)
 
@@ -100,18 +121,23 @@ def _rows_text(labels: list[str]) -> str:
 
 
 def run_inventory(run: RunInputs) -> str:
-    have = {"config.json": run.config is not None, "nll_test": run.nll_test is not None,
-            "nll_train": run.nll_train is not None, "gap.json": run.gap is not None, "fid": run.fid is not None,
-            "rate_distortion": run.rate_distortion is not None}
+    have = {RunConfigFile.FILE: run.config is not None, **{n: getattr(run, n) is not None for n in PARTS}}
     found = ", ".join(k for k, v in have.items() if v) or "nothing"
     missing = ", ".join(k for k, v in have.items() if not v) or "nothing"
-    line = f"- `{run.path}` ({run.kind}): found {found}; missing {missing}"
-    if run.gap is not None and "gap_bpd" in run.gap:
-        ci = run.gap.get("ci95")
-        line += f"; test - train gap {run.gap['gap_bpd']:.5f} bits/dim" + (f", 95% interval [{ci[0]:.5f}, {ci[1]:.5f}]"
-                                                                          if isinstance(ci, list) and len(ci) == 2 else "")
-    if run.nll_unknown_split:
-        line += f"; its data `{run.nll_test.summary.get('data')}` is no :train/:test split and is shown as test"
+    model = run.model
+    who = "no model identity"
+    if model is not None:
+        how = [model.kind, *([f"{model.weights} weights"] if model.weights else []),
+               *([] if model.strong else ["weak identity: a plug-in's source file hash"])]
+        who = f"model identity {model.short()} ({', '.join(how)}, from `{model.origin}`)"
+    line = f"- `{run.path}` ({run.kind}; {who}): found {found}; missing {missing}"
+    if run.split_from > 1:
+        line += f"; this directory holds outputs of {run.split_from} models, each its own row"
+    if run.gap is not None:
+        g = run.gap.output
+        line += f"; test - train gap {g.gap_bpd:.5f} bits/dim, 95% interval [{g.ci95[0]:.5f}, {g.ci95[1]:.5f}]"
+    if run.nll_unknown_split and run.nll_test is not None:
+        line += f"; its data `{run.nll_test.output.data}` is no :train/:test split and is shown as test"
     return line
 
 
@@ -137,11 +163,29 @@ def report_markdown(runs: list[RunInputs], tables: list[Table], figure: tuple[Ru
 
 
 def build_report(run_dirs: list[str | Path], out_dir: str | Path, force: bool = False) -> dict:
-    """Write the report of `run_dirs` into `out_dir`; returns the manifest (the files written and inputs)."""
-    runs = [read_run(p) for p in run_dirs]
-    out = Path(out_dir)
-    prepare_run_dir(out, {"run_dirs": [str(Path(p).resolve()) for p in run_dirs]}, force=force, command=REPORT_COMMAND)
+    """Write the report of `run_dirs` into `out_dir`; returns the manifest (the files written and inputs).
+    Every input is read and checked before `out_dir` is claimed."""
+    runs = read_inputs(run_dirs)
     curves = [(run, *c) for run in runs if (c := curve_of(run)) is not None]
+    out = Path(out_dir)
+    try:
+        run_dir.claim(out, REPORT_COMMAND, report_identity(runs), force=force)
+        return _write_report(runs, curves, out)
+    finally:
+        run_dir.release(out)  # the report is written (or refused): the lock is not held past it
+
+
+def report_identity(runs: list[RunInputs]) -> dict:
+    """What the report is of: every output it reads by run id (config.json by content), each with the
+    identity of the model that produced it; no paths (see the module docstring)."""
+    inputs = {}
+    for run in runs:
+        models = {p.key: p.model_sha256 for p in run.parts()}
+        inputs.update({k: models.get(k) for k in run.keys()})
+    return {"inputs": inputs}
+
+
+def _write_report(runs: list[RunInputs], curves: list, out: Path) -> dict:
     tables = [table1(runs), table2(runs), table3(runs), table4(curves)]
     files = []
     for t in tables:
@@ -149,12 +193,12 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, force: bool = 
     figure = None
     if curves:
         run, curve, origin = curves[0]
-        fig = figure5(curve, label=run.name, title=f"{run.name}: T = {curve.T}")
+        fig = figure5(curve, label=run.label, title=f"{run.label}: T = {curve.T}")
         files += [Path(p).name for p in save_figure(fig, out / FIGURE5_STEM)]
         figure = (run, origin)
     atomic_write_text(out / REPORT_INDEX, report_markdown(runs, tables, figure))
     files.append(REPORT_INDEX)
-    manifest = {"command": REPORT_COMMAND, "run_dirs": [str(r.path) for r in runs], "files": files,
+    manifest = {"command": REPORT_COMMAND, "run_dirs": list(dict.fromkeys(str(r.path) for r in runs)), "files": files,
                 "ddpm_bench_version": __version__, "environment": environment()}
     atomic_write_json(out / REPORT_MANIFEST, manifest)
     return manifest

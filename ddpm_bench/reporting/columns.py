@@ -59,12 +59,3 @@ TABLE3_COLUMNS = (MODEL, ORIGIN, *TABLE3_DATASETS, PAPER_ROW, DELTA_FID, SOURCE)
 
 # Table 4 in the report: the rate-distortion table4 columns, then where the row came from
 TABLE4_REPORT_COLUMNS = (*TABLE4_COLUMNS, SOURCE)
-
-# rate-distortion summary.json
-SUMMARY_COMMAND = "command"
-SUMMARY_DISTORTION_BPD = "distortion_bpd"
-SUMMARY_RATE_BPD = "rate_bpd"
-SUMMARY_RMSE_AT_T1 = "rmse_at_t1"
-SUMMARY_T = "T"
-SUMMARY_N_IMAGES = "n_images"
-SUMMARY_NLL_DIR = "nll_dir"

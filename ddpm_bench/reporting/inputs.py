@@ -1,141 +1,147 @@
-"""Readers for the outputs of the other commands, for `rate-distortion` and `report`.
+"""The inputs of `report`, read only through the typed outputs of `ddpm_bench.outputs`.
 
 A `report` input is one of
-- a `reproduce` run directory: `config.json`, `nll_test/`, `nll_train/`, `gap.json`, `rate_distortion/`,
-  `fid/metrics.json`, `samples/manifest.json` (whichever exist);
-- a plain `nll` output (`summary.json` with `total_bpd`, `per_image.npz`, `terms.csv`);
-- a plain `fid` output (`metrics.json`);
-- a plain `rate-distortion` output (`curve.csv` and its `summary.json`).
-Whatever is missing stays None; nothing is filled in.
+- a `reproduce` run directory (`outputs.ReproduceLayout`): its config.json, nll_train/, nll_test/, gap.json,
+  rate_distortion/, fid/ and samples/, whichever exist. An nll or rate-distortion directory without its
+  summary, fid/ without its metrics and samples/ without its manifest are unfinished and count as absent;
+- a plain `nll`, `fid` or `rate-distortion` output.
+Every file that is there is read and checked in full: a missing, garbage or wrongly typed field is an
+`OutputFileError` (exit 2, one line naming the file and the field). Nothing is filled in.
+
+Each measured output (a `Part`) carries the identity of the model that produced it (`ModelIdentity`;
+a FID of images that are no ddpm-bench samples has none). `read_inputs` then
+- counts every run once (`deduplicate`): the same directory given twice is read once; an input whose runs
+  (by run id) are all in another input is dropped; a run that two inputs share is kept in the first only;
+  each with a warning on stderr;
+- never merges the outputs of different models into one row (`split_by_model`): an input whose parts
+  come from several model identities becomes one row per identity, labelled with the short identity,
+  with a one-line warning on stderr. Every table splits; none refuses.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import os
+import sys
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 import pandas as pd
 
+from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import UserError
+from ddpm_bench.identity import ModelIdentity
+from ddpm_bench.outputs import (
+    FidMetrics,
+    GapResult,
+    NllSummary,
+    OutputFileError,
+    RateDistortionSummary,
+    ReproduceLayout,
+    RunConfigFile,
+    SampleManifest,
+    identity_of,
+)
 from ddpm_bench.rate_distortion import RateDistortionCurve
 from ddpm_bench.reporting import columns as C
 
-# names inside a reproduce run directory and inside the outputs of single commands
-RUN_CONFIG = "config.json"
-NLL_TEST_DIR = "nll_test"
-NLL_TRAIN_DIR = "nll_train"
-GAP_FILE = "gap.json"
-RATE_DISTORTION_DIR = "rate_distortion"
-FID_DIR = "fid"
-SAMPLES_DIR = "samples"
-NLL_SUMMARY = "summary.json"
-NLL_PER_IMAGE = "per_image.npz"
-FID_METRICS = "metrics.json"
-SAMPLES_MANIFEST = "manifest.json"
-CURVE_FILE = "curve.csv"
-RD_SUMMARY = "summary.json"
-RD_COMMAND = "rate-distortion"
+WARNING = "ddpm-bench report: warning:"
+
+Out = TypeVar("Out")
 
 
 class ReportInputError(UserError):
-    """A run, nll, fid or rate-distortion directory that is missing or malformed."""
+    """A `report` argument that is no directory, or holds none of the outputs `report` reads."""
 
 
-def read_json_file(path: Path) -> dict:
-    """A JSON object from `path`; ReportInputError naming the file when it is unreadable."""
-    try:
-        with open(path) as f:
-            obj = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ReportInputError(f"{path}: cannot read JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise ReportInputError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return obj
+def warn(message: str) -> None:
+    print(f"{WARNING} {message}", file=sys.stderr)
 
 
-def _optional_json(path: Path) -> dict | None:
-    return read_json_file(path) if path.is_file() else None
+def short(sha256: str | None) -> str:
+    return "none" if sha256 is None else sha256[:12]
 
 
 @dataclass(frozen=True)
-class NllOutput:
-    """An `nll` output directory: its summary.json (and where per_image.npz is)."""
+class Part(Generic[Out]):
+    """One measured output of an input: the typed output, the file it was read from, and the model it
+    belongs to (None: a FID of images that carry no model identity)."""
 
-    path: Path
-    summary: dict
+    name: str  # the RunInputs field that holds it: see PARTS
+    file: Path
+    output: Out
+    identity: ModelIdentity | None
 
     @property
-    def per_image_path(self) -> Path:
-        return self.path / NLL_PER_IMAGE
+    def folder(self) -> Path:
+        return self.file.parent
+
+    @property
+    def model_sha256(self) -> str | None:
+        return None if self.identity is None else self.identity.sha256
+
+    @property
+    def key(self) -> str:
+        """Which run this is, by content: the run id of the command that wrote it."""
+        o = self.output
+        if isinstance(o, NllSummary):
+            return f"nll:{o.run_id}"
+        if isinstance(o, FidMetrics):
+            return f"fid:{o.run_id}"
+        if isinstance(o, RateDistortionSummary):
+            return f"rate-distortion:{o.nll_run_id}"  # rate-distortion's run identity is its nll run's id
+        if isinstance(o, GapResult):
+            return f"gap:{o.train_run_id}:{o.test_run_id}"
+        if isinstance(o, SampleManifest):
+            return f"samples:{o.run_id}"
+        raise TypeError(f"not a report part: {type(o).__name__}")
 
 
-def is_nll_dir(path: Path) -> bool:
-    if not (path / NLL_SUMMARY).is_file():
-        return False
-    return "total_bpd" in read_json_file(path / NLL_SUMMARY)
+# the measured parts of an input, in the order the warnings name them
+PARTS = ("nll_train", "nll_test", "gap", "rate_distortion", "samples", "fid")
 
 
-def read_nll_output(path: Path) -> NllOutput | None:
-    """The nll output in `path`, or None when it holds no finished nll summary."""
-    return NllOutput(path=path, summary=read_json_file(path / NLL_SUMMARY)) if is_nll_dir(path) else None
+def _nll(name: str, folder: Path) -> Part[NllSummary]:
+    s = NllSummary.read(folder)
+    file = folder / NllSummary.FILE
+    return Part(name, file, s, identity_of(s.model, file))
 
 
-def load_per_image(nll_dir: str | Path) -> tuple[dict, np.ndarray, np.ndarray | None]:
-    """(summary, terms (N, T+1) float64 bits/dim, mse (N, T) float64 or None) of an nll output.
-
-    ReportInputError (exit 2) naming the file when summary.json or per_image.npz is missing, or the arrays
-    have the wrong shapes or do not match the summary's T and n_images.
-    """
-    nll_dir = Path(nll_dir)
-    if not nll_dir.is_dir():
-        raise ReportInputError(f"NLL_DIR {nll_dir}: not a directory")
-    summary_path, npz_path = nll_dir / NLL_SUMMARY, nll_dir / NLL_PER_IMAGE
-    if not summary_path.is_file():
-        raise ReportInputError(f"NLL_DIR {nll_dir}: no {NLL_SUMMARY} (is it a finished `ddpm-bench nll` output?)")
-    if not npz_path.is_file():
-        raise ReportInputError(f"{npz_path}: missing (is {nll_dir} a finished `ddpm-bench nll` output?)")
-    summary = read_json_file(summary_path)
-    try:
-        with np.load(npz_path) as z:
-            if "terms" not in z.files:
-                raise ReportInputError(f"{npz_path}: has no array 'terms' (arrays: {', '.join(z.files) or 'none'})")
-            terms = np.asarray(z["terms"], dtype=np.float64)
-            mse = np.asarray(z["mse"], dtype=np.float64) if "mse" in z.files else None
-    except (OSError, ValueError) as e:
-        raise ReportInputError(f"{npz_path}: cannot read ({e})") from None
-    if terms.ndim != 2 or terms.shape[0] < 1 or terms.shape[1] < 2:
-        raise ReportInputError(f"{npz_path}: 'terms' must be (N, T+1) with N, T >= 1, got shape {terms.shape}")
-    n, T = terms.shape[0], terms.shape[1] - 1
-    if "T" in summary and summary["T"] != T:
-        raise ReportInputError(f"{npz_path}: 'terms' has T + 1 = {T + 1} columns but {summary_path} says T = {summary['T']}")
-    if "n_images" in summary and summary["n_images"] != n:
-        raise ReportInputError(f"{npz_path}: 'terms' has {n} rows but {summary_path} says n_images = {summary['n_images']}")
-    if mse is not None and mse.shape != (n, T):
-        raise ReportInputError(f"{npz_path}: 'mse' must be (N, T) = ({n}, {T}) to match 'terms', got shape {mse.shape}")
-    if not np.all(np.isfinite(terms)):
-        raise ReportInputError(f"{npz_path}: 'terms' holds non-finite values")
-    if mse is not None and (not np.all(np.isfinite(mse)) or np.any(mse < 0)):
-        raise ReportInputError(f"{npz_path}: 'mse' holds negative or non-finite values")
-    return summary, terms, mse
+def _read_part(name: str, cls, folder: Path) -> Part:
+    o = cls.read(folder)
+    file = folder / cls.FILE
+    if isinstance(o, FidMetrics):
+        ident = None if o.samples_model is None else identity_of(o.samples_model, file, "samples_model")
+    else:
+        ident = identity_of(o.model, file)
+    return Part(name, file, o, ident)
 
 
-def is_rate_distortion_dir(path: Path) -> bool:
-    if not ((path / CURVE_FILE).is_file() and (path / RD_SUMMARY).is_file()):
-        return False
-    return read_json_file(path / RD_SUMMARY).get(C.SUMMARY_COMMAND) == RD_COMMAND
+def _if_there(name: str, cls, folder: Path) -> Part | None:
+    """The part in `folder` when its file is there (a finished run), None otherwise."""
+    if not (folder / cls.FILE).is_file():
+        return None
+    return _nll(name, folder) if cls is NllSummary else _read_part(name, cls, folder)
 
 
-def read_curve(path: Path) -> RateDistortionCurve:
-    """A `curve.csv` written by `rate-distortion` (columns CURVE_COLUMNS) as a RateDistortionCurve."""
+def read_curve(folder: Path) -> RateDistortionCurve:
+    """The `curve.csv` of a rate-distortion output (columns `columns.CURVE_COLUMNS`)."""
+    path = folder / RateDistortionSummary.CURVE
     try:
         df = pd.read_csv(path)
+    except FileNotFoundError:
+        raise OutputFileError(f"{path}: missing") from None
     except (OSError, ValueError) as e:
-        raise ReportInputError(f"{path}: cannot read ({e})") from None
+        raise OutputFileError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
     missing = [c for c in C.CURVE_COLUMNS if c not in df.columns]
-    if missing or len(df) == 0:
-        raise ReportInputError(f"{path}: expected columns {','.join(C.CURVE_COLUMNS)} and rows, missing {missing}")
+    if missing:
+        raise OutputFileError(f"{path}: column '{missing[0]}' is missing")
+    if len(df) == 0:
+        raise OutputFileError(f"{path}: no rows")
+    for c in C.CURVE_COLUMNS:
+        if not pd.api.types.is_numeric_dtype(df[c]):
+            raise OutputFileError(f"{path}: column '{c}' is not numeric")
     df = df.sort_values(C.REVERSE_TIME)
     return RateDistortionCurve(t=df[C.T].to_numpy(np.int64), reverse_time=df[C.REVERSE_TIME].to_numpy(np.int64),
                                rate_bpd=df[C.RATE_BPD].to_numpy(np.float64), rmse=df[C.RMSE].to_numpy(np.float64),
@@ -144,83 +150,89 @@ def read_curve(path: Path) -> RateDistortionCurve:
 
 @dataclass(frozen=True)
 class RunInputs:
-    """What one `report` argument holds. Every field but `path`, `name` and `kind` may be None."""
+    """What one `report` argument holds (or one model's share of it, after `split_by_model`). Every field
+    but `path`, `name` and `kind` may be None."""
 
     path: Path
     name: str
     kind: str  # "run", "nll", "fid" or "rate-distortion"
-    config: dict | None = None
-    nll_test: NllOutput | None = None
-    nll_train: NllOutput | None = None
+    config: RunConfigFile | None = None
+    nll_train: Part[NllSummary] | None = None
+    nll_test: Part[NllSummary] | None = None
     nll_unknown_split: bool = False  # a plain nll dir whose data is not a :train / :test split
-    gap: dict | None = None
-    fid: dict | None = None
-    fid_path: Path | None = None
-    samples_manifest: dict | None = None
-    rate_distortion: Path | None = None  # a rate-distortion output directory
-    rate_distortion_summary: dict | None = None
+    gap: Part[GapResult] | None = None
+    rate_distortion: Part[RateDistortionSummary] | None = None
+    samples: Part[SampleManifest] | None = None
+    fid: Part[FidMetrics] | None = None
+    split_from: int = 1  # how many model rows the argument was split into (1: not split)
 
-    # -- what the run was: from its config, else from its nll summaries; None when nobody says ----------
-    def _setting(self, section: str, key: str):
-        if self.config and isinstance(self.config.get(section), dict) and key in self.config[section]:
-            return self.config[section][key]
-        for nll in (self.nll_test, self.nll_train):
-            if nll is not None and key in nll.summary:
-                return nll.summary[key]
-        if self.rate_distortion_summary and key in self.rate_distortion_summary:
-            return self.rate_distortion_summary[key]
+    def parts(self) -> list[Part]:
+        return [p for p in (getattr(self, n) for n in PARTS) if p is not None]
+
+    def keys(self) -> set[str]:
+        """The runs this input holds (`Part.key`), and its config by content."""
+        keys = {p.key for p in self.parts()}
+        if self.config is not None:
+            keys.add(f"config:{self.config.sha256}")
+        return keys
+
+    @property
+    def model(self) -> ModelIdentity | None:
+        """The one model identity of its parts; None when they have none (or several: not yet split)."""
+        ids = {p.model_sha256 for p in self.parts()}
+        if len(ids) != 1:
+            return None
+        return next(p.identity for p in self.parts())
+
+    # -- what the run was ------------------------------------------------------------------------------
+    def _diffusion(self) -> DiffusionConfig | None:
+        """The diffusion settings of the model evaluated (its identity), else of the run's config."""
+        for d in (self.model and self.model.diffusion, self.config and self.config.diffusion):
+            if d:
+                try:
+                    return DiffusionConfig(**d)
+                except (TypeError, ValueError):
+                    continue
         return None
 
     @property
     def mean_type(self) -> str | None:
-        return self._setting("diffusion", "mean_type")
+        d = self._diffusion()
+        return d.mean_type if d else None
 
     @property
     def var_type(self) -> str | None:
-        return self._setting("diffusion", "var_type")
+        d = self._diffusion()
+        return d.var_type if d else None
 
     @property
     def T(self) -> int | None:
-        return self._setting("diffusion", "T")
+        d = self._diffusion()
+        return d.T if d else None
 
     @property
     def objective(self) -> str | None:
-        if self.config and isinstance(self.config.get("training"), dict):
-            return self.config["training"].get("objective")
-        return None
+        return self.config.objective if self.config else None
 
     @property
     def data(self) -> str | None:
-        """The training data of a run (config), else the data its nll or fid outputs name."""
-        if self.config and "data" in self.config:
-            return data_name(self.config["data"])
+        """The training data of a run (config), else the data its nll, fid or rate-distortion outputs name."""
+        if self.config:
+            return self.config.data
         for nll in (self.nll_train, self.nll_test):
-            if nll is not None and nll.summary.get("data"):
-                return str(nll.summary["data"])
-        if self.fid and self.fid.get("ref"):
-            return str(self.fid["ref"])
-        if self.rate_distortion_summary and self.rate_distortion_summary.get("data"):
-            return str(self.rate_distortion_summary["data"])
+            if nll is not None:
+                return nll.output.data
+        if self.fid is not None:
+            return self.fid.output.ref
+        if self.rate_distortion is not None:
+            return self.rate_distortion.output.data
         return None
 
     @property
-    def model_sha256(self) -> str | None:
-        for obj in (self.nll_test and self.nll_test.summary, self.nll_train and self.nll_train.summary,
-                    self.rate_distortion_summary, self.samples_manifest):
-            if obj and isinstance(obj.get("model"), dict) and obj["model"].get("sha256"):
-                return obj["model"]["sha256"]
-        return None
-
-
-def data_name(data) -> str:
-    """A data setting of a config as one string: a string as is, a dict by its first naming key."""
-    if isinstance(data, str):
-        return data
-    if isinstance(data, dict):
-        for key in ("name", "source", "train", "data", "path"):
-            if isinstance(data.get(key), str):
-                return data[key]
-    return json.dumps(data, sort_keys=True)
+    def label(self) -> str:
+        """The directory name and, when known, the short model identity of its outputs."""
+        m = self.model
+        return self.name + (f" [model {m.short()}]" if m is not None else "")
 
 
 def split_of(data: str | None) -> str | None:
@@ -249,44 +261,145 @@ def dataset_of(data: str | None) -> str | None:
     return None
 
 
+# -- reading one argument ------------------------------------------------------------------------------------
+
 def read_run(path: str | Path) -> RunInputs:
-    """Read one `report` argument (a run, nll, fid or rate-distortion directory)."""
+    """Read one `report` argument (a run, nll, fid or rate-distortion directory), every file checked."""
     path = Path(path)
     if not path.is_dir():
         raise ReportInputError(f"RUN_DIR {path}: not a directory")
     name = path.resolve().name
-    if is_nll_dir(path):
-        nll = read_nll_output(path)
-        split = split_of(nll.summary.get("data"))
+    if (path / RateDistortionSummary.CURVE).is_file() and (path / RateDistortionSummary.FILE).is_file():
+        rd = _read_part("rate_distortion", RateDistortionSummary, path)
+        return RunInputs(path=path, name=name, kind="rate-distortion", rate_distortion=rd,
+                         nll_test=_nll_of_rate_distortion(rd))
+    if (path / NllSummary.FILE).is_file():
+        nll = _nll("nll", path)
+        split = split_of(nll.output.data)
         if split == "train":
-            return RunInputs(path=path, name=name, kind="nll", nll_train=nll)
-        return RunInputs(path=path, name=name, kind="nll", nll_test=nll, nll_unknown_split=split is None)
-    if is_rate_distortion_dir(path):
-        summary = read_json_file(path / RD_SUMMARY)
-        nll_dir = summary.get(C.SUMMARY_NLL_DIR)
-        nll = read_nll_output(Path(nll_dir)) if nll_dir and Path(nll_dir).is_dir() else None
-        return RunInputs(path=path, name=name, kind="rate-distortion", nll_test=nll, rate_distortion=path,
-                         rate_distortion_summary=summary)
-    if (path / FID_METRICS).is_file() and not (path / RUN_CONFIG).is_file():
-        return RunInputs(path=path, name=name, kind="fid", fid=read_json_file(path / FID_METRICS),
-                         fid_path=path / FID_METRICS)
-    rd = path / RATE_DISTORTION_DIR
-    rd_ok = is_rate_distortion_dir(rd)
+            return RunInputs(path=path, name=name, kind="nll", nll_train=replace(nll, name="nll_train"))
+        return RunInputs(path=path, name=name, kind="nll", nll_test=replace(nll, name="nll_test"),
+                         nll_unknown_split=split is None)
+    if (path / FidMetrics.FILE).is_file() and not (path / RunConfigFile.FILE).is_file():
+        return RunInputs(path=path, name=name, kind="fid", fid=_read_part("fid", FidMetrics, path))
+    layout = ReproduceLayout(path)
     run = RunInputs(
         path=path, name=name, kind="run",
-        config=_optional_json(path / RUN_CONFIG),
-        nll_test=read_nll_output(path / NLL_TEST_DIR),
-        nll_train=read_nll_output(path / NLL_TRAIN_DIR),
-        gap=_optional_json(path / GAP_FILE),
-        fid=_optional_json(path / FID_DIR / FID_METRICS),
-        fid_path=(path / FID_DIR / FID_METRICS) if (path / FID_DIR / FID_METRICS).is_file() else None,
-        samples_manifest=_optional_json(path / SAMPLES_DIR / SAMPLES_MANIFEST),
-        rate_distortion=rd if rd_ok else None,
-        rate_distortion_summary=read_json_file(rd / RD_SUMMARY) if rd_ok else None,
+        config=RunConfigFile.read(path) if layout.config.is_file() else None,
+        nll_train=_if_there("nll_train", NllSummary, layout.nll_train),
+        nll_test=_if_there("nll_test", NllSummary, layout.nll_test),
+        gap=_if_there("gap", GapResult, layout.gap.parent),
+        rate_distortion=_if_there("rate_distortion", RateDistortionSummary, layout.rate_distortion),
+        samples=_if_there("samples", SampleManifest, layout.samples),
+        fid=_if_there("fid", FidMetrics, layout.fid),
     )
-    if not any((run.config, run.nll_test, run.nll_train, run.gap, run.fid, run.rate_distortion)):
+    if run.config is None and not run.parts():
         raise ReportInputError(
-            f"RUN_DIR {path}: holds none of {RUN_CONFIG}, {NLL_TEST_DIR}/, {NLL_TRAIN_DIR}/, {GAP_FILE}, "
-            f"{FID_DIR}/{FID_METRICS}, {RATE_DISTORTION_DIR}/ and is no nll, fid or rate-distortion output"
-        )
+            f"RUN_DIR {path}: holds no finished output ({RunConfigFile.FILE}, {layout.nll_train.name}/, "
+            f"{layout.nll_test.name}/, {layout.gap.name}, {layout.rate_distortion.name}/, {layout.fid.name}/) "
+            "and is no nll, fid or rate-distortion output")
+    _check_run_consistency(run)
     return run
+
+
+def _nll_of_rate_distortion(rd: Part[RateDistortionSummary]) -> Part[NllSummary] | None:
+    """The nll output a plain rate-distortion output was computed from, when it is still where it was and
+    still the same run."""
+    folder = Path(rd.output.nll_dir)
+    if not (folder / NllSummary.FILE).is_file():
+        return None
+    nll = _nll("nll_test", folder)
+    if nll.output.run_id != rd.output.nll_run_id:
+        warn(f"{folder} (named by {rd.file}) now holds another nll run (run_id {short(nll.output.run_id)}, "
+             f"not {short(rd.output.nll_run_id)}); its NLL is not shown with {rd.folder}")
+        return None
+    return nll
+
+
+def _check_run_consistency(run: RunInputs) -> None:
+    """Warn when gap.json or rate_distortion/ were computed from other nll runs than those beside them."""
+    test, train = run.nll_test, run.nll_train
+    if run.gap is not None and test is not None and train is not None:
+        g = run.gap.output
+        if (g.train_run_id, g.test_run_id) != (train.output.run_id, test.output.run_id):
+            warn(f"{run.gap.file} was computed from other nll runs than {train.folder} and {test.folder} "
+                 "(run ids differ); shown as it is")
+    if run.rate_distortion is not None and test is not None and \
+            run.rate_distortion.output.nll_run_id != test.output.run_id:
+        warn(f"{run.rate_distortion.folder} was computed from another nll run than {test.folder} "
+             f"(run_id {short(run.rate_distortion.output.nll_run_id)}, not {short(test.output.run_id)}); shown as it is")
+    if run.config is not None and run.model is not None:
+        mine = run.model.diffusion
+        theirs = run.config.diffusion
+        diff = [f"{k} {theirs.get(k)!r} -> {mine.get(k)!r}" for k in sorted(mine) if mine.get(k) != theirs.get(k)]
+        if diff:
+            warn(f"{run.path / RunConfigFile.FILE} and the model evaluated ({run.model.short()}) differ in "
+                 f"diffusion settings ({'; '.join(diff[:3])}); the tables use the model's")
+
+
+# -- every argument: each run once, one model per row -------------------------------------------------------
+
+def read_inputs(paths: list[str | Path]) -> list[RunInputs]:
+    """Read every argument (the same directory once), count each run once, and split mixed-model inputs."""
+    runs, seen = [], {}
+    for p in paths:
+        real = os.path.realpath(p)
+        if real in seen:
+            again = "given twice" if str(p) == str(seen[real]) else f"is {seen[real]} again"
+            warn(f"{p} {again}; read once")
+            continue
+        seen[real] = p
+        runs.append(read_run(p))
+    return [row for run in deduplicate(runs) for row in split_by_model(run)]
+
+
+def deduplicate(runs: list[RunInputs]) -> list[RunInputs]:
+    """Each run once. An input whose runs (`RunInputs.keys`) are all held by another input is dropped
+    (in favour of the one that holds more, else the first); a part two remaining inputs share is kept in
+    the first only. Each drop is a warning."""
+    keys = [r.keys() for r in runs]
+    kept = []
+    for i, run in enumerate(runs):
+        cover = next((j for j in range(len(runs)) if j != i and keys[i] <= keys[j]
+                      and (keys[i] < keys[j] or j < i)), None)
+        if cover is None:
+            kept.append(run)
+            continue
+        same = "the same runs as" if keys[i] == keys[cover] else "only runs also in"
+        warn(f"{run.path} holds {same} {runs[cover].path} ({_keys_text(keys[i])}); counted once, from "
+             f"{runs[cover].path}")
+    out, where = [], {}
+    for run in kept:
+        strip = {}
+        for part in run.parts():
+            if part.key in where:
+                warn(f"{part.file} is the run already read from {where[part.key]} "
+                     f"({_keys_text({part.key})}); counted once, from {where[part.key]}")
+                strip[part.name] = None
+            else:
+                where[part.key] = part.file
+        out.append(replace(run, **strip) if strip else run)
+    return out
+
+
+def _keys_text(keys: set[str], limit: int = 3) -> str:
+    items = sorted(keys)
+    text = ", ".join(f"{k.split(':', 1)[0]} {short(k.split(':', 1)[1])}" for k in items[:limit])
+    return text + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def split_by_model(run: RunInputs) -> list[RunInputs]:
+    """`run` itself when its parts come from at most one model identity; otherwise one RunInputs per
+    identity (a FID without identity is a group of its own), each with only that model's parts and the
+    run's config, and a one-line warning naming which parts belong to which model."""
+    groups: dict[str | None, list[str]] = {}
+    for part in run.parts():
+        groups.setdefault(part.model_sha256, []).append(part.name)
+    if len(groups) <= 1:
+        return [run]
+    text = "; ".join(f"{', '.join(names)}: model {short(sha)}" for sha, names in groups.items())
+    warn(f"{run.path}: outputs of {len(groups)} different models ({text}); shown as {len(groups)} rows, "
+         "one per model, never merged")
+    part_names = {f.name for f in fields(RunInputs)} & set(PARTS)
+    return [replace(run, split_from=len(groups), **{n: getattr(run, n) if n in names else None for n in part_names})
+            for names in groups.values()]

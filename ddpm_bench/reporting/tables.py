@@ -2,8 +2,10 @@
 
 Every table is a DataFrame whose columns are constants of `reporting.columns`. A measured value the runs do
 not have is NaN in the frame, an empty cell in the CSV and in the Markdown; it is never filled in. Each
-measured cell has an entry in the table's companion `*.sources.json` (run directory, file, model sha256,
-sample or image count, backend, data and split), and each row a short `source`. `delta_*` columns are
+measured cell has an entry in the table's companion `*.sources.json` (run directory, file, the identity of
+the model that produced it, sample or image count, backend, data and split), and each row a short `source`.
+A measured row holds the outputs of one model identity only (`reporting.inputs.split_by_model`) and its
+label names that identity (short sha256). `delta_*` columns are
 measured minus paper, filled only where both exist and the paper row applies (same data set and
 training choices).
 """
@@ -18,9 +20,11 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from ddpm_bench.identity import ModelIdentity
+from ddpm_bench.outputs import NllSummary, RunConfigFile, feature_extractor_of
 from ddpm_bench.rate_distortion import RateDistortionCurve, table4_rows
 from ddpm_bench.reporting import columns as C
-from ddpm_bench.reporting.inputs import NLL_SUMMARY, NllOutput, RunInputs, dataset_of, split_of
+from ddpm_bench.reporting.inputs import Part, RunInputs, dataset_of, split_of
 from ddpm_bench.reporting.paper import PAPER_VALUES_NAME, paper_table4_columns, paper_table_rows, paper_values
 from ddpm_bench.shards import atomic_write_json, atomic_write_text
 
@@ -71,28 +75,35 @@ def var_group(var_type: str | None) -> str | None:
 
 
 def run_label(run: RunInputs) -> str:
+    """"ddpm-bench: NAME [model SHORT-IDENTITY] (objective, mean type, variance type)"."""
     settings = [x for x in (run.objective, run.mean_type, run.var_type) if x]
-    return f"ddpm-bench: {run.name}" + (f" ({', '.join(settings)})" if settings else "")
+    return f"ddpm-bench: {run.label}" + (f" ({', '.join(settings)})" if settings else "")
 
 
-def nll_source(run: RunInputs, nll: NllOutput) -> dict:
-    s = nll.summary
-    model = s.get("model") if isinstance(s.get("model"), dict) else {}
-    return {"run_dir": str(run.path), "file": str(nll.path / NLL_SUMMARY), "produced_by": "ddpm-bench nll",
-            "model_sha256": model.get("sha256"), "model": model.get("path") or model.get("callable"),
-            "weights": model.get("weights"), "step": model.get("step"), "n_images": s.get("n_images"),
-            "data": s.get("data"), "split": split_of(s.get("data")), "seed": s.get("seed"), "draws": s.get("draws"),
-            "T": s.get("T"), "clip": s.get("clip"), "decoder_cdf": s.get("decoder_cdf"),
-            "precision": s.get("precision")}
+def model_source(identity: ModelIdentity | None) -> dict:
+    """The model a value belongs to: its identity (sha256 of weights, ema/raw and diffusion settings; not
+    the checkpoint file's hash), whether that identity is strong, and where the model was found."""
+    if identity is None:
+        return {"model_identity": None}
+    return {"model_identity": identity.sha256, "model_identity_strong": identity.strong, "model": identity.origin,
+            "weights": identity.weights}
+
+
+def nll_source(run: RunInputs, nll: Part[NllSummary]) -> dict:
+    s = nll.output
+    return {"run_dir": str(run.path), "file": str(nll.file), "produced_by": "ddpm-bench nll", "run_id": s.run_id,
+            **model_source(nll.identity), "n_images": s.n_images, "data": s.data, "split": split_of(s.data),
+            "seed": s.seed, "draws": s.draws, "T": s.T, "clip": s.clip, "decoder_cdf": s.decoder_cdf,
+            "precision": s.precision}
 
 
 def fid_source(run: RunInputs) -> dict:
-    m = run.fid or {}
-    fe = m.get("feature_extractor") if isinstance(m.get("feature_extractor"), dict) else {}
-    return {"run_dir": str(run.path), "file": str(run.fid_path), "produced_by": "ddpm-bench fid",
-            "model_sha256": run.model_sha256, "n_samples": m.get("n_samples"), "n_ref": m.get("n_ref"),
-            "ref": m.get("ref"), "split": split_of(m.get("ref")), "backend": m.get("backend"),
-            "feature_extractor": fe.get("name"), "feature_extractor_sha256": fe.get("sha256")}
+    m = run.fid.output
+    fe_name, fe_sha256 = feature_extractor_of(m)
+    return {"run_dir": str(run.path), "file": str(run.fid.file), "produced_by": "ddpm-bench fid", "run_id": m.run_id,
+            **model_source(run.fid.identity), "n_samples": m.n_samples, "n_ref": m.n_ref, "ref": m.ref,
+            "split": split_of(m.ref), "backend": m.backend, "feature_extractor": fe_name,
+            "feature_extractor_sha256": fe_sha256}
 
 
 def _files_used(run: RunInputs, *paths: Path | None) -> str:
@@ -134,18 +145,17 @@ def table1(runs: list[RunInputs], values: dict | None = None) -> Table:
             continue
         if _table3_column(run) is not None:  # an LSUN / CelebA-HQ run belongs to Table 3
             continue
-        fid = run.fid or {}
-        test, train = run.nll_test, run.nll_train
+        fid = run.fid.output if run.fid else None
+        test = run.nll_test.output if run.nll_test else None
+        train = run.nll_train.output if run.nll_train else None
         row = {C.MODEL: run_label(run), C.ORIGIN: C.ORIGIN_MEASURED, C.DATA: run.data, C.CONDITIONAL: False,
-               C.IS: number(fid.get("is_mean")), C.IS_STD: number(fid.get("is_std")), C.FID: number(fid.get("fid")),
-               C.NLL_TEST: number(test.summary.get("total_bpd")) if test else math.nan,
-               C.NLL_TEST_STDERR: number(test.summary.get("total_bpd_stderr")) if test else math.nan,
-               C.NLL_TRAIN: number(train.summary.get("total_bpd")) if train else math.nan,
-               C.NLL_TRAIN_STDERR: number(train.summary.get("total_bpd_stderr")) if train else math.nan,
-               C.SOURCE: _files_used(run, run.fid_path, test and test.path / NLL_SUMMARY,
-                                     train and train.path / NLL_SUMMARY)}
-        if run.nll_unknown_split:
-            row[C.SOURCE] += f" (data {test.summary.get('data')} is no :train/:test split; shown as test)"
+               C.IS: number(fid and fid.is_mean), C.IS_STD: number(fid and fid.is_std), C.FID: number(fid and fid.fid),
+               C.NLL_TEST: number(test and test.total_bpd), C.NLL_TEST_STDERR: number(test and test.total_bpd_stderr),
+               C.NLL_TRAIN: number(train and train.total_bpd),
+               C.NLL_TRAIN_STDERR: number(train and train.total_bpd_stderr),
+               C.SOURCE: _files_used(run, *(p.file for p in (run.fid, run.nll_test, run.nll_train) if p))}
+        if run.nll_unknown_split and test is not None:
+            row[C.SOURCE] += f" (data {test.data} is no :train/:test split; shown as test)"
         paper_name = None
         if dataset_of(run.data) == "cifar10" and run.mean_type in (None, "eps"):
             paper_name = TABLE1_PAPER_ROWS.get((run.objective, var_group(run.var_type)))
@@ -160,12 +170,13 @@ def table1(runs: list[RunInputs], values: dict | None = None) -> Table:
         if run.fid is not None:
             _add_cells(cells, i, row[C.MODEL], {C.IS: row[C.IS], C.IS_STD: row[C.IS_STD], C.FID: row[C.FID]},
                        fid_source(run))
-        if test is not None:
+        if run.nll_test is not None:
             _add_cells(cells, i, row[C.MODEL], {C.NLL_TEST: row[C.NLL_TEST], C.NLL_TEST_STDERR: row[C.NLL_TEST_STDERR]},
-                       nll_source(run, test))
-        if train is not None:
+                       nll_source(run, run.nll_test))
+        if run.nll_train is not None:
             _add_cells(cells, i, row[C.MODEL], {C.NLL_TRAIN: row[C.NLL_TRAIN],
-                                                C.NLL_TRAIN_STDERR: row[C.NLL_TRAIN_STDERR]}, nll_source(run, train))
+                                                C.NLL_TRAIN_STDERR: row[C.NLL_TRAIN_STDERR]},
+                       nll_source(run, run.nll_train))
     note = ("CIFAR-10. NLL in bits/dim (upper bounds: the variational bound), with standard errors over images; "
             "IS_std is the std over splits. FID of the paper is against the training set with 50,000 samples. "
             "delta_* = measured - paper row `paper_row`, only for CIFAR-10 runs whose training choices match it.")
@@ -183,11 +194,12 @@ def table2(runs: list[RunInputs], values: dict | None = None) -> Table:
     rows, cells = [], []
 
     def measured_row(run: RunInputs, paper: dict | None) -> dict:
-        fid = run.fid or {}
+        fid = run.fid.output if run.fid else None
         row = {C.MEAN_TYPE: run.mean_type, C.OBJECTIVE: run.objective, C.VAR_TYPE: var_group(run.var_type),
-               C.VAR_TYPE_RUN: run.var_type, C.DATA: run.data, C.IS: number(fid.get("is_mean")),
-               C.IS_STD: number(fid.get("is_std")), C.FID: number(fid.get("fid")),
-               C.SOURCE: _files_used(run, run.path / "config.json" if run.config else None, run.fid_path)}
+               C.VAR_TYPE_RUN: run.var_type, C.DATA: run.data, C.IS: number(fid and fid.is_mean),
+               C.IS_STD: number(fid and fid.is_std), C.FID: number(fid and fid.fid),
+               C.SOURCE: _files_used(run, run.path / RunConfigFile.FILE if run.config else None,
+                                     run.fid and run.fid.file)}
         if paper is not None:
             row.update({C.PAPER_IS: number(paper["IS"]), C.PAPER_IS_STD: number(paper["IS_std"]),
                         C.PAPER_FID: number(paper["FID"])})
@@ -200,7 +212,7 @@ def table2(runs: list[RunInputs], values: dict | None = None) -> Table:
         i = len(rows)
         rows.append(row)
         if run is not None and run.fid is not None:
-            label = "/".join(str(row[k]) for k in key)
+            label = "/".join(str(row[k]) for k in key) + f" ({run.label})"
             _add_cells(cells, i, label, {C.IS: row[C.IS], C.IS_STD: row[C.IS_STD], C.FID: row[C.FID]}, fid_source(run))
 
     matched = set()
@@ -228,7 +240,7 @@ def table2(runs: list[RunInputs], values: dict | None = None) -> Table:
 
 def _table3_column(run: RunInputs) -> str | None:
     """The Table 3 column of a run whose FID reference (else data) is LSUN or CelebA-HQ; None otherwise."""
-    dataset = dataset_of(run.fid.get("ref") if run.fid else None) or dataset_of(run.data)
+    dataset = dataset_of(run.fid.output.ref if run.fid else None) or dataset_of(run.data)
     return TABLE3_COLUMN_OF.get(dataset)
 
 
@@ -251,8 +263,8 @@ def table3(runs: list[RunInputs], values: dict | None = None) -> Table:
         column = _table3_column(run)
         if column is None:
             continue
-        row = {C.MODEL: run_label(run), C.ORIGIN: C.ORIGIN_MEASURED, column: number(run.fid.get("fid")),
-               C.SOURCE: _files_used(run, run.fid_path)}
+        row = {C.MODEL: run_label(run), C.ORIGIN: C.ORIGIN_MEASURED, column: number(run.fid.output.fid),
+               C.SOURCE: _files_used(run, run.fid.file)}
         if run.objective == "L_simple":
             row[C.PAPER_ROW] = TABLE3_PAPER_ROW
             row[C.DELTA_FID] = delta(row[column], number(paper_ours.get(column)))
@@ -284,14 +296,15 @@ def curve_frame(curve: RateDistortionCurve) -> pd.DataFrame:
 
 
 def table4(curves: list[tuple[RunInputs, RateDistortionCurve, dict]]) -> Table:
-    """Table 4 of every run with a rate-distortion curve, stacked; `source` names the run and file."""
+    """Table 4 of every run with a rate-distortion curve, stacked; `source` names the run and file, the cells'
+    provenance the model identity."""
     frames, cells = [], []
     offset = 0
     for run, curve, origin in curves:
         df = table4_frame(curve)
-        df[C.SOURCE] = _files_used(run, origin.get("file"))
+        df[C.SOURCE] = _files_used(run, origin.get("file")) + (f" (model {run.model.short()})" if run.model else "")
         for j, s in enumerate(df[C.REVERSE_TIME]):
-            _add_cells(cells, offset + j, f"{run.name} s={s}",
+            _add_cells(cells, offset + j, f"{run.label} s={s}",
                        {C.RATE_BPD: float(df[C.RATE_BPD].iloc[j]), C.RMSE: float(df[C.RMSE].iloc[j])}, origin)
         offset += len(df)
         frames.append(df)
