@@ -1,7 +1,9 @@
 """`ddpm-bench nll`: the exact bound of a model on a data set, in resumable shards.
 
-Layout of --out: `run.json` (settings), `shards/nll_XXXXXX.npz` (completed shards, atomic), and at the
-end `per_image.npz`, `terms.csv` and `summary.json` (written last: its presence marks a finished run).
+Layout of --out: `run.json` and `.lock` (ddpm_bench.run_dir), `shards/nll_XXXXXX.npz` (completed shards,
+atomic, each with the run_id and its image numbers), and at the end `per_image.npz`, `terms.csv` and
+`summary.json` (ddpm_bench.outputs; the summary is written last and marks a finished run once it and
+per_image.npz read back whole and of this run).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ddpm_bench.bound import BoundOptions, bound_pairs, compute_bound, to_model_
 from ddpm_bench.data import DataSpec, ImageSet
 from ddpm_bench.errors import UserError
 from ddpm_bench.models.source import ModelSource, ModelSpec
-from ddpm_bench.outputs import NllSummary, PerImage
+from ddpm_bench.outputs import NllSummary, OutputFileError, PerImage
 from ddpm_bench.precision import resolve_device
 from ddpm_bench.probe import timed
 from ddpm_bench.provenance import environment
@@ -148,8 +150,6 @@ def write_outputs(rd: RunDir, merged: dict, summary: NllSummary) -> None:
 def finished_summary(rd: RunDir) -> NllSummary | None:
     """The summary of a finished run in `rd`: summary.json, per_image.npz and terms.csv present, whole and
     of this run; None otherwise (the outputs are then merged again from the checked shards)."""
-    from ddpm_bench.outputs import OutputFileError
-
     if not (rd.path / NllSummary.FILE).exists():
         return None
     try:
@@ -224,12 +224,13 @@ def _run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptio
 
     plan = ShardPlan(len(images), shard_size)
     with run_dir.phase():  # rank 0 decides what is done: a finished run, or the valid shards
-        done = distributed.broadcast(finished_summary(rd) is not None if main else None)
+        finished = finished_summary(rd) if main else None
+        done = distributed.broadcast(finished is not None if main else None)
         missing = [] if done else plan.missing(lambda i: rd.shard_is_valid(shard_name(i), plan.items(i), SHARD_KEYS))
     if done:
         if main:
             print(f"nll: {rd.path} is already complete", file=sys.stderr)
-        return finished_summary(rd) if main else None
+        return finished
     if main:
         for i in missing:  # an invalid shard is recomputed, never merged
             (rd.path / shard_name(i)).unlink(missing_ok=True)
