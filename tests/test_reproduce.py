@@ -82,3 +82,62 @@ def test_tiny_reproduction_end_to_end_and_resume(tmp_path):
     assert main(args) == 0
     assert (run / "samples" / "manifest.json").stat().st_mtime_ns == before  # sampling was complete
     check_report_dir(run / "report")
+
+
+CKPT_RECIPE = """
+[training]
+data = "{train}"
+
+[evaluation]
+test_data = "{test}"
+
+[evaluation.nll]
+train_images = 2
+test_images = 2
+shard_size = 1
+
+[evaluation.sample]
+num = 12
+steps = 3
+batch_size = 6
+shard_size = 6
+progressive_every = 1
+
+[evaluation.fid]
+ref = "{test}"
+feature_extractor = "tiny-test"
+allow_few_samples = true
+prc = false
+"""
+
+
+def test_reproduce_ckpt_records_the_checkpoints_config_and_checks_shapes_first(tmp_path, capsys, one_thread):
+    """The recipe's model is 32x32x3, T = 1000; the checkpoint's is 8x8x3, T = 20: config.json records
+    the checkpoint's own config, and data of another shape is refused before any stage runs."""
+    import numpy as np
+
+    from tests.test_train import tiny_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path)
+    rng = np.random.default_rng(0)
+    for name, shape in (("train", (6, 8, 8, 3)), ("test", (6, 8, 8, 3)), ("gray", (6, 16, 16, 1))):
+        np.savez(tmp_path / f"{name}.npz", rng.integers(0, 256, shape, dtype=np.uint8))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(CKPT_RECIPE.format(train=tmp_path / "train.npz", test=tmp_path / "gray.npz"))
+    out = tmp_path / "run"
+    args = ["reproduce", str(recipe), "--ckpt", str(ckpt), "--out", str(out), "--no-progress", "--device", "cpu"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "(C, H, W) = (3, 8, 8)" in err[0] and "(1, 16, 16)" in err[0] and "nll_test" in err[0]
+    assert not out.exists()  # refused before any stage
+    recipe.write_text(CKPT_RECIPE.format(train=tmp_path / "train.npz", test=tmp_path / "test.npz"))
+    assert main(args) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["diffusion"]["T"] == 20 and config["model"]["image_size"] == 8  # not the recipe's 1000, 32
+    assert config["evaluation"]["nll"]["shard_size"] == 1
+    summary = json.loads((out / "nll_test" / "summary.json").read_text())
+    assert summary["T"] == 20 and summary["model"]["identity"] == config["checkpoint"]["identity"]
+    metrics = json.loads((out / "fid" / "metrics.json").read_text())
+    assert metrics["samples_model"]["identity"] == config["checkpoint"]["identity"]
+    assert json.loads((out / "run.json").read_text())["command"] == "reproduce"
