@@ -7,6 +7,7 @@ import sys
 import traceback
 
 from ddpm_bench import __version__
+from ddpm_bench.cli_args import check_diffusion_flags
 from ddpm_bench.diffusion import MEAN_TYPES, VAR_TYPES
 from ddpm_bench.errors import UserError
 from ddpm_bench.gaussian import DECODER_CDF_MODES
@@ -42,8 +43,9 @@ def add_model_args(p: argparse.ArgumentParser, image_shape: bool = False) -> Non
 
 
 def diffusion_flags(args: argparse.Namespace) -> dict:
-    return {"T": args.T, "beta_schedule": args.beta_schedule, "beta_start": args.beta_start,
-            "beta_end": args.beta_end, "mean_type": args.mean_type, "var_type": args.var_type}
+    flags = {"T": args.T, "beta_schedule": args.beta_schedule, "beta_start": args.beta_start,
+             "beta_end": args.beta_end, "mean_type": args.mean_type, "var_type": args.var_type}
+    return check_diffusion_flags(flags) if args.model is not None else flags  # a --ckpt compares them
 
 
 def add_bound_args(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,137 @@
+"""Failures end in one line on stderr with the SPEC's exit status (2: bad input, 1: anything else), never a
+traceback, and leave no file that looks complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddpm_bench.config import load_recipe
+from ddpm_bench.diffusion import DiffusionConfig, DiffusionSettingError
+from ddpm_bench.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+PLUGINS = Path(__file__).parent / "error_plugins.py"
+ZEROS = f"{PLUGINS}:zeros"
+
+
+def run(*args, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "ddpm_bench", *map(str, args)], capture_output=True, text=True,
+                          env=env, **kw)
+
+
+def one_line(p: subprocess.CompletedProcess | str) -> str:
+    """The single line on stderr (and no traceback)."""
+    err = p if isinstance(p, str) else p.stderr
+    assert "Traceback" not in err and "internal error" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def npz(tmp_path):
+    path = tmp_path / "data.npz"
+    np.savez(path, np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
+    return path
+
+
+def looks_complete(out: Path) -> list[str]:
+    """What under `out` a reader could take for a finished run: the completion markers (nll's summary.json,
+    a sample manifest with complete = true, fid's metrics.json) and any temporary file left behind."""
+    if not out.exists():
+        return []
+    names = [p.name for p in out.rglob("*") if p.is_file()]
+    bad = [n for n in names if n.endswith(".tmp") or n in ("summary.json", "metrics.json")]
+    manifest = out / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
+        bad.append("manifest.json (complete)")
+    return bad
+
+
+# 1. a checkpoint whose stored config is impossible: exit 2 naming the checkpoint and the field
+
+
+def write_ckpt(path: Path, section: str, key: str, value) -> Path:
+    from ddpm_bench.checkpoint import save_checkpoint
+    from ddpm_bench.config import config_from_dict
+    from ddpm_bench.models import build_model
+
+    cfg = config_from_dict({"model": {"image_size": 8, "ch": 32, "ch_mult": [1], "num_res_blocks": 1,
+                                      "attn_resolutions": [], "dropout": 0.0},
+                            "diffusion": {"T": 20}}, "test").to_dict()
+    state = build_model(cfg["model"]).state_dict()
+    cfg[section][key] = value
+    save_checkpoint(path, {"config": cfg, "model": state, "ema": state, "optimizer": {}, "step": 0})
+    return path
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("model", "ch_mult", []), ("model", "ch", "wide"), ("model", "num_res_blocks", 0), ("diffusion", "T", -5),
+    ("diffusion", "T", 2.5), ("diffusion", "beta_end", 1.5), ("diffusion", "beta_start", 0.0),
+    ("diffusion", "beta_schedule", "zigzag"),
+])
+def test_checkpoint_with_impossible_stored_config_exits_2_naming_it(tmp_path, npz, section, key, value):
+    ckpt = write_ckpt(tmp_path / "bad.pt", section, key, value)
+    out = tmp_path / "out"
+    p = run("nll", "--ckpt", ckpt, "--data", npz, "--out", out, "--no-progress")
+    line = one_line(p)
+    assert p.returncode == 2 and str(ckpt) in line and f"{section}.{key}" in line, line
+    assert looks_complete(out) == []
+
+
+def test_inspect_and_sample_refuse_the_same_checkpoint(tmp_path):
+    ckpt = write_ckpt(tmp_path / "bad.pt", "model", "ch_mult", [])
+    p = run("inspect", "--ckpt", ckpt)
+    assert p.returncode == 2 and "model.ch_mult" in one_line(p) and p.stdout == ""
+    ckpt = write_ckpt(tmp_path / "bad2.pt", "diffusion", "T", -5)
+    p = run("sample", "--ckpt", ckpt, "--num", 2, "--out", tmp_path / "s", "--no-progress")
+    assert p.returncode == 2 and "diffusion.T" in one_line(p) and str(ckpt) in p.stderr
+    assert looks_complete(tmp_path / "s") == []
+
+
+# 2. impossible diffusion flags: exit 2 naming the flag; the same check for recipes and checkpoints
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--T", "0"], "--T must be at least 1, got 0"),
+    (["--beta-start", "0"], "--beta-start must be a number in (0, 1)"),
+    (["--beta-end", "1"], "--beta-end must be a number in (0, 1)"),
+    (["--beta-start", "-0.1", "--beta-schedule", "cosine"], "--beta-start"),
+    (["--beta-start", "0.05"], "--beta-start 0.05 is larger than --beta-end 0.02"),
+    (["--beta-start", "0.2", "--beta-end", "0.1", "--beta-schedule", "quad"], "--beta-start 0.2 is larger than --beta-end 0.1"),
+])
+def test_impossible_diffusion_flags_exit_2_naming_the_flag(tmp_path, flags, needle):
+    out = tmp_path / "s"
+    p = run("sample", "--model", ZEROS, "--num", 2, "--image-size", 8, "--out", out, "--no-progress", *flags)
+    assert p.returncode == 2 and needle in one_line(p)
+    assert not out.exists()
+
+
+def test_impossible_diffusion_flags_of_nll_exit_2(tmp_path, npz):
+    p = run("nll", "--model", ZEROS, "--T", 0, "--data", npz, "--out", tmp_path / "o")
+    assert p.returncode == 2 and "--T must be at least 1" in one_line(p)
+
+
+def test_beta_order_is_only_needed_by_rising_schedules():
+    DiffusionConfig(beta_schedule="cosine", beta_start=0.5, beta_end=0.02)
+    DiffusionConfig(beta_schedule="const", beta_start=0.5, beta_end=0.02)
+    with pytest.raises(DiffusionSettingError, match="diffusion.beta_start 0.5 is larger than diffusion.beta_end"):
+        DiffusionConfig(beta_start=0.5)
+
+
+def test_recipes_get_the_same_checks(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[diffusion]\nT = 0\n")
+    with pytest.raises(ConfigError, match=r"r.toml: diffusion.T must be at least 1"):
+        load_recipe(recipe)
+    recipe.write_text("")
+    with pytest.raises(ConfigError, match=r"diffusion.beta_end must be a number in \(0, 1\)"):
+        load_recipe(recipe, ["diffusion.beta_end=2.0"])
