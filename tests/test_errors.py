@@ -135,3 +135,32 @@ def test_recipes_get_the_same_checks(tmp_path):
     recipe.write_text("")
     with pytest.raises(ConfigError, match=r"diffusion.beta_end must be a number in \(0, 1\)"):
         load_recipe(recipe, ["diffusion.beta_end=2.0"])
+
+
+# 6. an empty --data
+
+
+def test_empty_data_exits_2(tmp_path):
+    p = run("nll", "--model", ZEROS, "--T", 3, "--data", "", "--out", tmp_path / "o")
+    assert p.returncode == 2 and one_line(p).startswith("ddpm-bench nll: error: --data: empty")
+    assert not (tmp_path / "o").exists()
+
+
+# 7. seeds outside 0..2**63-1
+
+
+@pytest.mark.parametrize("command", ["nll", "sample", "rate-distortion"])
+@pytest.mark.parametrize("value", ["-1", str(2**63), "seven"])
+def test_seed_outside_int64_range_exits_2_naming_the_flag(tmp_path, npz, command, value):
+    extra = ["--num", 2] if command == "sample" else ["--data", npz]
+    p = run(command, "--model", ZEROS, "--T", 3, "--seed", value, "--out", tmp_path / "o", *extra)
+    line = one_line(p)
+    assert p.returncode == 2 and "--seed" in line and value in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_largest_seed_is_accepted():
+    from ddpm_bench.cli import build_parser
+
+    args = build_parser().parse_args(["sample", "--model", ZEROS, "--num", "1", "--out", "o", "--seed", str(2**63 - 1)])
+    assert args.seed == 2**63 - 1
