@@ -332,14 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed stdout fails here, inside the try (see ddpm_bench.failures)
+        return status
     except UserError as e:
         print(f"ddpm-bench {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ddpm-bench {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except Exception:
+    except Exception as e:
+        from ddpm_bench.failures import report
+
+        if (status := report(e, args)) is not None:  # disk full, out of memory, a plug-in's error, ...
+            return status
         traceback.print_exc()
         print(f"ddpm-bench {args.command}: internal error (the traceback above); please report it", file=sys.stderr)
         return 1

@@ -3,15 +3,22 @@ traceback, and leave no file that looks complete."""
 
 from __future__ import annotations
 
+import argparse
+import errno
 import json
 import os
+import re
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from ddpm_bench import failures
+from ddpm_bench.cli import main
 from ddpm_bench.config import load_recipe
 from ddpm_bench.diffusion import DiffusionConfig, DiffusionSettingError
 from ddpm_bench.errors import ConfigError
@@ -135,6 +142,102 @@ def test_recipes_get_the_same_checks(tmp_path):
     recipe.write_text("")
     with pytest.raises(ConfigError, match=r"diffusion.beta_end must be a number in \(0, 1\)"):
         load_recipe(recipe, ["diffusion.beta_end=2.0"])
+
+
+# 5. the environment: disk full, read-only, a path through a file, out of memory, a closed stdout
+
+
+@contextmanager
+def mounted_tmpfs(path: Path, options: str):
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_disk_full_exits_1_naming_the_file_on_a_small_tmpfs(tmp_path):
+    with mounted_tmpfs(tmp_path / "small", "size=64k") as small:
+        out = small / "s"  # 64 samples of 32x32x3 are 196 KB: the first shard does not fit
+        p = run("sample", "--model", ZEROS, "--T", 2, "--num", 64, "--out", out, "--no-progress")
+        line = one_line(p)
+        assert p.returncode == 1 and re.search(rf"no space left on device writing {re.escape(str(out))}/\S+", line), line
+        assert looks_complete(out) == [] and not list(out.glob("samples_*"))
+
+
+def test_disk_full_in_process_exits_1_and_leaves_no_complete_file(tmp_path, npz, monkeypatch, capsys):
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to tell which file a descriptor writes")
+    real_fsync = os.fsync
+
+    def fsync(fd):  # the disk fills up while summary.json is written
+        if "summary.json" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "out"
+    code = main(["nll", "--model", ZEROS, "--T", "3", "--data", str(npz), "--out", str(out), "--no-progress"])
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("ddpm-bench")]
+    assert code == 1 and line == [f"ddpm-bench nll: no space left on device writing {out / 'summary.json'}; "
+                                  "free some space and run the same command again to resume"]
+    assert looks_complete(out) == [] and (out / "run.json").exists()
+    monkeypatch.setattr(os, "fsync", real_fsync)  # space freed: the same command finishes the run
+    assert main(["nll", "--model", ZEROS, "--T", "3", "--data", str(npz), "--out", str(out), "--no-progress"]) == 0
+    assert (out / "summary.json").exists()
+
+
+def test_read_only_out_exits_1_naming_the_path(tmp_path):
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
+        p = run("sample", "--model", ZEROS, "--T", 2, "--num", 2, "--out", ro / "s", "--no-progress")
+        assert p.returncode == 1 and one_line(p) == f"ddpm-bench sample: cannot write {ro / 's'}: read-only file system"
+
+
+def test_permission_refused_exits_1_naming_the_path(tmp_path, npz, monkeypatch, capsys):
+    def mkdir(self, *args, **kwargs):  # root ignores file modes: refuse like a directory we may not write
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    out = tmp_path / "denied"
+    assert main(["nll", "--model", ZEROS, "--T", "3", "--data", str(npz), "--out", str(out)]) == 1
+    assert one_line(capsys.readouterr().err) == f"ddpm-bench nll: cannot write {out}: permission denied"
+
+
+def test_out_under_a_file_exits_2_naming_the_path(tmp_path):
+    (tmp_path / "file").write_text("x")
+    p = run("sample", "--model", ZEROS, "--T", 2, "--num", 2, "--out", tmp_path / "file" / "s", "--no-progress")
+    assert p.returncode == 2 and str(tmp_path / "file" / "s") in one_line(p) and "not a directory" in p.stderr
+
+
+@pytest.mark.parametrize("plugin", ["cuda_out_of_memory", "memory_error"])
+def test_out_of_memory_exits_1_naming_the_batch_size(tmp_path, npz, plugin):
+    out = tmp_path / "o"
+    p = run("nll", "--model", f"{PLUGINS}:{plugin}", "--T", 3, "--data", npz, "--batch-size", 8, "--out", out,
+            "--no-progress")
+    line = one_line(p)
+    assert p.returncode == 1 and "out of" in line and "memory with --batch-size 8: lower it" in line, line
+    assert looks_complete(out) == []
+
+
+def test_out_of_memory_kinds_and_commands_without_batch_size():
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried "
+                       "to allocate 1125899906842624 bytes.")
+    assert failures.is_out_of_memory(cpu) and failures.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert not failures.is_out_of_memory(RuntimeError("shape mismatch"))
+    status, line = failures.describe(MemoryError(), argparse.Namespace(command="train"))
+    assert status == 1 and "training.batch_size" in line
+
+
+def test_closed_stdout_exits_quietly(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.Popen([sys.executable, "-m", "ddpm_bench", "inspect", "--recipe", str(REPO / "recipes/tiny.toml")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    p.stdout.close()  # the reader is gone before anything is written (as `| head -c1` after its byte)
+    err = p.stderr.read().decode()
+    assert p.wait() in (1, 141) and err == ""
 
 
 # 6. an empty --data
