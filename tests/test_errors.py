@@ -144,6 +144,44 @@ def test_recipes_get_the_same_checks(tmp_path):
         load_recipe(recipe, ["diffusion.beta_end=2.0"])
 
 
+# 3. a plug-in whose f(x, t) returns something else than a tensor: exit 2 naming it and what it returned
+
+
+@pytest.mark.parametrize("command", ["sample", "nll"])
+@pytest.mark.parametrize("plugin,needle", [("returns_tuple", "returned a tuple of 2"),
+                                           ("returns_ndarray", "returned a numpy.ndarray of shape"),
+                                           ("returns_none", "returned None")])
+def test_plugin_returning_a_non_tensor_exits_2_naming_it(tmp_path, npz, command, plugin, needle):
+    spec = f"{PLUGINS}:{plugin}"
+    out = tmp_path / "o"
+    extra = ["--num", 2, "--image-size", 8] if command == "sample" else ["--data", npz]
+    p = run(command, "--model", spec, "--T", 3, "--out", out, "--no-progress", *extra)
+    line = one_line(p)
+    assert p.returncode == 2 and f"--model {spec}: f(x, t) {needle}" in line, line
+    assert looks_complete(out) == []
+
+
+# 4. an exception inside a plug-in is the plug-in's error: exit 1, one line naming its last frame
+
+
+@pytest.mark.parametrize("command", ["sample", "nll"])
+@pytest.mark.parametrize("plugin,what,frame", [
+    ("factory_raises", "FileNotFoundError: no weights at /nowhere/weights.pt", "_load_weights"),
+    ("forward_raises", "ValueError: decoder expects 16 channels", "decode"),
+])
+def test_exception_in_a_plugin_is_reported_as_its_error(tmp_path, npz, command, plugin, what, frame):
+    spec = f"{PLUGINS}:{plugin}"
+    out = tmp_path / "o"
+    extra = ["--num", 2, "--image-size", 8] if command == "sample" else ["--data", npz]
+    p = run(command, "--model", spec, "--T", 3, "--out", out, "--no-progress", *extra)
+    line = one_line(p)
+    lines = PLUGINS.read_text().splitlines()
+    raising = next(i + 1 for i, text in enumerate(lines) if "raise" in text and what.split(": ", 1)[1][:10] in text)
+    assert p.returncode == 1
+    assert line == f"ddpm-bench {command}: error in plug-in {spec}: {what} (at {PLUGINS}:{raising} in {frame})"
+    assert looks_complete(out) == []
+
+
 # 5. the environment: disk full, read-only, a path through a file, out of memory, a closed stdout
 
 

@@ -18,6 +18,7 @@ import torch
 from ddpm_bench.checkpoint import load_checkpoint
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import CheckpointError, UserError
+from ddpm_bench.models import plugin_guard
 from ddpm_bench.provenance import sha256_file
 
 Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -127,11 +128,7 @@ def _import_callable(spec: str) -> Callable:
 
 
 def load_plugin_source(spec: str, diffusion_flags: dict, device: str | torch.device = "cpu") -> ModelSource:
-    factory = _import_callable(spec)
-    try:
-        net = factory()
-    except Exception as e:
-        raise UserError(f"--model {spec}: calling it failed: {type(e).__name__}: {e}") from None
+    net = plugin_guard.call_factory(spec, _import_callable(spec))
     if not callable(net):
         raise UserError(f"--model {spec}: returned {type(net).__name__}, not a module or callable")
     module = net if isinstance(net, torch.nn.Module) else None
@@ -141,6 +138,7 @@ def load_plugin_source(spec: str, diffusion_flags: dict, device: str | torch.dev
     file = Path(spec.rpartition(":")[0])
     if file.suffix == ".py" and file.is_file():
         prov["sha256"] = sha256_file(file)
+    net = plugin_guard.guard_forward(spec, net)  # the plug-in's exceptions and non-tensor outputs, named
     return ModelSource(net=net, diffusion=diffusion_from_flags(diffusion_flags), provenance=prov, module=module)
 
 
