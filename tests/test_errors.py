@@ -305,3 +305,62 @@ def test_largest_seed_is_accepted():
 
     args = build_parser().parse_args(["sample", "--model", ZEROS, "--num", "1", "--out", "o", "--seed", str(2**63 - 1)])
     assert args.seed == 2**63 - 1
+
+
+# 8. a garbage or wrongly typed FID reference-cache entry is a cache miss: recomputed, overwritten, warned
+
+
+def _garbage_entries(valid: Path) -> dict[str, bytes]:
+    from ddpm_bench.metrics import reference_cache
+
+    good = valid.read_bytes()
+    with np.load(valid) as f:
+        arrays = dict(f)
+    meta = json.loads(str(arrays["meta"]))
+    entries = {"garbage": b"not an npz at all", "truncated": good[: len(good) // 2], "empty": b""}
+
+    def npz_bytes(**changed) -> bytes:
+        tmp = valid.with_suffix(".tmp.npz")
+        np.savez(tmp, **{**arrays, **changed})
+        data = tmp.read_bytes()
+        tmp.unlink()
+        return data
+
+    entries["meta-not-a-dict"] = npz_bytes(meta=np.array("[1, 2]"))
+    entries["key-not-a-dict"] = npz_bytes(meta=np.array(json.dumps({**meta, "key": "x"})))
+    feats = arrays["features"].astype(np.int64)  # wrongly typed, with a checksum that matches it
+    typed = {**meta, "content_sha256": reference_cache._content_sha256(feats, arrays["mu"], arrays["sigma"])}
+    entries["int-features"] = npz_bytes(features=feats, meta=np.array(json.dumps(typed)))
+    key = {**meta["key"], "image_shape": "32x32"}
+    entries["wrong-key-type"] = npz_bytes(meta=np.array(json.dumps({**meta, "key": key})))
+    return entries
+
+
+def test_garbage_reference_cache_entries_are_recomputed_with_a_warning(tmp_path, capsys):
+    from ddpm_bench.metrics import reference_cache
+    from ddpm_bench.metrics.extractors import TINY_TEST
+
+    rng = np.random.default_rng(0)
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    np.savez(a, rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8))
+    np.savez(b, rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8))
+    cache = tmp_path / "cache"
+    argv = ["fid", "--samples", str(a), "--ref", str(b), "--feature-extractor", TINY_TEST, "--cache-dir", str(cache),
+            "--device", "cpu", "--no-progress", "--allow-few-samples", "--no-prc", "--force", "--out", str(tmp_path / "f")]
+    assert main(argv) == 0
+    first = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    (entry,) = cache.glob("*.npz")
+    good = reference_cache.read_entry(entry)
+    for name, content in _garbage_entries(entry).items():
+        entry.write_bytes(content)
+        capsys.readouterr()
+        assert main(argv) == 0, name
+        err = capsys.readouterr().err
+        warned = [x for x in err.splitlines() if "cache entry unusable" in x]
+        assert "Traceback" not in err and len(warned) == 1 and warned[0].startswith("ddpm-bench fid: warning:"), (name, err)
+        metrics = json.loads((tmp_path / "f" / "metrics.json").read_text())
+        assert metrics["reference_statistics"]["torch-fidelity"]["from"] == "computed", name
+        assert metrics["fid"] == first["fid"], name
+        meta, feats, stats = reference_cache.read_entry(entry)  # overwritten by the recomputed entry
+        assert meta == good[0] and np.array_equal(feats, good[1]) and np.array_equal(stats["mu"], good[2]["mu"]), name
+        assert not list(cache.glob("*.tmp")), name
