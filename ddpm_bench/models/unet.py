@@ -222,8 +222,4 @@ class UNet(nn.Module):
 
 @register_model("unet")
 def build_unet(**kwargs) -> UNet:
-    from ddpm_bench.config import ModelConfig
-
-    # the recipe's checks for every config, a checkpoint's stored one included: a ValueError naming model.FIELD
-    ModelConfig(name="unet", **{**kwargs, "out_channels": kwargs.get("out_channels") or 0})
     return UNet(**kwargs)
