@@ -67,3 +67,10 @@ def guard_forward(spec: str, net: Callable) -> Callable:
         return out
 
     return forward
+
+
+def guard_source(spec: str, source):
+    """The `ModelSource` of the plug-in `spec` with its net guarded by `guard_forward` (its module, kept for
+    identity, channels-last and the parameter count, stays the plug-in's own). Returns `source`."""
+    source.net = guard_forward(spec, source.net)
+    return source

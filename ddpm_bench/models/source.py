@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
+import ddpm_bench.models.plugin_guard as plugin_guard
 from ddpm_bench.checkpoint import load_checkpoint
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import CheckpointError, UserError
-from ddpm_bench.models import plugin_guard
 from ddpm_bench.provenance import sha256_file
 
 Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -128,7 +128,8 @@ def _import_callable(spec: str) -> Callable:
 
 
 def load_plugin_source(spec: str, diffusion_flags: dict, device: str | torch.device = "cpu") -> ModelSource:
-    net = plugin_guard.call_factory(spec, _import_callable(spec))
+    factory = _import_callable(spec)
+    net = plugin_guard.call_factory(spec, factory)  # an exception in it is the plug-in's error (exit 1)
     if not callable(net):
         raise UserError(f"--model {spec}: returned {type(net).__name__}, not a module or callable")
     module = net if isinstance(net, torch.nn.Module) else None
@@ -138,7 +139,6 @@ def load_plugin_source(spec: str, diffusion_flags: dict, device: str | torch.dev
     file = Path(spec.rpartition(":")[0])
     if file.suffix == ".py" and file.is_file():
         prov["sha256"] = sha256_file(file)
-    net = plugin_guard.guard_forward(spec, net)  # the plug-in's exceptions and non-tensor outputs, named
     return ModelSource(net=net, diffusion=diffusion_from_flags(diffusion_flags), provenance=prov, module=module)
 
 
@@ -150,4 +150,4 @@ def load_model_source(ckpt: str | None, model: str | None, weights: str = "ema",
     flags = diffusion_flags or {}
     if ckpt is not None:
         return load_ckpt_source(ckpt, weights, flags, device)
-    return load_plugin_source(model, flags, device)
+    return plugin_guard.guard_source(model, load_plugin_source(model, flags, device))
