@@ -6,8 +6,8 @@ import argparse
 import sys
 import traceback
 
+import ddpm_bench.cli_args as cli_args
 from ddpm_bench import __version__
-from ddpm_bench.cli_args import OneLineParser, check_diffusion_flags, seed
 from ddpm_bench.diffusion import MEAN_TYPES, VAR_TYPES
 from ddpm_bench.errors import UserError
 from ddpm_bench.gaussian import DECODER_CDF_MODES
@@ -45,7 +45,7 @@ def add_model_args(p: argparse.ArgumentParser, image_shape: bool = False) -> Non
 def diffusion_flags(args: argparse.Namespace) -> dict:
     flags = {"T": args.T, "beta_schedule": args.beta_schedule, "beta_start": args.beta_start,
              "beta_end": args.beta_end, "mean_type": args.mean_type, "var_type": args.var_type}
-    return check_diffusion_flags(flags) if args.model is not None else flags  # a --ckpt compares them
+    return cli_args.check_diffusion_flags(flags) if args.model is not None else flags  # a --ckpt compares them
 
 
 def add_bound_args(p: argparse.ArgumentParser) -> None:
@@ -54,7 +54,7 @@ def add_bound_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="folder holding cifar-10-batches-py (else $DDPM_BENCH_DATA)")
     p.add_argument("--num-images", type=int, default=None, help="use the first N images (default all)")
     p.add_argument("--batch-size", type=int, default=256, help="(image, timestep) pairs per network call")
-    p.add_argument("--seed", type=seed, default=0, help="noise for (image j, term k, draw d) depends on (seed, j, k, d) only")
+    p.add_argument("--seed", type=cli_args.seed, default=0, help="noise for (image j, term k, draw d) depends on (seed, j, k, d) only")
     p.add_argument("--draws", type=int, default=1, help="independent draws of x_{k+1} averaged per image and term")
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
                    help="clip the x0 prediction to [-1, 1] before forming the mean (official bound loop)")
@@ -211,7 +211,7 @@ samples, another reference or another extractor are marked "not comparable to th
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="ddpm-bench", description=__doc__, formatter_class=_Formatter)
+    parser = cli_args.OneLineParser(prog="ddpm-bench", description=__doc__, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"ddpm-bench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p, image_shape=True)
     p.add_argument("--num", type=int, required=True, help="number of samples")
     p.add_argument("--batch-size", type=int, default=128, help="samples per network call (does not change the samples)")
-    p.add_argument("--seed", type=seed, default=0, help="sample j is a pure function of (seed, j)")
+    p.add_argument("--seed", type=cli_args.seed, default=0, help="sample j is a pure function of (seed, j)")
     p.add_argument("--steps", type=int, default=None,
                    help="respaced sampling with K evenly strided steps (improved DDPM); default all T steps")
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
