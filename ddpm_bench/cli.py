@@ -7,6 +7,7 @@ import sys
 import traceback
 from pathlib import Path
 
+import ddpm_bench.cli_args as cli_args
 from ddpm_bench import __version__
 from ddpm_bench.bound import BoundOptions
 from ddpm_bench.data import DataSpec
@@ -48,8 +49,9 @@ def add_model_args(p: argparse.ArgumentParser, image_shape: bool = False) -> Non
 
 
 def diffusion_flags(args: argparse.Namespace) -> dict:
-    return {"T": args.T, "beta_schedule": args.beta_schedule, "beta_start": args.beta_start,
-            "beta_end": args.beta_end, "mean_type": args.mean_type, "var_type": args.var_type}
+    flags = {"T": args.T, "beta_schedule": args.beta_schedule, "beta_start": args.beta_start,
+             "beta_end": args.beta_end, "mean_type": args.mean_type, "var_type": args.var_type}
+    return cli_args.check_diffusion_flags(flags) if args.model is not None else flags  # a --ckpt compares them
 
 
 def add_bound_args(p: argparse.ArgumentParser) -> None:
@@ -58,7 +60,7 @@ def add_bound_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="folder holding cifar-10-batches-py (else $DDPM_BENCH_DATA)")
     p.add_argument("--num-images", type=int, default=None, help="use the first N images (default all)")
     p.add_argument("--batch-size", type=int, default=256, help="(image, timestep) pairs per network call")
-    p.add_argument("--seed", type=int, default=0, help="noise for (image j, term k, draw d) depends on (seed, j, k, d) only")
+    p.add_argument("--seed", type=cli_args.seed, default=0, help="noise for (image j, term k, draw d) depends on (seed, j, k, d) only")
     p.add_argument("--draws", type=int, default=1, help="independent draws of x_{k+1} averaged per image and term")
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
                    help="clip the x0 prediction to [-1, 1] before forming the mean (official bound loop)")
@@ -209,7 +211,7 @@ samples, another reference or another extractor are marked "not comparable to th
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddpm-bench", description=__doc__, formatter_class=_Formatter)
+    parser = cli_args.OneLineParser(prog="ddpm-bench", description=__doc__, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"ddpm-bench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -230,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p, image_shape=True)
     p.add_argument("--num", type=int, required=True, help="number of samples")
     p.add_argument("--batch-size", type=int, default=128, help="samples per network call (does not change the samples)")
-    p.add_argument("--seed", type=int, default=0, help="sample j is a pure function of (seed, j)")
+    p.add_argument("--seed", type=cli_args.seed, default=0, help="sample j is a pure function of (seed, j)")
     p.add_argument("--steps", type=int, default=None,
                    help="respaced sampling with K evenly strided steps (improved DDPM); default all T steps")
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
@@ -331,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed stdout fails here, inside the try (see ddpm_bench.failures)
+        return status
     except UserError as e:
         print(f"ddpm-bench {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -341,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ddpm-bench {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except Exception:
+    except Exception as e:
+        from ddpm_bench.failures import report
+
+        if (status := report(e, args)) is not None:  # disk full, out of memory, a plug-in's error, ...
+            return status
         traceback.print_exc()
         print(f"ddpm-bench {args.command}: internal error (the traceback above); please report it", file=sys.stderr)
         return 1

@@ -49,6 +49,16 @@ class ModelConfig:
     out_channels: int = 0  # 0: in_channels, or 2 * in_channels for the learned variance types
 
     def __post_init__(self) -> None:
+        # types first: a stored checkpoint config reaches here without the recipe's type checks
+        for name in ("image_size", "in_channels", "ch", "num_res_blocks", "out_channels"):
+            if not _is_int(getattr(self, name)):
+                raise ValueError(f"model.{name} must be an integer, got {getattr(self, name)!r}")
+        for name in ("ch_mult", "attn_resolutions"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not all(_is_int(v) for v in value):
+                raise ValueError(f"model.{name} must be a list of integers, got {value!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
+            raise ValueError(f"model.dropout must be a number in [0, 1), got {self.dropout!r}")
         _positive(self, ("image_size", "in_channels", "ch", "num_res_blocks"))
         if not self.ch_mult or any(m < 1 for m in self.ch_mult):
             raise ValueError(f"model.ch_mult must be a non-empty list of positive integers, got {list(self.ch_mult)}")
@@ -200,6 +210,10 @@ def stage_to_dict(stage: Any) -> dict:
         value = getattr(stage, f.name)
         out.update(asdict(value) if is_dataclass(value) else {f.name: value})
     return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _positive(cfg: Any, names: tuple[str, ...]) -> None:

@@ -8,14 +8,29 @@ All tensors here are float64; `i` is the 0-based network index (i = t - 1), one 
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
 
-from ddpm_bench.schedule import Schedule, make_schedule
+from ddpm_bench.schedule import BETA_SCHEDULES, Schedule, make_schedule
 
 MEAN_TYPES = ("eps", "x0", "mu")
 VAR_TYPES = ("fixed-large", "fixed-small", "learned", "learned-range")
+# schedules built from beta_start up to beta_end, which therefore need beta_start <= beta_end
+RISING_SCHEDULES = ("linear", "quad")
+
+
+class DiffusionSettingError(ValueError):
+    """An impossible diffusion setting. `template` names the settings as {field} placeholders, so the
+    message can name them as stored (`diffusion.T`, the default) or as flags (`--T`): see `render`."""
+
+    def __init__(self, fields: tuple[str, ...], template: str):
+        self.fields, self.template = fields, template
+        super().__init__(self.render({f: f"diffusion.{f}" for f in fields}))
+
+    def render(self, names: dict[str, str]) -> str:
+        return self.template.format(**{f: names.get(f, f"diffusion.{f}") for f in self.fields})
 
 
 @dataclass(frozen=True)
@@ -30,10 +45,31 @@ class DiffusionConfig:
     var_type: str = "fixed-large"
 
     def __post_init__(self) -> None:
+        def bad(fields: tuple[str, ...], template: str, *values) -> DiffusionSettingError:
+            shown = [repr(v).replace("{", "{{").replace("}", "}}") for v in values]
+            return DiffusionSettingError(fields, template.format(*shown, **{f: f"{{{f}}}" for f in fields}))
+
+        T = self.T
+        if isinstance(T, bool) or not isinstance(T, numbers.Integral):
+            raise bad(("T",), "{T} must be an integer, got {0}", T)
+        if T < 1:
+            raise bad(("T",), "{T} must be at least 1, got {0}", T)
+        for name in ("beta_start", "beta_end"):
+            beta = getattr(self, name)
+            if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0.0 < beta < 1.0:
+                raise bad((name,), "{" + name + "} must be a number in (0, 1), got {0}", beta)
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise bad(("beta_schedule",), "{beta_schedule} {0} is unknown; choose one of "
+                      + ", ".join(BETA_SCHEDULES), self.beta_schedule)
+        if self.beta_schedule in RISING_SCHEDULES and self.beta_start > self.beta_end:
+            raise bad(("beta_start", "beta_end"), "{beta_start} {0} is larger than {beta_end} {1}; the {2} "
+                      "schedule rises from beta_start to beta_end", self.beta_start, self.beta_end, self.beta_schedule)
         if self.mean_type not in MEAN_TYPES:
-            raise ValueError(f"unknown mean type {self.mean_type!r}; choose one of {', '.join(MEAN_TYPES)}")
+            raise bad(("mean_type",), "{mean_type} {0}: unknown mean type; choose one of "
+                      + ", ".join(MEAN_TYPES), self.mean_type)
         if self.var_type not in VAR_TYPES:
-            raise ValueError(f"unknown variance type {self.var_type!r}; choose one of {', '.join(VAR_TYPES)}")
+            raise bad(("var_type",), "{var_type} {0}: unknown variance type; choose one of "
+                      + ", ".join(VAR_TYPES), self.var_type)
 
     @property
     def learned_variance(self) -> bool:

@@ -23,3 +23,8 @@ class ConfigError(UserError):
 
 class OutputDirError(UserError):
     """An output directory that exists with other content or other settings."""
+
+
+class PluginError(Exception):
+    """An exception raised inside a user's `--model` plug-in (its factory or its forward), reported as the
+    plug-in's error in one line. Exit status 1: the plug-in failed, not the input nor ddpm-bench."""

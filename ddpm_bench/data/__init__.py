@@ -83,6 +83,8 @@ class DataSpec:
 
 def load_images(src: str, data_root: str | None = None, num_images: int | None = None) -> ImageSet:
     """Load a data source by name (see the module docstring)."""
+    if not src.strip():  # Path("") is the current directory: never what an empty --data meant
+        raise DataError(f"--data: empty{'' if src == '' else f' ({src!r})'}; give a data source, e.g. embedded:test")
     if src.startswith("cifar10:"):
         from ddpm_bench.data.cifar10 import load_cifar10
 

@@ -72,18 +72,46 @@ def _content_sha256(features: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> 
 
 
 def read_entry(path: str | Path) -> tuple[dict, np.ndarray, dict]:
-    """(meta, features (N, D) float32, {"mu", "sigma"} float64) of a statistics file; DataError if broken."""
+    """(meta, features (N, D) float32, {"mu", "sigma"} float64) of a statistics file; DataError if broken:
+    unreadable, garbage, wrongly typed or not matching its checksum."""
     try:
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
             features, mu, sigma = f["features"], f["mu"], f["sigma"]
-    except (OSError, ValueError, KeyError, EOFError) as e:
-        raise DataError(f"{path}: not a readable reference statistics file: {str(e).splitlines()[0] if str(e) else e}") from None
-    if meta.get("key", {}).get("format") != FORMAT:
+    except Exception as e:  # garbage can fail anywhere: zipfile, the npy header, JSON, a missing array, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: not a readable reference statistics file: {first}") from None
+    key = meta.get("key") if isinstance(meta, dict) else None
+    if not isinstance(key, dict) or key.get("format") != FORMAT:
         raise DataError(f"{path}: not a {FORMAT} file")
+    problem = _key_problem(key) or _array_problem(features, mu, sigma)
+    if problem:
+        raise DataError(f"{path}: {problem}")
     if meta.get("content_sha256") != _content_sha256(features, mu, sigma):
         raise DataError(f"{path}: arrays do not match their checksum (truncated or altered)")
     return meta, features, {"mu": mu, "sigma": sigma}
+
+
+def _key_problem(key: dict) -> str | None:
+    """What is wrongly typed in a stored key (its fields are read by `ddpm-bench fid`), or None."""
+    for name, kind in (("source", str), ("count", int), ("image_shape", list)):
+        if not isinstance(key.get(name), kind) or isinstance(key.get(name), bool):
+            return f"key field {name!r} is {key.get(name)!r}, not a {kind.__name__}"
+    shape = key["image_shape"]
+    if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+        return f"key field 'image_shape' is {shape!r}, not [H, W, C]"
+    return None
+
+
+def _array_problem(features: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> str | None:
+    """What is wrong with the arrays' dtypes and shapes, or None: features (N, D) float32, mu (D,) and
+    sigma (D, D) float64."""
+    if features.dtype != np.float32 or features.ndim != 2:
+        return f"features are {features.dtype} {features.shape}, not float32 (N, D)"
+    d = features.shape[1]
+    if mu.dtype != np.float64 or mu.shape != (d,) or sigma.dtype != np.float64 or sigma.shape != (d, d):
+        return f"mu {mu.dtype} {mu.shape} and sigma {sigma.dtype} {sigma.shape} are not float64 ({d},) and ({d}, {d})"
+    return None
 
 
 def lookup(cache_dir: str | Path, key: ReferenceKey) -> tuple[np.ndarray, dict] | None:
@@ -94,7 +122,7 @@ def lookup(cache_dir: str | Path, key: ReferenceKey) -> tuple[np.ndarray, dict] 
     try:
         meta, features, stats = read_entry(path)
     except DataError as e:
-        print(f"ddpm-bench fid: cache entry unusable, recomputing: {e}", file=sys.stderr)
+        print(f"ddpm-bench fid: warning: cache entry unusable, recomputing and overwriting it: {e}", file=sys.stderr)
         return None
     if meta["key"] != key.as_dict():
         print(f"ddpm-bench fid: cache entry {path} was built for another key, recomputing", file=sys.stderr)
@@ -120,7 +148,7 @@ def is_statistics_file(path: str | Path) -> bool:
     try:
         with np.load(p, allow_pickle=False) as f:
             return "meta" in f.files and "arr_0" not in f.files
-    except (OSError, ValueError, EOFError):
+    except Exception:  # unreadable: not a statistics file (the data loaders say what is wrong with it)
         return False
 
 

@@ -32,4 +32,8 @@ def build_model(model_config: dict) -> torch.nn.Module:
     name = cfg.pop("name", None)
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(_BUILDERS))}")
+    if name == "unet":  # the recipe's checks for every config, a checkpoint's stored one included
+        from ddpm_bench.config import ModelConfig
+
+        ModelConfig(name=name, **{**cfg, "out_channels": cfg.get("out_channels") or 0})  # ValueError: model.FIELD
     return _BUILDERS[name](**cfg)

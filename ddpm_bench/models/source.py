@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+import ddpm_bench.models.plugin_guard as plugin_guard
 from ddpm_bench.checkpoint import load_checkpoint
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import CheckpointError, UserError
@@ -134,10 +135,7 @@ def _import_callable(spec: str) -> Callable:
 
 def load_plugin_source(spec: str, diffusion_flags: dict, device: str | torch.device = "cpu") -> ModelSource:
     factory = _import_callable(spec)
-    try:
-        net = factory()
-    except Exception as e:
-        raise UserError(f"--model {spec}: calling it failed: {type(e).__name__}: {e}") from None
+    net = plugin_guard.call_factory(spec, factory)  # an exception in it is the plug-in's error (exit 1)
     if not callable(net):
         raise UserError(f"--model {spec}: returned {type(net).__name__}, not a module or callable")
     module = net if isinstance(net, torch.nn.Module) else None
@@ -190,4 +188,4 @@ def load_model_source(ckpt: str | None, model: str | None, weights: str = "ema",
     flags = diffusion_flags or {}
     if ckpt is not None:
         return load_ckpt_source(ckpt, weights, flags, device)
-    return load_plugin_source(model, flags, device)
+    return plugin_guard.guard_source(model, load_plugin_source(model, flags, device))
