@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from ddpm_bench.bound import MAX_SEED as SEED_MAX  # seeds key the counter noise as int64 (ddpm_bench.noise)
 from ddpm_bench.diffusion import DiffusionConfig, DiffusionSettingError
 from ddpm_bench.errors import UserError
-
-SEED_MAX = 2**63 - 1  # seeds key the counter noise as int64 (ddpm_bench.noise)
 
 # DiffusionConfig field -> its flag (as ddpm_bench.models.source.DIFFUSION_FLAGS)
 DIFFUSION_FLAG_NAMES = {"T": "--T", "beta_schedule": "--beta-schedule", "beta_start": "--beta-start",

@@ -35,7 +35,8 @@ RESUME = "run the same command again to resume"
 # where a command without --batch-size sets its batch sizes
 BATCH_SETTINGS = {
     "train": "training.batch_size (--set training.batch_size=N)",
-    "reproduce": "training.batch_size, evaluation.nll_batch_size or evaluation.sample_batch_size (--set KEY=N)",
+    "reproduce": "training.batch_size, evaluation.nll.batch_size, evaluation.sample.batch_size or "
+                 "evaluation.fid.batch_size (--set KEY=N)",
 }
 
 
@@ -117,7 +118,7 @@ def _writing(exc: OSError) -> bool:
     """Whether `exc` was raised while making a directory or writing a file (from its traceback)."""
     tb = exc.__traceback__
     while tb is not None:
-        if tb.tb_frame.f_code.co_name in ("mkdir", "makedirs", "mkstemp", "atomic_write_bytes", "prepare_run_dir"):
+        if tb.tb_frame.f_code.co_name in ("mkdir", "makedirs", "mkstemp", "atomic_write_bytes", "lock_dir", "claim"):
             return True
         tb = tb.tb_next
     return exc.errno == errno.EROFS  # only writes meet a read-only file system

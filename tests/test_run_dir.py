@@ -285,3 +285,14 @@ def test_gap_refuses_ema_against_raw_weights_of_one_checkpoint(tmp_path, npz, ca
     assert main(["gap", str(tmp_path / "train"), str(tmp_path / "train")]) == 2
     assert "the same nll run" in one_line(capsys.readouterr().err)
     assert main(["gap", str(tmp_path / "train"), str(tmp_path / "test_ema"), "--max-gap", "100"]) == 0
+
+
+def test_the_weights_hash_sees_every_tensor_zero_dim_included():
+    from ddpm_bench.identity import state_dict_sha256
+
+    a = {"scale": torch.tensor(1.0), "w": torch.zeros(2, 3), "empty": torch.zeros(0)}
+    same = {"w": torch.zeros(2, 3), "empty": torch.zeros(0), "scale": torch.tensor(1.0)}  # order does not matter
+    assert state_dict_sha256(a) == state_dict_sha256(same)
+    for changed in ({**a, "scale": torch.tensor(1.5)}, {**a, "w": torch.zeros(3, 2)},
+                    {**a, "w": torch.zeros(2, 3, dtype=torch.float64)}, {**a, "renamed": a.pop("empty")}):
+        assert state_dict_sha256(changed) != state_dict_sha256(same)
