@@ -188,6 +188,9 @@ def run_fid(samples: str, opts: FidOptions, run: RunOptions, shard_size: int = 1
     returns the result (other ranks return None)."""
     if shard_size < 1:
         raise UserError(f"--shard-size must be at least 1, got {shard_size}")
+    for flag, value in (("--samples", samples), ("--ref", opts.ref)):
+        if not value or not str(value).strip():
+            raise UserError(f"{flag}: empty; give a sample directory, .npz, PNG folder or a data set name")
     dev = distributed.process_device(resolve_device(run.device))
     with distributed.process_group(dev):
         return _run_fid(samples, opts, run, shard_size, dev)
