@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ import numpy as np
 
 from ddpm_bench import __version__, distributed
 from ddpm_bench.errors import OutputDirError, UserError
-from ddpm_bench.identity import canonical_json, sha256_json
+from ddpm_bench.identity import sha256_json
 from ddpm_bench.shards import atomic_write_json, atomic_write_npz, read_json, to_json
 
 MANIFEST = "run.json"
@@ -49,6 +51,10 @@ _held: dict[tuple[int, int], int] = {}  # (device, inode) of a lock file this pr
 class ShardError(OutputDirError):
     """A shard file that does not belong to its run (another run, other items, cut off, unreadable)."""
 
+    def __init__(self, path: Path, problem: str, hint: str = "delete it to recompute it"):
+        self.problem = f"{path}: {problem}"
+        super().__init__(f"{self.problem}; {hint}")
+
 
 def run_id_of(command: str, identity: dict) -> str:
     return sha256_json({"command": command, "identity": identity})
@@ -56,8 +62,6 @@ def run_id_of(command: str, identity: dict) -> str:
 
 def normalise(identity: Any) -> Any:
     """The JSON form of an identity (tuples -> lists, numpy -> python), as it reads back from run.json."""
-    import json
-
     return json.loads(to_json(identity))
 
 
@@ -175,41 +179,46 @@ class RunDir:
         """The arrays `keys` of a shard, after checking that it is whole, of this run and of these items."""
         return read_shard(self.path / name, self.run_id, index, keys)
 
-    def shard_is_valid(self, name: str, index: np.ndarray, keys: tuple[str, ...]) -> bool:
+    def shard_is_valid(self, name: str, index: np.ndarray, keys: tuple[str, ...], say: bool = True) -> bool:
+        """Whether the shard is there, whole, of this run and of these items. One that is there but does not
+        belong is named in a warning (with `say`): the caller computes it again, never merges it."""
+        if not (self.path / name).exists():
+            return False
         try:
             self.read_shard(name, index, keys)
             return True
-        except ShardError:
+        except ShardError as e:
+            if say:
+                print(f"ddpm-bench {self.command}: warning: {e.problem}; computing it again", file=sys.stderr)
             return False
 
 
 def read_shard(path: Path, run_id: str, index: np.ndarray, keys: tuple[str, ...] | None) -> dict[str, np.ndarray]:
     """See `RunDir.read_shard` (`keys` None: every array of the shard); ShardError (exit 2) naming the file
     and what is wrong."""
-    hint = "delete it to recompute it"
     try:
         with np.load(path, allow_pickle=False) as z:
             files = set(z.files)
             want = tuple(k for k in z.files if k not in (INDEX, RUN_ID)) if keys is None else keys
             missing = [k for k in (*want, INDEX, RUN_ID) if k not in files]
             if missing:
-                raise ShardError(f"{path}: not a shard of this run (no {', '.join(missing)}); {hint}")
+                raise ShardError(path, f"not a shard of this run (no {', '.join(missing)})")
             got = {k: z[k] for k in (*want, INDEX, RUN_ID)}
     except ShardError:
         raise
     except FileNotFoundError:
-        raise ShardError(f"{path}: missing; run the same command again to compute it") from None
+        raise ShardError(path, "missing", "run the same command again to compute it") from None
     except Exception as e:
-        raise ShardError(f"{path}: unreadable or cut-off shard ({type(e).__name__}: {e}); {hint}") from None
+        raise ShardError(path, f"unreadable or cut-off shard ({type(e).__name__}: {e})") from None
     if str(got.pop(RUN_ID)) != run_id:
-        raise ShardError(f"{path}: belongs to another run (run_id differs: other model, data, seed or settings); "
-                         f"refused, never merged; {hint}")
+        raise ShardError(path, "belongs to another run (run_id differs: other model, data, seed or settings); "
+                               "refused, never merged")
     have = got.pop(INDEX)
     if not np.array_equal(have, index):
-        raise ShardError(f"{path}: holds items {_span(have)}, not {_span(index)}; refused; {hint}")
+        raise ShardError(path, f"holds items {_span(have)}, not {_span(index)}; refused")
     for k, v in got.items():
         if (v.ndim == 0 and keys is not None) or (v.ndim > 0 and v.shape[0] != len(index)):
-            raise ShardError(f"{path}: '{k}' has {v.shape[0] if v.ndim else 0} rows for {len(index)} items; {hint}")
+            raise ShardError(path, f"'{k}' has {v.shape[0] if v.ndim else 0} rows for {len(index)} items")
     return got
 
 
@@ -323,7 +332,3 @@ def phase() -> Iterator[None]:
     except Exception as e:  # noqa: BLE001 - every failure must reach the other ranks
         error = e
     distributed.agree(error)
-
-
-def identity_text(identity: dict) -> str:
-    return canonical_json(normalise(identity))

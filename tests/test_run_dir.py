@@ -167,6 +167,7 @@ def test_a_shard_of_another_run_is_recomputed_never_merged(tmp_path, npz, capsys
     (a / "summary.json").unlink()  # an unfinished run: the shards are what is merged
     capsys.readouterr()
     assert nll(npz, a) == 0
+    assert "nll_000001.npz: belongs to another run" in capsys.readouterr().err  # said, then computed again
     assert np.array_equal(np.load(a / "per_image.npz")["terms"], want)  # recomputed, not merged
     # at merge time too: a shard swapped in after the check is refused by name
     rd = run_dir.follow(a, "nll", json.loads((a / "run.json").read_text())["identity"])

@@ -124,6 +124,7 @@ def test_checkpoints_hold_the_contract_and_load_for_evaluation(recipe, tmp_path,
     info = __import__("json").loads(capsys.readouterr().out)
     assert info["step"] == 6 and info["format"] == "ddpm-bench/1" and len(info["sha256"]) == 64
     assert info["params"] == sum(v.numel() for v in c["ema"].values())
+    assert info["model_identity"]["ema"] == src.identity.sha256 != info["model_identity"]["raw"]
 
 
 def test_resuming_with_a_changed_setting_names_the_key(recipe, tmp_path, capsys):

@@ -131,7 +131,8 @@ def _is_complete(rd: RunDir, plan: ShardPlan, progressive_every: int | None) -> 
         return False
     if manifest.run_id != rd.run_id or not manifest.complete:
         return False
-    return all(rd.shard_is_valid(shard_name(s), plan.items(s), SHARD_KEYS) for s in range(plan.num_shards))
+    return all(rd.shard_is_valid(shard_name(s), plan.items(s), SHARD_KEYS, say=False)
+               for s in range(plan.num_shards))
 
 
 def _run_sample(model: ModelSpec, sampler: SamplerOptions, run: RunOptions, num: int, shard_size: int,
@@ -192,7 +193,8 @@ def _run_sample(model: ModelSpec, sampler: SamplerOptions, run: RunOptions, num:
     if progressive_every:
         _write_progressive(rd.path, net, process, sampler, shape, progressive_every, rows, prog_rows, prog_t, dev,
                            run.batch_size, ranges)
-    present = [s for s in range(plan.num_shards) if rd.shard_is_valid(shard_name(s), plan.items(s), SHARD_KEYS)]
+    present = [s for s in range(plan.num_shards)
+               if rd.shard_is_valid(shard_name(s), plan.items(s), SHARD_KEYS, say=False)]
     final = replace(manifest, count=int(sum(len(ranges[s]) for s in present)), shards=[shard_name(s) for s in present],
                     complete=len(present) == plan.num_shards)
     final.extra.update(network_evals=int(sum(len(ranges[s]) for s in missing)) * K,
