@@ -9,10 +9,6 @@ from ddpm_bench.bound import MAX_SEED as SEED_MAX  # seeds key the counter noise
 from ddpm_bench.diffusion import DiffusionConfig, DiffusionSettingError
 from ddpm_bench.errors import UserError
 
-# DiffusionConfig field -> its flag (as ddpm_bench.models.source.DIFFUSION_FLAGS)
-DIFFUSION_FLAG_NAMES = {"T": "--T", "beta_schedule": "--beta-schedule", "beta_start": "--beta-start",
-                        "beta_end": "--beta-end", "mean_type": "--mean-type", "var_type": "--var-type"}
-
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse with its usage errors on one line (`ddpm-bench CMD: error: MESSAGE`), exit status 2."""
@@ -38,5 +34,7 @@ def check_diffusion_flags(flags: dict) -> dict:
     try:
         DiffusionConfig(**{k: v for k, v in flags.items() if v is not None})
     except DiffusionSettingError as e:
-        raise UserError(e.render(DIFFUSION_FLAG_NAMES)) from None
+        from ddpm_bench.models.source import DIFFUSION_FLAGS
+
+        raise UserError(e.render(DIFFUSION_FLAGS)) from None
     return flags

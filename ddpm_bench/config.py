@@ -104,7 +104,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class StageExecution:
     """How a `reproduce` stage runs: what the command line says with --batch-size, --shard-size, --compile
-    and --channels-last. Not part of any result's identity."""
+    and --channels-last. Of these only the shard size is part of a result's identity (it decides which
+    items share a network call); the others may move float32 rounding only."""
 
     batch_size: int
     shard_size: int

@@ -7,7 +7,8 @@ does not know (a bug: the CLI prints the traceback). Known here:
 - an exception raised inside a `--model` plug-in (`PluginError`, ddpm_bench.models.plugin_guard): exit 1;
 - a full disk (ENOSPC, EDQUOT): exit 1, `no space left on device writing FILE`;
 - a read-only file system (EROFS) or a permission refused (EACCES, EPERM): exit 1, naming the path;
-- a path through a file (ENOTDIR, e.g. `--out /etc/passwd/x`): bad input, exit 2, naming the path;
+- a path through a file (ENOTDIR, e.g. `--out /etc/passwd/x`), or a directory where a file is written
+  (EISDIR, e.g. `gap ... --out DIR`): bad input, exit 2, naming the path;
 - out of memory (torch.OutOfMemoryError, the CPU allocator's error, MemoryError): exit 1, naming the batch
   size to lower;
 - stdout closed by its reader (BrokenPipeError, e.g. `ddpm-bench inspect ... | head -c1`): exit 1 quietly,
@@ -111,6 +112,8 @@ def _os_error(exc: OSError, args: Any) -> tuple[int, str] | None:
             f"cannot access {path}: {NOT_ALLOWED[exc.errno]}"
     if exc.errno == errno.ENOTDIR:
         return 2, f"{path}: not a directory (a part of the path is a file)"
+    if exc.errno == errno.EISDIR:
+        return 2, f"{path}: is a directory, not a file"
     return None
 
 

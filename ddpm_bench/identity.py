@@ -3,10 +3,13 @@
 An identity is a sha256 of content, never of a path:
 - the weights actually evaluated: every tensor of the state dict in sorted key order, with its name,
   dtype and shape (so the same weights loaded from a moved, renamed or symlinked file are the same);
-- a model: those weights, which of them (ema or raw), and the diffusion settings it is evaluated with;
+- a model: those weights, which of them (ema or raw), the diffusion settings it is evaluated with, and
+  its architecture: what else decides its outputs (a checkpoint's stored model config, a diffusers
+  UNet's config, a plug-in's callable name and the sha256 of the file that defines it), so two networks
+  with equal weights but different code are two models;
 - options and manifests: their canonical JSON (sorted keys, no whitespace).
-A plug-in that is a plain function has no weights; its identity is the hash of its source file and is
-marked weak (`strong = False`): a change in whatever the function reads is not seen.
+A plug-in without weights (a plain function, or a module with an empty state dict) is identified by its
+architecture alone and marked weak (`strong = False`): a change in whatever it reads is not seen.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 import torch
 
-IDENTITY_FORMAT = "ddpm-bench-model-identity/1"
+IDENTITY_FORMAT = "ddpm-bench-model-identity/2"
 
 
 def canonical_json(obj: Any) -> str:
@@ -48,12 +51,13 @@ class ModelIdentity:
     """Who a number belongs to. `sha256` covers everything else here but `origin`, which only says where
     the model was found (a path or MODULE:CALLABLE) for a human reader."""
 
-    sha256: str  # of {format, kind, weights, weights_sha256, diffusion}
+    sha256: str  # of {format, kind, weights, weights_sha256, diffusion, architecture}
     kind: str  # "ckpt", "diffusers" or "plugin"
     weights: str | None  # "ema" / "raw" for a ddpm-bench checkpoint, None otherwise
-    weights_sha256: str  # state dict of the evaluated weights, or the plug-in's source file
+    weights_sha256: str | None  # state dict of the evaluated weights; None for a plug-in without weights
     diffusion: dict  # DiffusionConfig as a dict
-    strong: bool  # False for a plain-function plug-in (source file hash only)
+    architecture: dict  # model config, UNet config, or a plug-in's {callable, source_sha256}
+    strong: bool  # False for a plug-in without weights (its code alone identifies it)
     origin: str  # path or MODULE:CALLABLE, informative, not part of the identity
 
     def to_dict(self) -> dict:
@@ -61,17 +65,20 @@ class ModelIdentity:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelIdentity:
-        return cls(**{k: d[k] for k in ("sha256", "kind", "weights", "weights_sha256", "diffusion", "strong", "origin")})
+        return cls(**{k: d[k] for k in ("sha256", "kind", "weights", "weights_sha256", "diffusion", "architecture",
+                                        "strong", "origin")})
 
     def short(self) -> str:
         return self.sha256[:12]
 
 
-def model_identity(kind: str, weights: str | None, weights_sha256: str, diffusion, origin: str,
-                   strong: bool = True) -> ModelIdentity:
-    """The identity of a model: its weights hash, which weights, and its DiffusionConfig."""
+def model_identity(kind: str, weights: str | None, weights_sha256: str | None, diffusion, architecture: dict,
+                   origin: str) -> ModelIdentity:
+    """The identity of a model: its weights hash (None: it has none, a weak identity), which weights, its
+    DiffusionConfig and its architecture (JSON-able)."""
     diff = asdict(diffusion) if not isinstance(diffusion, dict) else dict(diffusion)
+    arch = json.loads(json.dumps(architecture, sort_keys=True, default=str))
     core = {"format": IDENTITY_FORMAT, "kind": kind, "weights": weights, "weights_sha256": weights_sha256,
-            "diffusion": diff}
+            "diffusion": diff, "architecture": arch}
     return ModelIdentity(sha256=sha256_json(core), kind=kind, weights=weights, weights_sha256=weights_sha256,
-                         diffusion=diff, strong=strong, origin=origin)
+                         diffusion=diff, architecture=arch, strong=weights_sha256 is not None, origin=origin)

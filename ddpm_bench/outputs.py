@@ -84,6 +84,11 @@ class JsonOutput:
 
     @classmethod
     def from_dict(cls, obj: dict, path: Path | str = "<memory>"):
+        command = getattr(cls, "COMMAND", None)
+        if command is not None and obj.get("command") != command:  # which output it is, before its fields
+            if "command" not in obj:
+                raise OutputFileError(f"{path}: field 'command' is missing (not a '{command}' output)")
+            raise OutputFileError(f"{path}: is a {obj['command']!r} output, not a '{command}' output (field 'command')")
         hints = typing.get_type_hints(cls)
         values = {}
         for f in fields(cls):
@@ -145,6 +150,7 @@ class NllSummary(JsonOutput):
 
     FILE: ClassVar[str] = "summary.json"
     COMMAND: ClassVar[str] = "nll"
+    TERMS_CSV: ClassVar[str] = "terms.csv"  # term,bpd_mean,bpd_stderr,mse_mean beside it (SPEC section 2)
 
     run_id: str
     total_bpd: float
@@ -182,8 +188,6 @@ class NllSummary(JsonOutput):
 
     def check(self, path: Path) -> None:
         model_sha256_of(self.model, path)
-        if self.command != self.COMMAND:
-            raise OutputFileError(f"{path}: field 'command' is {self.command!r}, not an nll summary")
         if self.n_images < 1 or self.T < 1 or self.dims < 1:
             raise OutputFileError(f"{path}: fields 'n_images', 'T', 'dims' must be >= 1")
 
@@ -278,6 +282,9 @@ class SampleManifest(JsonOutput):
 
     FILE: ClassVar[str] = "manifest.json"
     FORMAT: ClassVar[str] = "ddpm-bench-samples/1"
+    GRID: ClassVar[str] = "grid.png"  # the first 64 samples beside it
+    PROGRESSIVE_NPZ: ClassVar[str] = "progressive.npz"  # x0 predictions along the chain (paper Figure 6)
+    PROGRESSIVE_PNG: ClassVar[str] = "progressive.png"
 
     format: str
     run_id: str
@@ -352,6 +359,8 @@ class RateDistortionSummary(JsonOutput):
 
     FILE: ClassVar[str] = "summary.json"
     CURVE: ClassVar[str] = "curve.csv"
+    TABLE4: ClassVar[str] = "table4"  # .csv and .md
+    FIGURE5: ClassVar[str] = "figure5"  # .png and .pdf
     COMMAND: ClassVar[str] = "rate-distortion"
 
     command: str
@@ -375,8 +384,6 @@ class RateDistortionSummary(JsonOutput):
         return self.model["identity"]["sha256"]
 
     def check(self, path: Path) -> None:
-        if self.command != self.COMMAND:
-            raise OutputFileError(f"{path}: field 'command' is {self.command!r}, not {self.COMMAND!r}")
         model_sha256_of(self.model, path)
 
     @staticmethod
@@ -494,6 +501,30 @@ class ReproduceLayout(TrainLayout):
         return self.root / self.RECORD
 
 
+class ReportFiles:
+    """The files `report` writes besides its tables (`tableN.csv/.md/.sources.json`)."""
+
+    COMMAND: ClassVar[str] = "report"
+    INDEX: ClassVar[str] = "report.md"
+    MANIFEST: ClassVar[str] = "report.json"
+    FIGURE5: ClassVar[str] = RateDistortionSummary.FIGURE5  # .png and .pdf
+
+
+@dataclass(frozen=True)
+class ReproduceRecord(JsonOutput):
+    """`reproduce.json`: what a `reproduce` run ran, and each stage's seconds (the latest run's for a stage
+    that ran again)."""
+
+    FILE: ClassVar[str] = ReproduceLayout.RECORD
+
+    recipe: str
+    overrides: list
+    checkpoint: str
+    stages: list
+    seconds: dict
+    extra: dict = field(default_factory=dict)
+
+
 # -- read back for `report` (additions: model identities in full, a run's config.json) -----------------------
 
 def identity_of(model: Any, path: Path, name: str = "model") -> ModelIdentity:
@@ -522,21 +553,25 @@ def feature_extractor_of(metrics: FidMetrics) -> tuple[str | None, str | None]:
 class RunConfigFile(JsonOutput):
     """`config.json` of a `reproduce` (or `train`) run directory: `RunConfig.to_dict()` (ddpm_bench.config),
     read back with the keys that place a run in the paper's tables checked (`KEYS`). It holds no model
-    identity (that of each output is in the output); `sha256` is its content identity."""
+    identity (that of each output is in the output); `sha256` is its content identity. `model` and
+    `training` are absent for `reproduce --ckpt` of a diffusers directory (a UNet config, no training
+    settings): the objective and training data are then unknown (None), never guessed."""
 
     FILE: ClassVar[str] = ReproduceLayout.CONFIG
     KEYS: ClassVar[dict] = {"diffusion": {"T": int, "mean_type": str, "var_type": str},
                             "training": {"objective": str, "data": str}}
 
-    model: dict
     diffusion: dict
-    training: dict
+    model: dict | None = None
+    training: dict | None = None
     evaluation: dict | None = None
     extra: dict = field(default_factory=dict)
 
     def check(self, path: Path) -> None:
         for section, keys in self.KEYS.items():
             values = getattr(self, section)
+            if values is None:
+                continue
             for key, kind in keys.items():
                 if key not in values:
                     raise OutputFileError(f"{path}: field '{section}.{key}' is missing")
@@ -561,10 +596,10 @@ class RunConfigFile(JsonOutput):
         return self.diffusion["var_type"]
 
     @property
-    def objective(self) -> str:
-        return self.training["objective"]
+    def objective(self) -> str | None:
+        return self.training["objective"] if self.training else None
 
     @property
-    def data(self) -> str:
-        """The training data source."""
-        return self.training["data"]
+    def data(self) -> str | None:
+        """The training data source (None when unknown)."""
+        return self.training["data"] if self.training else None

@@ -245,6 +245,11 @@ def claim(out: str | Path, command: str, identity: dict, *, force: bool = False)
             raise OutputDirError(f"--out {out}: directory exists and is not empty; use another directory or --force")
         old = read_manifest(out)
         if old["run_id"] == run_id:
+            remove_stale_temporaries(out)
+            if old.get("ddpm_bench_version") != __version__:
+                print(f"ddpm-bench {command}: warning: {out / MANIFEST} was written by ddpm-bench "
+                      f"{old.get('ddpm_bench_version')}, this is {__version__}; resuming its shards (same identity)",
+                      file=sys.stderr)
             return RunDir(out, command, run_id, resumed=True)
         if old["command"] != command:
             raise OutputDirError(f"--out {out}: holds a '{old['command']}' run, not '{command}'; "
@@ -254,6 +259,13 @@ def claim(out: str | Path, command: str, identity: dict, *, force: bool = False)
     atomic_write_json(manifest, {"format": MANIFEST_FORMAT, "command": command, "run_id": run_id,
                                  "identity": identity, "ddpm_bench_version": __version__})
     return RunDir(out, command, run_id, resumed=False)
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Remove the temporary files of atomic writes that a killed run left (`.NAME.*.tmp`, never read as
+    complete files), in `out` and its subfolders."""
+    for tmp in out.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def read_manifest(out: Path) -> dict:

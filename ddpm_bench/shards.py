@@ -1,26 +1,17 @@
-"""Atomic writes, run manifests and resume for long-running commands.
-
-A run directory holds `run.json` (the settings of the run, written first) and completed work written
-atomically (temporary file + rename). A directory is resumed only when its `run.json` has the same
-settings; anything else non-empty is refused unless `force` is given, so no command silently mixes
-results from different settings.
-"""
+"""Atomic writes: a temporary file in the same folder, fsync, rename; a crash never leaves a file that
+looks complete (the run lifecycle that uses them is ddpm_bench/run_dir.py)."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ddpm_bench.errors import OutputDirError
-
-RUN_MANIFEST = "run.json"
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -76,45 +67,3 @@ def atomic_write_npz(path: str | Path, **arrays: np.ndarray) -> None:
 def read_json(path: str | Path) -> Any:
     with open(path) as f:
         return json.load(f)
-
-
-def settings_difference(old: dict, new: dict) -> str:
-    """A short description of the first keys whose values differ, for error messages."""
-    keys = sorted(set(old) | set(new))
-    diffs = [f"{k}: {old.get(k, '<missing>')!r} -> {new.get(k, '<missing>')!r}" for k in keys if old.get(k) != new.get(k)]
-    return "; ".join(diffs[:4]) + (" ..." if len(diffs) > 4 else "")
-
-
-def prepare_run_dir(out: str | Path, settings: dict, force: bool = False, command: str = "run") -> bool:
-    """Make `out` ready for a run with `settings` (JSON-able). Returns True when an unfinished or
-    finished run with the same settings is being resumed.
-
-    - missing or empty directory: created, `run.json` written;
-    - `run.json` with the same settings: resumed (completed shards are kept);
-    - anything else: OutputDirError (exit 2) naming the difference, unless `force`, which empties it.
-    """
-    out = Path(out)
-    settings = json.loads(to_json(settings))  # normalise (tuples -> lists, numpy -> python)
-    manifest = out / RUN_MANIFEST
-    if out.exists() and not out.is_dir():
-        raise OutputDirError(f"--out {out}: exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
-        if force:
-            shutil.rmtree(out)
-        elif manifest.exists():
-            old = read_json(manifest)
-            if old.get("command") == command and old.get("settings") == settings:
-                return True
-            if old.get("command") != command:
-                raise OutputDirError(
-                    f"--out {out}: holds a '{old.get('command')}' run, not '{command}'; use another directory or --force"
-                )
-            raise OutputDirError(
-                f"--out {out}: holds a run with other settings ({settings_difference(old.get('settings', {}), settings)}); "
-                "use another directory or --force"
-            )
-        else:
-            raise OutputDirError(f"--out {out}: directory exists and is not empty; use another directory or --force")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(manifest, {"command": command, "settings": settings})
-    return False

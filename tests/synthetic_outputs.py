@@ -44,7 +44,8 @@ def model_entry(weights_sha256: str = "ab" * 32, weights: str = "ema", T: int = 
                 var_type: str = "fixed-large") -> dict:
     """The `model` field of an output: provenance and a model identity (ddpm_bench.identity)."""
     diffusion = DiffusionConfig(T=T, mean_type=mean_type, var_type=var_type)
-    ident = model_identity("ckpt", weights, weights_sha256, diffusion, "/runs/x/checkpoints/last.pt")
+    ident = model_identity("ckpt", weights, weights_sha256, diffusion, {"ch": 32},
+                           "/runs/x/checkpoints/last.pt")
     return {"kind": "ckpt", "path": "/runs/x/checkpoints/last.pt", "sha256": "ef" * 32, "weights": weights,
             "step": 10, "identity": ident.to_dict()}
 

@@ -192,8 +192,14 @@ def test_outputs_damaged_after_completion_are_detected(tmp_path, npz, capsys):
     (out / "summary.json").write_text("{}")  # a summary that is no summary
     capsys.readouterr()
     assert nll(npz, out) == 0
-    assert "summary.json: field 'run_id' is missing" in capsys.readouterr().err
+    assert "summary.json: field 'command' is missing (not a 'nll' output)" in capsys.readouterr().err
     assert np.array_equal(np.load(out / "per_image.npz")["terms"], want)  # both shards recomputed
+    data = (out / "shards" / "nll_000002.npz").read_bytes()  # a shard cut off after completion, alone
+    (out / "shards" / "nll_000002.npz").write_bytes(data[:100])
+    assert nll(npz, out) == 0
+    err = capsys.readouterr().err
+    assert "already complete" not in err and "nll_000002.npz: unreadable or cut-off shard" in err
+    assert np.array_equal(np.load(out / "per_image.npz")["terms"], want)
 
 
 # -- model identity --------------------------------------------------------------------------------------------
@@ -297,3 +303,61 @@ def test_the_weights_hash_sees_every_tensor_zero_dim_included():
     for changed in ({**a, "scale": torch.tensor(1.5)}, {**a, "w": torch.zeros(3, 2)},
                     {**a, "w": torch.zeros(2, 3, dtype=torch.float64)}, {**a, "renamed": a.pop("empty")}):
         assert state_dict_sha256(changed) != state_dict_sha256(same)
+
+
+TWO_PLUGINS = textwrap.dedent("""
+    import torch
+
+    class Zero(torch.nn.Module):  # no weights at all
+        def forward(self, x, t):
+            return torch.zeros_like(x)
+
+    class Half(torch.nn.Module):
+        def forward(self, x, t):
+            return 0.5 * x
+
+    def zero():
+        return Zero()
+
+    def half():
+        return Half()
+
+    def zero_fn():
+        return lambda x, t: torch.zeros_like(x)
+
+    def half_fn():
+        return lambda x, t: 0.5 * x
+""")
+
+
+@pytest.mark.parametrize("a, b", [("zero", "half"), ("zero_fn", "half_fn")])
+def test_two_weightless_plugins_of_one_file_are_two_models(tmp_path, npz, capsys, a, b):
+    (tmp_path / "two.py").write_text(TWO_PLUGINS)
+    out = tmp_path / "out"
+
+    def run(name):
+        return main(["nll", "--model", f"{tmp_path / 'two.py'}:{name}", "--T", "20", "--data", str(npz),
+                     "--no-progress", "--out", str(out)])
+
+    assert run(a) == 0
+    first = json.loads((out / "summary.json").read_text())["model"]["identity"]
+    assert first["strong"] is False and first["weights_sha256"] is None
+    capsys.readouterr()
+    assert run(b) == 2  # not "already complete" with the other model's numbers
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "other settings (model:" in errors[0] and "Traceback" not in err
+
+
+def test_gap_names_an_output_of_another_command_and_a_directory_as_file(tmp_path, npz, capsys):
+    assert nll(npz, tmp_path / "a") == 0
+    assert main(["rate-distortion", str(tmp_path / "a"), "--out", str(tmp_path / "rd")]) == 0
+    capsys.readouterr()
+    assert main(["gap", str(tmp_path / "a"), str(tmp_path / "rd")]) == 2
+    assert "summary.json: is a 'rate-distortion' output, not a 'nll' output" in one_line(capsys.readouterr().err)
+    other = tmp_path / "other.npz"
+    np.savez(other, np.random.default_rng(5).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
+    assert nll(other, tmp_path / "b") == 0
+    capsys.readouterr()
+    assert main(["gap", str(tmp_path / "a"), str(tmp_path / "b"), "--max-gap", "100", "--out", str(tmp_path)]) == 2
+    assert "is a directory, not a file" in one_line(capsys.readouterr().err)

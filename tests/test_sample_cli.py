@@ -212,3 +212,17 @@ def test_compiled_sampler_stays_within_one_level(tmp_path, mode):
     diff = np.abs(load_all(a)[0].astype(int) - load_all(b)[0].astype(int))
     assert diff.max() <= 1
     assert json.loads((b / "manifest.json").read_text())["network_execution"]["compile"] == mode
+
+
+def test_another_progressive_every_is_recorded_again_not_already_complete(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert sample(out, "--num", "4", "--shard-size", "2", "--progressive-every", "5") == 0
+    shards = {p.name: p.stat().st_mtime_ns for p in out.glob("samples_*.npz")}
+    assert sample(out, "--num", "4", "--shard-size", "2", "--progressive-every", "2") == 0
+    with np.load(out / "progressive.npz") as z:
+        assert int(z["every"]) == 2 and z["x0_pred"].shape[1] == 10  # T = 20 steps, every 2
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("samples_*.npz")} == shards  # samples kept
+    (out / "progressive.npz").write_bytes(b"cut")  # a cut-off progressive file is written again
+    assert sample(out, "--num", "4", "--shard-size", "2", "--progressive-every", "2") == 0
+    with np.load(out / "progressive.npz") as z:
+        assert int(z["every"]) == 2

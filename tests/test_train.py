@@ -189,3 +189,19 @@ def test_every_table2_combination_trains(recipe, tmp_path, mean, var, objective,
     assert len(losses) == 2 and all(np.isfinite(losses)) and all(v > 0 for v in losses)
     c = ckpt(run / "checkpoints" / "ckpt_0000002.pt")
     assert c["model"]["conv_out.weight"].shape[0] == (6 if var == "learned" else 3)
+
+
+def test_a_moved_training_set_resumes_the_same_run(recipe, tmp_path, monkeypatch, capsys):
+    """The training images are identified by their sha256, not by the path that names them."""
+    run = tmp_path / "run"
+    assert train(recipe, run, "training.steps=3") == 0
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (tmp_path / "data.npz").rename(moved / "data.npz")
+    monkeypatch.chdir(moved)
+    capsys.readouterr()
+    assert train(recipe, run, "training.data=data.npz") == 0  # relative, moved: the same images
+    assert "resuming" in capsys.readouterr().err
+    np.savez(moved / "data.npz", np.zeros((10, 8, 8, 3), np.uint8))  # other images under the same name
+    assert train(recipe, run, "training.data=data.npz", "training.steps=6") == 2
+    assert "data.sha256" in capsys.readouterr().err

@@ -81,6 +81,13 @@ class DataSpec:
         return load_images(self.source, self.data_root, self.num_images)
 
 
+def sample_dir_manifest() -> str:
+    """The file that makes a folder a sample directory (ddpm_bench.outputs.SampleManifest)."""
+    from ddpm_bench.outputs import SampleManifest
+
+    return SampleManifest.FILE
+
+
 def load_images(src: str, data_root: str | None = None, num_images: int | None = None) -> ImageSet:
     """Load a data source by name (see the module docstring)."""
     if not src.strip():  # Path("") is the current directory: never what an empty --data meant
@@ -102,7 +109,7 @@ def load_images(src: str, data_root: str | None = None, num_images: int | None =
         from ddpm_bench.data.npz import load_npz
 
         images = load_npz(path)
-    elif path.is_dir() and (path / "manifest.json").exists():
+    elif path.is_dir() and (path / sample_dir_manifest()).exists():
         from ddpm_bench.data.sample_dir import load_sample_dir
 
         images = load_sample_dir(path)

@@ -61,7 +61,8 @@ def _samples_provenance(images: ImageSet, manifest: SampleManifest | None) -> di
     return prov
 
 
-def _protocol_warnings(samples_prov: dict, ref: str, extractor: Extractor, backends: list[str]) -> list[str]:
+def _protocol_warnings(manifest: SampleManifest | None, ref: str, extractor: Extractor,
+                       backends: list[str]) -> list[str]:
     warnings = []
     if ref != protocol.PAPER_REF:
         warnings.append(f"reference is {ref}; the paper uses {protocol.PAPER_REF} statistics: {protocol.NOT_COMPARABLE}")
@@ -70,10 +71,7 @@ def _protocol_warnings(samples_prov: dict, ref: str, extractor: Extractor, backe
                         "torch-fidelity weights file; no logits, so no IS")
     if extractor.name == TINY_TEST:
         warnings.append("feature extractor is the tiny test network: these are NOT FID/IS values")
-    manifest = samples_prov.get("manifest")
-    model = manifest.get("model") if isinstance(manifest, dict) else None
-    weights = (manifest.get("weights") if isinstance(manifest, dict) else None) or \
-        (model.get("weights") if isinstance(model, dict) else None)
+    weights = manifest.model["identity"]["weights"] if manifest is not None else None
     if weights not in (None, "ema"):
         warnings.append(f"samples come from the {weights!r} weights; the paper evaluates the EMA weights")
     if backends == ["clean-fid"]:
@@ -219,7 +217,7 @@ def _run_fid(samples: str, opts: FidOptions, run: RunOptions, shard_size: int, d
             raise DataError(f"--samples {samples} are {sample_set.images.shape[1]}x{sample_set.images.shape[2]} but "
                             f"--ref {ref} is {ref_hwc[0]}x{ref_hwc[1]}: FID compares images of one size")
         warnings = protocol.check_counts(len(sample_set), n_ref, extractor.feature_dim, opts.allow_few_samples)
-        warnings += _protocol_warnings(samples_prov, ref_name, extractor, backends)
+        warnings += _protocol_warnings(manifest, ref_name, extractor, backends)
         libs = {b: _Backend(b, extractor, opts.clean_fid_mode, dev, batch_size, opts.inception_weights)
                 for b in backends}
         identity = fid_identity(sample_set, manifest, ref_identity, opts, extractor, shard_size)

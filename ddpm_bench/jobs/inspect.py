@@ -47,7 +47,8 @@ def model_identities(path: str, ckpt: dict) -> dict[str, str]:
     output computed from them names in `model.identity.sha256`."""
     diffusion = DiffusionConfig(**{f.name: ckpt["config"]["diffusion"][f.name] for f in fields(DiffusionConfig)
                                    if f.name in ckpt["config"]["diffusion"]})
-    return {w: model_identity("ckpt", w, state_dict_sha256(ckpt[key]), diffusion, path).sha256
+    return {w: model_identity("ckpt", w, state_dict_sha256(ckpt[key]), diffusion, ckpt["config"]["model"],
+                           path).sha256
             for w, key in (("ema", "ema"), ("raw", "model"))}
 
 

@@ -13,7 +13,6 @@ import math
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ from ddpm_bench.run_dir import RunDir, RunOptions, ShardPlan
 from ddpm_bench.shards import atomic_write_bytes
 
 COMMAND = "nll"
-TERMS_CSV = "terms.csv"
+TERMS_CSV = NllSummary.TERMS_CSV
 SHARD_DIR = "shards"
 SHARD_KEYS = ("terms", "mse", "seconds")
 
@@ -147,9 +146,10 @@ def write_outputs(rd: RunDir, merged: dict, summary: NllSummary) -> None:
     summary.write(rd.path)
 
 
-def finished_summary(rd: RunDir) -> NllSummary | None:
+def finished_summary(rd: RunDir, plan: ShardPlan) -> NllSummary | None:
     """The summary of a finished run in `rd`: summary.json, per_image.npz and terms.csv present, whole and
-    of this run; None otherwise (the outputs are then merged again from the checked shards)."""
+    of this run, and every shard still whole and of this run; None otherwise (the outputs are then merged
+    again from the checked shards, computing the ones that are not)."""
     if not (rd.path / NllSummary.FILE).exists():
         return None
     try:
@@ -159,6 +159,9 @@ def finished_summary(rd: RunDir) -> NllSummary | None:
         print(f"ddpm-bench nll: {e}; merging the shards again", file=sys.stderr)
         return None
     if summary.run_id != rd.run_id or not (rd.path / TERMS_CSV).is_file():
+        return None
+    if not all(rd.shard_is_valid(shard_name(i), plan.items(i), SHARD_KEYS, say=False)
+               for i in range(plan.num_shards)):
         return None
     return summary
 
@@ -178,12 +181,6 @@ def probe_seconds_per_eval(source: ModelSource, data: ImageSet, batch_size: int,
     n, k, d = flat % m, (flat * 7919) % T, torch.zeros_like(flat)  # pairs spread over images and terms
     return timed(lambda: bound_pairs(source.net, source.diffusion, s, x0_all, index, n, d, k, precision=precision,
                                      memory_format=memory_format), device, repeats) / batch_size
-
-
-def clean_stale_temporaries(out: Path) -> None:
-    """Remove temporary files of writes a killed run left behind (never taken for complete files)."""
-    for tmp in (*out.glob(".*.tmp"), *(out / SHARD_DIR).glob(".*.tmp")):
-        tmp.unlink(missing_ok=True)
 
 
 def run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptions, shard_size: int = 64) -> NllSummary | None:
@@ -208,8 +205,6 @@ def _run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptio
         identity = nll_identity(source, images, opts, shard_size)
         if not run.dry_run:
             rd = run_dir.claim_collective(run.out, COMMAND, identity, force=run.force)
-            if main:
-                clean_stale_temporaries(rd.path)
 
     T = source.diffusion.T
     evals = len(images) * T * opts.draws
@@ -224,16 +219,16 @@ def _run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptio
 
     plan = ShardPlan(len(images), shard_size)
     with run_dir.phase():  # rank 0 decides what is done: a finished run, or the valid shards
-        finished = finished_summary(rd) if main else None
+        finished = finished_summary(rd, plan) if main else None
         done = distributed.broadcast(finished is not None if main else None)
         missing = [] if done else plan.missing(lambda i: rd.shard_is_valid(shard_name(i), plan.items(i), SHARD_KEYS))
+        if main:
+            for i in missing:  # an invalid shard is recomputed, never merged (before any rank writes)
+                (rd.path / shard_name(i)).unlink(missing_ok=True)
     if done:
         if main:
             print(f"nll: {rd.path} is already complete", file=sys.stderr)
         return finished
-    if main:
-        for i in missing:  # an invalid shard is recomputed, never merged
-            (rd.path / shard_name(i)).unlink(missing_ok=True)
 
     with run_dir.phase():  # every rank: its own shards
         evaluate_shards(source, images, rd, plan, plan.owned(missing), opts, batch_size=run.batch_size, device=dev,

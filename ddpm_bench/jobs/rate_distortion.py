@@ -7,6 +7,7 @@ curve.csv, table4.csv, table4.md, figure5.png, figure5.pdf and summary.json (wri
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -44,8 +45,12 @@ def run_rate_distortion(out: str | Path, nll_dir: str | Path | None = None, nll:
         if nll[3].dry_run:
             run_nll(*nll[:4], shard_size=nll[4])
             return None
-        run_dir.claim(out, COMMAND, {"nll": NLL_SUBDIR}, force=force)
+        main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone claims and writes
+        if main:  # the identity of this run is that of the bound in OUT/nll (its own run.json)
+            run_dir.claim(out, COMMAND, {"nll": NLL_SUBDIR}, force=force)
         run_nll(*nll[:4], shard_size=nll[4])
+        if not main:
+            return None
         nll_dir = out / NLL_SUBDIR
     source = NllOutput.read(nll_dir)  # refuse bad input before touching --out
     if nll is None:
@@ -67,9 +72,10 @@ def write_rate_distortion(source: NllOutput, out: Path) -> RateDistortionSummary
         print(f"ddpm-bench rate-distortion: warning: {w}", file=sys.stderr)
 
     atomic_write_text(out / RateDistortionSummary.CURVE, to_csv(curve_frame(curve)))
-    files = [RateDistortionSummary.CURVE, *(Path(p).name for p in write_frame(table4_frame(curve), out / "table4"))]
+    files = [RateDistortionSummary.CURVE, *(Path(p).name for p in write_frame(table4_frame(curve),
+                                                                          out / RateDistortionSummary.TABLE4))]
     title = f"{summary.data}, T = {T}, {n} images"
-    files += [Path(p).name for p in save_figure(figure5(curve, title=title), out / "figure5")]
+    files += [Path(p).name for p in save_figure(figure5(curve, title=title), out / RateDistortionSummary.FIGURE5)]
 
     section = paper_values()["section_4_3"]
     result = RateDistortionSummary(

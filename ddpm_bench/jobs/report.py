@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 
 from ddpm_bench import __version__, run_dir
-from ddpm_bench.outputs import NllOutput, PerImage, RateDistortionSummary, RunConfigFile
+from ddpm_bench.outputs import NllOutput, PerImage, RateDistortionSummary, ReportFiles, RunConfigFile
 from ddpm_bench.provenance import environment
 from ddpm_bench.rate_distortion import RateDistortionCurve, rate_distortion_curve
 from ddpm_bench.reporting.figures import figure5, save_figure
@@ -48,10 +48,8 @@ from ddpm_bench.reporting.tables import (
 )
 from ddpm_bench.shards import atomic_write_json, atomic_write_text
 
-REPORT_COMMAND = "report"
-REPORT_INDEX = "report.md"
-REPORT_MANIFEST = "report.json"
-FIGURE5_STEM = "figure5"
+REPORT_COMMAND, REPORT_INDEX, REPORT_MANIFEST = ReportFiles.COMMAND, ReportFiles.INDEX, ReportFiles.MANIFEST
+FIGURE5_STEM = ReportFiles.FIGURE5
 # provenance fields shown in report.md, in this order
 DESCRIBE_KEYS = ("produced_by", "file", "model_identity", "model", "weights", "n_images", "n_samples", "n_ref", "ref",
                  "data", "split", "backend", "feature_extractor", "seed", "draws", "T", "clip", "decoder_cdf")

@@ -21,12 +21,12 @@ from pathlib import Path
 from ddpm_bench import run_dir
 from ddpm_bench.config import RunConfig, StageExecution, load_recipe
 from ddpm_bench.data import DataSpec
-from ddpm_bench.errors import UserError
+from ddpm_bench.errors import OutputDirError, UserError
 from ddpm_bench.models.source import ModelSource, ModelSpec
-from ddpm_bench.outputs import ReproduceLayout
+from ddpm_bench.outputs import OutputFileError, ReportFiles, ReproduceLayout, ReproduceRecord, TrainLayout
 from ddpm_bench.provenance import environment
 from ddpm_bench.run_dir import RunOptions
-from ddpm_bench.shards import atomic_write_json, read_json
+from ddpm_bench.shards import atomic_write_json
 
 COMMAND = "reproduce"
 STAGES = ("train", "sample", "nll_train", "nll_test", "gap", "rate_distortion", "fid", "report")
@@ -37,9 +37,7 @@ def _say(msg: str) -> None:
 
 
 def final_checkpoint(run: Path) -> Path:
-    from ddpm_bench.jobs.train import list_checkpoints
-
-    ckpts = list_checkpoints(run)
+    ckpts = TrainLayout(run).list_checkpoints()
     if not ckpts:
         raise UserError(f"{run}: training left no checkpoint")
     return ckpts[-1]
@@ -107,7 +105,15 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
     def stage(name: str, fn) -> None:
         t0 = time.perf_counter()
         _say(f"{name} ...")
-        fn()
+        try:
+            fn()
+        except OutputDirError as e:
+            if name == "train" or "holds a run with other settings" not in str(e):
+                raise
+            what = str(e).split("; use another directory")[0]
+            raise OutputDirError(f"stage {name}: {what}; the recipe changed since this stage ran: restore it, or "
+                                 "delete that directory to compute the stage again (--force would start the "
+                                 "whole run over, training included)") from None
         timings[name] = round(time.perf_counter() - t0, 1)
         _say(f"{name} done in {timings[name]:.1f} s")
 
@@ -156,11 +162,14 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
                                                          force=True))
     stage("fid", fid)
     stage("report", lambda: build_report([layout.root], layout.report, force=True))
-    record = {"recipe": str(recipe), "overrides": list(overrides), "checkpoint": model.ckpt, "stages": STAGES,
-              "seconds": timings, "environment": environment()}
+    seconds = dict(timings)
     if layout.record.exists():
-        old = read_json(layout.record)
-        record["seconds"] = {**old.get("seconds", {}), **timings}
-    atomic_write_json(layout.record, record)
-    _say(f"report: {layout.report / 'report.md'}")
-    return record
+        try:
+            seconds = {**ReproduceRecord.read(layout.root).seconds, **timings}
+        except OutputFileError as e:
+            _say(f"warning: {e}; writing it anew")
+    record = ReproduceRecord(recipe=str(recipe), overrides=list(overrides), checkpoint=model.ckpt,
+                             stages=list(STAGES), seconds=seconds, extra={"environment": environment()})
+    record.write(layout.root)
+    _say(f"report: {layout.report / ReportFiles.INDEX}")
+    return record.to_dict()

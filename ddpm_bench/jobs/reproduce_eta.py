@@ -30,7 +30,8 @@ def _source(cfg: RunConfig, ckpt: str | None, device: torch.device):
         return load_model_source(ckpt, None, "ema", {}, device)
     m = cfg.model
     module = build_model(cfg.to_dict()["model"]).to(device).eval()
-    ident = model_identity("probe", None, "", cfg.diffusion, "recipe (untrained, for timing only)", strong=False)
+    ident = model_identity("probe", None, None, cfg.diffusion, cfg.to_dict()["model"],
+                           "recipe (untrained, for timing only)")
     return ModelSource(net=module, diffusion=cfg.diffusion, identity=ident, provenance={"kind": "probe"},
                        image_shape=(m.in_channels, m.image_size, m.image_size), module=module)
 

@@ -42,9 +42,7 @@ from ddpm_bench.shards import atomic_write_bytes, atomic_write_npz
 
 COMMAND = "sample"
 SHARD_KEYS = ("arr_0",)
-GRID = "grid.png"
-PROGRESSIVE_NPZ = "progressive.npz"
-PROGRESSIVE_PNG = "progressive.png"
+GRID, PROGRESSIVE_NPZ, PROGRESSIVE_PNG = SampleManifest.GRID, SampleManifest.PROGRESSIVE_NPZ, SampleManifest.PROGRESSIVE_PNG
 GRID_SAMPLES = 64  # 8 x 8
 PROGRESSIVE_ROWS = 8
 shard_name = sample_shard_name
@@ -119,11 +117,23 @@ def run_sample(model: ModelSpec, sampler: SamplerOptions, run: RunOptions, *, nu
         return _run_sample(model, sampler, run, num, shard_size, image_size, channels, progressive_every, dev)
 
 
+def progressive_is_whole(path: Path, every: int, rows: int) -> bool:
+    """progressive.npz is there, readable, and recorded every `every` steps for `rows` samples."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return int(z["every"]) == every and len(z["index"]) == rows and z["x0_pred"].shape[0] == rows
+    except Exception:  # missing, cut off or foreign: written again (it is a pure function of the run)
+        return False
+
+
 def _is_complete(rd: RunDir, plan: ShardPlan, progressive_every: int | None) -> bool:
     """The manifest is whole, of this run and says complete; every shard is whole and of this run; the grid
-    and (when asked for) the progressive files are there."""
+    and (when asked for) the progressive files are there, the latter recorded every `progressive_every`."""
     names = [GRID] + ([PROGRESSIVE_NPZ, PROGRESSIVE_PNG] if progressive_every else [])
     if not all((rd.path / n).exists() for n in names):
+        return False
+    if progressive_every and not progressive_is_whole(rd.path / PROGRESSIVE_NPZ, progressive_every,
+                                                      min(PROGRESSIVE_ROWS, plan.n)):
         return False
     try:
         manifest = SampleManifest.read(rd.path)
@@ -300,10 +310,8 @@ def _write_progressive(out_dir: Path, net: Net, process, sampler: SamplerOptions
     """progressive.npz (`x0_pred` uint8 (rows, P, H, W, C), `t` (P,), `index`, `every`) and its grid PNG:
     one row per sample, one column per recorded x_0 prediction, t = T on the left."""
     path = out_dir / PROGRESSIVE_NPZ
-    if len(prog_rows) < rows and path.exists():
-        with np.load(path) as z:
-            if int(z["every"]) == every and len(z["index"]) == rows:
-                return
+    if len(prog_rows) < rows and progressive_is_whole(path, every, rows):
+        return
     if len(prog_rows) < rows:  # the first samples came from an earlier run: redo their batches (deterministic)
         shard_size = len(ranges[0])
         for s in range((rows - 1) // shard_size + 1):

@@ -31,6 +31,7 @@ from ddpm_bench.shards import atomic_write_json, atomic_write_text, to_json
 from ddpm_bench.training import Trainer
 
 COMMAND = "train"
+DATA_PATH_KEYS = ("training.data", "training.data_root")  # where the images are found, not what they are
 LOG_HEADER = "step,loss,grad_norm,lr,steps_per_s"
 
 
@@ -38,20 +39,14 @@ class TrainingDiverged(UserError):
     """The loss or the gradient became NaN or infinite (usually a too large learning rate)."""
 
 
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return TrainLayout(run_dir).checkpoint(step)
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoints of a run, oldest first."""
-    return TrainLayout(run_dir).list_checkpoints()
-
-
 def train_identity(config: dict) -> dict:
-    """The resolved config without the keys a resumed run may change (RESUMABLE_KEYS): what fixes the
-    parameters every step produces."""
+    """The resolved config without the keys a resumed run may change (RESUMABLE_KEYS) and without the
+    data's paths (training.data, training.data_root: the images are identified by their sha256, which
+    `claim_run_dir` adds): what fixes the parameters every step produces."""
+    skip = (*RESUMABLE_KEYS, *DATA_PATH_KEYS)
+
     def keep(key: str) -> bool:
-        return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
+        return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in skip)
 
     return {section: {k: v for k, v in values.items() if keep(f"{section}.{k}")}
             for section, values in config.items() if isinstance(values, dict) and keep(f"{section}.")}
@@ -142,7 +137,7 @@ def run_train(recipe: str, overrides: list[str], out: str, device: str = "auto",
         if world > 1:
             dist.barrier()
         trainer = Trainer(cfg, images.to(dev), cfg.diffusion.schedule(), dev, rank, world)
-        ckpts = list_checkpoints(run_dir)
+        ckpts = TrainLayout(run_dir).list_checkpoints()
         if ckpts:
             state = load_checkpoint(ckpts[-1], map_location=dev)
             check_checkpoint_belongs(ckpts[-1], state, config)
@@ -162,12 +157,12 @@ def run_train(recipe: str, overrides: list[str], out: str, device: str = "auto",
 
 
 def _save(trainer: Trainer, config: dict, data: dict, run_dir: Path, keep_last: int) -> None:
-    save_checkpoint(checkpoint_path(run_dir, trainer.step), {
+    save_checkpoint(TrainLayout(run_dir).checkpoint(trainer.step), {
         "config": config, **trainer.state_dict(),
         "rng": {"scheme": "every random choice of step s is seeded by (training.seed, s)",
                 "seed": trainer.cfg.training.seed},
         "data": data, "provenance": json.loads(to_json(environment()))})  # plain types only
-    for old in list_checkpoints(run_dir)[:-keep_last]:
+    for old in TrainLayout(run_dir).list_checkpoints()[:-keep_last]:
         old.unlink()
 
 
@@ -187,7 +182,7 @@ def _loop(trainer: Trainer, cfg: RunConfig, config: dict, data: dict, run_dir: P
                 loss /= world
             loss_value, norm_value = float(loss), float(grad_norm)
             if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                ckpts = list_checkpoints(run_dir)
+                ckpts = TrainLayout(run_dir).list_checkpoints()
                 last = f"the last good checkpoint is {ckpts[-1]}" if ckpts else "no checkpoint was written yet"
                 raise TrainingDiverged(f"loss {loss_value} / gradient norm {norm_value} at step {trainer.step + 1} "
                                        f"is not finite; stopped without updating ({last}); "
@@ -206,7 +201,7 @@ def _loop(trainer: Trainer, cfg: RunConfig, config: dict, data: dict, run_dir: P
             if rank == 0 and (trainer.step % tc.ckpt_every == 0 or done):
                 _save(trainer, config, data, run_dir, tc.keep_last)
     if rank == 0:
-        last = checkpoint_path(run_dir, trainer.step)
+        last = TrainLayout(run_dir).checkpoint(trainer.step)
         if start == tc.steps:
             print(f"ddpm-bench train: {run_dir} is already at step {tc.steps}; nothing to do", file=sys.stderr)
         print(to_json({"run_dir": str(run_dir), "step": trainer.step, "checkpoint": str(last)}), end="")

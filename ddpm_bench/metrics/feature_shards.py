@@ -6,7 +6,9 @@ s % world == r, each on its own in batches starting at the shard's first image, 
 and `images_sha256` (of the shard's images). Because a shard is computed the same way whichever process
 computes it, the merged features are the same bytes for 1 or N processes and for a run that was killed
 and started again with the same batch size. After every rank has finished (`distributed.agree`), rank 0
-reads the shards back in order.
+reads the shards back in order. Each shard also carries the `run_id` of its fid run and is checked like
+every shard (`ddpm_bench.run_dir.read_shard`): one that is there but does not belong is extracted again
+at resume, and refused at merge.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from ddpm_bench import distributed
 from ddpm_bench.errors import DataError
-from ddpm_bench.run_dir import INDEX, RUN_ID, ShardPlan, read_shard
+from ddpm_bench.run_dir import INDEX, RUN_ID, ShardError, ShardPlan, read_shard
 from ddpm_bench.shards import atomic_write_npz
 
 Extract = Callable[[np.ndarray], dict[str, np.ndarray]]  # uint8 (n, H, W, C) -> {layer: (n, D) float32}
@@ -53,6 +55,19 @@ def _read_shard(path: Path, run_id: str, index: np.ndarray, images: np.ndarray,
     return arrays
 
 
+def _is_done(path: Path, run_id: str, index: np.ndarray, images: np.ndarray) -> bool:
+    if not path.exists():
+        return False
+    try:
+        _read_shard(path, run_id, index, images, check_images=True)
+        return True
+    except (ShardError, DataError) as e:
+        problem = e.problem if isinstance(e, ShardError) else str(e).split("; delete it")[0]
+        print(f"ddpm-bench fid: warning: {problem}; extracting it again", file=sys.stderr)
+        path.unlink(missing_ok=True)
+        return False
+
+
 def extract_in_shards(images: np.ndarray, extract: Extract, folder: str | Path, shard_size: int, batch_size: int,
                       label: str, run_id: str, progress: bool = True) -> Extracted:
     """Features of uint8 (N, H, W, C) `images` by `extract`, through shard files in `folder` that carry
@@ -61,8 +76,9 @@ def extract_in_shards(images: np.ndarray, extract: Extract, folder: str | Path, 
     main = distributed.is_main()
     plan = ShardPlan(len(images), shard_size)
     ranges = plan.ranges()
-    # rank 0's view, taken before any rank writes: every rank then works from the same list
-    missing = plan.missing(lambda s: (folder / shard_name(s)).exists())
+    # rank 0's view, taken before any rank writes: every rank then works from the same list; a shard that is
+    # there but does not belong (another run, other images, cut off) is named, removed and extracted again
+    missing = plan.missing(lambda s: _is_done(folder / shard_name(s), run_id, ranges[s], images))
     mine = plan.owned(missing)
     error = None
     try:

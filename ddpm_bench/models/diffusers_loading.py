@@ -135,6 +135,7 @@ def load_diffusers_source(path: str | Path, diffusion_flags: dict, device: str |
             "weights_files": sorted(f.name for f in files),
             "scheduler_config": str(sched_path.resolve()) if sched_path else None,
             "diffusers": diffusers.__version__}
-    ident = model_identity("diffusers", None, state_dict_sha256(unet.state_dict()), diffusion, str(path))
+    ident = model_identity("diffusers", None, state_dict_sha256(unet.state_dict()), diffusion,
+                           {"unet": dict(unet.config)}, str(path))
     return ModelSource(net=net, diffusion=diffusion, identity=ident, provenance=prov,
                        image_shape=(c_in, int(h), int(w)), module=unet, config={"unet": dict(unet.config)})

@@ -101,7 +101,7 @@ def load_ckpt_source(path: str | Path, weights: str = "ema", diffusion_flags: di
         if "in_channels" in mcfg and "image_size" in mcfg else None
     prov = {"kind": "ckpt", "path": str(path.resolve()), "sha256": sha256_file(path), "weights": weights,
             "step": int(ckpt["step"])}
-    ident = model_identity("ckpt", weights, state_dict_sha256(state), diffusion, str(path))
+    ident = model_identity("ckpt", weights, state_dict_sha256(state), diffusion, config["model"], str(path))
     return ModelSource(net=module, diffusion=diffusion, identity=ident, provenance=prov, image_shape=shape,
                        module=module, config=config)
 
@@ -143,19 +143,21 @@ def load_plugin_source(spec: str, diffusion_flags: dict, device: str | torch.dev
         module.to(device).eval()
     prov = {"kind": "plugin", "callable": spec}
     source_file = _source_file(factory)
-    if source_file is not None:
-        prov["sha256"] = sha256_file(source_file)
+    if source_file is None:
+        raise UserError(f"--model {spec}: the file that defines it cannot be found (its code is part of its "
+                        "identity); define it in a .py file")
+    prov["sha256"] = sha256_file(source_file)
     diffusion = diffusion_from_flags(diffusion_flags)
-    if module is not None:
-        ident = model_identity("plugin", None, state_dict_sha256(module.state_dict()), diffusion, spec)
-    else:
-        if source_file is None:
-            raise UserError(f"--model {spec}: returned a plain function whose source file cannot be found; "
-                            "return a torch.nn.Module so that its weights identify it")
-        print(f"ddpm-bench: warning: --model {spec} returned a plain function: its identity is the hash of "
+    # the code is part of the identity: two plug-ins with equal (or no) weights are still two models
+    architecture = {"callable": spec.rpartition(":")[2], "source_sha256": prov["sha256"]}
+    state = module.state_dict() if module is not None else {}
+    weights_sha256 = state_dict_sha256(state) if state else None
+    if weights_sha256 is None:
+        what = "a plain function" if module is None else "a module without weights"
+        print(f"ddpm-bench: warning: --model {spec} returned {what}: its identity is the hash of "
               f"{source_file.name} only, so a change in what it reads (weights files, globals) is not detected; "
-              "return a torch.nn.Module for an identity by its weights", file=sys.stderr)
-        ident = model_identity("plugin", None, prov["sha256"], diffusion, spec, strong=False)
+              "return a torch.nn.Module that holds its weights for an identity by its weights", file=sys.stderr)
+    ident = model_identity("plugin", None, weights_sha256, diffusion, architecture, spec)
     return ModelSource(net=net, diffusion=diffusion, identity=ident, provenance=prov, module=module)
 
 

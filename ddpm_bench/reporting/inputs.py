@@ -217,7 +217,7 @@ class RunInputs:
     @property
     def data(self) -> str | None:
         """The training data of a run (config), else the data its nll, fid or rate-distortion outputs name."""
-        if self.config:
+        if self.config and self.config.data:
             return self.config.data
         for nll in (self.nll_train, self.nll_test):
             if nll is not None:
