@@ -141,3 +141,9 @@ def test_reproduce_ckpt_records_the_checkpoints_config_and_checks_shapes_first(t
     metrics = json.loads((out / "fid" / "metrics.json").read_text())
     assert metrics["samples_model"]["identity"] == config["checkpoint"]["identity"]
     assert json.loads((out / "run.json").read_text())["command"] == "reproduce"
+    # a stage whose recipe settings changed is named, with what to do, and nothing is mixed
+    capsys.readouterr()
+    assert main([*args, "--set", "evaluation.nll.seed=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "stage nll_train: --out" in err and "bound.seed: 0 -> 1" in err and "delete that directory" in err
+    assert json.loads((out / "nll_train" / "summary.json").read_text())["seed"] == 0
