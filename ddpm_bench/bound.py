@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ddpm_bench.diffusion import (
@@ -53,15 +54,29 @@ class BoundOptions:
     clip: bool = True  # clip the x0 prediction to [-1, 1] before forming the mean (official bound loop)
     decoder_cdf: str = "exact"  # "exact" (log-space normal CDF) or "tanh" (official code, 1e-12 floor)
     precision: str = "fp32"  # network precision; every term stays float64
+    terms: int = 0  # 0: every term (exact); K >= 1: K of the T-1 KL terms importance-sampled per image
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
         if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1:
             raise UserError(f"--draws must be at least 1, got {self.draws}")
+        if isinstance(self.terms, bool) or not isinstance(self.terms, int) or self.terms < 0:
+            raise UserError(f"--terms must be at least 1 (or 0 for every term), got {self.terms}")
+        if self.terms and self.draws != 1:
+            raise UserError("--terms and --draws > 1 do not go together: the K drawn terms are the sampling")
         if self.decoder_cdf not in DECODER_CDF_MODES:
             raise UserError(f"--decoder-cdf {self.decoder_cdf}: choose from {', '.join(DECODER_CDF_MODES)}")
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision {self.precision}: choose from {', '.join(PRECISIONS)}")
+
+    @property
+    def estimator(self) -> str:
+        return "importance" if self.terms else "exact"
+
+    def expectation(self) -> dict:
+        """The options that change what the bound's expectation is (the seed, draws and term sampling
+        only change the noise of its estimate): two outputs may be compared only when these agree."""
+        return {"clip": self.clip, "decoder_cdf": self.decoder_cdf, "precision": self.precision}
 
 
 def to_model_scale(images: torch.Tensor) -> torch.Tensor:
@@ -113,6 +128,7 @@ def term_values(cfg: DiffusionConfig, s: Schedule, output: torch.Tensor, x0: tor
 class BoundTerms:
     terms: torch.Tensor  # (N, T + 1) float64 bits/dim; column k = L_k, column T = L_T
     mse: torch.Tensor  # (N, T) float64; column k = x0-prediction error from x_{k+1}, averaged over draws
+    drawn: torch.Tensor | None = None  # (N, T + 1) int64 times each term was drawn (importance sampling)
 
 
 def check_output(output: torch.Tensor, xt: torch.Tensor, cfg: DiffusionConfig, i: torch.Tensor,
@@ -198,3 +214,89 @@ def compute_bound(
             progress(len(flat))
     terms = torch.cat([per_draw.mean(1), prior_bpd(s, x0_all)[:, None]], dim=1)
     return BoundTerms(terms=terms, mse=mse.mean(1))
+
+
+# -- the importance-sampled bound (SPEC section 2, `nll --terms K`) -------------------------------------------
+
+PROPOSAL_UNIFORM_SHARE = 0.05  # the part of q spread evenly over all KL terms: every q(k) > 0, so no bias
+PURPOSE_TERM_DRAW = -1  # the noise key (j, -1, 0) gives the uniform of image j's term draws
+
+
+def term_proposal(terms: np.ndarray, uniform_share: float = PROPOSAL_UNIFORM_SHARE) -> np.ndarray:
+    """q(k) over the KL terms k = 1..T-1, (T-1,) float64, from per-image terms (N, T+1) of an exact bound:
+    proportional to each term's root-mean-square over images (the variance-minimising choice for a
+    single term's contribution), mixed with `uniform_share` of the uniform distribution."""
+    rms = np.sqrt(np.mean(np.asarray(terms, dtype=np.float64)[:, 1:-1] ** 2, axis=0))
+    T1 = rms.shape[0]
+    base = rms / rms.sum() if rms.sum() > 0 else np.full(T1, 1.0 / T1)
+    return (1.0 - uniform_share) * base + uniform_share / T1
+
+
+def draw_terms(seed: int, index: torch.Tensor, q: np.ndarray, K: int) -> np.ndarray:
+    """(N, K) int64 KL terms in 1..T-1 for the images with data-set indices `index`: systematic sampling
+    from q (points (u_j + i) / K, i = 0..K-1, each marginally distributed as q) with u_j a pure function of
+    (seed, index j). Sorted within each row."""
+    keys = torch.stack([index.cpu(), torch.full_like(index.cpu(), PURPOSE_TERM_DRAW), torch.zeros_like(index.cpu())], 1)
+    u = torch.special.ndtr(counter_normal(seed, keys, (1,))).numpy()[:, 0]  # (N,) uniform in (0, 1)
+    points = (u[:, None] + np.arange(K)[None, :]) / K
+    cdf = np.cumsum(q)
+    cdf[-1] = 1.0
+    return np.searchsorted(cdf, points, side="right").astype(np.int64) + 1
+
+
+def estimate_bound(
+    net: Net,
+    cfg: DiffusionConfig,
+    s: Schedule,
+    images: torch.Tensor,  # (N, C, H, W) uint8
+    index: torch.Tensor,  # (N,) int64 dataset indices: the noise and term-draw key
+    opts: BoundOptions,
+    q: np.ndarray,  # (T-1,) float64 proposal over the KL terms k = 1..T-1
+    *,
+    batch_size: int = 256,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    progress: Callable[[int], None] | None = None,
+) -> BoundTerms:
+    """The importance-sampled bound: per image L_T in closed form, L_0 evaluated, and K = opts.terms KL
+    terms drawn from q, each weighted by 1 / (K q(k)); `terms[:, k]` holds the weighted sum of the draws of
+    term k (0 where it was not drawn), so every row sums to an unbiased estimate of the image's bound and
+    every column's mean to one of the term's mean. A term drawn twice for one image gets a fresh x_{k+1}
+    (draw number = its occurrence). N * (K + 1) network evaluations."""
+    device = images.device
+    s = s.to(device)
+    N, T, K = images.shape[0], s.T, opts.terms
+    x0_all = to_model_scale(images)
+    index = index.to(device=device, dtype=torch.int64)
+    ks = draw_terms(opts.seed, index, q, K)  # (N, K)
+    occurrence = np.zeros_like(ks)
+    for c in range(1, K):
+        occurrence[:, c] = np.where(ks[:, c] == ks[:, c - 1], occurrence[:, c - 1] + 1, 0)
+    n_all = torch.arange(N, device=device).repeat_interleave(K + 1)
+    k_all = torch.from_numpy(np.concatenate([np.zeros((N, 1), np.int64), ks], 1).reshape(-1)).to(device)
+    d_all = torch.from_numpy(np.concatenate([np.zeros((N, 1), np.int64), occurrence], 1).reshape(-1)).to(device)
+    values = torch.empty(N * (K + 1), dtype=torch.float64, device=device)
+    errors = torch.empty(N * (K + 1), dtype=torch.float64, device=device)
+    for start in range(0, len(n_all), batch_size):
+        sl = slice(start, start + batch_size)
+        v = bound_pairs(net, cfg, s, x0_all, index, n_all[sl], d_all[sl], k_all[sl], seed=opts.seed, clip=opts.clip,
+                        decoder_cdf=opts.decoder_cdf, precision=opts.precision, memory_format=memory_format)
+        values[sl], errors[sl] = v.bpd, v.mse
+        if progress is not None:
+            progress(len(n_all[sl]))
+    values, errors = values.view(N, K + 1), errors.view(N, K + 1)
+    qk = torch.from_numpy(q).to(device)[torch.from_numpy(ks).to(device) - 1]  # (N, K)
+    rows = torch.arange(N, device=device)[:, None].expand(N, K)
+    cols = torch.from_numpy(ks).to(device)
+    terms = torch.zeros(N, T + 1, dtype=torch.float64, device=device)
+    terms[:, 0] = values[:, 0]
+    terms.index_put_((rows, cols), values[:, 1:] / (K * qk), accumulate=True)
+    terms[:, T] = prior_bpd(s, x0_all)
+    drawn = torch.zeros(N, T + 1, dtype=torch.int64, device=device)
+    drawn[:, 0] = 1
+    drawn[:, T] = 1
+    drawn.index_put_((rows, cols), torch.ones_like(cols), accumulate=True)
+    mse_sum = torch.zeros(N, T, dtype=torch.float64, device=device)
+    mse_sum[:, 0] = errors[:, 0]
+    mse_sum.index_put_((rows, cols), errors[:, 1:], accumulate=True)
+    mse = torch.where(drawn[:, :T] > 0, mse_sum / drawn[:, :T].clamp(min=1), torch.nan)
+    return BoundTerms(terms=terms, mse=mse, drawn=drawn)
