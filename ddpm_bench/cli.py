@@ -99,7 +99,7 @@ def data_spec(args: argparse.Namespace) -> DataSpec:
 
 def bound_options(args: argparse.Namespace) -> BoundOptions:
     return BoundOptions(seed=args.seed, draws=args.draws, clip=args.clip, decoder_cdf=args.decoder_cdf,
-                        precision=args.precision)
+                        precision=args.precision, terms=getattr(args, "terms", 0))
 
 
 def run_options(args: argparse.Namespace, out: str | None = None) -> RunOptions:
@@ -112,7 +112,8 @@ def run_options(args: argparse.Namespace, out: str | None = None) -> RunOptions:
 def cmd_nll(args: argparse.Namespace) -> int:
     from ddpm_bench.jobs.nll import run_nll
 
-    run_nll(model_spec(args), data_spec(args), bound_options(args), run_options(args), shard_size=args.shard_size)
+    run_nll(model_spec(args), data_spec(args), bound_options(args), run_options(args), shard_size=args.shard_size,
+            proposal=args.proposal)
     return 0
 
 
@@ -218,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _parser(sub, "nll", "exact per-image, per-term variational bound in bits/dim")
     add_model_args(p)
     add_bound_args(p)
+    g = p.add_argument_group("importance-sampled bound (an unbiased estimate of the same expectation)")
+    g.add_argument("--terms", type=int, default=0, metavar="K",
+                   help="evaluate L_0 and K of the T-1 KL terms per image, drawn from a proposal q and weighted "
+                        "by 1/(K q(k)); 0: every term (the exact bound)")
+    g.add_argument("--proposal", default=None, metavar="NLL_DIR",
+                   help="an exact nll output of the same model whose per-term root-mean-square sets q "
+                        "(default: an exact pilot on the first 4 images, counted in network_evals)")
     add_out_args(p)
     p.set_defaults(func=cmd_nll)
 

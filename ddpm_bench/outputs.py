@@ -195,7 +195,9 @@ class NllSummary(JsonOutput):
 @dataclass(frozen=True)
 class PerImage:
     """`per_image.npz` of `nll`: `terms` float64 (N, T+1) bits/dim, `mse` float64 (N, T) (squared error of
-    the x0 prediction, model scale), `index` int64 (N,) data-set indices, `run_id` of the nll run."""
+    the x0 prediction, model scale), `index` int64 (N,) data-set indices, `run_id` of the nll run, and
+    `drawn` int64 (N, T+1), how often each term was evaluated (all ones for the exact bound; for `--terms K`
+    the drawn terms, whose `terms` entries are weighted by 1/(K q(k)), and whose `mse` is NaN elsewhere)."""
 
     FILE: ClassVar[str] = "per_image.npz"
 
@@ -203,11 +205,17 @@ class PerImage:
     mse: np.ndarray
     index: np.ndarray
     run_id: str
+    drawn: np.ndarray
+
+    @property
+    def exact(self) -> bool:
+        """Every term evaluated for every image (not importance sampled)."""
+        return bool(np.all(self.drawn == 1))
 
     def write(self, folder: str | Path) -> Path:
         path = Path(folder) / self.FILE
         atomic_write_npz(path, terms=self.terms, mse=self.mse, index=self.index.astype(np.int64),
-                         run_id=np.array(self.run_id))
+                         run_id=np.array(self.run_id), drawn=self.drawn.astype(np.int64))
         return path
 
     @classmethod
@@ -216,10 +224,10 @@ class PerImage:
         path = Path(folder) / cls.FILE
         try:
             with np.load(path, allow_pickle=False) as z:
-                missing = [k for k in ("terms", "mse", "index", "run_id") if k not in z.files]
+                missing = [k for k in ("terms", "mse", "index", "run_id", "drawn") if k not in z.files]
                 if missing:
                     raise OutputFileError(f"{path}: field '{missing[0]}' is missing")
-                terms, mse, index, run_id = z["terms"], z["mse"], z["index"], str(z["run_id"])
+                terms, mse, index, run_id, drawn = z["terms"], z["mse"], z["index"], str(z["run_id"]), z["drawn"]
         except OutputFileError:
             raise
         except FileNotFoundError:
@@ -233,10 +241,16 @@ class PerImage:
             raise OutputFileError(f"{path}: field 'mse' must be float64 ({n}, {T}), got {mse.dtype} {mse.shape}")
         if index.dtype != np.int64 or index.shape != (n,):
             raise OutputFileError(f"{path}: field 'index' must be int64 ({n},), got {index.dtype} {index.shape}")
+        if drawn.dtype != np.int64 or drawn.shape != terms.shape or np.any(drawn < 0):
+            raise OutputFileError(f"{path}: field 'drawn' must be int64 counts ({n}, {T}+1), got {drawn.dtype} "
+                                  f"{drawn.shape}")
         if not np.all(np.isfinite(terms)):
             raise OutputFileError(f"{path}: field 'terms' holds non-finite values")
-        if not np.all(np.isfinite(mse)) or np.any(mse < 0):
-            raise OutputFileError(f"{path}: field 'mse' holds negative or non-finite values")
+        evaluated = drawn[:, :T] > 0
+        if not np.all(np.isfinite(mse[evaluated])) or np.any(mse[evaluated] < 0) or \
+                not np.all(np.isnan(mse[~evaluated])):
+            raise OutputFileError(f"{path}: field 'mse' holds negative or non-finite values where a term was "
+                                  "evaluated (or a value where none was)")
         if summary is not None:
             if run_id != summary.run_id:
                 raise OutputFileError(f"{path}: field 'run_id' is not that of {NllSummary.FILE} beside it "
@@ -244,7 +258,7 @@ class PerImage:
             if (n, T) != (summary.n_images, summary.T):
                 raise OutputFileError(f"{path}: field 'terms' is ({n}, {T}+1) but {NllSummary.FILE} says "
                                       f"n_images = {summary.n_images}, T = {summary.T}")
-        return cls(terms=terms, mse=mse, index=index, run_id=run_id)
+        return cls(terms=terms, mse=mse, index=index, run_id=run_id, drawn=drawn)
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,8 @@ def write_nll_dir(path: Path, n: int = 6, T: int = 20, seed: int = 0, data: str 
         m = "" if k == T else repr(float(mse[:, k].mean()))
         rows.append(f"{k},{terms[:, k].mean()!r},{terms[:, k].std(ddof=1) / np.sqrt(n)!r},{m}")
     (path / "terms.csv").write_text("\n".join(rows) + "\n")
-    PerImage(terms=terms, mse=mse, index=np.arange(n, dtype=np.int64), run_id=run_id).write(path)
+    PerImage(terms=terms, mse=mse, index=np.arange(n, dtype=np.int64), run_id=run_id,
+             drawn=np.ones(terms.shape, dtype=np.int64)).write(path)
     summary.write(path)
     return path
 

@@ -95,3 +95,54 @@ def test_the_95_percent_interval_covers_the_expected_bound_93_to_97_percent_of_t
         se = totals.std(ddof=1) / math.sqrt(N)
         covered += abs(totals.mean() - closed.sum()) <= Z95 * se
     assert 0.93 <= covered / runs <= 0.97, covered / runs
+
+
+# -- `nll --terms K` ---------------------------------------------------------------------------------------------
+
+def _nll(npz, out, *args):
+    from ddpm_bench.cli import main
+
+    return main(["nll", "--model", "tests/plugins.py:tiny_conv_T20", "--T", "20", "--no-progress", "--data", str(npz),
+                 "--out", str(out), *map(str, args)])
+
+
+def test_nll_terms_writes_an_honest_importance_sampled_output(tmp_path, capsys):
+    import csv
+    import json
+
+    from ddpm_bench.cli import main
+
+    npz = tmp_path / "d.npz"
+    np.savez(npz, np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
+    assert _nll(npz, tmp_path / "exact") == 0
+    assert _nll(npz, tmp_path / "pilot", "--terms", 3, "--batch-size", 5) == 0
+    s = json.loads((tmp_path / "pilot" / "summary.json").read_text())
+    assert s["estimator"] == "importance" and s["terms_per_image"] == 3 and s["bound"]["terms"] == 3
+    assert s["proposal"]["from"] == "pilot" and s["proposal"]["images"] == [0, 1, 2, 3]
+    assert s["network_evals"] == 6 * (3 + 1) + 4 * 20  # the pilot is counted
+    with np.load(tmp_path / "pilot" / "per_image.npz") as z:
+        drawn, terms = z["drawn"], z["terms"]
+    assert (drawn[:, 1:20].sum(1) == 3).all() and np.isclose(terms.sum(1).mean(), s["total_bpd"], rtol=1e-12)
+    rows = list(csv.DictReader(open(tmp_path / "pilot" / "terms.csv")))
+    never = [int(r["term"]) for r in rows if r["bpd_mean"] == ""]
+    assert never and all(drawn[:, k].sum() == 0 for k in never)  # blank where no image drew the term
+    # the same draws whatever the batch size, and a proposal from the exact output of the same model
+    assert _nll(npz, tmp_path / "pilot2", "--terms", 3, "--batch-size", 64) == 0
+    with np.load(tmp_path / "pilot2" / "per_image.npz") as z:
+        assert np.array_equal(z["drawn"], drawn) and np.allclose(z["terms"], terms, rtol=1e-9, atol=0)
+    assert _nll(npz, tmp_path / "prop", "--terms", 3, "--proposal", tmp_path / "exact") == 0
+    p = json.loads((tmp_path / "prop" / "summary.json").read_text())
+    assert p["proposal"]["from"] == "nll output" and p["network_evals"] == 6 * 4
+    # exact and estimated outputs of one model have one expectation: gap compares them
+    alt = tmp_path / "alt.npz"
+    np.savez(alt, np.random.default_rng(1).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
+    assert _nll(alt, tmp_path / "test_est", "--terms", 3) == 0
+    capsys.readouterr()
+    assert main(["gap", str(tmp_path / "exact"), str(tmp_path / "test_est"), "--max-gap", "100"]) == 0
+    # but rate-distortion needs every term, and a proposal must come from the same model
+    assert main(["rate-distortion", str(tmp_path / "pilot"), "--out", str(tmp_path / "rd")]) == 2
+    assert "need every term" in capsys.readouterr().err
+    assert main(["nll", "--model", "tests/plugins.py:tiny_conv_learned_T20", "--var-type", "learned", "--T", "20",
+                "--no-progress", "--data", str(npz), "--terms", "3", "--proposal", str(tmp_path / "exact"),
+                "--out", str(tmp_path / "other")]) == 2
+    assert "computed with another model" in capsys.readouterr().err

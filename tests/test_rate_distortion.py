@@ -159,7 +159,8 @@ def test_bad_nll_dir_exit_2(tmp_path, capsys, damage, message):
     elif damage == "mse_shape":
         np.savez(nll / "per_image.npz", **{**z, "mse": z["mse"][:, :-2]})
     elif damage == "terms_T":
-        np.savez(nll / "per_image.npz", **{**z, "terms": z["terms"][:, :-1], "mse": z["mse"][:, :-1]})
+        np.savez(nll / "per_image.npz", **{**z, "terms": z["terms"][:, :-1], "mse": z["mse"][:, :-1],
+                                          "drawn": z["drawn"][:, :-1]})
     elif damage == "other_run":
         np.savez(nll / "per_image.npz", **{**z, "run_id": np.array("cd" * 32)})
     elif damage == "no_summary":

@@ -12,17 +12,26 @@ import io
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from functools import partial
 
 import numpy as np
 import torch
 
 from ddpm_bench import __version__, distributed, network_speed, run_dir
-from ddpm_bench.bound import BoundOptions, bound_pairs, compute_bound, to_model_scale
+from ddpm_bench.bound import (
+    BoundOptions,
+    bound_pairs,
+    compute_bound,
+    estimate_bound,
+    term_proposal,
+    to_model_scale,
+)
 from ddpm_bench.data import DataSpec, ImageSet
 from ddpm_bench.errors import UserError
+from ddpm_bench.identity import sha256_json
 from ddpm_bench.models.source import ModelSource, ModelSpec
-from ddpm_bench.outputs import NllSummary, OutputFileError, PerImage
+from ddpm_bench.outputs import NllOutput, NllSummary, OutputFileError, PerImage
 from ddpm_bench.precision import resolve_device
 from ddpm_bench.probe import timed
 from ddpm_bench.provenance import environment
@@ -32,7 +41,8 @@ from ddpm_bench.shards import atomic_write_bytes
 COMMAND = "nll"
 TERMS_CSV = NllSummary.TERMS_CSV
 SHARD_DIR = "shards"
-SHARD_KEYS = ("terms", "mse", "seconds")
+SHARD_KEYS = ("terms", "mse", "drawn", "seconds")
+PILOT_IMAGES = 4  # images of the exact pilot that sets the proposal of `--terms K` without `--proposal`
 
 
 def shard_name(s: int) -> str:
@@ -45,20 +55,52 @@ def check_image_shape(source: ModelSource, data: ImageSet) -> None:
                         f"{tuple(source.image_shape)}")
 
 
-def nll_identity(source: ModelSource, data: ImageSet, opts: BoundOptions, shard_size: int) -> dict:
-    """Everything that changes the numbers: the model, the images, the bound options and the shard size
-    (which images share a network call). Batch size, device and compile mode are not part of it."""
-    return {"model": source.identity.sha256, "data": data.identity(), "bound": asdict(opts), "shard_size": shard_size}
+def nll_identity(source: ModelSource, data: ImageSet, opts: BoundOptions, shard_size: int,
+                 proposal: dict | None = None) -> dict:
+    """Everything that changes the numbers: the model, the images, the bound options, the shard size
+    (which images share a network call) and, for `--terms K`, the proposal (by the hash of q). Batch size,
+    device and compile mode are not part of it."""
+    identity = {"model": source.identity.sha256, "data": data.identity(), "bound": asdict(opts),
+                "shard_size": shard_size}
+    if proposal is not None:
+        identity["proposal_sha256"] = proposal["sha256"]
+    return identity
+
+
+def choose_proposal(source: ModelSource, data: ImageSet, opts: BoundOptions, proposal_dir: str | None,
+                    batch_size: int, device: torch.device) -> tuple[np.ndarray, dict]:
+    """q over the KL terms for `--terms K` and where it came from: an earlier exact nll output of the same
+    model (`--proposal`), else an exact pilot on the first PILOT_IMAGES images (its evaluations counted)."""
+    T = source.diffusion.T
+    if proposal_dir is not None:
+        prior = NllOutput.read(proposal_dir)
+        if prior.summary.model_sha256 != source.identity.sha256:
+            raise UserError(f"--proposal {proposal_dir}: computed with another model "
+                            f"({prior.summary.model_sha256[:12]}, not {source.identity.sha256[:12]})")
+        if prior.summary.T != T or prior.summary.extra.get("estimator", "exact") != "exact":
+            raise UserError(f"--proposal {proposal_dir}: needs an exact nll output (every term) with T = {T}")
+        q = term_proposal(prior.per_image.terms)
+        info = {"from": "nll output", "run_id": prior.summary.run_id, "n_images": prior.summary.n_images,
+                "network_evals": 0}
+    else:
+        n = min(PILOT_IMAGES, len(data))
+        images = torch.from_numpy(data.images[:n]).permute(0, 3, 1, 2).to(device)
+        pilot = compute_bound(source.net, source.diffusion, source.diffusion.schedule(), images,
+                              torch.from_numpy(data.index[:n]), replace(opts, terms=0), batch_size=batch_size)
+        q = term_proposal(pilot.terms.cpu().numpy())
+        info = {"from": "pilot", "images": data.index[:n].tolist(), "seed": opts.seed, "network_evals": n * T}
+    info.update(sha256=sha256_json(q.tolist()), rule="rms of the exact terms over images, 5% uniform")
+    return q, info
 
 
 def evaluate_shards(source: ModelSource, data: ImageSet, rd: RunDir, plan: ShardPlan, shards: list[int],
                     opts: BoundOptions, *, batch_size: int, device: torch.device, progress: bool,
-                    memory_format: torch.memory_format = torch.contiguous_format) -> None:
-    """Compute and write the listed shards."""
+                    memory_format: torch.memory_format = torch.contiguous_format, q: np.ndarray | None = None) -> None:
+    """Compute and write the listed shards: every term, or (opts.terms = K) K terms drawn from q."""
     from tqdm import tqdm
 
     s = source.diffusion.schedule()
-    per_image = source.diffusion.T * opts.draws
+    per_image = opts.terms + 1 if opts.terms else source.diffusion.T * opts.draws
     total = sum(len(plan.items(i)) for i in shards) * per_image
     bar = tqdm(total=total, unit="eval", disable=not progress or total == 0, dynamic_ncols=True,
                desc="bound", file=sys.stderr)
@@ -68,11 +110,14 @@ def evaluate_shards(source: ModelSource, data: ImageSet, rd: RunDir, plan: Shard
         images = torch.from_numpy(data.images[lo:hi]).permute(0, 3, 1, 2).to(device)
         index = torch.from_numpy(data.index[lo:hi])
         t0 = time.perf_counter()
-        result = compute_bound(source.net, source.diffusion, s, images, index, opts, batch_size=batch_size,
-                               memory_format=memory_format, progress=bar.update)
+        engine = partial(estimate_bound, q=q) if opts.terms else compute_bound
+        result = engine(source.net, source.diffusion, s, images, index, opts, batch_size=batch_size,
+                        memory_format=memory_format, progress=bar.update)
         seconds = time.perf_counter() - t0
+        drawn = result.drawn.cpu().numpy() if result.drawn is not None else \
+            np.ones(tuple(result.terms.shape), dtype=np.int64)
         rd.write_shard(shard_name(i), items, terms=result.terms.cpu().numpy(), mse=result.mse.cpu().numpy(),
-                       seconds=np.full(len(items), seconds / len(items)))
+                       drawn=drawn, seconds=np.full(len(items), seconds / len(items)))
     bar.close()
 
 
@@ -80,7 +125,7 @@ def merge_shards(rd: RunDir, plan: ShardPlan, data: ImageSet) -> dict[str, np.nd
     """Every shard, each checked to belong to this run and to hold its images, in order."""
     parts = [rd.read_shard(shard_name(i), plan.items(i), SHARD_KEYS) for i in range(plan.num_shards)]
     return {"terms": np.concatenate([p["terms"] for p in parts]), "mse": np.concatenate([p["mse"] for p in parts]),
-            "index": data.index.astype(np.int64),
+            "drawn": np.concatenate([p["drawn"] for p in parts]), "index": data.index.astype(np.int64),
             "seconds": np.float64(sum(float(p["seconds"].sum()) for p in parts))}
 
 
@@ -89,7 +134,10 @@ def stderr_of_mean(x: np.ndarray) -> float | None:
     return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else None
 
 
-def summarise(merged: dict, rd: RunDir, source: ModelSource, data: ImageSet, opts: BoundOptions) -> NllSummary:
+def summarise(merged: dict, rd: RunDir, source: ModelSource, data: ImageSet, opts: BoundOptions,
+              proposal: dict | None = None) -> NllSummary:
+    """The summary; every standard error is over images, so for `--terms K` it includes the term-sampling
+    variance (each image's estimate is independent of the others')."""
     terms = merged["terms"]  # (N, T + 1)
     T = terms.shape[1] - 1
     total = terms.sum(1)
@@ -122,27 +170,34 @@ def summarise(merged: dict, rd: RunDir, source: ModelSource, data: ImageSet, opt
         diffusion=asdict(source.diffusion),
         ddpm_bench_version=__version__,
         seconds=float(merged["seconds"]),
-        network_evals=int(terms.shape[0] * T * opts.draws),
-        extra={"environment": environment()},
+        network_evals=int(terms.shape[0] * (opts.terms + 1 if opts.terms else T * opts.draws)
+                          + (proposal["network_evals"] if proposal else 0)),
+        extra={"estimator": opts.estimator, "terms_per_image": opts.terms or None, "proposal": proposal,
+               "environment": environment()},
     )
 
 
-def terms_csv(terms: np.ndarray, mse: np.ndarray) -> str:
-    """term,bpd_mean,bpd_stderr,mse_mean for term = 0..T (mse empty for T)."""
+def terms_csv(terms: np.ndarray, mse: np.ndarray, drawn: np.ndarray) -> str:
+    """term,bpd_mean,bpd_stderr,mse_mean for term = 0..T (mse empty for T). For `--terms K` the means are
+    inverse-probability weighted (unbiased for each term's mean) and a term no image drew is blank."""
     buf = io.StringIO()
     buf.write("term,bpd_mean,bpd_stderr,mse_mean\n")
     T = terms.shape[1] - 1
     for k in range(T + 1):
+        if not drawn[:, k].any():
+            buf.write(f"{k},,,\n")
+            continue
         se = stderr_of_mean(terms[:, k])
-        m = f"{mse[:, k].mean():.17g}" if k < T else ""
+        m = f"{np.nanmean(mse[:, k]):.17g}" if k < T else ""
         buf.write(f"{k},{terms[:, k].mean():.17g},{'' if se is None else f'{se:.17g}'},{m}\n")
     return buf.getvalue()
 
 
 def write_outputs(rd: RunDir, merged: dict, summary: NllSummary) -> None:
     """per_image.npz and terms.csv first, summary.json last (its presence marks a complete run)."""
-    PerImage(terms=merged["terms"], mse=merged["mse"], index=merged["index"], run_id=rd.run_id).write(rd.path)
-    atomic_write_bytes(rd.path / TERMS_CSV, terms_csv(merged["terms"], merged["mse"]).encode())
+    PerImage(terms=merged["terms"], mse=merged["mse"], index=merged["index"], run_id=rd.run_id,
+             drawn=merged["drawn"]).write(rd.path)
+    atomic_write_bytes(rd.path / TERMS_CSV, terms_csv(merged["terms"], merged["mse"], merged["drawn"]).encode())
     summary.write(rd.path)
 
 
@@ -183,36 +238,51 @@ def probe_seconds_per_eval(source: ModelSource, data: ImageSet, batch_size: int,
                                      memory_format=memory_format), device, repeats) / batch_size
 
 
-def run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptions, shard_size: int = 64) -> NllSummary | None:
+def run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptions, shard_size: int = 64,
+            proposal: str | None = None) -> NllSummary | None:
     """The nll command, in one process or in each process of a torchrun launch (see ddpm_bench.distributed):
     rank r computes the shards s with s % world == r; rank 0 claims --out, merges and writes the results
-    and returns the summary (other ranks return None)."""
+    and returns the summary (other ranks return None). With `opts.terms` = K the bound is importance
+    sampled from the proposal of `proposal` (an exact nll output of the same model) or of a pilot."""
     if shard_size < 1:
         raise UserError(f"--shard-size must be at least 1, got {shard_size}")
+    if proposal is not None and not opts.terms:
+        raise UserError("--proposal goes with --terms K (the importance-sampled bound)")
     dev = distributed.process_device(resolve_device(run.device))
     with distributed.process_group(dev):
-        return _run_nll(model, data, opts, run, shard_size, dev)
+        return _run_nll(model, data, opts, run, shard_size, proposal, dev)
 
 
 def _run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptions, shard_size: int,
-             dev: torch.device) -> NllSummary | None:
+             proposal_dir: str | None, dev: torch.device) -> NllSummary | None:
     main, world = distributed.is_main(), distributed.world_size()
-    with run_dir.phase():  # every rank: inputs; rank 0 claims --out
+    q = proposal = None
+    with run_dir.phase():  # every rank: inputs (and the proposal, the same bytes on every rank); rank 0 claims
         source = model.load(dev)
         images = data.load()
         check_image_shape(source, images)
         memory_format = network_speed.speed_up(source, run.channels_last, run.compile_mode)
-        identity = nll_identity(source, images, opts, shard_size)
+        if opts.terms and not run.dry_run:
+            if opts.terms > source.diffusion.T - 1:
+                raise UserError(f"--terms {opts.terms}: more than the T - 1 = {source.diffusion.T - 1} KL terms; "
+                                "leave --terms out for every term")
+            q, proposal = choose_proposal(source, images, opts, proposal_dir, run.batch_size, dev)
+        identity = nll_identity(source, images, opts, shard_size, proposal)
         if not run.dry_run:
             rd = run_dir.claim_collective(run.out, COMMAND, identity, force=run.force)
 
     T = source.diffusion.T
-    evals = len(images) * T * opts.draws
+    per_image = opts.terms + 1 if opts.terms else T * opts.draws
+    evals = len(images) * per_image
     if run.dry_run:
         if main:
             sec = probe_seconds_per_eval(source, images, run.batch_size, opts.precision, dev, memory_format)
             procs = f" in {world} processes" if world > 1 else ""
-            print(f"nll: {len(images)} images x {T} terms x {opts.draws} draw(s) = {evals} network evaluations; "
+            what = f"(1 + {opts.terms} drawn) terms" if opts.terms else f"{T} terms x {opts.draws} draw(s)"
+            if opts.terms and proposal_dir is None:
+                evals += min(PILOT_IMAGES, len(images)) * T
+                what += f" + a pilot of {min(PILOT_IMAGES, len(images))} images x {T} terms"
+            print(f"nll: {len(images)} images x {what} = {evals} network evaluations; "
                   f"~{sec * 1e3:.3g} ms each on {dev} (noise, network and terms, batches of {run.batch_size}) "
                   f"-> ETA {evals * sec / world / 60:.1f} min{procs}")
         return None
@@ -232,11 +302,11 @@ def _run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptio
 
     with run_dir.phase():  # every rank: its own shards
         evaluate_shards(source, images, rd, plan, plan.owned(missing), opts, batch_size=run.batch_size, device=dev,
-                        progress=run.progress and main, memory_format=memory_format)
+                        progress=run.progress and main, memory_format=memory_format, q=q)
     if not main:
         return None
     merged = merge_shards(rd, plan, images)  # rank 0: merge (every shard checked again) and write
-    summary = summarise(merged, rd, source, images, opts)
+    summary = summarise(merged, rd, source, images, opts, proposal)
     summary.extra.update(processes=world,
                          network_execution=network_speed.describe(run.channels_last, run.compile_mode, dev))
     write_outputs(rd, merged, summary)

@@ -53,6 +53,9 @@ def run_rate_distortion(out: str | Path, nll_dir: str | Path | None = None, nll:
             return None
         nll_dir = out / NLL_SUBDIR
     source = NllOutput.read(nll_dir)  # refuse bad input before touching --out
+    if not source.per_image.exact:
+        raise UserError(f"NLL_DIR {nll_dir}: an importance-sampled bound (nll --terms K) has only K of the T - 1 "
+                        "terms of each image; rate and distortion need every term: run nll without --terms")
     if nll is None:
         run_dir.claim(out, COMMAND, {"nll_run_id": source.summary.run_id}, force=force)
     return write_rate_distortion(source, out)
