@@ -133,10 +133,12 @@ class NllStage:
     execution: StageExecution = field(default_factory=lambda: StageExecution(batch_size=256, shard_size=64))
     train_images: int = 0  # 0 = every image of training.data
     test_images: int = 0  # 0 = every image of evaluation.test_data
+    gap_terms: int = 0  # K > 0: the gap from importance-sampled bounds (nll --terms K) of gap_images per split
+    gap_images: int = 0  # 0 = every image of each split (with gap_terms)
 
     def __post_init__(self) -> None:
-        if self.train_images < 0 or self.test_images < 0:
-            raise ValueError("train_images and test_images must be >= 0")
+        if min(self.train_images, self.test_images, self.gap_terms, self.gap_images) < 0:
+            raise ValueError("train_images, test_images, gap_terms and gap_images must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -495,6 +495,15 @@ class ReproduceLayout(TrainLayout):
         return self.root / "nll_test"
 
     @property
+    def gap_nll_train(self) -> Path:
+        """The importance-sampled bound of the train split for the gap (`[evaluation.nll] gap_terms`)."""
+        return self.root / "gap_nll_train"
+
+    @property
+    def gap_nll_test(self) -> Path:
+        return self.root / "gap_nll_test"
+
+    @property
     def gap(self) -> Path:
         return self.root / GapResult.FILE
 

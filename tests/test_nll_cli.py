@@ -122,7 +122,13 @@ def test_model_source_must_be_exactly_one(npz, tmp_path, capsys):
 def test_dry_run_prints_evaluations_and_writes_nothing(npz, tmp_path, capsys):
     out = tmp_path / "out"
     assert nll("--data", npz, "--out", out, "--dry-run") == 0
-    assert "120 network evaluations" in capsys.readouterr().out and not out.exists()
+    text = capsys.readouterr().out
+    assert "120 network evaluations" in text and not out.exists()
+    assert "--terms 19 (pilot included) would be 200 network evaluations" in text  # 6 x 20 + 4 x 20
+    assert nll("--data", npz, "--out", out, "--dry-run", "--terms", 5) == 0
+    text = capsys.readouterr().out
+    assert "6 images x (1 + 5 drawn) terms + a pilot of 4 images x 20 terms = 116 network evaluations" in text
+    assert "the exact bound (without --terms) would be 120" in text and not out.exists()
 
 
 def test_gap_reports_interval_and_fails_beyond_max_gap(tmp_path, capsys):

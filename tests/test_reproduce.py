@@ -147,3 +147,30 @@ def test_reproduce_ckpt_records_the_checkpoints_config_and_checks_shapes_first(t
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "stage nll_train: --out" in err and "bound.seed: 0 -> 1" in err and "delete that directory" in err
     assert json.loads((out / "nll_train" / "summary.json").read_text())["seed"] == 0
+
+
+def test_reproduce_gap_from_importance_sampled_bounds_of_the_splits(tmp_path, capsys, one_thread):
+    """`[evaluation.nll] gap_terms = K`: Tables 1 and 4 keep the exact bound of nll_train/nll_test; the gap
+    comes from `nll --terms K` on gap_images per split, with the proposal of the exact nll_test."""
+    import numpy as np
+
+    from tests.test_train import tiny_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path)
+    rng = np.random.default_rng(0)
+    for name in ("train", "test"):
+        np.savez(tmp_path / f"{name}.npz", rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(CKPT_RECIPE.format(train=tmp_path / "train.npz", test=tmp_path / "test.npz")
+                      .replace("shard_size = 1\n", "shard_size = 1\ngap_terms = 3\ngap_images = 5\n", 1))
+    out = tmp_path / "run"
+    assert main(["reproduce", str(recipe), "--ckpt", str(ckpt), "--out", str(out), "--no-progress",
+                 "--device", "cpu"]) == 0
+    gap = json.loads((out / "gap.json").read_text())
+    for split in ("train", "test"):
+        s = json.loads((out / f"gap_nll_{split}" / "summary.json").read_text())
+        assert s["estimator"] == "importance" and s["terms_per_image"] == 3 and s["n_images"] == 5
+        assert s["proposal"]["run_id"] == json.loads((out / "nll_test" / "summary.json").read_text())["run_id"]
+        assert gap[f"{split}_run_id"] == s["run_id"] and gap[f"n_{split}"] == 5
+    assert json.loads((out / "nll_test" / "summary.json").read_text())["estimator"] == "exact"
+    assert "computed from other nll runs" not in capsys.readouterr().err

@@ -285,6 +285,10 @@ def _run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptio
             print(f"nll: {len(images)} images x {what} = {evals} network evaluations; "
                   f"~{sec * 1e3:.3g} ms each on {dev} (noise, network and terms, batches of {run.batch_size}) "
                   f"-> ETA {evals * sec / world / 60:.1f} min{procs}")
+            K = min(25, T - 1)  # the other estimator, for comparison: exact, or --terms 25 with a pilot
+            other, label = (len(images) * T, "the exact bound (without --terms)") if opts.terms else \
+                (len(images) * (K + 1) + min(PILOT_IMAGES, len(images)) * T, f"--terms {K} (pilot included)")
+            print(f"nll: {label} would be {other} network evaluations -> ETA {other * sec / world / 60:.1f} min{procs}")
         return None
 
     plan = ShardPlan(len(images), shard_size)

@@ -29,7 +29,8 @@ from ddpm_bench.run_dir import RunOptions
 from ddpm_bench.shards import atomic_write_json
 
 COMMAND = "reproduce"
-STAGES = ("train", "sample", "nll_train", "nll_test", "gap", "rate_distortion", "fid", "report")
+STAGES = ("train", "sample", "nll_train", "nll_test", "gap_nll_train", "gap_nll_test", "gap", "rate_distortion", "fid",
+          "report")
 
 
 def _say(msg: str) -> None:
@@ -142,8 +143,16 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
         run_nll(model, specs[split], ev.nll.options, _run_options(out, ev.nll.execution, device, progress),
                 shard_size=ev.nll.execution.shard_size)
 
+    def gap_nll(split: str, out: Path) -> None:  # the importance-sampled bound, proposal from nll_test (exact)
+        spec = replace(specs[split], num_images=ev.nll.gap_images or None)
+        run_nll(model, spec, replace(ev.nll.options, terms=ev.nll.gap_terms),
+                _run_options(out, ev.nll.execution, device, progress), shard_size=ev.nll.execution.shard_size,
+                proposal=str(layout.nll_test))
+
+    gap_dirs = (layout.gap_nll_train, layout.gap_nll_test) if ev.nll.gap_terms else (layout.nll_train, layout.nll_test)
+
     def gap() -> None:
-        result = compute_gap(layout.nll_train, layout.nll_test, ev.max_gap)
+        result = compute_gap(*gap_dirs, ev.max_gap)
         result.write(layout.root)
         _say(f"gap {result.gap_bpd:+.4f} bits/dim, 95% interval [{result.ci95[0]:+.4f}, {result.ci95[1]:+.4f}]"
              + (f" exceeds max_gap {ev.max_gap}" if result.exceeds else ""))
@@ -157,6 +166,9 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
     stage("sample", sample)
     stage("nll_train", lambda: nll("nll_train", layout.nll_train))
     stage("nll_test", lambda: nll("nll_test", layout.nll_test))
+    if ev.nll.gap_terms:
+        stage("gap_nll_train", lambda: gap_nll("nll_train", layout.gap_nll_train))
+        stage("gap_nll_test", lambda: gap_nll("nll_test", layout.gap_nll_test))
     stage("gap", gap)
     stage("rate_distortion", lambda: run_rate_distortion(out=layout.rate_distortion, nll_dir=layout.nll_test,
                                                          force=True))

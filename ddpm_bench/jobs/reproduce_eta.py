@@ -117,6 +117,14 @@ def print_eta(cfg: RunConfig, ckpt: str | None, device: torch.device, data_root:
         evals = count * T * draws
         rows.append((name, f"{count} images x {T} terms x {draws} draw(s) = {evals} network evaluations "
                            f"({per_eval * 1e3:.3g} ms each)", per_eval * evals))
+        if ev.nll.gap_terms:  # the gap's importance-sampled bound of this split (proposal from nll test)
+            gap_count = ev.nll.gap_images or _images(src, data_root, 1, shape)[1]
+            K = ev.nll.gap_terms
+            if gap_count is None:
+                rows.append((f"gap {name}", f"all images of {src} (not here to count) x (1 + {K}) terms", None))
+            else:
+                rows.append((f"gap {name}", f"{gap_count} images x (1 + {K} drawn) terms = {gap_count * (K + 1)} "
+                                            f"network evaluations (nll --terms {K})", per_eval * gap_count * (K + 1)))
     ref, extractor = ev.fid.options.ref or cfg.training.data, ev.fid.options.feature_extractor
     n_ref = _images(ref, data_root, 1, shape)[1]
     try:

@@ -316,12 +316,21 @@ def _nll_of_rate_distortion(rd: Part[RateDistortionSummary]) -> Part[NllSummary]
     return nll
 
 
+def _gap_bound_run_ids(layout: ReproduceLayout) -> tuple[str, str] | None:
+    """The run ids of the importance-sampled bounds a reproduce run computed for its gap (`gap_terms`)."""
+    try:
+        return NllSummary.read(layout.gap_nll_train).run_id, NllSummary.read(layout.gap_nll_test).run_id
+    except OutputFileError:
+        return None
+
+
 def _check_run_consistency(run: RunInputs) -> None:
     """Warn when gap.json or rate_distortion/ were computed from other nll runs than those beside them."""
     test, train = run.nll_test, run.nll_train
     if run.gap is not None and test is not None and train is not None:
         g = run.gap.output
-        if (g.train_run_id, g.test_run_id) != (train.output.run_id, test.output.run_id):
+        if (g.train_run_id, g.test_run_id) not in ((train.output.run_id, test.output.run_id),
+                                                   _gap_bound_run_ids(ReproduceLayout(run.path))):
             warn(f"{run.gap.file} was computed from other nll runs than {train.folder} and {test.folder} "
                  "(run ids differ); shown as it is")
     if run.rate_distortion is not None and test is not None and \
