@@ -37,6 +37,14 @@ from ddpm_bench.precision import PRECISIONS, network_precision
 from ddpm_bench.schedule import Schedule
 
 LN2 = math.log(2.0)
+# (image, term) pairs per network call when --batch-size is not given, by device type, measured with the
+# engine's own step on the tiny U-Net (benchmarks/RESULTS.md, "pairs per call"): on a 2-core CPU 32 pairs
+# take 2.6 ms per evaluation, 256 pairs 6.1 ms (allocator churn); on a GPU large calls fill the device.
+PAIRS_PER_CALL = {"cpu": 32, "cuda": 256}
+
+
+def default_pairs_per_call(device: torch.device) -> int:
+    return PAIRS_PER_CALL.get(device.type, 256)
 MAX_SEED = 2**63 - 1
 
 

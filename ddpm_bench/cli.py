@@ -59,7 +59,9 @@ def add_bound_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="cifar10:train|test, embedded:train|test, PATH.npz or a folder of PNG files")
     p.add_argument("--data-root", default=None, help="folder holding cifar-10-batches-py (else $DDPM_BENCH_DATA)")
     p.add_argument("--num-images", type=int, default=None, help="use the first N images (default all)")
-    p.add_argument("--batch-size", type=int, default=256, help="(image, timestep) pairs per network call")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="(image, timestep) pairs per network call (default: measured for the device, 32 on a CPU, "
+                        "256 on a GPU; changes no noise, only the network's float32 rounding)")
     p.add_argument("--seed", type=cli_args.seed, default=0, help="noise for (image j, term k, draw d) depends on (seed, j, k, d) only")
     p.add_argument("--draws", type=int, default=1, help="independent draws of x_{k+1} averaged per image and term")
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,

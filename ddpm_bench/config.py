@@ -107,7 +107,7 @@ class StageExecution:
     and --channels-last. Of these only the shard size is part of a result's identity (it decides which
     items share a network call); the others may move float32 rounding only."""
 
-    batch_size: int
+    batch_size: int  # 0: the command's default for the device (nll: bound.PAIRS_PER_CALL)
     shard_size: int
     compile: str = ""  # "" = not compiled, else a torch.compile mode (default, reduce-overhead, max-autotune)
     channels_last: bool = False
@@ -115,8 +115,9 @@ class StageExecution:
     def __post_init__(self) -> None:
         from ddpm_bench.network_speed import COMPILE_MODES
 
-        if self.batch_size < 1 or self.shard_size < 1:
-            raise ValueError(f"batch_size and shard_size must be >= 1, got {self.batch_size} and {self.shard_size}")
+        if self.batch_size < 0 or self.shard_size < 1:
+            raise ValueError(f"batch_size must be >= 0 (0: the default for the device) and shard_size >= 1, got "
+                             f"{self.batch_size} and {self.shard_size}")
         if self.compile not in ("", *COMPILE_MODES):
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)} or \"\", got {self.compile!r}")
 
@@ -130,7 +131,7 @@ class NllStage:
     """[evaluation.nll]: the bound on train and test images (`ddpm-bench nll`)."""
 
     options: BoundOptions = field(default_factory=BoundOptions)
-    execution: StageExecution = field(default_factory=lambda: StageExecution(batch_size=256, shard_size=64))
+    execution: StageExecution = field(default_factory=lambda: StageExecution(batch_size=0, shard_size=64))
     train_images: int = 0  # 0 = every image of training.data
     test_images: int = 0  # 0 = every image of evaluation.test_data
     gap_terms: int = 0  # K > 0: the gap from importance-sampled bounds (nll --terms K) of gap_images per split

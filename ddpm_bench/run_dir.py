@@ -88,7 +88,7 @@ class RunOptions:
     out: str
     force: bool = False
     device: str = "auto"
-    batch_size: int = 256
+    batch_size: int | None = 256  # None: the command's default for the device
     compile_mode: str | None = None
     channels_last: bool = False
     dry_run: bool = False
@@ -97,7 +97,7 @@ class RunOptions:
     def __post_init__(self) -> None:
         if not self.out:
             raise OutputDirError("--out: empty")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 

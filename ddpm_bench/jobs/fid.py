@@ -32,6 +32,7 @@ from ddpm_bench.provenance import environment
 from ddpm_bench.run_dir import RunDir, RunOptions
 
 COMMAND = "fid"
+DEFAULT_BATCH_SIZE = 64  # images per feature-extractor call when none is given
 FEATURES_DIR = "features"  # feature shards while the run is unfinished; removed once metrics.json is written
 
 
@@ -196,7 +197,8 @@ def run_fid(samples: str, opts: FidOptions, run: RunOptions, shard_size: int = 1
 
 def _run_fid(samples: str, opts: FidOptions, run: RunOptions, shard_size: int, dev) -> FidMetrics | None:
     main = distributed.is_main()
-    backends, ref, num_ref, batch_size = opts.backends, opts.ref, opts.num_ref, run.batch_size
+    backends, ref, num_ref = opts.backends, opts.ref, opts.num_ref
+    batch_size = run.batch_size or DEFAULT_BATCH_SIZE
     known: dict[str, tuple | None] = {}
     with run_dir.phase():  # every rank: inputs; rank 0 claims --out and finds the reference statistics it has
         extractor = resolve_extractor(opts.feature_extractor, opts.inception_weights)

@@ -23,6 +23,7 @@ from ddpm_bench.bound import (
     BoundOptions,
     bound_pairs,
     compute_bound,
+    default_pairs_per_call,
     estimate_bound,
     term_proposal,
     to_model_scale,
@@ -256,6 +257,8 @@ def run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOption
 def _run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptions, shard_size: int,
              proposal_dir: str | None, dev: torch.device) -> NllSummary | None:
     main, world = distributed.is_main(), distributed.world_size()
+    batch_from = "--batch-size" if run.batch_size is not None else f"default for {dev.type} (bound.PAIRS_PER_CALL)"
+    run = replace(run, batch_size=run.batch_size or default_pairs_per_call(dev))
     q = proposal = None
     with run_dir.phase():  # every rank: inputs (and the proposal, the same bytes on every rank); rank 0 claims
         source = model.load(dev)
@@ -311,7 +314,7 @@ def _run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptio
         return None
     merged = merge_shards(rd, plan, images)  # rank 0: merge (every shard checked again) and write
     summary = summarise(merged, rd, source, images, opts, proposal)
-    summary.extra.update(processes=world,
+    summary.extra.update(processes=world, batch_size=run.batch_size, batch_size_from=batch_from,
                          network_execution=network_speed.describe(run.channels_last, run.compile_mode, dev))
     write_outputs(rd, merged, summary)
     print_summary(summary)

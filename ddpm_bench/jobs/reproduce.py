@@ -77,7 +77,8 @@ def checkpoint_config(source: ModelSource, cfg: RunConfig) -> dict:
 
 
 def _run_options(out: Path, ex: StageExecution, device: str, progress: bool, force: bool = False) -> RunOptions:
-    return RunOptions(out=str(out), force=force, device=device, batch_size=ex.batch_size, compile_mode=ex.compile_mode,
+    return RunOptions(out=str(out), force=force, device=device, batch_size=ex.batch_size or None,
+                      compile_mode=ex.compile_mode,
                       channels_last=ex.channels_last, progress=progress)
 
 

@@ -82,13 +82,16 @@ def _fid_batch_seconds(name: str, batch: int, shape: tuple[int, int, int], devic
 
 def print_eta(cfg: RunConfig, ckpt: str | None, device: torch.device, data_root: str | None = None) -> float:
     """Print every stage's work and probe ETA; returns the total ETA in seconds."""
+    from ddpm_bench.bound import default_pairs_per_call
     from ddpm_bench.jobs.nll import probe_seconds_per_eval
     from ddpm_bench.precision import with_precision
 
     ev, T = cfg.evaluation, cfg.diffusion.T
     steps = ev.sample.options.steps or T
-    num, sample_batch = ev.sample.num, ev.sample.execution.batch_size
-    nll_batch, draws = ev.nll.execution.batch_size, ev.nll.options.draws
+    from ddpm_bench.jobs.sample import DEFAULT_BATCH_SIZE
+
+    num, sample_batch = ev.sample.num, ev.sample.execution.batch_size or DEFAULT_BATCH_SIZE
+    nll_batch, draws = ev.nll.execution.batch_size or default_pairs_per_call(device), ev.nll.options.draws
     source = _source(cfg, ckpt, device)
     shape = source.image_shape
     rows: list[tuple[str, str, float | None]] = []

@@ -41,6 +41,7 @@ from ddpm_bench.sampling import (
 from ddpm_bench.shards import atomic_write_bytes, atomic_write_npz
 
 COMMAND = "sample"
+DEFAULT_BATCH_SIZE = 128  # samples per network call when none is given
 SHARD_KEYS = ("arr_0",)
 GRID, PROGRESSIVE_NPZ, PROGRESSIVE_PNG = SampleManifest.GRID, SampleManifest.PROGRESSIVE_NPZ, SampleManifest.PROGRESSIVE_PNG
 GRID_SAMPLES = 64  # 8 x 8
@@ -113,6 +114,7 @@ def run_sample(model: ModelSpec, sampler: SamplerOptions, run: RunOptions, *, nu
     if progressive_every is not None and progressive_every < 1:
         raise UserError(f"--progressive-every must be at least 1, got {progressive_every}")
     dev = distributed.process_device(resolve_device(run.device))
+    run = replace(run, batch_size=run.batch_size or DEFAULT_BATCH_SIZE)
     with distributed.process_group(dev):
         return _run_sample(model, sampler, run, num, shard_size, image_size, channels, progressive_every, dev)
 
