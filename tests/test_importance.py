@@ -138,6 +138,12 @@ def test_nll_terms_writes_an_honest_importance_sampled_output(tmp_path, capsys):
     with np.load(tmp_path / "pilot" / "per_image.npz") as z:
         drawn, terms = z["drawn"], z["terms"]
     assert (drawn[:, 1:20].sum(1) == 3).all() and np.isclose(terms.sum(1).mean(), s["total_bpd"], rtol=1e-12)
+    # a resume reads the pilot's q back (checked like a shard) instead of running the pilot again
+    kept = (tmp_path / "pilot" / "proposal.npz").stat().st_mtime_ns
+    (tmp_path / "pilot" / "summary.json").unlink()
+    assert _nll(npz, tmp_path / "pilot", "--terms", 3, "--batch-size", 5) == 0
+    assert (tmp_path / "pilot" / "proposal.npz").stat().st_mtime_ns == kept
+    assert json.loads((tmp_path / "pilot" / "summary.json").read_text())["proposal"] == s["proposal"]
     rows = list(csv.DictReader(open(tmp_path / "pilot" / "terms.csv")))
     never = [int(r["term"]) for r in rows if r["bpd_mean"] == ""]
     assert never and all(drawn[:, k].sum() == 0 for k in never)  # blank where no image drew the term

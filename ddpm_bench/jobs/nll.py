@@ -44,6 +44,7 @@ TERMS_CSV = NllSummary.TERMS_CSV
 SHARD_DIR = "shards"
 SHARD_KEYS = ("terms", "mse", "drawn", "seconds")
 PILOT_IMAGES = 4  # images of the exact pilot that sets the proposal of `--terms K` without `--proposal`
+PROPOSAL_FILE = "proposal.npz"  # the pilot's q, kept for a resume
 
 
 def shard_name(s: int) -> str:
@@ -59,39 +60,58 @@ def check_image_shape(source: ModelSource, data: ImageSet) -> None:
 def nll_identity(source: ModelSource, data: ImageSet, opts: BoundOptions, shard_size: int,
                  proposal: dict | None = None) -> dict:
     """Everything that changes the numbers: the model, the images, the bound options, the shard size
-    (which images share a network call) and, for `--terms K`, the proposal (by the hash of q). Batch size,
+    (which images share a network call) and, for `--terms K`, where the proposal comes from. Batch size,
     device and compile mode are not part of it."""
     identity = {"model": source.identity.sha256, "data": data.identity(), "bound": asdict(opts),
                 "shard_size": shard_size}
     if proposal is not None:
-        identity["proposal_sha256"] = proposal["sha256"]
+        identity["proposal"] = {k: v for k, v in proposal.items() if k != "network_evals"}
     return identity
 
 
-def choose_proposal(source: ModelSource, data: ImageSet, opts: BoundOptions, proposal_dir: str | None,
-                    batch_size: int, device: torch.device) -> tuple[np.ndarray, dict]:
-    """q over the KL terms for `--terms K` and where it came from: an earlier exact nll output of the same
-    model (`--proposal`), else an exact pilot on the first PILOT_IMAGES images (its evaluations counted)."""
+def proposal_source(source: ModelSource, data: ImageSet, opts: BoundOptions,
+                    proposal_dir: str | None) -> tuple[dict, NllOutput | None]:
+    """Where q of `--terms K` comes from, as part of the run's identity: an exact nll output of the same
+    model (`--proposal`, by its run id), else an exact pilot on the first PILOT_IMAGES images (q is then a
+    pure function of the model, the images and the seed, all in the identity already)."""
     T = source.diffusion.T
-    if proposal_dir is not None:
-        prior = NllOutput.read(proposal_dir)
-        if prior.summary.model_sha256 != source.identity.sha256:
-            raise UserError(f"--proposal {proposal_dir}: computed with another model "
-                            f"({prior.summary.model_sha256[:12]}, not {source.identity.sha256[:12]})")
-        if prior.summary.T != T or prior.summary.extra.get("estimator", "exact") != "exact":
-            raise UserError(f"--proposal {proposal_dir}: needs an exact nll output (every term) with T = {T}")
-        q = term_proposal(prior.per_image.terms)
-        info = {"from": "nll output", "run_id": prior.summary.run_id, "n_images": prior.summary.n_images,
-                "network_evals": 0}
-    else:
+    if proposal_dir is None:
         n = min(PILOT_IMAGES, len(data))
-        images = torch.from_numpy(data.images[:n]).permute(0, 3, 1, 2).to(device)
-        pilot = compute_bound(source.net, source.diffusion, source.diffusion.schedule(), images,
-                              torch.from_numpy(data.index[:n]), replace(opts, terms=0), batch_size=batch_size)
-        q = term_proposal(pilot.terms.cpu().numpy())
-        info = {"from": "pilot", "images": data.index[:n].tolist(), "seed": opts.seed, "network_evals": n * T}
-    info.update(sha256=sha256_json(q.tolist()), rule="rms of the exact terms over images, 5% uniform")
-    return q, info
+        return {"from": "pilot", "images": data.index[:n].tolist(), "seed": opts.seed, "network_evals": n * T}, None
+    prior = NllOutput.read(proposal_dir)
+    if prior.summary.model_sha256 != source.identity.sha256:
+        raise UserError(f"--proposal {proposal_dir}: computed with another model "
+                        f"({prior.summary.model_sha256[:12]}, not {source.identity.sha256[:12]})")
+    if prior.summary.T != T or not prior.per_image.exact:
+        raise UserError(f"--proposal {proposal_dir}: needs an exact nll output (every term) with T = {T}")
+    return {"from": "nll output", "run_id": prior.summary.run_id, "n_images": prior.summary.n_images,
+            "network_evals": 0}, prior
+
+
+def pilot_proposal(source: ModelSource, data: ImageSet, opts: BoundOptions, batch_size: int,
+                   device: torch.device) -> np.ndarray:
+    """q from the exact bound of the first PILOT_IMAGES images."""
+    n = min(PILOT_IMAGES, len(data))
+    images = torch.from_numpy(data.images[:n]).permute(0, 3, 1, 2).to(device)
+    pilot = compute_bound(source.net, source.diffusion, source.diffusion.schedule(), images,
+                          torch.from_numpy(data.index[:n]), replace(opts, terms=0), batch_size=batch_size)
+    return term_proposal(pilot.terms.cpu().numpy())
+
+
+def proposal_of_run(rd: RunDir, source: ModelSource, data: ImageSet, opts: BoundOptions, prior: NllOutput | None,
+                    batch_size: int, device: torch.device) -> np.ndarray:
+    """q of this run, the same bytes on every rank: from the --proposal output, else the pilot's, kept in
+    OUT/proposal.npz (items: the KL terms 1..T-1; checked like a shard) so a resume does not run it again.
+    Call inside phases: rank 0 writes the file in one, every rank reads it in the next."""
+    terms = np.arange(1, source.diffusion.T, dtype=np.int64)
+    if prior is not None:
+        return term_proposal(prior.per_image.terms)
+    with run_dir.phase():
+        if distributed.is_main() and not rd.shard_is_valid(PROPOSAL_FILE, terms, ("q",)):
+            rd.write_shard(PROPOSAL_FILE, terms, q=pilot_proposal(source, data, opts, batch_size, device))
+    with run_dir.phase():
+        q = rd.read_shard(PROPOSAL_FILE, terms, ("q",))["q"]
+    return q
 
 
 def evaluate_shards(source: ModelSource, data: ImageSet, rd: RunDir, plan: ShardPlan, shards: list[int],
@@ -259,8 +279,8 @@ def _run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptio
     main, world = distributed.is_main(), distributed.world_size()
     batch_from = "--batch-size" if run.batch_size is not None else f"default for {dev.type} (bound.PAIRS_PER_CALL)"
     run = replace(run, batch_size=run.batch_size or default_pairs_per_call(dev))
-    q = proposal = None
-    with run_dir.phase():  # every rank: inputs (and the proposal, the same bytes on every rank); rank 0 claims
+    q = proposal = prior = None
+    with run_dir.phase():  # every rank: inputs and where the proposal comes from; rank 0 claims --out
         source = model.load(dev)
         images = data.load()
         check_image_shape(source, images)
@@ -269,10 +289,13 @@ def _run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptio
             if opts.terms > source.diffusion.T - 1:
                 raise UserError(f"--terms {opts.terms}: more than the T - 1 = {source.diffusion.T - 1} KL terms; "
                                 "leave --terms out for every term")
-            q, proposal = choose_proposal(source, images, opts, proposal_dir, run.batch_size, dev)
+            proposal, prior = proposal_source(source, images, opts, proposal_dir)
         identity = nll_identity(source, images, opts, shard_size, proposal)
         if not run.dry_run:
             rd = run_dir.claim_collective(run.out, COMMAND, identity, force=run.force)
+    if proposal is not None:
+        q = proposal_of_run(rd, source, images, opts, prior, run.batch_size, dev)
+        proposal.update(sha256=sha256_json(q.tolist()), rule="rms of the exact terms over images, 5% uniform")
 
     T = source.diffusion.T
     per_image = opts.terms + 1 if opts.terms else T * opts.draws
