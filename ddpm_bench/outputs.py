@@ -23,7 +23,7 @@ import numpy as np
 
 from ddpm_bench.errors import UserError
 from ddpm_bench.identity import ModelIdentity, sha256_json
-from ddpm_bench.shards import atomic_write_json, atomic_write_npz
+from ddpm_bench.shards import atomic_write_json, atomic_write_npz, to_json
 
 
 class OutputFileError(UserError):
@@ -66,6 +66,16 @@ def read_json_object(path: Path) -> dict:
     return obj
 
 
+class OfModel:
+    """An output with a `model` field (provenance and `identity`, checked by `model_sha256_of` on read)."""
+
+    model: dict
+
+    @property
+    def model_sha256(self) -> str:
+        return self.model["identity"]["sha256"]
+
+
 class JsonOutput:
     """Base of the JSON outputs: a dataclass whose fields are the file's keys (extra keys are kept in
     `extra` and written back, so provenance the reader does not use survives)."""
@@ -75,7 +85,7 @@ class JsonOutput:
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        return {**self.extra, **json.loads(json.dumps(d, default=_plain))}
+        return {**self.extra, **json.loads(to_json(d))}
 
     def write(self, folder: str | Path) -> Path:
         path = Path(folder) / self.FILE
@@ -122,16 +132,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _plain(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
-
-
 def model_sha256_of(model: dict, path: Path, name: str = "model") -> str:
     """The model identity inside a `model` field; OutputFileError when it has none."""
     ident = model.get("identity") if isinstance(model, dict) else None
@@ -145,7 +145,7 @@ def model_sha256_of(model: dict, path: Path, name: str = "model") -> str:
 # -- nll ------------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class NllSummary(JsonOutput):
+class NllSummary(OfModel, JsonOutput):
     """`summary.json` of `nll` (SPEC section 2), bits/dim; written last, so its presence marks a finished run."""
 
     FILE: ClassVar[str] = "summary.json"
@@ -182,10 +182,6 @@ class NllSummary(JsonOutput):
     command: str = "nll"
     extra: dict = field(default_factory=dict)
 
-    @property
-    def model_sha256(self) -> str:
-        return self.model["identity"]["sha256"]
-
     def check(self, path: Path) -> None:
         model_sha256_of(self.model, path)
         if self.n_images < 1 or self.T < 1 or self.dims < 1:
@@ -196,8 +192,9 @@ class NllSummary(JsonOutput):
 class PerImage:
     """`per_image.npz` of `nll`: `terms` float64 (N, T+1) bits/dim, `mse` float64 (N, T) (squared error of
     the x0 prediction, model scale), `index` int64 (N,) data-set indices, `run_id` of the nll run, and
-    `drawn` int64 (N, T+1), how often each term was evaluated (all ones for the exact bound; for `--terms K`
-    the drawn terms, whose `terms` entries are weighted by 1/(K q(k)), and whose `mse` is NaN elsewhere)."""
+    for `--terms K` `drawn` int64 (N, T+1), how often each term was evaluated (its `terms` entries are
+    weighted by 1/(K q(k)), its `mse` is NaN where a term was not drawn). The exact bound evaluates every
+    term once and stores no `drawn` (None), which would double the file for a whole data set."""
 
     FILE: ClassVar[str] = "per_image.npz"
 
@@ -205,17 +202,18 @@ class PerImage:
     mse: np.ndarray
     index: np.ndarray
     run_id: str
-    drawn: np.ndarray
+    drawn: np.ndarray | None = None  # None: every term evaluated once (the exact bound)
 
     @property
     def exact(self) -> bool:
         """Every term evaluated for every image (not importance sampled)."""
-        return bool(np.all(self.drawn == 1))
+        return self.drawn is None or bool(np.all(self.drawn == 1))
 
     def write(self, folder: str | Path) -> Path:
         path = Path(folder) / self.FILE
+        drawn = {} if self.drawn is None else {"drawn": self.drawn.astype(np.int64)}
         atomic_write_npz(path, terms=self.terms, mse=self.mse, index=self.index.astype(np.int64),
-                         run_id=np.array(self.run_id), drawn=self.drawn.astype(np.int64))
+                         run_id=np.array(self.run_id), **drawn)
         return path
 
     @classmethod
@@ -224,10 +222,11 @@ class PerImage:
         path = Path(folder) / cls.FILE
         try:
             with np.load(path, allow_pickle=False) as z:
-                missing = [k for k in ("terms", "mse", "index", "run_id", "drawn") if k not in z.files]
+                missing = [k for k in ("terms", "mse", "index", "run_id") if k not in z.files]
                 if missing:
                     raise OutputFileError(f"{path}: field '{missing[0]}' is missing")
-                terms, mse, index, run_id, drawn = z["terms"], z["mse"], z["index"], str(z["run_id"]), z["drawn"]
+                terms, mse, index, run_id = z["terms"], z["mse"], z["index"], str(z["run_id"])
+                drawn = z["drawn"] if "drawn" in z.files else None
         except OutputFileError:
             raise
         except FileNotFoundError:
@@ -241,12 +240,12 @@ class PerImage:
             raise OutputFileError(f"{path}: field 'mse' must be float64 ({n}, {T}), got {mse.dtype} {mse.shape}")
         if index.dtype != np.int64 or index.shape != (n,):
             raise OutputFileError(f"{path}: field 'index' must be int64 ({n},), got {index.dtype} {index.shape}")
-        if drawn.dtype != np.int64 or drawn.shape != terms.shape or np.any(drawn < 0):
+        if drawn is not None and (drawn.dtype != np.int64 or drawn.shape != terms.shape or np.any(drawn < 0)):
             raise OutputFileError(f"{path}: field 'drawn' must be int64 counts ({n}, {T}+1), got {drawn.dtype} "
                                   f"{drawn.shape}")
         if not np.all(np.isfinite(terms)):
             raise OutputFileError(f"{path}: field 'terms' holds non-finite values")
-        evaluated = drawn[:, :T] > 0
+        evaluated = np.ones(mse.shape, dtype=bool) if drawn is None else drawn[:, :T] > 0
         if not np.all(np.isfinite(mse[evaluated])) or np.any(mse[evaluated] < 0) or \
                 not np.all(np.isnan(mse[~evaluated])):
             raise OutputFileError(f"{path}: field 'mse' holds negative or non-finite values where a term was "
@@ -277,21 +276,12 @@ class NllOutput:
         summary = NllSummary.read(folder)
         return cls(folder, summary, PerImage.read(folder, summary))
 
-    @staticmethod
-    def is_one(folder: Path) -> bool:
-        """Whether `folder` looks like an nll output (its summary says so); not a validation."""
-        try:
-            with open(Path(folder) / NllSummary.FILE) as f:
-                obj = json.load(f)
-        except (OSError, ValueError):
-            return False
-        return isinstance(obj, dict) and obj.get("command") == NllSummary.COMMAND and "total_bpd" in obj
 
 
 # -- sample ---------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class SampleManifest(JsonOutput):
+class SampleManifest(OfModel, JsonOutput):
     """`manifest.json` of a sample directory (SPEC section 3): what every shard must belong to."""
 
     FILE: ClassVar[str] = "manifest.json"
@@ -313,10 +303,6 @@ class SampleManifest(JsonOutput):
     shards: list
     sampler: dict
     extra: dict = field(default_factory=dict)
-
-    @property
-    def model_sha256(self) -> str:
-        return self.model["identity"]["sha256"]
 
     def check(self, path: Path) -> None:
         if self.format != self.FORMAT:
@@ -368,7 +354,7 @@ class FidMetrics(JsonOutput):
 # -- rate-distortion ------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class RateDistortionSummary(JsonOutput):
+class RateDistortionSummary(OfModel, JsonOutput):
     """`summary.json` of `rate-distortion` (beside curve.csv, table4.*, figure5.*), written last."""
 
     FILE: ClassVar[str] = "summary.json"
@@ -393,28 +379,15 @@ class RateDistortionSummary(JsonOutput):
     decoder_cdf: str
     extra: dict = field(default_factory=dict)
 
-    @property
-    def model_sha256(self) -> str:
-        return self.model["identity"]["sha256"]
-
     def check(self, path: Path) -> None:
         model_sha256_of(self.model, path)
 
-    @staticmethod
-    def is_one(folder: Path) -> bool:
-        try:
-            with open(Path(folder) / RateDistortionSummary.FILE) as f:
-                obj = json.load(f)
-        except (OSError, ValueError):
-            return False
-        return (isinstance(obj, dict) and obj.get("command") == RateDistortionSummary.COMMAND
-                and (Path(folder) / RateDistortionSummary.CURVE).is_file())
 
 
 # -- gap ------------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class GapResult(JsonOutput):
+class GapResult(OfModel, JsonOutput):
     """The test-minus-train gap of two nll outputs of one model (`gap.json` in a reproduce run)."""
 
     FILE: ClassVar[str] = "gap.json"
@@ -435,10 +408,6 @@ class GapResult(JsonOutput):
     model: dict
     extra: dict = field(default_factory=dict)
 
-    @property
-    def model_sha256(self) -> str:
-        return self.model["identity"]["sha256"]
-
     def check(self, path: Path) -> None:
         model_sha256_of(self.model, path)
         if len(self.ci95) != 2 or not all(_type_ok(v, float) for v in self.ci95):
@@ -447,26 +416,26 @@ class GapResult(JsonOutput):
 
 # -- reproduce ------------------------------------------------------------------------------------------------
 
+class Under:
+    """A file or folder under a layout's `root`: `samples = Under("samples")` makes `layout.samples` the
+    path `layout.root / "samples"`."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, layout, owner=None) -> Path:
+        return layout.root / self.name
+
+
 @dataclass(frozen=True)
 class TrainLayout:
     """Where `train` writes inside RUN_DIR (besides run.json and .lock of the run lifecycle)."""
 
     root: Path
     CONFIG: ClassVar[str] = "config.json"  # the resolved configuration
-    CHECKPOINTS: ClassVar[str] = "checkpoints"  # ckpt_XXXXXXX.pt
-    LOG: ClassVar[str] = "log.csv"
-
-    @property
-    def config(self) -> Path:
-        return self.root / self.CONFIG
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / self.CHECKPOINTS
-
-    @property
-    def log(self) -> Path:
-        return self.root / self.LOG
+    config = Under(CONFIG)
+    checkpoints = Under("checkpoints")  # ckpt_XXXXXXX.pt
+    log = Under("log.csv")
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"ckpt_{step:07d}.pt"
@@ -478,50 +447,20 @@ class TrainLayout:
 
 @dataclass(frozen=True)
 class ReproduceLayout(TrainLayout):
-    """Where each stage of `reproduce` writes inside RUN_DIR (training, when it trains, as `TrainLayout`)."""
+    """Where each stage of `reproduce` writes inside RUN_DIR (training, when it trains, as `TrainLayout`);
+    `gap_nll_train`/`gap_nll_test` hold the importance-sampled bounds of `[evaluation.nll] gap_terms`."""
 
     RECORD: ClassVar[str] = "reproduce.json"
-
-    @property
-    def samples(self) -> Path:
-        return self.root / "samples"
-
-    @property
-    def nll_train(self) -> Path:
-        return self.root / "nll_train"
-
-    @property
-    def nll_test(self) -> Path:
-        return self.root / "nll_test"
-
-    @property
-    def gap_nll_train(self) -> Path:
-        """The importance-sampled bound of the train split for the gap (`[evaluation.nll] gap_terms`)."""
-        return self.root / "gap_nll_train"
-
-    @property
-    def gap_nll_test(self) -> Path:
-        return self.root / "gap_nll_test"
-
-    @property
-    def gap(self) -> Path:
-        return self.root / GapResult.FILE
-
-    @property
-    def rate_distortion(self) -> Path:
-        return self.root / "rate_distortion"
-
-    @property
-    def fid(self) -> Path:
-        return self.root / "fid"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
-
-    @property
-    def record(self) -> Path:
-        return self.root / self.RECORD
+    samples = Under("samples")
+    nll_train = Under("nll_train")
+    nll_test = Under("nll_test")
+    gap_nll_train = Under("gap_nll_train")
+    gap_nll_test = Under("gap_nll_test")
+    gap = Under(GapResult.FILE)
+    rate_distortion = Under("rate_distortion")
+    fid = Under("fid")
+    report = Under("report")
+    record = Under(RECORD)
 
 
 class ReportFiles:

@@ -167,9 +167,6 @@ class RunDir:
     run_id: str
     resumed: bool
 
-    def shard_path(self, name: str) -> Path:
-        return self.path / name
-
     def write_shard(self, name: str, index: np.ndarray, **arrays: np.ndarray) -> None:
         """Write a shard atomically, with this run's id and the item numbers it holds."""
         atomic_write_npz(self.path / name, **arrays, **{INDEX: np.asarray(index, dtype=np.int64),

@@ -42,9 +42,13 @@ from ddpm_bench.shards import atomic_write_bytes
 COMMAND = "nll"
 TERMS_CSV = NllSummary.TERMS_CSV
 SHARD_DIR = "shards"
-SHARD_KEYS = ("terms", "mse", "drawn", "seconds")
+SHARD_KEYS = ("terms", "mse", "seconds")  # and "drawn" for `--terms K` (shard_keys)
 PILOT_IMAGES = 4  # images of the exact pilot that sets the proposal of `--terms K` without `--proposal`
 PROPOSAL_FILE = "proposal.npz"  # the pilot's q, kept for a resume
+
+
+def shard_keys(opts: BoundOptions) -> tuple[str, ...]:
+    return (*SHARD_KEYS, "drawn") if opts.terms else SHARD_KEYS
 
 
 def shard_name(s: int) -> str:
@@ -135,18 +139,18 @@ def evaluate_shards(source: ModelSource, data: ImageSet, rd: RunDir, plan: Shard
         result = engine(source.net, source.diffusion, s, images, index, opts, batch_size=batch_size,
                         memory_format=memory_format, progress=bar.update)
         seconds = time.perf_counter() - t0
-        drawn = result.drawn.cpu().numpy() if result.drawn is not None else \
-            np.ones(tuple(result.terms.shape), dtype=np.int64)
+        drawn = {} if result.drawn is None else {"drawn": result.drawn.cpu().numpy()}
         rd.write_shard(shard_name(i), items, terms=result.terms.cpu().numpy(), mse=result.mse.cpu().numpy(),
-                       drawn=drawn, seconds=np.full(len(items), seconds / len(items)))
+                       seconds=np.full(len(items), seconds / len(items)), **drawn)
     bar.close()
 
 
-def merge_shards(rd: RunDir, plan: ShardPlan, data: ImageSet) -> dict[str, np.ndarray]:
+def merge_shards(rd: RunDir, plan: ShardPlan, data: ImageSet, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Every shard, each checked to belong to this run and to hold its images, in order."""
-    parts = [rd.read_shard(shard_name(i), plan.items(i), SHARD_KEYS) for i in range(plan.num_shards)]
+    parts = [rd.read_shard(shard_name(i), plan.items(i), keys) for i in range(plan.num_shards)]
     return {"terms": np.concatenate([p["terms"] for p in parts]), "mse": np.concatenate([p["mse"] for p in parts]),
-            "drawn": np.concatenate([p["drawn"] for p in parts]), "index": data.index.astype(np.int64),
+            "drawn": np.concatenate([p["drawn"] for p in parts]) if "drawn" in keys else None,
+            "index": data.index.astype(np.int64),
             "seconds": np.float64(sum(float(p["seconds"].sum()) for p in parts))}
 
 
@@ -198,14 +202,14 @@ def summarise(merged: dict, rd: RunDir, source: ModelSource, data: ImageSet, opt
     )
 
 
-def terms_csv(terms: np.ndarray, mse: np.ndarray, drawn: np.ndarray) -> str:
+def terms_csv(terms: np.ndarray, mse: np.ndarray, drawn: np.ndarray | None) -> str:
     """term,bpd_mean,bpd_stderr,mse_mean for term = 0..T (mse empty for T). For `--terms K` the means are
     inverse-probability weighted (unbiased for each term's mean) and a term no image drew is blank."""
     buf = io.StringIO()
     buf.write("term,bpd_mean,bpd_stderr,mse_mean\n")
     T = terms.shape[1] - 1
     for k in range(T + 1):
-        if not drawn[:, k].any():
+        if drawn is not None and not drawn[:, k].any():
             buf.write(f"{k},,,\n")
             continue
         se = stderr_of_mean(terms[:, k])
@@ -222,7 +226,7 @@ def write_outputs(rd: RunDir, merged: dict, summary: NllSummary) -> None:
     summary.write(rd.path)
 
 
-def finished_summary(rd: RunDir, plan: ShardPlan) -> NllSummary | None:
+def finished_summary(rd: RunDir, plan: ShardPlan, keys: tuple[str, ...]) -> NllSummary | None:
     """The summary of a finished run in `rd`: summary.json, per_image.npz and terms.csv present, whole and
     of this run, and every shard still whole and of this run; None otherwise (the outputs are then merged
     again from the checked shards, computing the ones that are not)."""
@@ -236,7 +240,7 @@ def finished_summary(rd: RunDir, plan: ShardPlan) -> NllSummary | None:
         return None
     if summary.run_id != rd.run_id or not (rd.path / TERMS_CSV).is_file():
         return None
-    if not all(rd.shard_is_valid(shard_name(i), plan.items(i), SHARD_KEYS, say=False)
+    if not all(rd.shard_is_valid(shard_name(i), plan.items(i), keys, say=False)
                for i in range(plan.num_shards)):
         return None
     return summary
@@ -319,9 +323,10 @@ def _run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptio
 
     plan = ShardPlan(len(images), shard_size)
     with run_dir.phase():  # rank 0 decides what is done: a finished run, or the valid shards
-        finished = finished_summary(rd, plan) if main else None
+        keys = shard_keys(opts)
+        finished = finished_summary(rd, plan, keys) if main else None
         done = distributed.broadcast(finished is not None if main else None)
-        missing = [] if done else plan.missing(lambda i: rd.shard_is_valid(shard_name(i), plan.items(i), SHARD_KEYS))
+        missing = [] if done else plan.missing(lambda i: rd.shard_is_valid(shard_name(i), plan.items(i), keys))
         if main:
             for i in missing:  # an invalid shard is recomputed, never merged (before any rank writes)
                 (rd.path / shard_name(i)).unlink(missing_ok=True)
@@ -335,7 +340,7 @@ def _run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptio
                         progress=run.progress and main, memory_format=memory_format, q=q)
     if not main:
         return None
-    merged = merge_shards(rd, plan, images)  # rank 0: merge (every shard checked again) and write
+    merged = merge_shards(rd, plan, images, keys)  # rank 0: merge (every shard checked again) and write
     summary = summarise(merged, rd, source, images, opts, proposal)
     summary.extra.update(processes=world, batch_size=run.batch_size, batch_size_from=batch_from,
                          network_execution=network_speed.describe(run.channels_last, run.compile_mode, dev))
