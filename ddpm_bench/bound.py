@@ -23,6 +23,7 @@ import torch
 
 from ddpm_bench.diffusion import (
     DiffusionConfig,
+    extract,
     p_mean_logvar,
     q_mean_logvar,
     q_posterior_logvar,
@@ -30,7 +31,12 @@ from ddpm_bench.diffusion import (
     q_sample,
 )
 from ddpm_bench.errors import ModelOutputError, UserError
-from ddpm_bench.gaussian import DECODER_CDF_MODES, discretized_gaussian_log_likelihood, normal_kl
+from ddpm_bench.gaussian import (
+    DECODER_CDF_MODES,
+    discretized_gaussian_log_likelihood,
+    normal_kl,
+    normal_kl_of_gap,
+)
 from ddpm_bench.models import Net
 from ddpm_bench.noise import counter_normal
 from ddpm_bench.precision import PRECISIONS, network_precision
@@ -115,6 +121,8 @@ def term_values(cfg: DiffusionConfig, s: Schedule, output: torch.Tensor, x0: tor
     """L_i for pairs (x_0, x_{i+1}) given the network output at x_{i+1}: the decoder NLL for i = 0, the
     KL from the true posterior for i >= 1 (official `_vb_terms_bpd`), and the x0 prediction error."""
     step = p_mean_logvar(cfg, s, output, xt, i, clip=clip)
+    sq_err = (step.x0_hat - x0) ** 2
+    mse = sq_err.flatten(1).mean(1)
     bpd = torch.empty(x0.shape[0], dtype=torch.float64, device=x0.device)
     dec = i == 0
     if dec.any():
@@ -124,11 +132,18 @@ def term_values(cfg: DiffusionConfig, s: Schedule, output: torch.Tensor, x0: tor
     kl = ~dec
     if kl.any():
         ik = i[kl]
-        true_mean = q_posterior_mean(s, x0[kl], xt[kl], ik)
         true_logvar = q_posterior_logvar(s, ik, x0.ndim)
-        model_logvar = step.logvar.expand_as(x0)[kl]
-        bpd[kl] = mean_bits_per_dim(normal_kl(true_mean, true_logvar, step.mean[kl], model_logvar))
-    mse = ((step.x0_hat - x0) ** 2).flatten(1).mean(1)
+        model_logvar = step.logvar[kl]
+        if cfg.mean_type == "mu":  # the network's mean as it is
+            true_mean = q_posterior_mean(s, x0[kl], xt[kl], ik)
+            bpd[kl] = mean_bits_per_dim(normal_kl(true_mean, true_logvar, step.mean[kl], model_logvar))
+        else:  # both means are c1 x0 + c2 x_t (Eq. 7): their gap is c1 (x0 - x0_hat), the x_t part cancels
+            c1_sq = extract(s.posterior_mean_coef1, ik, x0.ndim) ** 2
+            if model_logvar.flatten(1).shape[1] == 1:  # a fixed variance: the KL's mean over dims, per row
+                nats = normal_kl_of_gap(c1_sq.flatten() * mse[kl], true_logvar.flatten(), model_logvar.flatten())
+            else:
+                nats = normal_kl_of_gap(c1_sq * sq_err[kl], true_logvar, model_logvar).flatten(1).mean(1)
+            bpd[kl] = nats / LN2
     return TermValues(bpd=bpd, mse=mse)
 
 
@@ -148,6 +163,8 @@ def check_output(output: torch.Tensor, xt: torch.Tensor, cfg: DiffusionConfig, i
         got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise ModelOutputError(f"model returned {got} for input {tuple(xt.shape)}; expected {want} "
                                f"(mean type {cfg.mean_type}, variance type {cfg.var_type})")
+    if bool(torch.isfinite(output).all()):  # one reduction; the rows are named only when one is bad
+        return
     bad = ~torch.isfinite(output.flatten(1)).all(1)
     if bad.any():
         terms = sorted(set(i[bad].tolist()))

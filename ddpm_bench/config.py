@@ -110,7 +110,7 @@ class StageExecution:
     batch_size: int  # 0: the command's default for the device (nll: bound.PAIRS_PER_CALL)
     shard_size: int
     compile: str = ""  # "" = not compiled, else a torch.compile mode (default, reduce-overhead, max-autotune)
-    channels_last: bool = False
+    channels_last: bool | None = None  # left out: the device default (network_speed.CHANNELS_LAST_BY_DEVICE)
 
     def __post_init__(self) -> None:
         from ddpm_bench.network_speed import COMPILE_MODES

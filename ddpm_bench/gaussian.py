@@ -20,8 +20,14 @@ def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, l
     Written as 0.5 * (expm1(d) - d + (mean1 - mean2)^2 / var2) with d = logvar1 - logvar2, which is
     exactly zero for equal distributions and free of the cancellation in -1 + exp(d) - d.
     """
+    return normal_kl_of_gap((mean1 - mean2) ** 2, logvar1, logvar2)
+
+
+def normal_kl_of_gap(sq_gap: torch.Tensor, logvar1: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+    """`normal_kl` given the squared gap of the means, (mean1 - mean2)^2. It is linear in `sq_gap`, so
+    with per-row variances the mean over dims of the KL is this of the mean squared gap."""
     d = logvar1 - logvar2
-    return 0.5 * (torch.expm1(d) - d + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+    return 0.5 * (torch.expm1(d) - d + sq_gap * torch.exp(-logvar2))
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:

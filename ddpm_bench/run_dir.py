@@ -90,7 +90,7 @@ class RunOptions:
     device: str = "auto"
     batch_size: int | None = 256  # None: the command's default for the device
     compile_mode: str | None = None
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: the device default (network_speed.CHANNELS_LAST_BY_DEVICE)
     dry_run: bool = False
     progress: bool = True
 

@@ -70,3 +70,22 @@ def nan_model():
 
 def wrong_shape_model():
     return lambda x, t: x[:, :1]
+
+
+class ViewingModule(torch.nn.Module):
+    """Flattens its input with `.view`, which a channels-last input does not allow."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (self.scale * x.view(x.shape[0], -1)).view(x.shape)
+
+
+def viewing_module():
+    return ViewingModule()
+
+
+def zero_eps():
+    return lambda x, t: torch.zeros_like(x)

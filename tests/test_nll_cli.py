@@ -205,12 +205,25 @@ def _terms(out):
 
 
 def test_channels_last_changes_only_rounding_and_is_recorded(npz, tmp_path):
-    a, b = tmp_path / "plain", tmp_path / "cl"
-    assert nll("--data", npz, "--out", a) == 0
+    a, b, c = tmp_path / "plain", tmp_path / "cl", tmp_path / "default"
+    assert nll("--data", npz, "--out", a, "--no-channels-last") == 0
     assert nll("--data", npz, "--out", b, "--channels-last") == 0
+    assert nll("--data", npz, "--out", c) == 0
     np.testing.assert_allclose(_terms(b), _terms(a), rtol=1e-6, atol=1e-9)
-    run = json.loads((b / "summary.json").read_text())["network_execution"]
-    assert run == {"channels_last": True, "compile": None, "cuda_graphs": False}
+    np.testing.assert_array_equal(_terms(c), _terms(b))  # on a CPU a torch module runs channels-last by default
+    execution = [json.loads((o / "summary.json").read_text())["network_execution"] for o in (a, b, c)]
+    assert execution[0] == {"channels_last": False, "channels_last_from": "flag", "compile": None, "cuda_graphs": False}
+    assert execution[1] == {**execution[0], "channels_last": True}
+    assert execution[2] == {**execution[1], "channels_last_from": "default for cpu"}
+
+
+def test_a_plugin_that_cannot_take_channels_last_runs_contiguous_by_default(tmp_path):
+    np.savez(tmp_path / "x.npz", np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8))
+    for name, expected in (("viewing_module", False), ("tiny_conv", True), ("zero_eps", False)):
+        out = tmp_path / name
+        assert main(["nll", "--model", f"tests/plugins.py:{name}", "--T", "4", "--data", str(tmp_path / "x.npz"),
+                     "--no-progress", "--out", str(out)]) == 0
+        assert json.loads((out / "summary.json").read_text())["network_execution"]["channels_last"] is expected
 
 
 @pytest.mark.slow

@@ -195,12 +195,12 @@ def test_a_complete_directory_is_not_rewritten(tmp_path, capsys):
 
 def test_channels_last_sampler_stays_within_one_level_and_is_recorded(tmp_path):
     a, b = tmp_path / "plain", tmp_path / "cl"
-    assert sample(a, "--num", "6", "--T", "8", "--batch-size", "3") == 0
+    assert sample(a, "--num", "6", "--T", "8", "--batch-size", "3", "--no-channels-last") == 0
     assert sample(b, "--num", "6", "--T", "8", "--batch-size", "3", "--channels-last") == 0
     diff = np.abs(load_all(a)[0].astype(int) - load_all(b)[0].astype(int))
     assert diff.max() <= 1  # the float32 rounding of another convolution layout, nothing more
     run = json.loads((b / "manifest.json").read_text())["network_execution"]
-    assert run == {"channels_last": True, "compile": None, "cuda_graphs": False}
+    assert run == {"channels_last": True, "channels_last_from": "flag", "compile": None, "cuda_graphs": False}
 
 
 @pytest.mark.slow

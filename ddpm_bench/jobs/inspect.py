@@ -13,6 +13,7 @@ from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import CheckpointError
 from ddpm_bench.identity import model_identity, state_dict_sha256
 from ddpm_bench.models import build_model
+from ddpm_bench.models.packaged import checkpoint_path
 from ddpm_bench.provenance import sha256_file
 from ddpm_bench.shards import to_json
 
@@ -29,15 +30,16 @@ def inspect_recipe(recipe: str, overrides: list[str] = ()) -> dict:
     return {"recipe": str(Path(recipe).resolve()), "params": count_params(config["model"]), "config": config}
 
 
-def inspect_ckpt(path: str) -> dict:
+def inspect_ckpt(ckpt_arg: str) -> dict:
+    path = checkpoint_path(ckpt_arg)
     ckpt = load_checkpoint(path)
     try:
         params = count_params(ckpt["config"]["model"])
-        identities = model_identities(path, ckpt)
+        identities = model_identities(str(path), ckpt)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"--ckpt {path}: invalid stored model config: {e}") from None
     stored = sum(v.numel() for v in ckpt["model"].values()) if isinstance(ckpt["model"], dict) else None
-    return {"ckpt": str(Path(path).resolve()), "format": ckpt["format"], "step": int(ckpt["step"]),
+    return {"ckpt": str(path.resolve()), "format": ckpt["format"], "step": int(ckpt["step"]),
             "sha256": sha256_file(path), "params": params, "stored_tensor_elements": stored,
             "model_identity": identities, "config": ckpt["config"], "data": ckpt.get("data")}
 

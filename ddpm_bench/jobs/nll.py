@@ -288,7 +288,8 @@ def _run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptio
         source = model.load(dev)
         images = data.load()
         check_image_shape(source, images)
-        memory_format = network_speed.speed_up(source, run.channels_last, run.compile_mode)
+        channels_last = network_speed.choose_channels_last(source, run.channels_last, dev, images.shape)
+        memory_format = network_speed.speed_up(source, channels_last, run.compile_mode)
         if opts.terms and not run.dry_run:
             if opts.terms > source.diffusion.T - 1:
                 raise UserError(f"--terms {opts.terms}: more than the T - 1 = {source.diffusion.T - 1} KL terms; "
@@ -343,7 +344,8 @@ def _run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptio
     merged = merge_shards(rd, plan, images, keys)  # rank 0: merge (every shard checked again) and write
     summary = summarise(merged, rd, source, images, opts, proposal)
     summary.extra.update(processes=world, batch_size=run.batch_size, batch_size_from=batch_from,
-                         network_execution=network_speed.describe(run.channels_last, run.compile_mode, dev))
+                         network_execution=network_speed.describe(channels_last, run.compile_mode, dev,
+                                                                  asked=run.channels_last))
     write_outputs(rd, merged, summary)
     print_summary(summary)
     return summary

@@ -158,7 +158,8 @@ def _run_sample(model: ModelSpec, sampler: SamplerOptions, run: RunOptions, num:
         except ValueError as e:
             raise UserError(str(e)) from None
         shape = _image_shape(source, image_size, channels)
-        memory_format = network_speed.speed_up(source, run.channels_last, run.compile_mode)
+        channels_last = network_speed.choose_channels_last(source, run.channels_last, dev, shape)
+        memory_format = network_speed.speed_up(source, channels_last, run.compile_mode)
         net = network_speed.with_memory_format(with_precision(source.net, sampler.precision, dev), memory_format)
         identity = sample_identity(source, sampler, process, shape, num, shard_size)
         if not run.dry_run:
@@ -186,7 +187,7 @@ def _run_sample(model: ModelSpec, sampler: SamplerOptions, run: RunOptions, num:
     ranges = plan.ranges()
     done = [s for s in range(plan.num_shards) if s not in missing]
     manifest = _manifest(rd, source, process, sampler, shape, num, plan, done, dev, run.batch_size, world,
-                         network_speed.describe(run.channels_last, run.compile_mode, dev))
+                         network_speed.describe(channels_last, run.compile_mode, dev, asked=run.channels_last))
     if main:
         manifest.write(rd.path)
 

@@ -21,6 +21,7 @@ from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import CheckpointError, UserError
 from ddpm_bench.identity import ModelIdentity, model_identity, state_dict_sha256
 from ddpm_bench.models import Net
+from ddpm_bench.models.packaged import packaged_checkpoint
 from ddpm_bench.provenance import sha256_file
 
 # flag name on the command line -> DiffusionConfig field
@@ -70,8 +71,11 @@ def check_flags_match(stored: DiffusionConfig, flags: dict, origin: str) -> None
 
 def load_ckpt_source(path: str | Path, weights: str = "ema", diffusion_flags: dict | None = None,
                      device: str | torch.device = "cpu") -> ModelSource:
-    """A ddpm-bench checkpoint file, or a diffusers UNet2DModel directory (optional extra)."""
-    path = Path(path)
+    """A ddpm-bench checkpoint file, a packaged model's name (`embedded`), or a diffusers UNet2DModel
+    directory (optional extra)."""
+    packaged_file = packaged_checkpoint(str(path))
+    packaged = str(path) if packaged_file else None
+    path = packaged_file or Path(path)
     if path.is_dir():
         from ddpm_bench.models.diffusers_loading import load_diffusers_source
 
@@ -100,7 +104,7 @@ def load_ckpt_source(path: str | Path, weights: str = "ema", diffusion_flags: di
     shape = (int(mcfg["in_channels"]), int(mcfg["image_size"]), int(mcfg["image_size"])) \
         if "in_channels" in mcfg and "image_size" in mcfg else None
     prov = {"kind": "ckpt", "path": str(path.resolve()), "sha256": sha256_file(path), "weights": weights,
-            "step": int(ckpt["step"])}
+            "step": int(ckpt["step"]), **({"packaged": packaged} if packaged else {})}
     ident = model_identity("ckpt", weights, state_dict_sha256(state), diffusion, config["model"], str(path))
     return ModelSource(net=module, diffusion=diffusion, identity=ident, provenance=prov, image_shape=shape,
                        module=module, config=config)
