@@ -99,13 +99,13 @@ def plain_official_loop(net, betas: np.ndarray, x_uint8: torch.Tensor, seed: int
     return total.double().numpy()
 
 
-def engine_share(spec: ModelSpec, data: DataSpec, reps: int) -> dict:
-    """The engine's step at the device default against its network alone, on one full call of pairs."""
+def engine_share(spec: ModelSpec, data: DataSpec, reps: int, pairs: int | None = None) -> dict:
+    """The engine's step against its network alone, on one full call of `pairs` (default: the device's)."""
     dev = torch.device("cpu")
     source = spec.load(dev)
-    images = data.load()
     fmt = network_speed.speed_up(source, network_speed.default_channels_last(source, dev), None)
-    B = default_pairs_per_call(dev)
+    images = data.load()
+    B = pairs or default_pairs_per_call(dev, images.shape)
     s = source.diffusion.schedule()
     m = min(len(images), B)
     x0_all = to_model_scale(torch.from_numpy(images.images[:m]).permute(0, 3, 1, 2))
@@ -143,6 +143,8 @@ def main(argv=None):
     p.add_argument("--T", type=int, default=1000, help="diffusion steps of the conv net")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--official-allocator", choices=("default", "tuned"), default="default")
+    p.add_argument("--share-only", type=int, nargs="*", metavar="PAIRS",
+                   help="only time the engine's step against its network, at these pairs per call")
     p.add_argument("--json", help="write the numbers here")
     a = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench_official_"))
@@ -163,6 +165,13 @@ def main(argv=None):
         model_flags = ["--model", f"{HERE / 'conv_net.py'}:conv_net", "--T", str(a.T)]
         data = DataSpec(str(work / "images.npz"), None, None)
         data_flags = ["--data", str(work / "images.npz")]
+    if a.share_only is not None:
+        allocator.keep_freed_memory()
+        for pairs in a.share_only or [None]:
+            share = engine_share(spec, data, reps=7, pairs=pairs)
+            print(f"{share['pairs_per_call']} pairs: step {share['step_ms_per_eval']:.4f} ms/eval, network "
+                  f"{share['network_ms_per_eval']:.4f}; non-network {100 * share['non_network_share']:.1f}%")
+        return
     source = spec.load("cpu")
     images = data.load()
     x = torch.from_numpy(images.images).permute(0, 3, 1, 2).contiguous()

@@ -24,7 +24,7 @@ import torch
 from ddpm_bench.diffusion import (
     DiffusionConfig,
     extract,
-    p_mean_logvar,
+    p_logvar_x0,
     q_mean_logvar,
     q_posterior_logvar,
     q_posterior_mean,
@@ -43,14 +43,18 @@ from ddpm_bench.precision import PRECISIONS, network_precision
 from ddpm_bench.schedule import Schedule
 
 LN2 = math.log(2.0)
-# (image, term) pairs per network call when --batch-size is not given, by device type, measured with the
-# engine's own step on the tiny U-Net (benchmarks/RESULTS.md, "pairs per call"): on a 2-core CPU 32 pairs
-# take 2.6 ms per evaluation, 256 pairs 6.1 ms (allocator churn); on a GPU large calls fill the device.
+# (image, term) pairs per network call when --batch-size is not given, by device type, for 32x32x3 images,
+# measured with the engine's own step on the tiny U-Net (benchmarks/RESULTS.md, "pairs per call"): on a
+# 2-core CPU 32 pairs take 2.6 ms per evaluation, 256 pairs 6.1 ms; on a GPU large calls fill the device.
+# Other image sizes keep the number of values per call (pairs x C x H x W): what the engine's own work per
+# call scales with, and what fits the caches of a CPU and the memory of a GPU.
 PAIRS_PER_CALL = {"cpu": 32, "cuda": 256}
+PAIRS_PER_CALL_DIMS = 3 * 32 * 32
 
 
-def default_pairs_per_call(device: torch.device) -> int:
-    return PAIRS_PER_CALL.get(device.type, 256)
+def default_pairs_per_call(device: torch.device, image_shape: tuple[int, ...] = (3, 32, 32)) -> int:
+    dims = math.prod(image_shape)
+    return max(1, PAIRS_PER_CALL.get(device.type, 256) * PAIRS_PER_CALL_DIMS // dims)
 MAX_SEED = 2**63 - 1
 
 
@@ -120,23 +124,29 @@ def term_values(cfg: DiffusionConfig, s: Schedule, output: torch.Tensor, x0: tor
                 i: torch.Tensor, clip: bool = True, decoder_cdf: str = "exact") -> TermValues:
     """L_i for pairs (x_0, x_{i+1}) given the network output at x_{i+1}: the decoder NLL for i = 0, the
     KL from the true posterior for i >= 1 (official `_vb_terms_bpd`), and the x0 prediction error."""
-    step = p_mean_logvar(cfg, s, output, xt, i, clip=clip)
-    sq_err = (step.x0_hat - x0) ** 2
+    model_out, logvar, x0_hat = p_logvar_x0(cfg, s, output, xt, i, clip=clip)
+    sq_err = (x0_hat - x0) ** 2
     mse = sq_err.flatten(1).mean(1)
     bpd = torch.empty(x0.shape[0], dtype=torch.float64, device=x0.device)
+
+    def model_mean(rows: torch.Tensor) -> torch.Tensor:  # p_mean_logvar's mean, of these rows only
+        if cfg.mean_type == "mu":
+            return model_out[rows]
+        return q_posterior_mean(s, x0_hat[rows], xt[rows], i[rows])
+
     dec = i == 0
     if dec.any():
-        log_scales = 0.5 * step.logvar.expand_as(x0)[dec]
-        ll = discretized_gaussian_log_likelihood(x0[dec], step.mean[dec], log_scales, cdf=decoder_cdf)
+        log_scales = 0.5 * logvar.expand_as(x0)[dec]
+        ll = discretized_gaussian_log_likelihood(x0[dec], model_mean(dec), log_scales, cdf=decoder_cdf)
         bpd[dec] = -mean_bits_per_dim(ll)
     kl = ~dec
     if kl.any():
         ik = i[kl]
         true_logvar = q_posterior_logvar(s, ik, x0.ndim)
-        model_logvar = step.logvar[kl]
+        model_logvar = logvar[kl]
         if cfg.mean_type == "mu":  # the network's mean as it is
             true_mean = q_posterior_mean(s, x0[kl], xt[kl], ik)
-            bpd[kl] = mean_bits_per_dim(normal_kl(true_mean, true_logvar, step.mean[kl], model_logvar))
+            bpd[kl] = mean_bits_per_dim(normal_kl(true_mean, true_logvar, model_mean(kl), model_logvar))
         else:  # both means are c1 x0 + c2 x_t (Eq. 7): their gap is c1 (x0 - x0_hat), the x_t part cancels
             c1_sq = extract(s.posterior_mean_coef1, ik, x0.ndim) ** 2
             if model_logvar.flatten(1).shape[1] == 1:  # a fixed variance: the KL's mean over dims, per row

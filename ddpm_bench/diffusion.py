@@ -156,6 +156,15 @@ def p_mean_logvar(
     from it (`eps`, `x0`); for `mu` the network's mean is used as is and only x0_hat is clipped, as in
     the official code.
     """
+    model_out, logvar, x0_hat = p_logvar_x0(cfg, s, output, xt, i, clip)
+    mean = model_out if cfg.mean_type == "mu" else q_posterior_mean(s, x0_hat, xt, i)
+    return ReverseStep(mean=mean, logvar=logvar, x0_hat=x0_hat)
+
+
+def p_logvar_x0(cfg: DiffusionConfig, s: Schedule, output: torch.Tensor, xt: torch.Tensor, i: torch.Tensor,
+                clip: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`p_mean_logvar` up to the mean: the mean part of the output, the log-variance and x0_hat (float64).
+    For `eps` and `x0` the mean is q_posterior_mean(x0_hat, x_t); the bound needs it only at t = 1."""
     output = output.to(torch.float64)
     C = xt.shape[1]
     if cfg.learned_variance:
@@ -171,14 +180,14 @@ def p_mean_logvar(
         model_out = output
         logvar = extract(fixed_logvar(s, cfg.var_type), i, xt.ndim)
 
-    def maybe_clip(x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(-1.0, 1.0) if clip else x
+    return model_out, logvar, predict_x0(cfg, s, model_out, xt, i, clip)
 
+
+def predict_x0(cfg: DiffusionConfig, s: Schedule, model_out: torch.Tensor, xt: torch.Tensor, i: torch.Tensor,
+               clip: bool = True) -> torch.Tensor:
+    """x0_hat from the mean part of a network output (float64), clipped to [-1, 1] with `clip`."""
     if cfg.mean_type == "mu":
-        x0_hat = maybe_clip(predict_x0_from_mu(s, xt, i, model_out))
-        mean = model_out
+        x0 = predict_x0_from_mu(s, xt, i, model_out)
     else:
         x0 = model_out if cfg.mean_type == "x0" else predict_x0_from_eps(s, xt, i, model_out)
-        x0_hat = maybe_clip(x0)
-        mean = q_posterior_mean(s, x0_hat, xt, i)
-    return ReverseStep(mean=mean, logvar=logvar, x0_hat=x0_hat)
+    return x0.clamp(-1.0, 1.0) if clip else x0

@@ -63,14 +63,25 @@ def mix64_(z: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
     return z
 
 
-CHUNK_ELEMENTS = 1 << 15  # work on ~32k elements at a time: the int64 scratch stays in the CPU cache
+def bits_to_normal_(bits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Phi^-1((b + 1/2) / 2^53) into float64 `out` for int64 `bits` b in 0..2^53-1 (overwritten)."""
+    bits.mul_(2).add_(1 - (1 << 53))  # 2b + 1 - 2^53: odd, |.| < 2^53, so exact in float64
+    out.copy_(bits)
+    out.mul_(2.0**-53)  # 2U - 1 in (-1, 1)
+    torch.erfinv(out, out=out)
+    return out.mul_(math.sqrt(2.0))
+
+
+# values per chunk of rows: large enough that torch runs each operation on both cores (its grain size is
+# 32,768), small enough for the int64 scratch to stay in cache; 1.3x faster than 32,768 on the 2-core CPU
+CHUNK_ELEMENTS = 1 << 17
 
 
 def counter_normal(seed: int, keys: torch.Tensor, shape: tuple[int, ...], dtype=torch.float64) -> torch.Tensor:
     """Standard normal noise of shape (P, *shape), row p a pure function of (seed, keys[p]).
 
     `keys` is (P, K) int64 (for the bound: image index, term, draw). Computed in float64 in chunks of
-    rows (in place, cache-sized; every element goes through the same operations as in the module
+    rows (in place; every element goes through the same operations as in the module
     docstring, so chunking changes no bit); cast to `dtype` at the end.
     """
     numel = 1
@@ -87,10 +98,5 @@ def counter_normal(seed: int, keys: torch.Tensor, shape: tuple[int, ...], dtype=
         mix64_(z, tmp)
         torch.bitwise_right_shift(z, 11, out=tmp)
         tmp.bitwise_and_((1 << 53) - 1)  # 53 random bits b
-        tmp.mul_(2).add_(1 - (1 << 53))  # 2b + 1 - 2^53: odd, |.| < 2^53, so exact in float64
-        v = out[r:r + rows]
-        v.copy_(tmp)
-        v.mul_(2.0**-53)  # 2U - 1 in (-1, 1)
-        torch.erfinv(v, out=v)
-        v.mul_(math.sqrt(2.0))
+        bits_to_normal_(tmp, out[r:r + rows])
     return out.reshape(P, *shape).to(dtype)

@@ -7,9 +7,9 @@ import pytest
 import scipy.special as sp
 import torch
 
-from ddpm_bench.bound import BoundOptions, compute_bound
+from ddpm_bench.bound import BoundOptions, compute_bound, default_pairs_per_call
 from ddpm_bench.diffusion import DiffusionConfig
-from ddpm_bench.noise import counter_normal, mix64_int
+from ddpm_bench.noise import bits_to_normal_, counter_normal, mix64_int
 from tests.plugins import ORACLE_IMAGE, TinyConv, oracle_eps
 
 LN2 = math.log(2)
@@ -136,3 +136,22 @@ def test_counter_noise_is_standard_normal():
     from scipy import stats
 
     assert stats.kstest(z.numpy()[:20000], "norm").pvalue > 1e-3
+
+
+def test_default_pairs_per_call_keeps_the_values_per_call_of_32x32x3_images():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert default_pairs_per_call(cpu) == default_pairs_per_call(cpu, (3, 32, 32)) == 32
+    assert default_pairs_per_call(cpu, (3, 16, 16)) == 128
+    assert default_pairs_per_call(cpu, (1, 28, 28)) == 125
+    assert default_pairs_per_call(cpu, (3, 256, 256)) == 1  # never 0
+    assert default_pairs_per_call(cuda, (3, 32, 32)) == 256 and default_pairs_per_call(cuda, (3, 64, 64)) == 64
+
+
+def test_every_53_bit_draw_maps_to_a_finite_normal_quantile():
+    # b = 2^53 - 1 is U = 1 - 2^-54, which (b + 0.5) / 2^53 in float64 rounded to 1 (and ndtri to inf)
+    bits = torch.tensor([0, 1, (1 << 52) - 1, 1 << 52, (1 << 53) - 2, (1 << 53) - 1], dtype=torch.int64)
+    low = sp.ndtri(np.array([0.5, 1.5, 2.0**52 - 0.5]) / 2.0**53)  # U = (b + 1/2) / 2^53, exact in float64
+    z = bits_to_normal_(bits.clone(), torch.empty(6, dtype=torch.float64))
+    assert torch.isfinite(z).all()
+    np.testing.assert_allclose(z.numpy(), np.concatenate([low, -low[::-1]]), rtol=1e-12)  # Phi^-1(1-U) = -Phi^-1(U)
+    np.testing.assert_allclose(z[:3].numpy(), -z.flip(0)[:3].numpy(), rtol=1e-15)  # symmetric about U = 1/2

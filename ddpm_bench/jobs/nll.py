@@ -282,12 +282,12 @@ def _run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptio
              proposal_dir: str | None, dev: torch.device) -> NllSummary | None:
     main, world = distributed.is_main(), distributed.world_size()
     batch_from = "--batch-size" if run.batch_size is not None else f"default for {dev.type} (bound.PAIRS_PER_CALL)"
-    run = replace(run, batch_size=run.batch_size or default_pairs_per_call(dev))
     q = proposal = prior = None
     with run_dir.phase():  # every rank: inputs and where the proposal comes from; rank 0 claims --out
         source = model.load(dev)
         images = data.load()
         check_image_shape(source, images)
+        run = replace(run, batch_size=run.batch_size or default_pairs_per_call(dev, images.shape))
         channels_last = network_speed.choose_channels_last(source, run.channels_last, dev, images.shape)
         memory_format = network_speed.speed_up(source, channels_last, run.compile_mode)
         if opts.terms and not run.dry_run:

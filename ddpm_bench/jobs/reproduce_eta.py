@@ -91,9 +91,10 @@ def print_eta(cfg: RunConfig, ckpt: str | None, device: torch.device, data_root:
     from ddpm_bench.jobs.sample import DEFAULT_BATCH_SIZE
 
     num, sample_batch = ev.sample.num, ev.sample.execution.batch_size or DEFAULT_BATCH_SIZE
-    nll_batch, draws = ev.nll.execution.batch_size or default_pairs_per_call(device), ev.nll.options.draws
     source = _source(cfg, ckpt, device)
     shape = source.image_shape
+    nll_batch = ev.nll.execution.batch_size or default_pairs_per_call(device, shape or (3, 32, 32))
+    draws = ev.nll.options.draws
     rows: list[tuple[str, str, float | None]] = []
     if ckpt is None:
         sec = _train_step_seconds(cfg, device)
