@@ -22,13 +22,25 @@ from ddpm_bench.run_dir import RunOptions
 from ddpm_bench.sampling import SamplerOptions
 from ddpm_bench.schedule import BETA_SCHEDULES
 
+DESCRIPTION = """\
+The exact variational bound of a DDPM term by term, rate and distortion, the train/test gap, samples and
+FID/IS, beside the DDPM paper's numbers (Ho, Jain, Abbeel 2020). `ddpm-bench COMMAND --help` for each."""
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows a flag's default where it says something: not for a required flag, a flag without a value,
+    a default of None, or a help text that already states its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or any(action.default is x for x in (None, False, argparse.SUPPRESS)) or "default" in text \
+                or isinstance(action, argparse.BooleanOptionalAction) and action.default is None:
+            return text
+        return text + " (default: %(default)s)"
 
 
 def _parser(sub, name: str, help: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help, formatter_class=_Formatter)
+    return sub.add_parser(name, help=help, description=help.replace("%%", "%"), formatter_class=_Formatter)
 
 
 def add_model_args(p: argparse.ArgumentParser, image_shape: bool = False) -> None:
@@ -60,8 +72,9 @@ def add_bound_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="folder holding cifar-10-batches-py (else $DDPM_BENCH_DATA)")
     p.add_argument("--num-images", type=int, default=None, help="use the first N images (default all)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="(image, timestep) pairs per network call (default: measured for the device, 32 on a CPU, "
-                        "256 on a GPU; changes no noise, only the network's float32 rounding)")
+                   help="(image, timestep) pairs per network call (default: measured for the device, 32 pairs of "
+                        "32x32x3 images on a CPU, 256 on a GPU, as many values per call for other sizes; changes no "
+                        "noise, only the network's float32 rounding)")
     p.add_argument("--seed", type=cli_args.seed, default=0, help="noise for (image j, term k, draw d) depends on (seed, j, k, d) only")
     p.add_argument("--draws", type=int, default=1, help="independent draws of x_{k+1} averaged per image and term")
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
@@ -127,11 +140,14 @@ def cmd_gap(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from ddpm_bench.jobs.sample import run_sample
+    from ddpm_bench.jobs.sample import print_manifest, run_sample
 
     sampler = SamplerOptions(seed=args.seed, steps=args.steps, clip=args.clip, precision=args.precision)
-    run_sample(model_spec(args), sampler, run_options(args), num=args.num, shard_size=args.shard_size,
-               image_size=args.image_size, channels=args.channels, progressive_every=args.progressive_every)
+    manifest = run_sample(model_spec(args), sampler, run_options(args), num=args.num, shard_size=args.shard_size,
+                          image_size=args.image_size, channels=args.channels,
+                          progressive_every=args.progressive_every)
+    if manifest is not None:
+        print_manifest(manifest, args.out)
     return 0
 
 
@@ -165,7 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ddpm_bench.jobs.train import run_train
 
     return run_train(args.recipe, args.set, args.out, device=args.device, force=args.force,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, data_root=args.data_root)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -173,6 +189,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     if (args.ckpt is None) == (args.recipe is None):
         raise UserError("give exactly one of --ckpt PATH and --recipe PATH")
+    if args.ckpt is not None and args.set:
+        raise UserError("--set changes a recipe; a checkpoint's config is what it was trained with")
     return run_inspect(args.ckpt, args.recipe, args.set)
 
 
@@ -215,9 +233,10 @@ samples, another reference or another extractor are marked "not comparable to th
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli_args.OneLineParser(prog="ddpm-bench", description=__doc__, formatter_class=_Formatter)
+    parser = cli_args.OneLineParser(prog="ddpm-bench", description=DESCRIPTION, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"ddpm-bench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = sub.choices  # name -> the parser of each command (its errors name the command)
 
     p = _parser(sub, "nll", "exact per-image, per-term variational bound in bits/dim")
     add_model_args(p)
@@ -276,9 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
     p = _parser(sub, "train", "train the paper's U-Net on a recipe (DDPM Algorithm 1); rerun to resume")
-    p.add_argument("--recipe", required=True, help="TOML recipe, e.g. recipes/tiny.toml")
+    p.add_argument("--recipe", default=None,
+                   help="TOML recipe, e.g. recipes/tiny.toml (left out: go on with the run in --out, from its config.json)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set training.steps=200 (repeatable)")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding cifar-10-batches-py (training.data_root; else $DDPM_BENCH_DATA)")
     p.add_argument("--out", required=True, help="run directory (resumed from its latest checkpoint when the config matches)")
     p.add_argument("--force", action="store_true", help="empty an existing --out that holds something else")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (under torchrun: one GPU per process)")
@@ -342,7 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # name the command whose flags were mistyped, with its own usage
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     allocator.keep_freed_memory()
     try:
         status = int(args.func(args) or 0)

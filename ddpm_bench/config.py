@@ -388,14 +388,18 @@ def config_from_dict(data: dict, origin: str, overrides: list[str] = ()) -> RunC
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read a TOML recipe and apply `--set` overrides."""
+    """Read a TOML recipe (or the config.json a run wrote) and apply `--set` overrides."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"--recipe {path}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"--recipe {path}: cannot read: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--recipe {path}: not valid TOML: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--recipe {path}: not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--recipe {path}: not a table of sections")
     return config_from_dict(data, f"recipe {path}", overrides)

@@ -92,14 +92,17 @@ def write_samples_manifest(path: Path, model: dict, num: int = 100, shard_size: 
 
 
 def write_fid_dir(path: Path, fid: float = 12.5, is_mean: float | None = 7.1, is_std: float | None = 0.2,
-                  ref: str = "embedded:train", n_samples: int = 100, samples_model: dict | None = None) -> Path:
+                  ref: str = "embedded:train", n_samples: int = 100, samples_model: dict | None = None,
+                  comparable: bool = False) -> Path:
     """A fid output's metrics.json; `samples_model` is the samples' manifest model (None: plain images)."""
     path.mkdir(parents=True, exist_ok=True)
     run_id = hashlib.sha256(f"fid{path.name}{fid}{ref}{n_samples}".encode()).hexdigest()
     FidMetrics(run_id=run_id, fid=fid, is_mean=is_mean, is_std=is_std, n_samples=n_samples, n_ref=200, ref=ref,
                samples=str(path.parent / "samples"), backend="torch-fidelity",
                feature_extractor={"name": "inception-v3-compat", "sha256": "cd" * 32},
-               by_backend={"torch-fidelity": {"fid": fid}}, warnings=[], comparable_to_paper=False,
+               by_backend={"torch-fidelity": {"fid": fid}},
+               warnings=[] if comparable else ["fewer than 50,000 samples (100): not comparable to the paper"],
+               comparable_to_paper=comparable,
                samples_model=samples_model).write(path)
     return path
 
@@ -117,9 +120,11 @@ def write_gap(run: Path, max_gap: float = 0.03) -> Path:
 
 def write_run_dir(path: Path, objective: str = "L_simple", var_type: str = "fixed-large", mean_type: str = "eps",
                   data: str = "embedded:train", T: int = 20, fid: bool = True, fid_ref: str | None = None,
-                  fid_value: float = 12.5, sha256: str = "ab" * 32, samples_sha256: str | None = None) -> Path:
+                  fid_value: float = 12.5, sha256: str = "ab" * 32, samples_sha256: str | None = None,
+                  paper_protocol: bool = False) -> Path:
     """A reproduce run directory: config.json, nll_train/, nll_test/, gap.json and (optionally) samples/ and
-    fid/. Every output is of the model `sha256` but samples/ and fid/, of `samples_sha256` when given."""
+    fid/. Every output is of the model `sha256` but samples/ and fid/, of `samples_sha256` when given.
+    `paper_protocol`: whole CIFAR-10 splits (10,000 / 50,000 images) and 50,000 samples, as the paper."""
     path.mkdir(parents=True, exist_ok=True)
     layout = ReproduceLayout(path)
     diffusion = DiffusionConfig(T=T, mean_type=mean_type, var_type=var_type)
@@ -129,11 +134,12 @@ def write_run_dir(path: Path, objective: str = "L_simple", var_type: str = "fixe
     atomic_write_json(layout.config, config.to_dict())
     split = data.split(":")[0]
     kw = dict(T=T, sha256=sha256, mean_type=mean_type, var_type=var_type)
-    write_nll_dir(layout.nll_train, seed=1, data=f"{split}:train", **kw)
-    write_nll_dir(layout.nll_test, seed=2, data=f"{split}:test", **kw)
+    write_nll_dir(layout.nll_train, seed=1, data=f"{split}:train", n=50_000 if paper_protocol else 6, **kw)
+    write_nll_dir(layout.nll_test, seed=2, data=f"{split}:test", n=10_000 if paper_protocol else 6, **kw)
     write_gap(path)
     if fid:
         model = model_entry(samples_sha256 or sha256, "ema", T, mean_type, var_type)
         write_samples_manifest(layout.samples, model)
-        write_fid_dir(layout.fid, fid=fid_value, ref=fid_ref or data, samples_model=model)
+        write_fid_dir(layout.fid, fid=fid_value, ref=fid_ref or data, samples_model=model,
+                      n_samples=50_000 if paper_protocol else 100, comparable=paper_protocol)
     return path

@@ -34,7 +34,8 @@ def _md_rows(path):
 
 @pytest.fixture
 def runs(tmp_path):
-    a = write_run_dir(tmp_path / "cifar_simple", objective="L_simple", data="cifar10:train", fid_value=4.0)
+    a = write_run_dir(tmp_path / "cifar_simple", objective="L_simple", data="cifar10:train", fid_value=4.0,
+                      paper_protocol=True)
     b = write_run_dir(tmp_path / "embedded_L", objective="L", data="embedded:train", fid=False)
     nll = write_nll_dir(tmp_path / "plain_nll", data="embedded:test", seed=7)
     fid = write_fid_dir(tmp_path / "plain_fid", fid=9.5, is_mean=None, is_std=None, ref="/data/lsun_bedroom_256.npz")
@@ -56,8 +57,11 @@ def test_report_tables_blanks_deltas_and_provenance(tmp_path, runs, capsys):
     row_b = next(r for m, r in mine.items() if "embedded_L" in m)
     assert row_b[C.FID] == "" and row_b[C.IS] == "" and row_b[C.IS_STD] == ""
     assert row_b[C.PAPER_ROW] == "" and row_b[C.DELTA_NLL_TEST] == ""  # not CIFAR-10: no comparison
-    md_b = next(r for r in _md_rows(out / "table1.md") if "embedded_L" in r[C.MODEL])
-    assert md_b[C.FID] == "" and md_b[C.IS] == ""
+    md_b = next(r for r in _md_rows(out / "table1.md") if "embedded_L" in r["Model"])
+    assert list(md_b) == ["Model", "IS", "FID", "NLL Test (Train)", "vs paper"]  # the paper's columns
+    assert md_b["FID"] == "" and md_b["IS"] == "" and md_b["vs paper"] == "not comparable"
+    assert row_b[C.COMPARISON] == "not comparable: data embedded:train, not CIFAR-10"
+    assert max(len(line) for line in (out / "table1.md").read_text().splitlines()) <= 120
     assert "nan" not in (out / "table1.md").read_text().lower()
     test_b = json.loads((b / "nll_test" / "summary.json").read_text())
     assert float(row_b[C.NLL_TEST]) == test_b["total_bpd"]
@@ -70,18 +74,22 @@ def test_report_tables_blanks_deltas_and_provenance(tmp_path, runs, capsys):
     train_a = json.loads((a / "nll_train" / "summary.json").read_text())
     assert float(row_a[C.DELTA_NLL_TEST]) == pytest.approx(test_a["total_bpd"] - 3.75, abs=1e-12)
     assert float(row_a[C.DELTA_NLL_TRAIN]) == pytest.approx(train_a["total_bpd"] - 3.72, abs=1e-12)
+    assert row_a[C.COMPARISON] == "comparable"
+    md_a = next(r for r in _md_rows(out / "table1.md") if "cifar_simple" in r["Model"])
+    assert md_a["FID"] == "4.00" and md_a["NLL Test (Train)"] == f"≤ {test_a['total_bpd']:.2f} ({train_a['total_bpd']:.2f})"
+    assert "FID +0.83, NLL " in md_a["vs paper"]
     row_nll = next(r for m, r in mine.items() if "plain_nll" in m)
     assert row_nll[C.NLL_TRAIN] == "" and row_nll[C.FID] == ""
 
     # provenance of each measured cell
     src = json.loads((out / "table1.sources.json").read_text())["cells"]
     fid_a = next(c for c in src if c["column"] == C.FID and "cifar_simple" in c["row_label"])
-    assert fid_a["value"] == 4.0 and fid_a["from"]["backend"] == "torch-fidelity" and fid_a["from"]["n_samples"] == 100
+    assert fid_a["value"] == 4.0 and fid_a["from"]["backend"] == "torch-fidelity" and fid_a["from"]["n_samples"] == 50_000
     ident = NllSummary.read(a / "nll_test").model_sha256  # the model identity, not the weights' or file's hash
     assert ident == model_entry()["identity"]["sha256"] != "ab" * 32
     assert fid_a["from"]["file"].endswith("fid/metrics.json") and fid_a["from"]["model_identity"] == ident
     nll_a = next(c for c in src if c["column"] == C.NLL_TEST and "cifar_simple" in c["row_label"])
-    assert nll_a["from"]["split"] == "test" and nll_a["from"]["n_images"] == 6
+    assert nll_a["from"]["split"] == "test" and nll_a["from"]["n_images"] == 10_000
     assert nll_a["from"]["model_identity"] == ident and "model_sha256" not in nll_a["from"]
     assert f"[model {ident[:12]}]" in fid_a["row_label"]
     assert not any(c["column"] == C.FID and "embedded_L" in c["row_label"] for c in src)
@@ -135,7 +143,8 @@ def test_report_uses_rate_distortion_output_and_paper_table4(tmp_path, capsys):
 
 def test_report_fid_without_inception_scores(tmp_path):
     run = write_run_dir(tmp_path / "run", data="cifar10:train", fid=False)
-    write_fid_dir(run / "fid", fid=5.0, is_mean=None, is_std=None, ref="cifar10:train", samples_model=model_entry())
+    write_fid_dir(run / "fid", fid=5.0, is_mean=None, is_std=None, ref="cifar10:train", samples_model=model_entry(),
+                  n_samples=50_000, comparable=True)
     build_report([run], tmp_path / "out")
     row = [r for r in _csv_rows(tmp_path / "out" / "table1.csv") if r[C.ORIGIN] == "measured"][0]
     assert row[C.FID] == "5.0" and row[C.IS] == "" and row[C.DELTA_IS] == ""

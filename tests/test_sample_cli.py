@@ -51,15 +51,16 @@ def test_writes_shards_manifest_and_grids(tmp_path):
     assert m["model"]["kind"] == "plugin" and len(m["model"]["sha256"]) == 64
     assert m["environment"]["versions"]["torch"]
     grid = np.asarray(Image.open(out / "grid.png"))
-    assert grid.shape == (2 * 10 + 2, 8 * 10 + 2, 3)  # 10 samples, 8 per row, 2-pixel padding
+    assert grid.shape == (2 * 34 + 2, 8 * 34 + 2, 3)  # 10 samples, 8 per row, 4x nearest-neighbour, 2-pixel padding
     images, _ = load_all(out)
-    assert np.array_equal(grid[2:10, 2:10], images[0]) and np.array_equal(grid[12:20, 2:10], images[8])
+    big = images.repeat(4, axis=1).repeat(4, axis=2)
+    assert np.array_equal(grid[2:34, 2:34], big[0]) and np.array_equal(grid[36:68, 2:34], big[8])
     with np.load(out / "progressive.npz") as z:
         assert z["x0_pred"].shape == (8, 4, 8, 8, 3)
         assert z["t"].tolist() == [k + 1 for k in reversed(range(20)) if k % 5 == 0]
         assert np.array_equal(z["x0_pred"][:, -1], images[:8])  # last column: the samples themselves
     prog = np.asarray(Image.open(out / "progressive.png"))
-    assert prog.shape == (8 * 10 + 2, 4 * 10 + 2, 3)
+    assert prog.shape == (8 * 66 + 2, 4 * 66 + 2, 3)  # 4 columns of 8x8 images enlarged 8x: 266 >= 256 wide
 
 
 def test_batch_size_and_restarts_do_not_change_a_byte(tmp_path):

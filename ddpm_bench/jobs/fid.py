@@ -9,6 +9,7 @@ processes and for a run killed and started again.
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 import time
@@ -53,6 +54,12 @@ def samples_manifest(samples: str) -> SampleManifest | None:
     loaded); None for a .npz or a PNG folder."""
     folder = Path(samples)
     return read_manifest(folder) if (folder / SampleManifest.FILE).is_file() else None
+
+
+def _finite(metrics: dict) -> tuple[dict, dict]:
+    """The metrics with every NaN or inf number as None (JSON has no NaN), and {name: "nan"/"inf"} of those."""
+    undefined = {k: str(v) for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    return {k: (None if k in undefined else v) for k, v in metrics.items()}, undefined
 
 
 def _samples_provenance(images: ImageSet, manifest: SampleManifest | None) -> dict:
@@ -256,7 +263,7 @@ def _run_fid(samples: str, opts: FidOptions, run: RunOptions, shard_size: int, d
         return None
 
     # rank 0: reference statistics (cached), metrics, metrics.json
-    by_backend, references = {}, {}
+    by_backend, references, undefined = {}, {}, {}
     for b, lib in libs.items():
         if b in ref_feats:
             got, seconds = ref_feats[b]
@@ -269,12 +276,15 @@ def _run_fid(samples: str, opts: FidOptions, run: RunOptions, shard_size: int, d
                              "images_per_second": got.extracted / seconds if got.extracted else None}
             known[b] = (feats, stats, references[b])
         r_feats, r_stats, references[b] = known[b]
-        by_backend[b] = lib.metrics(sample_feats[b], r_feats, r_stats, opts.prc)
+        by_backend[b], undefined[b] = _finite(lib.metrics(sample_feats[b], r_feats, r_stats, opts.prc))
 
     primary = by_backend[backends[0]]
     tf_result = by_backend.get("torch-fidelity")
     if tf_result is not None and tf_result["isc_mean"] is not None:
         is_mean, is_std, is_reason = tf_result["isc_mean"], tf_result["isc_std"], None
+    elif tf_result is not None and "isc_mean" in undefined["torch-fidelity"]:
+        is_mean = is_std = None
+        is_reason = f"the Inception Score came out {undefined['torch-fidelity']['isc_mean']} (too few samples for its 10 splits?)"
     elif tf_result is None:
         is_mean = is_std = None
         is_reason = "clean-fid computes no Inception Score; use --backend torch-fidelity or both"
@@ -283,6 +293,7 @@ def _run_fid(samples: str, opts: FidOptions, run: RunOptions, shard_size: int, d
         is_reason = f"feature extractor {extractor.name} has no logits (pool3 features only)"
     extra = {
         "is_reason": is_reason,
+        "undefined": {b: u for b, u in undefined.items() if u},  # metrics that came out NaN or inf: null
         "options": asdict(opts),
         "paper": protocol.paper_values(),
         "reference_statistics": references,
@@ -295,7 +306,10 @@ def _run_fid(samples: str, opts: FidOptions, run: RunOptions, shard_size: int, d
                        "ref": {"source": ref_name, "sha256": ref_set.sha256 if ref_set else None, "n": n_ref},
                        "libraries": _library_versions(), **environment()},
     }
-    if len(by_backend) == 2:
+    if primary["fid"] is None:
+        raise UserError(f"the FID of {backends[0]} came out {undefined[backends[0]]['fid']} ({len(sample_set)} samples, "
+                        f"{n_ref} reference images): too few images for a covariance, or broken features")
+    if len(by_backend) == 2 and None not in (by_backend["clean-fid"]["fid"], by_backend["torch-fidelity"]["fid"]):
         d = by_backend["clean-fid"]["fid"] - by_backend["torch-fidelity"]["fid"]
         extra["backend_difference"] = {"fid_clean_fid_minus_torch_fidelity": d,
                                        "relative": d / max(abs(by_backend["torch-fidelity"]["fid"]), 1e-12)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -74,4 +75,9 @@ def run_gap(train_dir: str, test_dir: str, max_gap: float = 0.03, out: str | Non
 
         atomic_write_json(out, result.to_dict())
     print(json.dumps(result.to_dict(), indent=2))
+    if result.exceeds:  # exit 1 says it, and this line says why
+        lo, hi = result.ci95
+        print(f"ddpm-bench gap: the test-minus-train gap {result.gap_bpd:.4f} bits/dim (95% interval {lo:.4f} .. "
+              f"{hi:.4f}) lies above --max-gap {max_gap:g}: the model fits its training images better than unseen "
+              "ones", file=sys.stderr)
     return 1 if result.exceeds else 0

@@ -13,7 +13,7 @@ from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import CheckpointError
 from ddpm_bench.identity import model_identity, state_dict_sha256
 from ddpm_bench.models import build_model
-from ddpm_bench.models.packaged import checkpoint_path
+from ddpm_bench.models.source import ckpt_file
 from ddpm_bench.provenance import sha256_file
 from ddpm_bench.shards import to_json
 
@@ -31,7 +31,7 @@ def inspect_recipe(recipe: str, overrides: list[str] = ()) -> dict:
 
 
 def inspect_ckpt(ckpt_arg: str) -> dict:
-    path = checkpoint_path(ckpt_arg)
+    path, _ = ckpt_file(ckpt_arg)
     ckpt = load_checkpoint(path)
     try:
         params = count_params(ckpt["config"]["model"])

@@ -12,12 +12,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ddpm_bench import __version__, run_dir
 from ddpm_bench.errors import UserError
 from ddpm_bench.outputs import NllOutput, RateDistortionSummary
 from ddpm_bench.provenance import environment
 from ddpm_bench.rate_distortion import distortion_bpd, rate_distortion_curve
+from ddpm_bench.reporting import columns as C
 from ddpm_bench.reporting.figures import figure5, save_figure
 from ddpm_bench.reporting.paper import PAPER_T, paper_values
 from ddpm_bench.reporting.tables import curve_frame, table4_frame, to_csv, write_frame
@@ -111,4 +113,20 @@ def write_rate_distortion(source: NllOutput, out: Path) -> RateDistortionSummary
         },
     )
     result.write(out)
+    print_table4(table4_frame(curve), out, title)
     return result
+
+
+def print_table4(table: pd.DataFrame, out: Path, title: str) -> None:
+    """What `rate-distortion` did: Table 4's rows (beside the paper's where T = 1000) and where the files are."""
+    paper = table[C.PAPER_RATE_BPD].notna().any()
+    print(f"rate-distortion: {title}; Table 4 (rate = L_1..L_t in bits/dim, distortion = RMSE on 0..255)"
+          + (", paper in brackets" if paper else ""))
+    print(f"  {'reverse time':>12}  {'rate':>16}  {'RMSE':>16}")
+    for _, r in table.iterrows():
+        rate, rmse = f"{r[C.RATE_BPD]:.3f}", f"{r[C.RMSE]:.3f}"
+        if paper:
+            rate, rmse = f"{rate} [{r[C.PAPER_RATE_BPD]:.3f}]", f"{rmse} [{r[C.PAPER_RMSE]:.3f}]"
+        print(f"  {int(r[C.REVERSE_TIME]):>12}  {rate:>16}  {rmse:>16}")
+    print(f"  written to {out}: {RateDistortionSummary.CURVE}, {RateDistortionSummary.TABLE4}.csv/.md, "
+          f"{RateDistortionSummary.FIGURE5}.png/.pdf, {RateDistortionSummary.FILE}")

@@ -32,6 +32,7 @@ from ddpm_bench import __version__, run_dir
 from ddpm_bench.outputs import NllOutput, PerImage, RateDistortionSummary, ReportFiles, RunConfigFile
 from ddpm_bench.provenance import environment
 from ddpm_bench.rate_distortion import RateDistortionCurve, rate_distortion_curve
+from ddpm_bench.reporting import columns as C
 from ddpm_bench.reporting.figures import figure5, save_figure
 from ddpm_bench.reporting.inputs import PARTS, RunInputs, read_curve, read_inputs, short
 from ddpm_bench.reporting.paper import PAPER_VALUES_NAME
@@ -139,6 +140,22 @@ def run_inventory(run: RunInputs) -> str:
     return line
 
 
+def measured_details(t: Table) -> str:
+    """One line per measured row of `t`: every filled column of the CSV (numbers to 4 decimals)."""
+    frame = t.frame
+    if "origin" in frame.columns:
+        frame = frame[frame["origin"] == "measured"]
+    elif "source" in frame.columns:
+        frame = frame[~frame["source"].astype(str).str.startswith("paper")]
+    lines = []
+    for r in frame.to_dict("records"):
+        cells = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
+                 if k not in ("origin", "model", "source") and v is not None and v == v and v != ""]
+        label = r.get("model") or r.get("source", "")
+        lines.append(f"- {label}: " + ", ".join(cells) + (f" (from {r['source']})" if "source" in r else ""))
+    return "\n".join(lines) + "\n" if lines else "No measured rows.\n"
+
+
 def report_markdown(runs: list[RunInputs], tables: list[Table], figure: tuple[RunInputs, dict] | None) -> str:
     out = ["# ddpm-bench report", "",
            f"Measured values beside Ho, Jain, Abbeel (2020), *Denoising Diffusion Probabilistic Models* "
@@ -147,8 +164,10 @@ def report_markdown(runs: list[RunInputs], tables: list[Table], figure: tuple[Ru
     out += [run_inventory(r) for r in runs]
     for t in tables:
         out += ["", f"## {t.title}", "", f"Files: [{t.name}.csv]({t.name}.csv), [{t.name}.md]({t.name}.md), "
-                f"[{t.name}.sources.json]({t.name}.sources.json)", "", t.note, "", to_markdown(t.frame).rstrip(), "",
-                "What produced each measured cell:", "", cells_markdown(t).rstrip()]
+                f"[{t.name}.sources.json]({t.name}.sources.json)", "", t.note, "",
+                to_markdown(t.frame if t.display is None else t.display).rstrip(), "",
+                "Measured rows in full (standard errors, deltas to the paper, comparability; as in the CSV):", "",
+                measured_details(t).rstrip(), "", "What produced each measured cell:", "", cells_markdown(t).rstrip()]
     out += ["", "## Figure 5: rate and distortion along the reverse process", ""]
     if figure is None:
         out.append("Not drawn: no input has a rate-distortion output or an nll_test/per_image.npz.")
@@ -199,4 +218,13 @@ def _write_report(runs: list[RunInputs], curves: list, out: Path) -> dict:
     manifest = {"command": REPORT_COMMAND, "run_dirs": list(dict.fromkeys(str(r.path) for r in runs)), "files": files,
                 "ddpm_bench_version": __version__, "environment": environment()}
     atomic_write_json(out / REPORT_MANIFEST, manifest)
+    print_table1(tables[0], out)
     return manifest
+
+
+def print_table1(t: Table, out: Path) -> None:
+    """What `report` did: where the report is, and Table 1's measured rows beside the paper's own model."""
+    show = t.display[t.frame[C.ORIGIN].eq(C.ORIGIN_MEASURED) | t.frame[C.MODEL].str.startswith("Ours")]
+    print(f"report: {out / REPORT_INDEX} (Tables 1-4, Figure 5); Table 1:")
+    for line in to_markdown(show).splitlines():
+        print(f"  {line}")

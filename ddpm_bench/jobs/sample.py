@@ -49,8 +49,16 @@ PROGRESSIVE_ROWS = 8
 shard_name = sample_shard_name
 
 
-def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
-    """uint8 (N, H, W, C) -> one uint8 (rows*(H+pad)+pad, ncols*(W+pad)+pad, C) image, row-major, black padding."""
+GRID_MIN_WIDTH = 256  # pixels: small images are enlarged (nearest neighbour) by a whole factor
+
+
+def image_grid(images: np.ndarray, ncols: int, pad: int = 2, min_width: int = GRID_MIN_WIDTH) -> np.ndarray:
+    """uint8 (N, H, W, C) -> one uint8 (rows*(kH+pad)+pad, ncols*(kW+pad)+pad, C) image, row-major, black
+    padding, each image enlarged k times (nearest neighbour, k the smallest whole factor that makes the grid
+    at least `min_width` wide)."""
+    w = images.shape[2]
+    k = max(1, math.ceil((min_width - pad * (ncols + 1)) / (ncols * w)))
+    images = images.repeat(k, axis=1).repeat(k, axis=2)
     n, h, w, c = images.shape
     rows = max(1, math.ceil(n / ncols))
     grid = np.zeros((rows * (h + pad) + pad, ncols * (w + pad) + pad, c), dtype=np.uint8)
@@ -215,6 +223,16 @@ def _run_sample(model: ModelSpec, sampler: SamplerOptions, run: RunOptions, num:
                        outputs=[GRID] + ([PROGRESSIVE_NPZ, PROGRESSIVE_PNG] if progressive_every else []))
     final.write(rd.path)
     return final
+
+
+def print_manifest(m: SampleManifest, out: str | Path) -> None:
+    """What `sample` did: how many samples of which model, with what sampler, and where the grids are."""
+    out = Path(out)
+    grids = ", ".join(str(out / name) for name in m.extra.get("outputs", [GRID]) if name.endswith(".png"))
+    seconds = m.extra.get("seconds")
+    took = f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
+    print(f"sample: {m.count} of {m.num} samples ({m.sampler.get('steps')} steps, seed {m.seed}, model "
+          f"{m.model_sha256[:12]}) in {out}{took}; grid: {grids}")
 
 
 def _manifest(rd: RunDir, source: ModelSource, process: SamplingProcess, sampler: SamplerOptions, shape, num: int,

@@ -122,9 +122,16 @@ def load_training_images(cfg: RunConfig, origin: str) -> tuple[torch.Tensor, dic
     return torch.from_numpy(images.images).permute(0, 3, 1, 2).contiguous(), data
 
 
-def run_train(recipe: str, overrides: list[str], out: str, device: str = "auto", force: bool = False,
-              progress: bool = True) -> int:
+def run_train(recipe: str | None, overrides: list[str], out: str, device: str = "auto", force: bool = False,
+              progress: bool = True, data_root: str | None = None) -> int:
+    """Train on `recipe`, or (None) go on with the run in `out` from its own config.json; `data_root` is
+    `training.data_root` (a path, not part of the run's identity)."""
     check_device(device)
+    overrides = [*overrides, *([f"training.data_root={json.dumps(data_root)}"] if data_root is not None else [])]
+    if recipe is None:
+        recipe = str(Path(out) / TrainLayout.CONFIG)
+        if not Path(recipe).is_file():
+            raise UserError(f"--out {out}: holds no training run ({TrainLayout.CONFIG} missing); give --recipe")
     origin = f"recipe {recipe}" + (f" with --set {' '.join(overrides)}" if overrides else "")
     cfg = load_recipe(recipe, overrides)
     config = cfg.to_dict()

@@ -15,11 +15,6 @@ PACKAGED = {
 }
 
 
-def checkpoint_path(ckpt: str | Path) -> Path:
-    """`--ckpt` as a file: a packaged model's checked file, or the path as given."""
-    return packaged_checkpoint(str(ckpt)) or Path(ckpt)
-
-
 def packaged_checkpoint(name: str) -> Path | None:
     """The checked file of the packaged model `name`, or None when `name` is not one (a path, then; a
     checkpoint file that is called `embedded` is `./embedded`)."""

@@ -69,13 +69,27 @@ def check_flags_match(stored: DiffusionConfig, flags: dict, origin: str) -> None
             raise UserError(f"{DIFFUSION_FLAGS[name]} {value} contradicts {origin}, which was trained with {have}")
 
 
+def ckpt_file(ckpt: str | Path) -> tuple[Path, str | None]:
+    """What `--ckpt` names: a packaged model's checked file (and its name), the latest checkpoint of a
+    train or reproduce run directory, or the path as given (a file, or a diffusers directory)."""
+    packaged_file = packaged_checkpoint(str(ckpt))
+    if packaged_file is not None:
+        return packaged_file, str(ckpt)
+    path = Path(ckpt)
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        latest = sorted((path / "checkpoints").glob("ckpt_*.pt"))
+        if not latest:
+            raise CheckpointError(f"--ckpt {path}: a training run without checkpoints yet")
+        print(f"ddpm-bench: --ckpt {path}: a training run; using its latest checkpoint {latest[-1]}", file=sys.stderr)
+        return latest[-1], None
+    return path, None
+
+
 def load_ckpt_source(path: str | Path, weights: str = "ema", diffusion_flags: dict | None = None,
                      device: str | torch.device = "cpu") -> ModelSource:
     """A ddpm-bench checkpoint file, a packaged model's name (`embedded`), or a diffusers UNet2DModel
     directory (optional extra)."""
-    packaged_file = packaged_checkpoint(str(path))
-    packaged = str(path) if packaged_file else None
-    path = packaged_file or Path(path)
+    path, packaged = ckpt_file(path)
     if path.is_dir():
         from ddpm_bench.models.diffusers_loading import load_diffusers_source
 
@@ -120,6 +134,9 @@ def _import_callable(spec: str) -> Callable:
             file = Path(mod_name)
             if not file.is_file():
                 raise UserError(f"--model {spec}: no such file {file}")
+            folder = str(file.resolve().parent)  # its own folder, for the modules beside it
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
             mspec = importlib.util.spec_from_file_location(file.stem, file)
             module = importlib.util.module_from_spec(mspec)
             mspec.loader.exec_module(module)

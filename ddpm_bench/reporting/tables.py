@@ -13,6 +13,7 @@ training choices).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class Table:
     frame: pd.DataFrame
     cells: list[dict] = field(default_factory=list)  # {"row", "row_label", "column", "value", "from": {...}}
     note: str = ""
+    display: pd.DataFrame | None = None  # the table a person reads (the .md); None: the frame itself
 
 
 # -- small helpers ----------------------------------------------------------------------------------------
@@ -159,12 +161,18 @@ def table1(runs: list[RunInputs], values: dict | None = None) -> Table:
         paper_name = None
         if dataset_of(run.data) == "cifar10" and run.mean_type in (None, "eps"):
             paper_name = TABLE1_PAPER_ROWS.get((run.objective, var_group(run.var_type)))
+        why_nll, why_fid = table1_protocol(run, test, train, fid)
         if paper_name:
             p = paper_by_model[paper_name]
             row[C.PAPER_ROW] = paper_name
-            for d, m, pk in ((C.DELTA_IS, C.IS, "IS"), (C.DELTA_FID, C.FID, "FID"),
-                             (C.DELTA_NLL_TEST, C.NLL_TEST, "NLL_test"), (C.DELTA_NLL_TRAIN, C.NLL_TRAIN, "NLL_train")):
+            compared = ([] if why_fid else [(C.DELTA_IS, C.IS, "IS"), (C.DELTA_FID, C.FID, "FID")]) + \
+                ([] if why_nll else [(C.DELTA_NLL_TEST, C.NLL_TEST, "NLL_test"), (C.DELTA_NLL_TRAIN, C.NLL_TRAIN, "NLL_train")])
+            for d, m, pk in compared:
                 row[d] = delta(row[m], number(p[pk]))
+        elif dataset_of(run.data) == "cifar10":
+            why_nll = why_fid = ["no paper row with these training choices (eps, L_simple or L, fixed variance)"]
+        reasons = list(dict.fromkeys(why_nll + why_fid))
+        row[C.COMPARISON] = "comparable" if not reasons else "not comparable: " + "; ".join(reasons)
         i = len(rows)
         rows.append(row)
         if run.fid is not None:
@@ -179,8 +187,60 @@ def table1(runs: list[RunInputs], values: dict | None = None) -> Table:
                        nll_source(run, run.nll_train))
     note = ("CIFAR-10. NLL in bits/dim (upper bounds: the variational bound), with standard errors over images; "
             "IS_std is the std over splits. FID of the paper is against the training set with 50,000 samples. "
-            "delta_* = measured - paper row `paper_row`, only for CIFAR-10 runs whose training choices match it.")
-    return Table("table1", "Table 1: CIFAR-10 results", _frame(rows, C.TABLE1_COLUMNS), cells, note)
+            "delta_* = measured - paper row `paper_row`, only where the protocol matches the paper's (CIFAR-10, "
+            "whole splits, 50,000 samples, the standard Inception, the paper row's training choices); otherwise "
+            "`comparison` says why not.")
+    frame = _frame(rows, C.TABLE1_COLUMNS)
+    return Table("table1", "Table 1: CIFAR-10 results", frame, cells, note, display=table1_display(frame))
+
+
+CIFAR10_SPLITS = {"test": 10_000, "train": 50_000}
+PAPER_FID_SAMPLES = 50_000
+
+
+def table1_protocol(run: RunInputs, test, train, fid) -> tuple[list[str], list[str]]:
+    """Why the run's NLL and its IS/FID are not comparable with the paper's (empty lists: comparable)."""
+    why_nll, why_fid = [], []
+    if dataset_of(run.data) != "cifar10":
+        why_nll.append(f"data {run.data}, not CIFAR-10")
+        why_fid.append(f"data {run.data}, not CIFAR-10")
+    for split, out in (("test", test), ("train", train)) if not why_nll else ():
+        if out is not None and out.n_images != CIFAR10_SPLITS[split]:
+            why_nll.append(f"NLL {split} on {out.n_images} images, not the whole split ({CIFAR10_SPLITS[split]:,})")
+    if fid is not None:
+        if fid.n_samples < PAPER_FID_SAMPLES:
+            why_fid.append(f"FID of {fid.n_samples} samples, not {PAPER_FID_SAMPLES:,}")
+        if not fid.comparable_to_paper:
+            why_fid += [f"FID tool: {w}" for w in fid.warnings] or ["FID tool: not the paper's protocol"]
+    return why_nll, why_fid
+
+
+def _fmt(v: float, digits: int = 2) -> str:
+    return "" if not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def table1_display(frame: pd.DataFrame) -> pd.DataFrame:
+    """The paper's four columns (model, IS, FID, NLL Test (Train)) and whether a measured row is compared."""
+    rows = []
+    for r in frame.to_dict("records"):
+        measured = r[C.ORIGIN] == C.ORIGIN_MEASURED
+        # a measured row: "NAME [SHORT IDENTITY]" (its training settings are in the CSV's model column)
+        model = re.sub(r"^ddpm-bench: (.*?)(?: \[model (\w+)\])?(?: \(.*\))?$", lambda m: m[1] + (f" [{m[2]}]" if m[2] else ""),
+                       r[C.MODEL]) if measured else r[C.MODEL]
+        if r[C.CONDITIONAL] is True:
+            model = f"{model} (conditional)"
+        is_ = _fmt(r[C.IS]) + (f" ± {_fmt(r[C.IS_STD])}" if np.isfinite(r[C.IS_STD]) else "")
+        bound = "≤ " if measured or r[C.MODEL].startswith(("Ours", "Diffusion")) else ""
+        nll = f"{bound}{_fmt(r[C.NLL_TEST])}" if np.isfinite(r[C.NLL_TEST]) else ""
+        if np.isfinite(r[C.NLL_TRAIN]):
+            nll += f" ({_fmt(r[C.NLL_TRAIN])})"
+        versus = ""
+        if measured:
+            deltas = [f"{name} {r[col]:+.2f}" for name, col in (("IS", C.DELTA_IS), ("FID", C.DELTA_FID),
+                                                                 ("NLL", C.DELTA_NLL_TEST)) if np.isfinite(r[col])]
+            versus = ", ".join(deltas) if deltas else "not comparable"
+        rows.append(dict(zip(C.TABLE1_DISPLAY, (model, is_, _fmt(r[C.FID]), nll, versus), strict=True)))
+    return pd.DataFrame(rows, columns=list(C.TABLE1_DISPLAY))
 
 
 # -- Table 2 ------------------------------------------------------------------------------------------------
@@ -203,7 +263,7 @@ def table2(runs: list[RunInputs], values: dict | None = None) -> Table:
         if paper is not None:
             row.update({C.PAPER_IS: number(paper["IS"]), C.PAPER_IS_STD: number(paper["IS_std"]),
                         C.PAPER_FID: number(paper["FID"])})
-            if dataset_of(run.data) == "cifar10":
+            if not table1_protocol(run, None, None, fid)[1]:  # the paper's FID protocol: deltas
                 row[C.DELTA_IS] = delta(row[C.IS], row[C.PAPER_IS])
                 row[C.DELTA_FID] = delta(row[C.FID], row[C.PAPER_FID])
         return row
@@ -233,7 +293,19 @@ def table2(runs: list[RunInputs], values: dict | None = None) -> Table:
             "fixed-small as the paper's \"fixed\"; var_type_run is the run's own. Empty paper cells were unstable "
             "to train in the paper; empty measured cells were not measured. Runs without config.json (no "
             "training objective) are not in this table.")
-    return Table("table2", "Table 2: ablation (IS and FID)", _frame(rows, C.TABLE2_COLUMNS), cells, note)
+    frame = _frame(rows, C.TABLE2_COLUMNS)
+    display = pd.DataFrame({
+        "Objective": [f"{m}, {o}, {v}" + (f" ({vr})" if isinstance(vr, str) and vr else "") + (f" [{d}]" if
+                      isinstance(d, str) and d else "") for m, o, v, vr, d in
+                      zip(frame[C.MEAN_TYPE], frame[C.OBJECTIVE], frame[C.VAR_TYPE], frame[C.VAR_TYPE_RUN],
+                          frame[C.DATA], strict=True)],
+        "IS": [_fmt(a) + (f" ± {_fmt(b)}" if np.isfinite(b) else "") for a, b in zip(frame[C.IS], frame[C.IS_STD],
+                                                                                     strict=True)],
+        "FID": [_fmt(v) for v in frame[C.FID]],
+        "paper IS": [_fmt(a) + (f" ± {_fmt(b)}" if np.isfinite(b) else "") for a, b in
+                     zip(frame[C.PAPER_IS], frame[C.PAPER_IS_STD], strict=True)],
+        "paper FID": [_fmt(v) for v in frame[C.PAPER_FID]]})
+    return Table("table2", "Table 2: ablation (IS and FID)", frame, cells, note, display=display)
 
 
 # -- Table 3 ------------------------------------------------------------------------------------------------
@@ -273,7 +345,12 @@ def table3(runs: list[RunInputs], values: dict | None = None) -> Table:
         _add_cells(cells, i, row[C.MODEL], {column: row[column]}, fid_source(run))
     note = ("FID (50,000 samples in the paper) on 256x256 LSUN and CelebA-HQ. The paper reports no CelebA-HQ FID "
             "in this table. Measured rows appear only for runs whose FID reference or data is one of these sets.")
-    return Table("table3", "Table 3: FID on LSUN and CelebA-HQ", _frame(rows, C.TABLE3_COLUMNS), cells, note)
+    frame = _frame(rows, C.TABLE3_COLUMNS)
+    display = frame[[C.MODEL, *C.TABLE3_DATASETS]].copy()
+    display[C.MODEL] = display[C.MODEL].str.removeprefix("ddpm-bench: ")
+    for col in C.TABLE3_DATASETS:
+        display[col] = [_fmt(v) for v in frame[col]]
+    return Table("table3", "Table 3: FID on LSUN and CelebA-HQ", frame, cells, note, display=display)
 
 
 # -- Table 4 ------------------------------------------------------------------------------------------------
@@ -302,6 +379,9 @@ def table4(curves: list[tuple[RunInputs, RateDistortionCurve, dict]]) -> Table:
     offset = 0
     for run, curve, origin in curves:
         df = table4_frame(curve)
+        of = run.rate_distortion or run.nll_test
+        if of is None or (of.output.data, of.output.n_images) != ("cifar10:test", CIFAR10_SPLITS["test"]):
+            df[[C.DELTA_RATE_BPD, C.DELTA_RMSE]] = math.nan  # the paper's columns are of the whole CIFAR-10 test set
         df[C.SOURCE] = _files_used(run, origin.get("file")) + (f" (model {run.model.short()})" if run.model else "")
         for j, s in enumerate(df[C.REVERSE_TIME]):
             _add_cells(cells, offset + j, f"{run.label} s={s}",
@@ -310,9 +390,18 @@ def table4(curves: list[tuple[RunInputs, RateDistortionCurve, dict]]) -> Table:
         frames.append(df)
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(C.TABLE4_REPORT_COLUMNS))
     note = ("Rate L_T + sum_{k=t}^{T-1} L_k (bits/dim) and distortion RMSE of x0_hat(x_t) on [0, 255] at reverse "
-            "time s = T - t + 1 (paper §4.3). Paper columns only for T = 1000 (CIFAR-10 test set).")
-    return Table("table4", "Table 4: rate and distortion along the reverse process", frame[list(C.TABLE4_REPORT_COLUMNS)],
-                 cells, note)
+            "time s = T - t + 1 (paper §4.3). Paper columns only for T = 1000 (CIFAR-10 test set); deltas only for "
+            "a bound on the whole CIFAR-10 test set.")
+    frame = frame[list(C.TABLE4_REPORT_COLUMNS)]
+    display = pd.DataFrame({
+        "Reverse process steps (T - t)": [str(int(v)) for v in frame[C.REVERSE_TIME]],
+        "Rate (bits/dim)": [_fmt(a, 3) + (f" [{_fmt(b, 3)}]" if np.isfinite(b) else "")
+                            for a, b in zip(frame[C.RATE_BPD], frame[C.PAPER_RATE_BPD], strict=True)],
+        "Distortion (RMSE [0, 255])": [_fmt(a, 3) + (f" [{_fmt(b, 3)}]" if np.isfinite(b) else "")
+                                       for a, b in zip(frame[C.RMSE], frame[C.PAPER_RMSE], strict=True)],
+        "Model": [s.split("(model ")[-1].rstrip(")") if "(model " in s else "" for s in frame[C.SOURCE].astype(str)]})
+    return Table("table4", "Table 4: rate and distortion along the reverse process", frame, cells,
+                 note + " The Markdown shows the paper's value in brackets.", display=display)
 
 
 # -- writing ------------------------------------------------------------------------------------------------
@@ -340,18 +429,18 @@ def to_csv(df: pd.DataFrame) -> str:
     return df.to_csv(index=False, na_rep="", lineterminator="\n")
 
 
-def write_frame(df: pd.DataFrame, stem: str | Path) -> list[str]:
-    """`stem`.csv and `stem`.md, atomically."""
+def write_frame(df: pd.DataFrame, stem: str | Path, markdown: pd.DataFrame | None = None) -> list[str]:
+    """`stem`.csv and `stem`.md (of `markdown` when given: a compact view of `df`), atomically."""
     csv_path, md_path = f"{stem}.csv", f"{stem}.md"
     atomic_write_text(csv_path, to_csv(df))
-    atomic_write_text(md_path, to_markdown(df))
+    atomic_write_text(md_path, to_markdown(df if markdown is None else markdown))
     return [csv_path, md_path]
 
 
 def write_table(table: Table, out_dir: str | Path) -> list[str]:
     """`name`.csv, `name`.md and `name`.sources.json (the provenance of every measured cell)."""
     out_dir = Path(out_dir)
-    paths = write_frame(table.frame, out_dir / table.name)
+    paths = write_frame(table.frame, out_dir / table.name, markdown=table.display)
     src = out_dir / f"{table.name}.sources.json"
     atomic_write_json(src, {"table": table.name, "title": table.title, "note": table.note,
                             "paper_values": PAPER_VALUES_NAME, "cells": table.cells})
