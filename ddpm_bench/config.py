@@ -275,6 +275,8 @@ def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
 
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         inner = [h for h in typing.get_args(hint) if h is not type(None)]
+        if value is None and type(None) in typing.get_args(hint):  # a run's config.json writes null
+            return None
         if len(inner) == 1:
             return _coerce(value, inner[0], key, origin)
 

@@ -361,6 +361,7 @@ class RateDistortionSummary(OfModel, JsonOutput):
     CURVE: ClassVar[str] = "curve.csv"
     TABLE4: ClassVar[str] = "table4"  # .csv and .md
     FIGURE5: ClassVar[str] = "figure5"  # .png and .pdf
+    BITS_BY_T: ClassVar[str] = "bits_by_t"  # .png and .pdf: L_t against t and the cumulative share
     COMMAND: ClassVar[str] = "rate-distortion"
 
     command: str
@@ -470,6 +471,7 @@ class ReportFiles:
     INDEX: ClassVar[str] = "report.md"
     MANIFEST: ClassVar[str] = "report.json"
     FIGURE5: ClassVar[str] = RateDistortionSummary.FIGURE5  # .png and .pdf
+    BITS_BY_T: ClassVar[str] = RateDistortionSummary.BITS_BY_T  # .png and .pdf
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,10 @@ def test_gap_reports_interval_and_fails_beyond_max_gap(tmp_path, capsys):
     assert code == 0 and result["gap_bpd"] == pytest.approx(te.mean() - tr.mean(), rel=1e-12)
     se = np.sqrt(tr.var(ddof=1) / 6 + te.var(ddof=1) / 6)
     assert result["ci95"][1] - result["gap_bpd"] == pytest.approx(1.959963984540054 * se, rel=1e-9)
+    capsys.readouterr()
     assert main(["gap", str(tmp_path / "tr"), str(tmp_path / "te"), "--max-gap", str(result["ci95"][0] - 1)]) == 1
+    err = capsys.readouterr().err  # exit 1 says it, stderr says why, on one line
+    assert err.count("\n") == 1 and "lies above --max-gap" in err
 
 
 def test_console_entry_exits_2_on_bad_input(tmp_path):

@@ -20,7 +20,7 @@ from ddpm_bench.outputs import NllOutput, RateDistortionSummary
 from ddpm_bench.provenance import environment
 from ddpm_bench.rate_distortion import distortion_bpd, rate_distortion_curve
 from ddpm_bench.reporting import columns as C
-from ddpm_bench.reporting.figures import figure5, save_figure
+from ddpm_bench.reporting.figures import bits_by_t_figure, figure5, save_figure
 from ddpm_bench.reporting.paper import PAPER_T, paper_values
 from ddpm_bench.reporting.tables import curve_frame, table4_frame, to_csv, write_frame
 from ddpm_bench.shards import atomic_write_text
@@ -81,6 +81,8 @@ def write_rate_distortion(source: NllOutput, out: Path) -> RateDistortionSummary
                                                                           out / RateDistortionSummary.TABLE4))]
     title = f"{summary.data}, T = {T}, {n} images"
     files += [Path(p).name for p in save_figure(figure5(curve, title=title), out / RateDistortionSummary.FIGURE5)]
+    files += [Path(p).name for p in save_figure(bits_by_t_figure(terms, title=f"Where the bits go: {title}"),
+                                                out / RateDistortionSummary.BITS_BY_T)]
 
     section = paper_values()["section_4_3"]
     result = RateDistortionSummary(
@@ -129,4 +131,5 @@ def print_table4(table: pd.DataFrame, out: Path, title: str) -> None:
             rate, rmse = f"{rate} [{r[C.PAPER_RATE_BPD]:.3f}]", f"{rmse} [{r[C.PAPER_RMSE]:.3f}]"
         print(f"  {int(r[C.REVERSE_TIME]):>12}  {rate:>16}  {rmse:>16}")
     print(f"  written to {out}: {RateDistortionSummary.CURVE}, {RateDistortionSummary.TABLE4}.csv/.md, "
-          f"{RateDistortionSummary.FIGURE5}.png/.pdf, {RateDistortionSummary.FILE}")
+          f"{RateDistortionSummary.FIGURE5}.png/.pdf, {RateDistortionSummary.BITS_BY_T}.png/.pdf, "
+          f"{RateDistortionSummary.FILE}")

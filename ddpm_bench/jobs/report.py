@@ -33,7 +33,7 @@ from ddpm_bench.outputs import NllOutput, PerImage, RateDistortionSummary, Repor
 from ddpm_bench.provenance import environment
 from ddpm_bench.rate_distortion import RateDistortionCurve, rate_distortion_curve
 from ddpm_bench.reporting import columns as C
-from ddpm_bench.reporting.figures import figure5, save_figure
+from ddpm_bench.reporting.figures import bits_by_t_figure, figure5, save_figure
 from ddpm_bench.reporting.inputs import PARTS, RunInputs, read_curve, read_inputs, short
 from ddpm_bench.reporting.paper import PAPER_VALUES_NAME
 from ddpm_bench.reporting.tables import (
@@ -67,12 +67,19 @@ def curve_of(run: RunInputs) -> tuple[RateDistortionCurve, dict] | None:
                   **model_source(rd.identity), "n_images": s.n_images, "data": s.data, "seed": s.seed,
                   "draws": s.draws, "T": s.T, "clip": s.clip, "decoder_cdf": s.decoder_cdf}
         return read_curve(rd.folder), origin
-    if run.nll_test is not None and (run.nll_test.folder / PerImage.FILE).is_file():
-        nll = NllOutput.read(run.nll_test.folder)  # per_image.npz checked against its summary
+    if (nll := exact_nll_test(run)) is not None:
         origin = {**nll_source(run, run.nll_test), "file": str(nll.path / PerImage.FILE),
                   "produced_by": "ddpm-bench nll (per_image.npz; rate and distortion computed by report)"}
         return rate_distortion_curve(nll.per_image.terms, nll.per_image.mse), origin
     return None
+
+
+def exact_nll_test(run: RunInputs) -> NllOutput | None:
+    """The run's nll_test output with its per_image.npz, when it holds every term (not `--terms K`)."""
+    if run.nll_test is None or not (run.nll_test.folder / PerImage.FILE).is_file():
+        return None
+    nll = NllOutput.read(run.nll_test.folder)  # per_image.npz checked against its summary
+    return nll if nll.per_image.exact else None
 
 
 def describe(origin: dict) -> str:
@@ -156,7 +163,8 @@ def measured_details(t: Table) -> str:
     return "\n".join(lines) + "\n" if lines else "No measured rows.\n"
 
 
-def report_markdown(runs: list[RunInputs], tables: list[Table], figure: tuple[RunInputs, dict] | None) -> str:
+def report_markdown(runs: list[RunInputs], tables: list[Table], figure: tuple[RunInputs, dict] | None,
+                    bits: tuple[RunInputs, NllOutput] | None = None) -> str:
     out = ["# ddpm-bench report", "",
            f"Measured values beside Ho, Jain, Abbeel (2020), *Denoising Diffusion Probabilistic Models* "
            f"(paper values from `{PAPER_VALUES_NAME}`), ddpm-bench {__version__}. Empty cells were not measured "
@@ -176,6 +184,15 @@ def report_markdown(runs: list[RunInputs], tables: list[Table], figure: tuple[Ru
         out += [f"![Figure 5]({FIGURE5_STEM}.png)", "",
                 f"Files: [{FIGURE5_STEM}.png]({FIGURE5_STEM}.png), [{FIGURE5_STEM}.pdf]({FIGURE5_STEM}.pdf). "
                 f"From `{run.path}` ← {describe(origin)}. Red circles: the paper's Table 4 (drawn only for T = 1000)."]
+    stem = ReportFiles.BITS_BY_T
+    out += ["", "## Where the bits go: L_t against t", ""]
+    if bits is None:
+        out.append("Not drawn: no input has an exact nll_test/per_image.npz.")
+    else:
+        run, nll = bits
+        out += [f"![Where the bits go]({stem}.png)", "", f"Files: [{stem}.png]({stem}.png), [{stem}.pdf]({stem}.pdf). "
+                f"The mean of each term over the {nll.summary.n_images} images of `{nll.path}` (log scale) and the share "
+                "of the bound in L_0..L_t, as improved DDPM's Figure 2 (Nichol and Dhariwal 2021)."]
     return "\n".join(out) + "\n"
 
 
@@ -213,7 +230,13 @@ def _write_report(runs: list[RunInputs], curves: list, out: Path) -> dict:
         fig = figure5(curve, label=run.label, title=f"{run.label}: T = {curve.T}")
         files += [Path(p).name for p in save_figure(fig, out / FIGURE5_STEM)]
         figure = (run, origin)
-    atomic_write_text(out / REPORT_INDEX, report_markdown(runs, tables, figure))
+    bits = next(((run, nll) for run in runs if (nll := exact_nll_test(run)) is not None), None)
+    if bits is not None:
+        run, nll = bits
+        fig = bits_by_t_figure(nll.per_image.terms, label=run.label,
+                               title=f"Where the bits go: {run.label}, {nll.summary.data}, {nll.summary.n_images} images")
+        files += [Path(p).name for p in save_figure(fig, out / ReportFiles.BITS_BY_T)]
+    atomic_write_text(out / REPORT_INDEX, report_markdown(runs, tables, figure, bits))
     files.append(REPORT_INDEX)
     manifest = {"command": REPORT_COMMAND, "run_dirs": list(dict.fromkeys(str(r.path) for r in runs)), "files": files,
                 "ddpm_bench_version": __version__, "environment": environment()}
