@@ -233,6 +233,14 @@ def claim(out: str | Path, command: str, identity: dict, *, force: bool = False)
     lock_dir(out)
     manifest = out / MANIFEST
     content = [p for p in out.iterdir() if p.name != LOCK]
+    if content and force and manifest.is_file():  # --force never empties another command's run
+        try:
+            other = json.loads(manifest.read_text()).get("command")
+        except (OSError, ValueError, AttributeError):
+            other = None  # an unreadable manifest: --force may start over
+        if isinstance(other, str) and other != command:
+            raise OutputDirError(f"--out {out}: holds a '{other}' run; --force empties only a '{command}' run's "
+                                 "directory, never another command's: use another directory")
     if content and force:
         for p in content:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()

@@ -145,8 +145,21 @@ def test_reproduce_ckpt_records_the_checkpoints_config_and_checks_shapes_first(t
     capsys.readouterr()
     assert main([*args, "--set", "evaluation.nll.seed=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "stage nll_train: --out" in err and "bound.seed: 0 -> 1" in err and "delete that directory" in err
+    assert "stage nll_train: --out" in err and "bound.seed: 0 -> 1" in err and "--force" in err
     assert json.loads((out / "nll_train" / "summary.json").read_text())["seed"] == 0
+    # --force computes again only the stages whose settings changed: the samples and the FID stay
+    kept = {name: (out / name / f).stat().st_mtime_ns for name, f in (("samples", "manifest.json"),
+                                                                        ("fid", "metrics.json"))}
+    assert main([*args, "--set", "evaluation.nll.seed=1", "--force"]) == 0
+    assert json.loads((out / "nll_train" / "summary.json").read_text())["seed"] == 1
+    assert json.loads((out / "nll_test" / "summary.json").read_text())["seed"] == 1
+    assert {name: (out / name / f).stat().st_mtime_ns for name, f in (("samples", "manifest.json"),
+                                                                        ("fid", "metrics.json"))} == kept
+    # and --force never empties another command's run: an nll into this run directory is refused
+    capsys.readouterr()
+    assert main(["nll", "--ckpt", str(ckpt), "--data", str(tmp_path / "test.npz"), "--out", str(out), "--force"]) == 2
+    assert "holds a 'reproduce' run; --force empties only a 'nll' run's directory" in capsys.readouterr().err
+    assert (out / "config.json").is_file()
 
 
 def test_reproduce_gap_from_importance_sampled_bounds_of_the_splits(tmp_path, capsys, one_thread):

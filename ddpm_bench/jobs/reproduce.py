@@ -105,17 +105,23 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
     timings: dict[str, float] = {}
 
     def stage(name: str, fn) -> None:
+        """Run a stage; with --force, a stage whose settings changed starts over, and only that stage (a
+        changed training, or another model, starts the whole run over: every result depends on it)."""
         t0 = time.perf_counter()
         _say(f"{name} ...")
         try:
-            fn()
+            fn(False)
         except OutputDirError as e:
-            if name == "train" or "holds a run with other settings" not in str(e):
+            if "holds a run with other settings" not in str(e):
                 raise
-            what = str(e).split("; use another directory")[0]
-            raise OutputDirError(f"stage {name}: {what}; the recipe changed since this stage ran: restore it, or "
-                                 "delete that directory to compute the stage again (--force would start the "
-                                 "whole run over, training included)") from None
+            if force:
+                _say(f"{name}: its settings changed; --force: computing it again")
+                fn(True)
+            else:
+                what = str(e).split("; use another directory")[0]
+                raise OutputDirError(f"stage {name}: {what}; the recipe changed since this stage ran: restore it, "
+                                     "or run again with --force to compute the stages whose settings changed (only "
+                                     "those)") from None
         timings[name] = round(time.perf_counter() - t0, 1)
         _say(f"{name} done in {timings[name]:.1f} s")
 
@@ -123,58 +129,59 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
         m = cfg.model
         check_image_shapes((m.in_channels, m.image_size, m.image_size), {k: v for k, v in specs.items()
                                                                          if k != "nll_train"}, f"recipe {recipe}")
-        stage("train", lambda: run_train(recipe, overrides, out=str(layout.root), device=device, force=force,
-                                         progress=progress))
+        stage("train", lambda f: run_train(recipe, overrides, out=str(layout.root), device=device, force=f,
+                                           progress=progress))
         model = ModelSpec(ckpt=str(final_checkpoint(layout.root)))
     else:
         model = ModelSpec(ckpt=ckpt)
         source = model.load("cpu")
         if source.image_shape is not None:
             check_image_shapes(source.image_shape, specs, f"--ckpt {ckpt}")
-        run_dir.claim(layout.root, COMMAND, {"model": source.identity.sha256}, force=force)
+        stage("model", lambda f: run_dir.claim(layout.root, COMMAND, {"model": source.identity.sha256}, force=f))
         atomic_write_json(layout.config, checkpoint_config(source, cfg))
     _say(f"model: {model.ckpt}")
 
-    def sample() -> None:
-        run_sample(model, ev.sample.options, _run_options(layout.samples, ev.sample.execution, device, progress),
+    def sample(force: bool) -> None:
+        run_sample(model, ev.sample.options,
+                   _run_options(layout.samples, ev.sample.execution, device, progress, force),
                    num=ev.sample.num, shard_size=ev.sample.execution.shard_size,
                    progressive_every=ev.sample.progressive_every)
 
-    def nll(split: str, out: Path) -> None:
-        run_nll(model, specs[split], ev.nll.options, _run_options(out, ev.nll.execution, device, progress),
+    def nll(split: str, out: Path, force: bool) -> None:
+        run_nll(model, specs[split], ev.nll.options, _run_options(out, ev.nll.execution, device, progress, force),
                 shard_size=ev.nll.execution.shard_size)
 
-    def gap_nll(split: str, out: Path) -> None:  # the importance-sampled bound, proposal from nll_test (exact)
+    def gap_nll(split: str, out: Path, force: bool) -> None:  # importance-sampled, proposal from nll_test (exact)
         spec = replace(specs[split], num_images=ev.nll.gap_images or None)
         run_nll(model, spec, replace(ev.nll.options, terms=ev.nll.gap_terms),
-                _run_options(out, ev.nll.execution, device, progress), shard_size=ev.nll.execution.shard_size,
+                _run_options(out, ev.nll.execution, device, progress, force), shard_size=ev.nll.execution.shard_size,
                 proposal=str(layout.nll_test))
 
     gap_dirs = (layout.gap_nll_train, layout.gap_nll_test) if ev.nll.gap_terms else (layout.nll_train, layout.nll_test)
 
-    def gap() -> None:
+    def gap(force: bool) -> None:
         result = compute_gap(*gap_dirs, ev.max_gap)
         result.write(layout.root)
         _say(f"gap {result.gap_bpd:+.4f} bits/dim, 95% interval [{result.ci95[0]:+.4f}, {result.ci95[1]:+.4f}]"
              + (f" exceeds max_gap {ev.max_gap}" if result.exceeds else ""))
 
-    def fid() -> None:
+    def fid(force: bool) -> None:
         opts = ev.fid.options
         opts = replace(opts, ref=opts.ref or cfg.training.data, data_root=data_root or opts.data_root)
-        run_fid(str(layout.samples), opts, _run_options(layout.fid, ev.fid.execution, device, progress),
+        run_fid(str(layout.samples), opts, _run_options(layout.fid, ev.fid.execution, device, progress, force),
                 shard_size=ev.fid.execution.shard_size)
 
     stage("sample", sample)
-    stage("nll_train", lambda: nll("nll_train", layout.nll_train))
-    stage("nll_test", lambda: nll("nll_test", layout.nll_test))
+    stage("nll_train", lambda f: nll("nll_train", layout.nll_train, f))
+    stage("nll_test", lambda f: nll("nll_test", layout.nll_test, f))
     if ev.nll.gap_terms:
-        stage("gap_nll_train", lambda: gap_nll("nll_train", layout.gap_nll_train))
-        stage("gap_nll_test", lambda: gap_nll("nll_test", layout.gap_nll_test))
+        stage("gap_nll_train", lambda f: gap_nll("nll_train", layout.gap_nll_train, f))
+        stage("gap_nll_test", lambda f: gap_nll("nll_test", layout.gap_nll_test, f))
     stage("gap", gap)
-    stage("rate_distortion", lambda: run_rate_distortion(out=layout.rate_distortion, nll_dir=layout.nll_test,
-                                                         force=True))
+    stage("rate_distortion", lambda f: run_rate_distortion(out=layout.rate_distortion, nll_dir=layout.nll_test,
+                                                           force=True))
     stage("fid", fid)
-    stage("report", lambda: build_report([layout.root], layout.report, force=True))
+    stage("report", lambda f: build_report([layout.root], layout.report, force=True))
     seconds = dict(timings)
     if layout.record.exists():
         try:
