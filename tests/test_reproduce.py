@@ -51,6 +51,10 @@ def test_dry_run_prints_every_stage_with_an_eta_from_probes_and_writes_nothing(t
     assert text.count("8 images x 1000 terms x 1 draw(s) = 8000 network evaluations") == 2
     assert all("-> ETA" in line for line in text.splitlines()[1:-1])
     assert "total ETA" in text and not out.exists()
+    # a stage that cannot run fails the dry run (exit 2), not the real run at its last stage
+    broken = [*small[:-1], "evaluation.fid.feature_extractor=/no/such/inception.pt"]
+    assert main(["reproduce", "recipes/tiny.toml", *broken, "--out", str(out), "--dry-run", "--device", "cpu"]) == 2
+    assert "stage fid cannot run" in capsys.readouterr().err and not out.exists()
 
 
 @pytest.mark.e2e

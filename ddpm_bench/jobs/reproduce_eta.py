@@ -96,6 +96,7 @@ def print_eta(cfg: RunConfig, ckpt: str | None, device: torch.device, data_root:
     nll_batch = ev.nll.execution.batch_size or default_pairs_per_call(device, shape or (3, 32, 32))
     draws = ev.nll.options.draws
     rows: list[tuple[str, str, float | None]] = []
+    unable: list[str] = []
     if ckpt is None:
         sec = _train_step_seconds(cfg, device)
         rows.append(("train", f"{cfg.training.steps} steps x batch {cfg.training.batch_size}: {sec:.3g} s per step",
@@ -138,13 +139,16 @@ def print_eta(cfg: RunConfig, ckpt: str | None, device: torch.device, data_root:
         rows.append(("fid", f"{extractor} features of {num} samples and {ref_part}; the "
                             f"reference only while not cached: {per_image * 1e3:.3g} ms per image", per_image * images))
     except UserError as e:
-        rows.append(("fid", f"not probed: {e}", None))
+        rows.append(("fid", f"cannot run: {e}", None))
+        unable.append(f"stage fid cannot run: {e}")
     total = sum(r[2] for r in rows if r[2] is not None)
     origin = f"checkpoint {ckpt}" if ckpt else "the recipe's network, freshly initialised"
     print(f"dry run on {device} ({origin}; probes: median of {REPEATS} calls after a warm-up):")
     for stage, what, eta in rows:
         print(f"  {stage:10s} {what}" + (f" -> ETA {_duration(eta)}" if eta is not None else ""))
     print(f"  total ETA {_duration(total)} (stages without an ETA not included)")
+    if unable:  # the real run would fail there, after the stages before it: say so now
+        raise UserError("; ".join(unable))
     return total
 
 
