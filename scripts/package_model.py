@@ -1,7 +1,7 @@
 """Package a training checkpoint as the model that ships with the install (`--ckpt embedded`): keep what
 evaluation needs (format, config, raw and EMA weights, step, data, provenance), drop the optimizer and
-the resume state, write ddpm_bench/models/embedded/embedded.pt and print its sha256 (for
-ddpm_bench/models/packaged.py).
+the resume state, write ddpm_bench/models/embedded/embedded.pt and put its sha256 into
+ddpm_bench/models/packaged.py (checked on every load).
 
     python scripts/package_model.py runs/embedded-train/checkpoints/ckpt_0010000.pt
 """
@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import re
 from pathlib import Path
 
 import torch
 
 from ddpm_bench.checkpoint import load_checkpoint
+from ddpm_bench.models import packaged as packaged_module
 from ddpm_bench.models.packaged import PACKAGED
 from ddpm_bench.provenance import sha256_file
 from ddpm_bench.shards import atomic_write_bytes
@@ -35,7 +37,14 @@ def main(argv=None) -> None:
     buf = io.BytesIO()
     torch.save(packaged, buf)
     atomic_write_bytes(out, buf.getvalue())
-    print(f"{out}: step {packaged['step']}, {out.stat().st_size / 2**20:.2f} MiB, sha256 {sha256_file(out)}")
+    sha = sha256_file(out)
+    source = Path(packaged_module.__file__)
+    text, n = re.subn(rf'("{a.name}": \(EMBEDDED_DIR / "{out.name}", ")[0-9a-f]{{64}}(")', rf"\g<1>{sha}\g<2>",
+                      source.read_text())
+    if n != 1:
+        raise SystemExit(f"{source}: the sha256 of {a.name!r} was not found; put {sha} there by hand")
+    source.write_text(text)
+    print(f"{out}: step {packaged['step']}, {out.stat().st_size / 2**20:.2f} MiB, sha256 {sha} (written into {source})")
 
 
 if __name__ == "__main__":

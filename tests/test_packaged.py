@@ -1,0 +1,49 @@
+"""The model that ships with the install: `--ckpt embedded` (SPEC section 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ddpm_bench.cli import main
+from ddpm_bench.models import packaged
+from ddpm_bench.provenance import sha256_file
+
+FILE, SHA256 = packaged.PACKAGED["embedded"]
+
+
+def test_the_packaged_file_is_the_one_named_in_the_code_and_small():
+    assert FILE.is_file() and sha256_file(FILE) == SHA256
+    assert FILE.stat().st_size <= 10 * 2**20
+
+
+def test_inspect_names_its_training_and_identity(capsys):
+    assert main(["inspect", "--ckpt", "embedded"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["sha256"] == SHA256 and info["params"] == 1_113_955
+    assert info["config"]["training"]["data"] == "embedded:train" and info["step"] >= 5000
+    assert info["data"]["source"] == "embedded:train" and set(info["model_identity"]) == {"ema", "raw"}
+
+
+def test_its_test_bound_is_far_below_8_bits_per_dim(tmp_path, capsys):
+    out = tmp_path / "nll"
+    assert main(["nll", "--ckpt", "embedded", "--data", "embedded:test", "--num-images", "2", "--no-progress",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["packaged"] == "embedded" and summary["model"]["sha256"] == SHA256
+    assert summary["total_bpd"] < 5.0  # an untrained network of this size: about 8 bits/dim and more
+
+
+@pytest.mark.parametrize("damage", ["flipped", "missing"])
+def test_a_damaged_or_missing_packaged_model_is_one_line_exit_2(tmp_path, monkeypatch, capsys, damage):
+    copy = tmp_path / "embedded.pt"
+    if damage == "flipped":
+        data = bytearray(FILE.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        copy.write_bytes(bytes(data))
+    monkeypatch.setitem(packaged.PACKAGED, "embedded", (copy, SHA256))
+    assert main(["nll", "--ckpt", "embedded", "--data", "embedded:test", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("is damaged" if damage == "flipped" else "missing from this installation") in err
+    assert not (tmp_path / "o").exists()
