@@ -110,10 +110,12 @@ def print_eta(cfg: RunConfig, ckpt: str | None, device: torch.device, data_root:
     calls = math.ceil(num / b) * steps
     rows.append(("sample", f"{num} samples x {steps} steps = {num * steps} network evaluations "
                            f"({calls} calls of {b}: {sec:.3g} s each)", sec * calls))
+    per_eval = None  # one probe of the engine serves both splits: same network, same pairs per call
     for name, src, n in (("nll train", cfg.training.data, ev.nll.train_images),
                          ("nll test", ev.test_data, ev.nll.test_images)):
         probe, size = _images(src, data_root, min(nll_batch, n or nll_batch), shape)
-        per_eval = probe_seconds_per_eval(source, probe, nll_batch, ev.nll.options.precision, device)
+        if per_eval is None:
+            per_eval = probe_seconds_per_eval(source, probe, nll_batch, ev.nll.options.precision, device)
         count = n or size
         if count is None:
             rows.append((name, f"all images of {src} (not here to count) x {T} terms x {draws} draw(s): "
