@@ -55,6 +55,8 @@ PAIRS_PER_CALL_DIMS = 3 * 32 * 32
 def default_pairs_per_call(device: torch.device, image_shape: tuple[int, ...] = (3, 32, 32)) -> int:
     dims = math.prod(image_shape)
     return max(1, PAIRS_PER_CALL.get(device.type, 256) * PAIRS_PER_CALL_DIMS // dims)
+
+
 MAX_SEED = 2**63 - 1
 
 

@@ -45,7 +45,9 @@ def _parser(sub, name: str, help: str) -> argparse.ArgumentParser:
 
 def add_model_args(p: argparse.ArgumentParser, image_shape: bool = False) -> None:
     g = p.add_argument_group("model source (exactly one of --ckpt and --model)")
-    g.add_argument("--ckpt", help="ddpm-bench checkpoint file, or a diffusers UNet2DModel directory")
+    g.add_argument("--ckpt", help="a ddpm-bench checkpoint file, `embedded` (the model that ships with the install), "
+                                  "a train or reproduce run directory (its latest checkpoint), or a diffusers "
+                                  "UNet2DModel directory")
     g.add_argument("--weights", choices=("ema", "raw"), default="ema", help="which weights of --ckpt")
     g.add_argument("--model", help="MODULE:CALLABLE returning a torch module or f(x, t); MODULE may be a .py path")
     g = p.add_argument_group("diffusion settings of a --model (a --ckpt stores its own; a contradicting flag is an error)")

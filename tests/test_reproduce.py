@@ -33,8 +33,12 @@ def test_committed_reports_are_complete_and_well_formed():
     check_report_dir(d)
     for png in ("samples_grid.png", "progressive.png"):
         assert (d / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (d / "bits_by_t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads((d / "reproduce.json").read_text())
-    assert record["recipe"].endswith("tiny.toml") and set(record["seconds"]) >= {"sample", "nll_test", "fid"}
+    assert record["recipe"].endswith("embedded.toml") and record["checkpoint"] == "embedded"
+    assert set(record["seconds"]) >= {"sample", "nll_test", "gap_nll_test", "fid"}
+    measured = [r for r in csv.DictReader(open(d / "table1.csv")) if r["origin"] == "measured"]
+    assert len(measured) == 1 and float(measured[0]["NLL_test"]) < 5.0  # the packaged model, trained
 
 
 def test_dry_run_prints_every_stage_with_an_eta_from_probes_and_writes_nothing(tmp_path, capsys):
