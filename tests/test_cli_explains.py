@@ -107,3 +107,15 @@ def test_a_plugin_can_import_the_modules_beside_it(tmp_path, npz):
                                       "helper_mod_xyz.zeros(x)\n")
     assert main(["nll", "--model", f"{tmp_path / 'plug.py'}:make", "--T", "5", "--data", str(npz),
                  "--no-progress", "--out", str(tmp_path / "o")]) == 0
+
+
+def test_a_dry_run_probe_stops_once_its_time_budget_is_spent():
+    import torch
+
+    from ddpm_bench.probe import timed
+
+    calls = []
+    assert timed(lambda: calls.append(1), torch.device("cpu")) >= 0 and len(calls) == 4  # warm-up + 3
+    calls.clear()
+    timed(lambda: (calls.append(1), __import__("time").sleep(0.05)), torch.device("cpu"), budget_s=0.01)
+    assert len(calls) == 2  # the warm-up and one timed call: a slow network is probed twice, not four times
