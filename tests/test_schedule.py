@@ -40,3 +40,27 @@ def test_respacing_keeps_alpha_bar_at_the_kept_steps():
     new = np.cumprod(1 - respace_betas(abar, kept))
     np.testing.assert_allclose(new, abar[kept], rtol=1e-12)
     assert space_timesteps(1000, 1000) == list(range(1000))
+
+
+def _reference_space_timesteps(T: int, K: int) -> list[int]:
+    """improved-diffusion's `space_timesteps(T, [K])` as its code does it (read, not copied): the position
+    accumulated in floating point, stride (T - 1) / (K - 1), rounded half to even."""
+    stride, position, kept = (T - 1) / (K - 1) if K > 1 else 1, 0.0, []
+    for _ in range(K):
+        kept.append(round(position))
+        position += stride
+    return sorted(set(kept))
+
+
+def test_respacing_keeps_exactly_the_timesteps_improved_diffusion_keeps():
+    # reference values (improved-diffusion's rule): half to even, and the accumulated position's rounding
+    assert space_timesteps(10, 4) == [0, 3, 6, 9]
+    assert space_timesteps(100, 7) == [0, 16, 33, 50, 66, 82, 99]
+    assert space_timesteps(1000, 21)[10] == 499  # round(10 * 49.95) would keep 500
+    assert space_timesteps(1000, 21)[:3] == [0, 50, 100] and space_timesteps(1000, 21)[-1] == 999
+    for T in (20, 100, 1000, 4000):
+        for K in range(1, T + 1, max(1, T // 97)):
+            assert space_timesteps(T, K) == _reference_space_timesteps(T, K), (T, K)
+    # the rule of 0.1 (round(i * stride)) differs for 278 of the 1000 values of K at T = 1000
+    old = [K for K in range(2, 1001) if sorted({round(i * (999 / (K - 1))) for i in range(K)}) != space_timesteps(1000, K)]
+    assert len(old) == 278 and 21 in old
