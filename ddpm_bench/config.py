@@ -68,6 +68,15 @@ class ModelConfig:
             raise ValueError(f"model.out_channels must be >= 0, got {self.out_channels}")
         if self.name == "unet" and self.ch % 32:  # every U-Net normalisation is GroupNorm(32)
             raise ValueError(f"model.ch must be a multiple of 32 (GroupNorm with 32 groups), got {self.ch}")
+        if self.name == "unet":
+            resolutions = [self.image_size // 2**k for k in range(len(self.ch_mult))]
+            if self.image_size % 2 ** (len(self.ch_mult) - 1):
+                raise ValueError(f"model.image_size {self.image_size} is not divisible by 2^{len(self.ch_mult) - 1} "
+                                 f"(ch_mult {list(self.ch_mult)})")
+            if set(self.attn_resolutions) - set(resolutions):  # attention there would silently never be built
+                raise ValueError(f"model.attn_resolutions {list(self.attn_resolutions)}: the model's resolutions are "
+                                 f"{resolutions} (image_size {self.image_size}, ch_mult {list(self.ch_mult)}); "
+                                 f"{sorted(set(self.attn_resolutions) - set(resolutions))} matches none")
 
 
 @dataclass(frozen=True)

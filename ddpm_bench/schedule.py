@@ -134,3 +134,20 @@ def respace_betas(alphas_cumprod: np.ndarray, use_timesteps: list[int]) -> np.nd
     kept = np.asarray(alphas_cumprod, dtype=np.float64)[sorted(use_timesteps)]
     prev = np.append(1.0, kept[:-1])
     return 1.0 - kept / prev
+
+
+# A schedule whose x_T still holds much of x_0 makes samples start from noise the model never saw at
+# t = T, and makes L_T a large part of the bound (T = 50 with the default linear betas: alpha-bar_T = 0.60)
+PRIOR_WARN_BPD = 1e-3
+
+
+def prior_warning(s: Schedule) -> str | None:
+    """A warning when q(x_T | x_0) is far from N(0, I), with alpha-bar_T and L_T (bits/dim) of images spread
+    evenly over [-1, 1] (E x_0^2 = 1/3); None for a schedule that reaches noise (the paper's: L_T ~ 1e-5)."""
+    abar = float(s.alphas_cumprod[-1])
+    prior_bpd = 0.5 * (abar / 3.0 - math.log1p(-abar) - abar) / math.log(2.0)
+    if prior_bpd <= PRIOR_WARN_BPD:
+        return None
+    return (f"the schedule does not reach noise: alpha-bar_T = {abar:.3g}, so x_T keeps {math.sqrt(abar):.0%} of "
+            f"x_0's scale and L_T is about {prior_bpd:.3g} bits/dim; samples start from N(0, I), which the model "
+            "never saw at t = T (a larger T or beta_end fixes it)")

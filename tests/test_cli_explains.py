@@ -119,3 +119,24 @@ def test_a_dry_run_probe_stops_once_its_time_budget_is_spent():
     calls.clear()
     timed(lambda: (calls.append(1), __import__("time").sleep(0.05)), torch.device("cpu"), budget_s=0.01)
     assert len(calls) == 2  # the warm-up and one timed call: a slow network is probed twice, not four times
+
+
+def test_a_schedule_that_never_reaches_noise_is_warned_about_with_its_numbers(tmp_path, npz, capsys):
+    from ddpm_bench.diffusion import DiffusionConfig
+    from ddpm_bench.schedule import prior_warning
+
+    assert prior_warning(DiffusionConfig(T=1000).schedule()) is None  # the paper's: L_T ~ 1e-5 bits/dim
+    assert "alpha-bar_T = 0.603" in prior_warning(DiffusionConfig(T=50).schedule())
+    for argv in (["nll", "--data", str(npz)], ["sample", "--num", "2", "--image-size", "8"]):
+        assert main([argv[0], "--model", "tests/plugins.py:tiny_conv", "--T", "50", *argv[1:], "--no-progress",
+                     "--out", str(tmp_path / argv[0])]) == 0
+        err = capsys.readouterr().err
+        assert f"ddpm-bench {argv[0]}: warning: the schedule does not reach noise: alpha-bar_T = 0.603" in err
+        assert "L_T is about 0.376 bits/dim" in err
+
+
+def test_attention_at_no_resolution_of_the_model_is_an_error(tmp_path, capsys):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(TINY.format(data=tmp_path / "d.npz").replace("attn_resolutions = [4]", "attn_resolutions = [3]"))
+    assert main(["inspect", "--recipe", str(recipe)]) == 2
+    assert "model.attn_resolutions [3]: the model's resolutions are [8, 4]" in capsys.readouterr().err

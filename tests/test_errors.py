@@ -22,6 +22,7 @@ from ddpm_bench.cli import main
 from ddpm_bench.config import load_recipe
 from ddpm_bench.diffusion import DiffusionConfig, DiffusionSettingError
 from ddpm_bench.errors import ConfigError
+from tests.stderr import without_schedule_warning
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGINS = Path(__file__).parent / "error_plugins.py"
@@ -38,7 +39,7 @@ def one_line(p: subprocess.CompletedProcess | str) -> str:
     """The single line on stderr (and no traceback)."""
     err = p if isinstance(p, str) else p.stderr
     assert "Traceback" not in err and "internal error" not in err, err
-    lines = err.splitlines()
+    lines = without_schedule_warning(err).splitlines()
     assert len(lines) == 1, err
     return lines[0]
 
@@ -219,7 +220,7 @@ def test_disk_full_in_process_exits_1_and_leaves_no_complete_file(tmp_path, npz,
     monkeypatch.setattr(os, "fsync", fsync)
     out = tmp_path / "out"
     code = main(["nll", "--model", ZEROS, "--T", "3", "--data", str(npz), "--out", str(out), "--no-progress"])
-    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("ddpm-bench")]
+    line = [x for x in without_schedule_warning(capsys.readouterr().err).splitlines() if x.startswith("ddpm-bench")]
     assert code == 1 and line == [f"ddpm-bench nll: no space left on device writing {out / 'summary.json'}; "
                                   "free some space and run the same command again to resume"]
     assert looks_complete(out) == [] and (out / "run.json").exists()

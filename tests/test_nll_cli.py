@@ -11,6 +11,7 @@ import torch
 
 from ddpm_bench.cli import main
 from tests.plugins import ORACLE_IMAGE
+from tests.stderr import without_schedule_warning
 
 PLUGIN = "tests/plugins.py:tiny_conv_T20"
 SPEC_KEYS = {"total_bpd", "total_bpd_stderr", "prior_bpd", "kl_bpd", "decoder_bpd", "rate_bpd", "n_images", "dims",
@@ -89,7 +90,7 @@ def test_bad_data_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, cas
     extra = ["--num-images", "5"] if case == "too-many" else []
     out = tmp_path / "out"
     assert nll("--data", path, "--out", out, *extra) == 2
-    err = capsys.readouterr().err.strip()
+    err = without_schedule_warning(capsys.readouterr().err).strip()
     assert needle in err and len(err.splitlines()) == 1
     assert not (out / "summary.json").exists()
 
@@ -158,7 +159,8 @@ def test_console_entry_exits_2_on_bad_input(tmp_path):
     np.savez(tmp_path / "x.npz", ORACLE_IMAGE.astype(np.float32))
     p = subprocess.run([sys.executable, "-m", "ddpm_bench", "nll", "--model", PLUGIN, "--T", "20", "--data",
                         str(tmp_path / "x.npz"), "--out", str(tmp_path / "o")], capture_output=True, text=True)
-    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "float32" in p.stderr
+    err = without_schedule_warning(p.stderr)
+    assert p.returncode == 2 and err.count("\n") == 1 and "float32" in err
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import torch
 from ddpm_bench import run_dir
 from ddpm_bench.cli import main
 from ddpm_bench.errors import OutputDirError
+from tests.stderr import without_schedule_warning
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "tests/plugins.py:tiny_conv_T20"
@@ -37,7 +38,7 @@ def nll(npz, out, *args):
 
 
 def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
+    lines = without_schedule_warning(err).strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 

@@ -37,6 +37,7 @@ from ddpm_bench.precision import resolve_device
 from ddpm_bench.probe import timed
 from ddpm_bench.provenance import environment
 from ddpm_bench.run_dir import RunDir, RunOptions, ShardPlan
+from ddpm_bench.schedule import prior_warning
 from ddpm_bench.shards import atomic_write_bytes
 
 COMMAND = "nll"
@@ -285,6 +286,8 @@ def _run_nll(model: ModelSpec, data: DataSpec, opts: BoundOptions, run: RunOptio
     q = proposal = prior = None
     with run_dir.phase():  # every rank: inputs and where the proposal comes from; rank 0 claims --out
         source = model.load(dev)
+        if main and (w := prior_warning(source.diffusion.schedule())):
+            print(f"ddpm-bench {COMMAND}: warning: {w}", file=sys.stderr)
         images = data.load()
         check_image_shape(source, images)
         run = replace(run, batch_size=run.batch_size or default_pairs_per_call(dev, images.shape))

@@ -38,6 +38,7 @@ from ddpm_bench.sampling import (
     sampling_process,
     to_uint8,
 )
+from ddpm_bench.schedule import prior_warning
 from ddpm_bench.shards import atomic_write_bytes, atomic_write_npz
 
 COMMAND = "sample"
@@ -161,6 +162,8 @@ def _run_sample(model: ModelSpec, sampler: SamplerOptions, run: RunOptions, num:
     main, world = distributed.is_main(), distributed.world_size()
     with run_dir.phase():  # every rank: inputs; rank 0 claims --out
         source = model.load(dev)
+        if main and (w := prior_warning(source.diffusion.schedule())):
+            print(f"ddpm-bench {COMMAND}: warning: {w}", file=sys.stderr)
         try:
             process = sampling_process(source.diffusion, sampler.steps)
         except ValueError as e:

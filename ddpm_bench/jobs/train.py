@@ -27,6 +27,7 @@ from ddpm_bench.errors import CheckpointError, ConfigError, UserError
 from ddpm_bench.outputs import TrainLayout
 from ddpm_bench.provenance import environment
 from ddpm_bench.run_dir import RunDir
+from ddpm_bench.schedule import prior_warning
 from ddpm_bench.shards import atomic_write_json, atomic_write_text, to_json
 from ddpm_bench.training import Trainer
 
@@ -134,6 +135,8 @@ def run_train(recipe: str | None, overrides: list[str], out: str, device: str = 
             raise UserError(f"--out {out}: holds no training run ({TrainLayout.CONFIG} missing); give --recipe")
     origin = f"recipe {recipe}" + (f" with --set {' '.join(overrides)}" if overrides else "")
     cfg = load_recipe(recipe, overrides)
+    if int(os.environ.get("RANK", "0")) == 0 and (w := prior_warning(cfg.diffusion.schedule())):
+        print(f"ddpm-bench {COMMAND}: warning: {w}", file=sys.stderr)
     config = cfg.to_dict()
     run_dir = Path(out)
     images, data = load_training_images(cfg, origin)

@@ -153,6 +153,11 @@ class UNet(nn.Module):
         attn_resolutions = {int(r) for r in attn_resolutions}
         if image_size % (2 ** (len(ch_mult) - 1)):
             raise ValueError(f"image_size {image_size} is not divisible by 2^{len(ch_mult) - 1} (ch_mult {ch_mult})")
+        resolutions = [image_size // 2**k for k in range(len(ch_mult))]
+        if attn_resolutions - set(resolutions):  # attention there would silently never be built
+            raise ValueError(f"attn_resolutions {sorted(attn_resolutions)}: the model's resolutions are {resolutions} "
+                             f"(image_size {image_size}, ch_mult {list(ch_mult)}); "
+                             f"{sorted(attn_resolutions - set(resolutions))} matches none")
         self.image_size = image_size
         self.in_channels = in_channels
         self.out_channels = out_channels or in_channels
