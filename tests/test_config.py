@@ -89,3 +89,12 @@ def test_the_training_identity_leaves_out_resumable_keys(tmp_path):
     b = load_recipe(write(tmp_path, ""), ["training.steps=5", "training.lr=0.1", "evaluation.nll.draws=2"]).to_dict()
     assert [d.split(":")[0] for d in differences(a, b)] == ["evaluation.nll.draws", "training.lr", "training.steps"]
     assert differences(train_identity(a), train_identity(b)) == ["training.lr: 0.0002 -> 0.1"]
+
+
+@pytest.mark.parametrize("name", ["lsun_bedroom256", "lsun_cat256", "lsun_church256", "celebahq256"])
+def test_256_recipes_use_the_posterior_variance_as_the_official_scripts(name):
+    # run_lsun.py / run_celebahq.py build diffusion_utils.GaussianDiffusion: the reverse process has the
+    # posterior variance (fixed-small); only the CIFAR-10 script uses diffusion_utils_2's fixed-large
+    cfg = load_recipe(f"recipes/{name}.toml")
+    assert cfg.diffusion.var_type == "fixed-small" and cfg.diffusion.mean_type == "eps"
+    assert load_recipe("recipes/cifar10.toml").diffusion.var_type == "fixed-large"
