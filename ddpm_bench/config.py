@@ -94,6 +94,9 @@ class TrainConfig:
     ema_decay: float = 0.9999
     random_flip: bool = True
     objective: str = "L_simple"
+    # the normal CDF of L_0 in the "L" objective: "exact" (log space), or "tanh", the official code's
+    # approximation with its 1e-12 floor (zero gradient below it), as the paper's Table 2 runs trained
+    decoder_cdf: str = "exact"
     seed: int = 0
     log_every: int = 100
     ckpt_every: int = 10_000
@@ -101,6 +104,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive(self, ("steps", "batch_size", "log_every", "ckpt_every", "keep_last"))
+        from ddpm_bench.gaussian import DECODER_CDF_MODES
+
+        if self.decoder_cdf not in DECODER_CDF_MODES:
+            raise ValueError(f"training.decoder_cdf must be one of {', '.join(DECODER_CDF_MODES)}, "
+                             f"got {self.decoder_cdf!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"training.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if not self.lr > 0 or self.warmup < 0 or not self.grad_clip > 0 or self.num_images < 0:

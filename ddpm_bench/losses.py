@@ -43,10 +43,10 @@ def simple_loss(cfg: DiffusionConfig, s: Schedule, output: torch.Tensor, x0: tor
 
 
 def training_loss(objective: str, cfg: DiffusionConfig, s: Schedule, output: torch.Tensor, x0: torch.Tensor,
-                  xt: torch.Tensor, i: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """(N,) per-image loss of `objective` ("L_simple", "mse" or "L")."""
+                  xt: torch.Tensor, i: torch.Tensor, noise: torch.Tensor, decoder_cdf: str = "exact") -> torch.Tensor:
+    """(N,) per-image loss of `objective` ("L_simple", "mse" or "L"); `decoder_cdf` is L_0's normal CDF."""
     if objective in ("L_simple", "mse"):
         return simple_loss(cfg, s, output[:, : x0.shape[1]], x0, xt, i, noise)
     if objective == "L":
-        return term_values(cfg, s, output, x0, xt, i, clip=False).bpd
+        return term_values(cfg, s, output, x0, xt, i, clip=False, decoder_cdf=decoder_cdf).bpd
     raise ValueError(f"unknown objective {objective!r}")

@@ -123,7 +123,7 @@ class Trainer:
         torch.manual_seed(stream_seed(tc.seed, STREAM_DROPOUT, self.step, self.rank))
         self.ddp_model.train()
         output = self.ddp_model(xt.to(torch.float32), i)
-        loss = training_loss(tc.objective, d, self.schedule, output, x0, xt, i, noise).mean()
+        loss = training_loss(tc.objective, d, self.schedule, output, x0, xt, i, noise, tc.decoder_cdf).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)

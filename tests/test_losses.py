@@ -3,6 +3,7 @@ Gaussian helpers they are built from."""
 
 import math
 
+import pytest
 import torch
 
 from ddpm_bench.diffusion import DiffusionConfig, q_posterior_logvar, q_posterior_mean, q_sample
@@ -61,3 +62,33 @@ def test_bound_gradients_reach_a_learned_variance():
     out = torch.zeros(6, 6, 4, 4, dtype=torch.float32, requires_grad=True)
     training_loss("L", cfg, s, out, x0, xt, i, noise).sum().backward()
     assert out.grad[:, 3:].abs().sum() > 0 and out.grad[:, :3].abs().sum() > 0
+
+
+def test_the_training_decoder_cdf_is_a_recipe_key_official_in_the_table2_recipes(tmp_path):
+    """`training.decoder_cdf`: the L objective's L_0 with the exact CDF or the official tanh one (1e-12
+    floor). At initialisation a mu model's L_0 is thousands of bits/dim exactly, tens with the floor."""
+    from ddpm_bench.config import load_recipe
+    from ddpm_bench.diffusion import DiffusionConfig, q_sample
+    from ddpm_bench.errors import ConfigError
+    from ddpm_bench.losses import training_loss
+
+    for name in ("table2_eps_L_fixed", "table2_eps_L_learned", "table2_mu_L_fixed", "table2_mu_L_learned",
+                 "cifar10_L_fixed"):
+        assert load_recipe(f"recipes/{name}.toml").training.decoder_cdf == "tanh", name
+    assert load_recipe("recipes/tiny.toml").training.decoder_cdf == "exact"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[training]\ndecoder_cdf = "erf"\n')
+    with pytest.raises(ConfigError, match="decoder_cdf"):
+        load_recipe(bad)
+    cfg = DiffusionConfig(T=20, mean_type="mu")
+    s = cfg.schedule()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64)
+    output = torch.randn(4, 3, 8, 8, generator=g) * 3  # far from the data: deep in the tails of the CDF
+    for k, differs in ((0, True), (5, False)):
+        i = torch.full((4,), k)
+        xt = q_sample(s, x0, i, noise)
+        exact = training_loss("L", cfg, s, output, x0, xt, i, noise, "exact")
+        tanh = training_loss("L", cfg, s, output, x0, xt, i, noise, "tanh")
+        assert bool((exact > tanh + 1).all()) if differs else torch.equal(exact, tanh)

@@ -61,7 +61,7 @@ def _train_step_seconds(cfg: RunConfig, device: torch.device) -> float:
 
     def step() -> None:
         out = model(x0.to(torch.float32), i)
-        loss = training_loss(tc.objective, d, s, out, x0, x0, i, noise).mean()
+        loss = training_loss(tc.objective, d, s, out, x0, x0, i, noise, tc.decoder_cdf).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
