@@ -90,6 +90,9 @@ class Trainer:
         tc = cfg.training
         if tc.batch_size % world:
             raise ValueError(f"training.batch_size {tc.batch_size} is not divisible by {world} processes")
+        if tc.grad_clip_group and (tc.batch_size // world) % tc.grad_clip_group:
+            raise ValueError(f"training.grad_clip_group {tc.grad_clip_group} does not divide the "
+                             f"{tc.batch_size // world} images of each of {world} process(es)")
         self.cfg, self.images, self.device, self.rank, self.world = cfg, images, device, rank, world
         self.schedule = schedule.to(device)
         torch.manual_seed(stream_seed(tc.seed, STREAM_INIT))
@@ -122,12 +125,44 @@ class Trainer:
             torch.cuda.manual_seed(stream_seed(tc.seed, STREAM_DROPOUT, self.step, self.rank))
         torch.manual_seed(stream_seed(tc.seed, STREAM_DROPOUT, self.step, self.rank))
         self.ddp_model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        if tc.grad_clip_group:
+            loss, grad_norm = self._clipped_by_group(x0, xt, i, noise, tc.grad_clip_group)
+            return loss, grad_norm, learning_rate(self.step, tc.lr, tc.warmup)
         output = self.ddp_model(xt.to(torch.float32), i)
         loss = training_loss(tc.objective, d, self.schedule, output, x0, xt, i, noise, tc.decoder_cdf).mean()
-        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         return loss.detach(), grad_norm.detach(), learning_rate(self.step, tc.lr, tc.warmup)
+
+    def _clipped_by_group(self, x0, xt, i, noise, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official trainer's clipping (tpu_utils with a cross-shard optimizer): the gradient of each
+        group of `group` images (one TPU core's share) is clipped to norm `grad_clip` on its own, as
+        tf.clip_by_global_norm does it, and the clipped gradients are averaged over every group of the
+        global batch. Returns this rank's mean loss and the mean of the groups' norms before clipping."""
+        tc, d = self.cfg.training, self.cfg.diffusion
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        total = [torch.zeros_like(p) for p in params]
+        losses, norms = [], []
+        groups = range(0, x0.shape[0], group)
+        for g in groups:
+            rows = slice(g, g + group)
+            output = self.model(xt[rows].to(torch.float32), i[rows])  # each group on its own, no all-reduce
+            loss = training_loss(tc.objective, d, self.schedule, output, x0[rows], xt[rows], i[rows], noise[rows],
+                                 tc.decoder_cdf).mean()
+            grads = torch.autograd.grad(loss, params)
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(gr) for gr in grads]))
+            scale = tc.grad_clip / torch.maximum(norm, torch.tensor(tc.grad_clip, device=norm.device))
+            for t, gr in zip(total, grads, strict=True):
+                t.add_(gr * scale)
+            losses.append(loss.detach())
+            norms.append(norm.detach())
+        count = len(groups) * self.world
+        for p, t in zip(params, total, strict=True):
+            if self.world > 1:
+                torch.distributed.all_reduce(t)
+            p.grad = t / count
+        return torch.stack(losses).mean(), torch.stack(norms).mean()
 
     def apply_update(self, lr: float) -> None:
         for group in self.optimizer.param_groups:

@@ -206,3 +206,42 @@ def test_a_moved_training_set_resumes_the_same_run(recipe, tmp_path, monkeypatch
     np.savez(moved / "data.npz", np.zeros((10, 8, 8, 3), np.uint8))  # other images under the same name
     assert train(recipe, run, "training.data=data.npz", "training.steps=6") == 2
     assert "data.sha256" in capsys.readouterr().err
+
+
+def _step_grads(cfg, images, group: int, clip: float) -> tuple[list[torch.Tensor], float]:
+    from dataclasses import replace
+
+    from ddpm_bench.training import Trainer
+
+    cfg = replace(cfg, training=replace(cfg.training, grad_clip=clip, grad_clip_group=group))
+    trainer = Trainer(cfg, images, cfg.diffusion.schedule(), torch.device("cpu"))
+    _, norm, _ = trainer.train_step()
+    return [p.grad.clone() for p in trainer.model.parameters()], float(norm)
+
+
+def test_clipping_per_group_of_images_as_the_official_trainer(recipe):
+    """grad_clip_group = G: each group's gradient clipped on its own (tf.clip_by_global_norm), then averaged."""
+    from ddpm_bench.config import load_recipe
+    from ddpm_bench.data import load_images
+
+    cfg = load_recipe(recipe, ["model.dropout=0.0"])
+    images = torch.from_numpy(load_images(cfg.training.data, None, None).images).permute(0, 3, 1, 2).contiguous()
+    whole, _ = _step_grads(cfg, images, 0, 1e9)  # batch 4, never clipped
+    one_group, _ = _step_grads(cfg, images, 4, 1e9)
+    singles, _ = _step_grads(cfg, images, 1, 1e9)  # the mean of per-image gradients is the batch gradient
+    for a, b, c in zip(whole, one_group, singles, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-6)
+    # a tight clip: each image's gradient becomes norm `clip`, so their mean is at most `clip` long, and not
+    # the clipped batch gradient (which the whole-batch rule would give)
+    clip = 1e-3
+    per_image, mean_norm = _step_grads(cfg, images, 1, clip)
+    whole_clipped, _ = _step_grads(cfg, images, 0, clip)
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in per_image])))
+    assert norm <= clip * (1 + 1e-6) and mean_norm > clip
+    assert not all(torch.allclose(a, b) for a, b in zip(per_image, whole_clipped, strict=True))
+
+
+def test_grad_clip_group_must_divide_the_batch(recipe, capsys):
+    assert train(recipe, recipe.parent / "run", "training.grad_clip_group=3") == 2
+    assert "grad_clip_group must be 0 or divide training.batch_size 4" in capsys.readouterr().err
