@@ -15,7 +15,7 @@ import torch
 
 from ddpm_bench.schedule import BETA_SCHEDULES, Schedule, make_schedule
 
-MEAN_TYPES = ("eps", "x0", "mu")
+MEAN_TYPES = ("eps", "x0", "mu", "v")  # v: Salimans and Ho (2022), v = sqrt(abar) eps - sqrt(1 - abar) x_0
 VAR_TYPES = ("fixed-large", "fixed-small", "learned", "learned-range")
 # schedules built from beta_start up to beta_end, which therefore need beta_start <= beta_end
 RISING_SCHEDULES = ("linear", "quad")
@@ -188,6 +188,18 @@ def predict_x0(cfg: DiffusionConfig, s: Schedule, model_out: torch.Tensor, xt: t
     """x0_hat from the mean part of a network output (float64), clipped to [-1, 1] with `clip`."""
     if cfg.mean_type == "mu":
         x0 = predict_x0_from_mu(s, xt, i, model_out)
+    elif cfg.mean_type == "v":
+        x0 = predict_x0_from_v(s, xt, i, model_out)
     else:
         x0 = model_out if cfg.mean_type == "x0" else predict_x0_from_eps(s, xt, i, model_out)
     return x0.clamp(-1.0, 1.0) if clip else x0
+
+
+def v_target(s: Schedule, x0: torch.Tensor, i: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """v = sqrt(alpha-bar_t) eps - sqrt(1 - alpha-bar_t) x_0 (Salimans and Ho 2022, Eq. 10 in DDPM's notation)."""
+    return extract(s.sqrt_alphas_cumprod, i, x0.ndim) * eps - extract(s.sqrt_one_minus_alphas_cumprod, i, x0.ndim) * x0
+
+
+def predict_x0_from_v(s: Schedule, xt: torch.Tensor, i: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """x_0 = sqrt(alpha-bar_t) x_t - sqrt(1 - alpha-bar_t) v, the inverse of `v_target` given x_t."""
+    return extract(s.sqrt_alphas_cumprod, i, xt.ndim) * xt - extract(s.sqrt_one_minus_alphas_cumprod, i, xt.ndim) * v

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ddpm_bench.bound import term_values
-from ddpm_bench.diffusion import DiffusionConfig, q_posterior_mean
+from ddpm_bench.diffusion import DiffusionConfig, q_posterior_mean, v_target
 from ddpm_bench.schedule import Schedule
 
 
@@ -27,11 +27,14 @@ def mean_flat(x: torch.Tensor) -> torch.Tensor:
 
 def simple_target(cfg: DiffusionConfig, s: Schedule, x0: torch.Tensor, xt: torch.Tensor, i: torch.Tensor,
                   noise: torch.Tensor) -> torch.Tensor:
-    """What the network's mean output should be: eps (Eq. 14), x_0, or mu-tilde_t(x_t, x_0) (Eq. 7)."""
+    """What the network's mean output should be: eps (Eq. 14), x_0, v (Salimans and Ho 2022) or
+    mu-tilde_t(x_t, x_0) (Eq. 7)."""
     if cfg.mean_type == "eps":
         return noise
     if cfg.mean_type == "x0":
         return x0
+    if cfg.mean_type == "v":
+        return v_target(s, x0, i, noise)
     return q_posterior_mean(s, x0, xt, i)
 
 

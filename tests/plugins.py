@@ -89,3 +89,17 @@ def viewing_module():
 
 def zero_eps():
     return lambda x, t: torch.zeros_like(x)
+
+
+def oracle_v_T20():
+    """The exact denoiser of `oracle_eps`, predicting v = sqrt(abar) eps - sqrt(1 - abar) c (mean type v)."""
+    s = make_schedule("linear", 20)
+    c = torch.from_numpy(ORACLE_IMAGE[0]).permute(2, 0, 1).to(torch.float64) / 127.5 - 1.0
+    eps_net = oracle_eps(T=20)
+
+    def net(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = s.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1)
+        b = s.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1)
+        return (a * eps_net(x, t).to(torch.float64) - b * c).to(torch.float32)
+
+    return net

@@ -92,3 +92,45 @@ def test_the_training_decoder_cdf_is_a_recipe_key_official_in_the_table2_recipes
         exact = training_loss("L", cfg, s, output, x0, xt, i, noise, "exact")
         tanh = training_loss("L", cfg, s, output, x0, xt, i, noise, "tanh")
         assert bool((exact > tanh + 1).all()) if differs else torch.equal(exact, tanh)
+
+
+def test_mean_type_v_gives_the_bound_of_the_same_denoiser_and_trains_on_v(tmp_path):
+    """v-prediction (Salimans and Ho 2022): the oracle denoiser written as v has the bound of the same oracle
+    written as eps; the training target is sqrt(abar) eps - sqrt(1 - abar) x_0; diffusers' v_prediction maps."""
+    import json
+
+    import numpy as np
+
+    from ddpm_bench.cli import main
+    from ddpm_bench.diffusion import v_target
+    from ddpm_bench.models.diffusers_loading import diffusion_from_scheduler
+    from tests.plugins import ORACLE_IMAGE
+
+    np.savez(tmp_path / "x.npz", ORACLE_IMAGE)
+    terms = {}
+    for mean_type, plugin in (("eps", "oracle_eps_T20"), ("v", "oracle_v_T20")):
+        out = tmp_path / mean_type
+        assert main(["nll", "--model", f"tests/plugins.py:{plugin}", "--T", "20", "--mean-type", mean_type,
+                     "--data", str(tmp_path / "x.npz"), "--no-progress", "--out", str(out)]) == 0
+        terms[mean_type] = np.load(out / "per_image.npz")["terms"]
+        assert json.loads((out / "summary.json").read_text())["mean_type"] == mean_type
+    np.testing.assert_allclose(terms["v"], terms["eps"], rtol=1e-4, atol=1e-6)
+    cfg = DiffusionConfig(T=20, mean_type="v")
+    s = cfg.schedule()
+    x0 = torch.rand(3, 3, 4, 4, dtype=torch.float64) * 2 - 1
+    eps = torch.randn_like(x0)
+    i = torch.tensor([0, 7, 19])
+    xt = q_sample(s, x0, i, eps)
+    target = v_target(s, x0, i, eps)
+    assert float(training_loss("L_simple", cfg, s, target.float().double(), x0, xt, i, eps).max()) < 1e-12
+    assert diffusion_from_scheduler({"prediction_type": "v_prediction"}, "s").mean_type == "v"
+
+
+def test_diffusers_clip_settings_are_refused_or_warned_about(capsys):
+    from ddpm_bench.errors import CheckpointError
+    from ddpm_bench.models.diffusers_loading import diffusion_from_scheduler
+
+    with pytest.raises(CheckpointError, match="clip_sample_range 2.0 is not supported"):
+        diffusion_from_scheduler({"clip_sample_range": 2.0}, "scheduler_config.json")
+    diffusion_from_scheduler({"clip_sample": False, "clip_sample_range": 2.0}, "scheduler_config.json")
+    assert "pass --no-clip" in capsys.readouterr().err

@@ -7,7 +7,8 @@ with the `DDPMScheduler` settings in `scheduler_config.json` beside them, or a p
 
 The scheduler's settings map to `DiffusionConfig` (T = num_train_timesteps; beta_schedule linear ->
 `linear`, scaled_linear -> `quad`, squaredcos_cap_v2 -> `cosine`; prediction_type epsilon -> `eps`,
-sample -> `x0`; variance_type fixed_small[_log] -> `fixed-small`, fixed_large[_log] -> `fixed-large`,
+sample -> `x0`, v_prediction -> `v`; clip_sample_range other than 1 is refused, clip_sample = false is
+warned about (`--no-clip` samples as such a scheduler does); variance_type fixed_small[_log] -> `fixed-small`, fixed_large[_log] -> `fixed-large`,
 learned_range -> `learned-range`). Without a scheduler config the paper's settings (or the diffusion
 flags) are used.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -36,7 +38,7 @@ INSTALL_HINT = "pip install 'ddpm-bench[diffusers]'"
 WEIGHT_PATTERNS = ("diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.bin")
 
 BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "quad", "squaredcos_cap_v2": "cosine"}
-PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0"}
+PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 VARIANCE_TYPES = {"fixed_small": "fixed-small", "fixed_small_log": "fixed-small", "fixed_large": "fixed-large",
                   "fixed_large_log": "fixed-large", "learned_range": "learned-range"}
 
@@ -72,6 +74,12 @@ def diffusion_from_scheduler(cfg: dict, origin: str) -> DiffusionConfig:
         raise CheckpointError(f"{origin}: rescale_betas_zero_snr is not supported")
     if cfg.get("thresholding"):
         raise CheckpointError(f"{origin}: dynamic thresholding is not supported")
+    if cfg.get("clip_sample", True) and float(cfg.get("clip_sample_range", 1.0)) != 1.0:
+        raise CheckpointError(f"{origin}: clip_sample_range {cfg['clip_sample_range']} is not supported: ddpm-bench "
+                              "clips the x_0 prediction to [-1, 1] (the data range), or not at all with --no-clip")
+    if cfg.get("clip_sample", True) is False:
+        print(f"ddpm-bench: warning: {origin}: clip_sample is false: this model's scheduler samples without "
+              "clipping the x_0 prediction; pass --no-clip to sample (and bound) as it does", file=sys.stderr)
     return DiffusionConfig(
         T=int(cfg.get("num_train_timesteps", 1000)),
         beta_schedule=pick("beta_schedule", BETA_SCHEDULES, "linear"),
