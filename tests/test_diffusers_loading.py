@@ -72,6 +72,28 @@ def test_one_reverse_step_matches_diffusers_ddpm_scheduler(pipeline_dir, varianc
             assert torch.allclose(ours, theirs.double(), rtol=0, atol=1e-5), (i, (ours - theirs).abs().max())
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_each_prediction_type_steps_as_diffusers_ddpm_scheduler(prediction_type):
+    """prediction_type epsilon / sample / v_prediction load as eps / x0 / v, and one reverse step with
+    clipping matches DDPMScheduler.step with the same z."""
+    from ddpm_bench.models.diffusers_loading import diffusion_from_scheduler
+
+    sched = diffusers.DDPMScheduler(num_train_timesteps=20, variance_type="fixed_small", prediction_type=prediction_type)
+    cfg = diffusion_from_scheduler(dict(sched.config), "scheduler")
+    assert cfg.mean_type == {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}[prediction_type]
+    s = cfg.schedule()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    out = torch.randn(2, 3, 8, 8, generator=g)
+    for i in (5, 12, 19):
+        step = p_mean_logvar(cfg, s, out, x, torch.full((2,), i), clip=True)
+        z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(i))
+        ours = step.mean + torch.exp(0.5 * step.logvar) * z.double()
+        theirs = sched.step(out, i, x.float(), generator=torch.Generator().manual_seed(i)).prev_sample
+        # diffusers steps in float32: agreement to its rounding (a few 1e-6 here, relative to values of ~1)
+        assert torch.allclose(ours, theirs.double(), rtol=0, atol=3e-5), (i, (ours - theirs).abs().max())
+
+
 def test_sample_command_with_a_diffusers_directory(pipeline_dir, tmp_path):
     out = tmp_path / "s"
     assert main(["sample", "--ckpt", str(pipeline_dir), "--num", "3", "--steps", "5", "--no-progress",
