@@ -104,3 +104,20 @@ def test_sample_command_with_a_diffusers_directory(pipeline_dir, tmp_path):
         assert z["arr_0"].shape == (3, 8, 8, 3)
     assert main(["sample", "--ckpt", str(pipeline_dir), "--num", "3", "--image-size", "16", "--out",
                  str(tmp_path / "t")]) == 2
+
+
+def test_a_v_prediction_pipeline_directory_bounds_and_samples(tmp_path, pipeline_dir):
+    """A saved UNet2DModel with a v_prediction scheduler loads as mean type v; nll and sample run on it."""
+    import shutil
+
+    from ddpm_bench.cli import main
+
+    d = tmp_path / "vpipe"
+    shutil.copytree(pipeline_dir / "unet", d / "unet")
+    diffusers.DDPMScheduler(num_train_timesteps=20, variance_type="fixed_large",
+                            prediction_type="v_prediction").save_pretrained(d / "scheduler")
+    assert load_diffusers_source(d, {}, "cpu").diffusion.mean_type == "v"
+    np.savez(tmp_path / "x.npz", np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8))
+    assert main(["nll", "--ckpt", str(d), "--data", str(tmp_path / "x.npz"), "--no-progress",
+                 "--out", str(tmp_path / "n")]) == 0
+    assert main(["sample", "--ckpt", str(d), "--num", "2", "--no-progress", "--out", str(tmp_path / "s")]) == 0
