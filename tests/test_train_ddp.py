@@ -22,13 +22,17 @@ DDP_SETS = ["--set", "model.dropout=0.0", "--set", "training.steps=4", "--set", 
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("group", [0, 1])
+def test_two_gloo_processes_match_one_process(tmp_path, group):
+    """Also with the gradient clipped per group of images (grad_clip_group = 1, a clip that bites): each
+    process clips its own groups, and the average is over every group of the global batch."""
     data = tmp_path / "data.npz"
     np.savez(data, np.random.default_rng(1).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8))
     recipe = tmp_path / "r.toml"
     recipe.write_text(TINY.format(data=data))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["train", "--recipe", str(recipe), *DDP_SETS, "--no-progress", "--device", "cpu"]
+    clip = ["--set", f"training.grad_clip_group={group}", "--set", "training.grad_clip=0.05"] if group else []
+    common = ["train", "--recipe", str(recipe), *DDP_SETS, *clip, "--no-progress", "--device", "cpu"]
     ddp = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "ddpm_bench", "--", *common,
                           "--out", str(tmp_path / "ddp")], cwd=ROOT, env=env, capture_output=True, text=True)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
