@@ -31,7 +31,7 @@ from ddpm_bench.sampling import SamplerOptions
 
 # Paper Table 2: "L_simple" (Eq. 14) and "mse" are the unweighted squared error of the network's own
 # target (eps, x0 or mu-tilde; the official loss_type "mse"); "L" is the variational bound (Eq. 5).
-OBJECTIVES = ("L_simple", "mse", "L")
+OBJECTIVES = ("L_simple", "mse", "L", "L_hybrid")
 
 
 @dataclass(frozen=True)
@@ -285,9 +285,14 @@ def resolve(cfg: RunConfig, origin: str) -> RunConfig:
     if cfg.model.out_channels not in (0, want):
         raise ConfigError(f"{origin}: model.out_channels = {cfg.model.out_channels} does not fit "
                           f"diffusion.var_type = {cfg.diffusion.var_type!r} (needs {want})")
-    if cfg.diffusion.learned_variance and cfg.training.objective != "L":
+    if cfg.diffusion.learned_variance and cfg.training.objective not in ("L", "L_hybrid"):
         raise ConfigError(f"{origin}: training.objective = {cfg.training.objective!r} does not train the "
-                          f"{cfg.diffusion.var_type!r} variance; use objective = 'L' (paper Table 2)")
+                          f"{cfg.diffusion.var_type!r} variance; use objective = 'L' (paper Table 2) or 'L_hybrid' "
+                          "(improved DDPM)")
+    if cfg.training.objective == "L_hybrid" and not cfg.diffusion.learned_variance:
+        raise ConfigError(f"{origin}: training.objective = 'L_hybrid' trains a learned variance through its L_vlb "
+                          f"part; diffusion.var_type is {cfg.diffusion.var_type!r}: use 'learned-range' (improved "
+                          "DDPM) or objective = 'L_simple'")
     return replace(cfg, model=replace(cfg.model, out_channels=want))
 
 

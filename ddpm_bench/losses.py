@@ -9,6 +9,9 @@
   the mean and a learned variance). L_T has no parameters and is left out, as in the official code.
   The term is `bound.term_values`, the bound engine's own, with the x_0 prediction not clipped (as in the
   official training loss).
+- `L_hybrid` (improved DDPM, Nichol and Dhariwal 2021, section 3.1): L_simple + lambda L_vlb with
+  lambda = 0.001 and L_vlb = T times one uniformly drawn term (so lambda T L_t, improved-diffusion's
+  `vb * num_timesteps / 1000`), the mean's gradient stopped inside L_vlb: it trains only the learned variance.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import torch
 from ddpm_bench.bound import term_values
 from ddpm_bench.diffusion import DiffusionConfig, q_posterior_mean, v_target
 from ddpm_bench.schedule import Schedule
+
+HYBRID_LAMBDA = 0.001  # improved DDPM's lambda
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -52,4 +57,9 @@ def training_loss(objective: str, cfg: DiffusionConfig, s: Schedule, output: tor
         return simple_loss(cfg, s, output[:, : x0.shape[1]], x0, xt, i, noise)
     if objective == "L":
         return term_values(cfg, s, output, x0, xt, i, clip=False, decoder_cdf=decoder_cdf).bpd
+    if objective == "L_hybrid":
+        C = x0.shape[1]
+        variance_only = torch.cat([output[:, :C].detach(), output[:, C:]], dim=1)  # the mean's gradient stopped
+        vlb = term_values(cfg, s, variance_only, x0, xt, i, clip=False, decoder_cdf=decoder_cdf).bpd
+        return simple_loss(cfg, s, output[:, :C], x0, xt, i, noise) + HYBRID_LAMBDA * cfg.T * vlb
     raise ValueError(f"unknown objective {objective!r}")

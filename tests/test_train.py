@@ -245,3 +245,15 @@ def test_clipping_per_group_of_images_as_the_official_trainer(recipe):
 def test_grad_clip_group_must_divide_the_batch(recipe, capsys):
     assert train(recipe, recipe.parent / "run", "training.grad_clip_group=3") == 2
     assert "grad_clip_group must be 0 or divide training.batch_size 4" in capsys.readouterr().err
+
+
+def test_l_hybrid_with_the_learned_range_variance_trains_and_resumes_exactly(recipe, tmp_path):
+    sets = ("diffusion.var_type=\"learned-range\"", "training.objective=\"L_hybrid\"", "training.steps=4",
+            "training.ckpt_every=2")
+    assert train(recipe, tmp_path / "straight", *sets) == 0
+    assert train(recipe, tmp_path / "resumed", *sets[:2], "training.steps=2", "training.ckpt_every=2") == 0
+    assert train(recipe, tmp_path / "resumed", *sets) == 0
+    a = ckpt(tmp_path / "straight" / "checkpoints" / "ckpt_0000004.pt")
+    b = ckpt(tmp_path / "resumed" / "checkpoints" / "ckpt_0000004.pt")
+    for key in ("model", "ema", "optimizer"):
+        assert_same_state(a[key], b[key])
