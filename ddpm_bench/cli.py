@@ -19,7 +19,7 @@ from ddpm_bench.models.source import ModelSpec
 from ddpm_bench.network_speed import COMPILE_MODES
 from ddpm_bench.precision import PRECISIONS
 from ddpm_bench.run_dir import RunOptions
-from ddpm_bench.sampling import SamplerOptions
+from ddpm_bench.sampling import SAMPLERS, SamplerOptions
 from ddpm_bench.schedule import BETA_SCHEDULES
 
 DESCRIPTION = """\
@@ -144,7 +144,8 @@ def cmd_gap(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from ddpm_bench.jobs.sample import print_manifest, run_sample
 
-    sampler = SamplerOptions(seed=args.seed, steps=args.steps, clip=args.clip, precision=args.precision)
+    sampler = SamplerOptions(seed=args.seed, steps=args.steps, clip=args.clip, precision=args.precision,
+                             sampler=args.sampler, eta=args.eta)
     manifest = run_sample(model_spec(args), sampler, run_options(args), num=args.num, shard_size=args.shard_size,
                           image_size=args.image_size, channels=args.channels,
                           progressive_every=args.progressive_every)
@@ -267,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=cli_args.seed, default=0, help="sample j is a pure function of (seed, j)")
     p.add_argument("--steps", type=int, default=None,
                    help="respaced sampling with K evenly strided steps (improved DDPM); default all T steps")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
+                   help="ancestral (DDPM Algorithm 2) or ddim (Song et al. 2021) on the same (respaced) timesteps")
+    p.add_argument("--eta", type=float, default=0.0,
+                   help="DDIM's eta: 0 deterministic given the seed, 1 the posterior variance")
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
                    help="clip the x0 prediction to [-1, 1] before forming the mean (official sampler)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto")

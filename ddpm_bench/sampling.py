@@ -18,6 +18,7 @@ float64; the network sees float32.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,9 @@ PURPOSE_PRIOR = 0  # x_T ~ N(0, I)
 PURPOSE_STEP = 1  # z ~ N(0, I) of a reverse step
 
 
+SAMPLERS = ("ancestral", "ddim")
+
+
 @dataclass(frozen=True)
 class SamplerOptions:
     """Everything besides the model that changes a sample (with its number j)."""
@@ -42,6 +46,8 @@ class SamplerOptions:
     steps: int | None = None  # respaced sampling with K evenly strided steps; None = all T steps
     clip: bool = True  # clip the x0 prediction to [-1, 1] before forming the mean (official sampler)
     precision: str = "fp32"  # network precision; the sampler's math stays float64
+    sampler: str = "ancestral"  # "ancestral" (DDPM Algorithm 2) or "ddim" (Song et al. 2021)
+    eta: float = 0.0  # DDIM only: 0 deterministic given x_T, 1 the ancestral (posterior) variance
 
     def __post_init__(self) -> None:
         from ddpm_bench.bound import check_seed
@@ -52,6 +58,12 @@ class SamplerOptions:
             raise UserError(f"--steps must be at least 1, got {self.steps}")
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision {self.precision}: choose from {', '.join(PRECISIONS)}")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"--sampler {self.sampler}: choose from {', '.join(SAMPLERS)}")
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not self.eta >= 0:
+            raise UserError(f"--eta must be a number >= 0, got {self.eta!r}")
+        if self.eta and self.sampler != "ddim":
+            raise UserError("--eta goes with --sampler ddim (the ancestral sampler has the model's variance)")
 
 
 @dataclass(frozen=True)
@@ -119,6 +131,8 @@ def ancestral_sample(
     clip: bool = True,
     progressive_every: int | None = None,
     device: str | torch.device = "cpu",
+    sampler: str = "ancestral",
+    eta: float = 0.0,
 ) -> Samples:
     """Algorithm 2 for the samples numbered `indices` ((B,) int64).
 
@@ -146,7 +160,10 @@ def ancestral_sample(
                                        f"expected {(B, want_c, *image_shape[1:])} for var type {cfg.var_type!r}")
             _check_finite(out, indices, "the model output", i)
             step = p_mean_logvar(cfg, s, out, x, torch.full((B,), k, dtype=torch.int64, device=device), clip=clip)
-            if k > 0:
+            if sampler == "ddim":
+                z = sample_noise(seed, idx, i, PURPOSE_STEP, image_shape) if k > 0 and eta else None
+                x = ddim_step(s, step.x0_hat, x, k, eta, z)
+            elif k > 0:
                 z = sample_noise(seed, idx, i, PURPOSE_STEP, image_shape)
                 x = step.mean + torch.exp(0.5 * step.logvar) * z
             else:
@@ -159,6 +176,19 @@ def ancestral_sample(
         return Samples(x0=x, progressive=torch.stack(columns, dim=1),
                        progressive_t=torch.tensor(column_t, dtype=torch.int64))
     return Samples(x0=x, progressive=None, progressive_t=None)
+
+
+def ddim_step(s: Schedule, x0_hat: torch.Tensor, x: torch.Tensor, k: int, eta: float,
+              z: torch.Tensor | None) -> torch.Tensor:
+    """One DDIM step (Song et al. 2021, Eq. 12) from step k to k - 1 of the (respaced) process `s`:
+    eps = (x_t - sqrt(abar) x0_hat) / sqrt(1 - abar); sigma = eta sqrt((1 - abar') / (1 - abar))
+    sqrt(1 - abar / abar'); x' = sqrt(abar') x0_hat + sqrt(1 - abar' - sigma^2) eps + sigma z, with abar' the
+    alpha-bar of step k - 1 (1 at k = 0, where x' = x0_hat). `z` is None when no noise is drawn."""
+    abar, prev = float(s.alphas_cumprod[k]), float(s.alphas_cumprod_prev[k])
+    eps = (x - math.sqrt(abar) * x0_hat) / math.sqrt(1.0 - abar)
+    sigma = eta * math.sqrt((1.0 - prev) / (1.0 - abar)) * math.sqrt(1.0 - abar / prev)
+    x_prev = math.sqrt(prev) * x0_hat + math.sqrt(max(0.0, 1.0 - prev - sigma**2)) * eps
+    return x_prev + sigma * z if z is not None else x_prev
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -227,3 +227,21 @@ def test_another_progressive_every_is_recorded_again_not_already_complete(tmp_pa
     assert sample(out, "--num", "4", "--shard-size", "2", "--progressive-every", "2") == 0
     with np.load(out / "progressive.npz") as z:
         assert int(z["every"]) == 2
+
+
+def test_ddim_samples_do_not_depend_on_batch_size_or_restarts(tmp_path):
+    ref = tmp_path / "ref"
+    args = ("--num", "5", "--shard-size", "2", "--sampler", "ddim", "--steps", "5")
+    assert sample(ref, *args, "--batch-size", "5") == 0
+    want, _ = load_all(ref)
+    manifest = json.loads((ref / "manifest.json").read_text())
+    assert manifest["sampler"]["sampler"] == "ddim" and manifest["sampler"]["eta"] == 0.0
+    other = tmp_path / "b1"
+    assert sample(other, *args, "--batch-size", "1") == 0
+    assert np.array_equal(load_all(other)[0], want)
+    (other / "samples_000001.npz").unlink()  # a run killed before its second shard: resume
+    assert sample(other, *args, "--batch-size", "2") == 0
+    assert np.array_equal(load_all(other)[0], want)
+    noisy = tmp_path / "eta1"
+    assert sample(noisy, *args[:-4], "--sampler", "ddim", "--eta", "1", "--steps", "5") == 0
+    assert not np.array_equal(load_all(noisy)[0], want)

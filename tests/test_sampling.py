@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from ddpm_bench.diffusion import MEAN_TYPES, VAR_TYPES, DiffusionConfig, fixed_logvar, q_posterior_mean
-from ddpm_bench.errors import ModelOutputError
+from ddpm_bench.errors import ModelOutputError, UserError
 from ddpm_bench.noise import counter_normal
 from ddpm_bench.sampling import (
     PURPOSE_PRIOR,
     PURPOSE_STEP,
+    SamplerOptions,
     SamplingProcess,
     ancestral_sample,
     sample_noise,
@@ -81,6 +82,8 @@ def point_mass_oracle(cfg: DiffusionConfig, c: torch.Tensor, var_out: float | No
             out = (x - ab.sqrt() * c_b) / (1 - ab).sqrt()
         elif cfg.mean_type == "x0":
             out = c_b.clone()
+        elif cfg.mean_type == "v":
+            out = ab.sqrt() * (x - ab.sqrt() * c_b) / (1 - ab).sqrt() - (1 - ab).sqrt() * c_b
         else:
             out = q_posterior_mean(s, c_b, x, i)
         if cfg.learned_variance:
@@ -235,3 +238,29 @@ def test_wrong_output_shape_is_a_model_error():
     cfg = DiffusionConfig(T=10, var_type="learned")
     with pytest.raises(ModelOutputError, match="shape"):
         ancestral_sample(tiny(10), sampling_process(cfg), torch.arange(2), 0, SHAPE)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_with_the_one_image_oracle_returns_that_image(eta):
+    """The exact denoiser of a point mass: DDIM's x0 prediction is the image at every step, so any eta and
+    any respacing end on it."""
+    from tests.plugins import ORACLE_IMAGE, oracle_eps_T20
+
+    cfg = DiffusionConfig(T=20)
+    for steps in (None, 7):
+        res = ancestral_sample(oracle_eps_T20(), sampling_process(cfg, steps), torch.arange(3), 0, (3, 8, 8),
+                               sampler="ddim", eta=eta)
+        assert (to_uint8(res.x0) == ORACLE_IMAGE[0]).all()
+
+
+def test_ddim_eta_0_is_deterministic_given_x_T_and_differs_from_ancestral():
+    from tests.sampling_plugins import tiny_conv
+
+    cfg, net = DiffusionConfig(T=20), tiny_conv()
+    proc = sampling_process(cfg, 10)
+    a = ancestral_sample(net, proc, torch.arange(4), 5, (3, 8, 8), sampler="ddim")
+    b = ancestral_sample(net, proc, torch.arange(4), 5, (3, 8, 8), sampler="ddim", eta=0.0)
+    c = ancestral_sample(net, proc, torch.arange(4), 5, (3, 8, 8))
+    assert torch.equal(a.x0, b.x0) and not torch.equal(a.x0, c.x0)
+    with pytest.raises(UserError, match="--eta goes with --sampler ddim"):
+        SamplerOptions(eta=0.5)

@@ -271,7 +271,10 @@ def _manifest(rd: RunDir, source: ModelSource, process: SamplingProcess, sampler
         complete=len(done) == plan.num_shards,
         shards=[shard_name(s) for s in done],
         sampler={
-            "algorithm": "ancestral (DDPM Algorithm 2)",
+            "algorithm": "ancestral (DDPM Algorithm 2)" if sampler.sampler == "ancestral" else
+                         f"ddim (Song et al. 2021), eta {sampler.eta:g}",
+            "sampler": sampler.sampler,
+            "eta": sampler.eta,
             "steps": K,
             "respaced": K != cfg.T,
             "timesteps": process.timesteps.tolist() if K != cfg.T else "all",
@@ -309,7 +312,8 @@ def _sample_shards(net: Net, process, sampler: SamplerOptions, shape, dev: torch
         for idx in shard_batches(ranges[s], batch_size):
             want_prog = int(idx[0]) < rows
             res = ancestral_sample(net, process, torch.from_numpy(idx), sampler.seed, shape, clip=sampler.clip,
-                                   progressive_every=progressive_every if want_prog else None, device=dev)
+                                   progressive_every=progressive_every if want_prog else None, device=dev,
+                                   sampler=sampler.sampler, eta=sampler.eta)
             parts.append(to_uint8(res.x0))
             if want_prog:
                 prog_t = res.progressive_t
@@ -343,7 +347,7 @@ def _write_progressive(out_dir: Path, net: Net, process, sampler: SamplerOptions
                 if int(idx[0]) >= rows:
                     break
                 res = ancestral_sample(net, process, torch.from_numpy(idx), sampler.seed, shape, clip=sampler.clip,
-                                       progressive_every=every, device=dev)
+                                       progressive_every=every, device=dev, sampler=sampler.sampler, eta=sampler.eta)
                 prog_t = res.progressive_t
                 for r, j in enumerate(idx.tolist()):
                     if j < rows:
