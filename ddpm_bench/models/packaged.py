@@ -11,7 +11,7 @@ from ddpm_bench.errors import CheckpointError
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 PACKAGED = {
     # name: (file, sha256)
-    "embedded": (EMBEDDED_DIR / "embedded.pt", "32e140cdcdf1d2eab2a09cf2315aba54132655eccbc2c703da3e6260ad063a9e"),
+    "embedded": (EMBEDDED_DIR / "embedded.pt", "295c9ca2c168597d779e0f4e88daf127618a0a6c52dfbe2bc1f2e0ca7180e5e3"),
 }
 
 
