@@ -50,6 +50,15 @@ def test_contradicting_flag_is_an_error(pipeline_dir):
         load_diffusers_source(pipeline_dir, {"var_type": "fixed-small"}, "cpu")
 
 
+def _ours_and_theirs(cfg, s, sched, out, x, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One reverse step at index i with clipping: ours (float64) and DDPMScheduler.step's, with the same z."""
+    step = p_mean_logvar(cfg, s, out, x, torch.full((x.shape[0],), i), clip=True)
+    z = torch.randn(*x.shape, generator=torch.Generator().manual_seed(i))
+    ours = step.mean + torch.exp(0.5 * step.logvar) * z.double()
+    theirs = sched.step(out, i, x.float(), generator=torch.Generator().manual_seed(i)).prev_sample
+    return ours, theirs
+
+
 @pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large"])
 def test_one_reverse_step_matches_diffusers_ddpm_scheduler(pipeline_dir, variance_type):
     """Our p(x_{t-1} | x_t) with clipping, against DDPMScheduler.step with the same z, for t > 1."""
@@ -62,10 +71,7 @@ def test_one_reverse_step_matches_diffusers_ddpm_scheduler(pipeline_dir, varianc
     x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
     out = 3 * torch.randn(2, 3, 8, 8, generator=g)  # large, so that clipping matters
     for i in (1, 9, 19):
-        step = p_mean_logvar(cfg, s, out, x, torch.full((2,), i), clip=True)
-        z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(i))
-        ours = step.mean + torch.exp(0.5 * step.logvar) * z.double()
-        theirs = sched.step(out, i, x.float(), generator=torch.Generator().manual_seed(i)).prev_sample
+        ours, theirs = _ours_and_theirs(cfg, s, sched, out, x, i)
         # diffusers works in float32, where 1 - alpha-bar_2 (about 3e-4) keeps only ~4 significant digits
         assert torch.allclose(ours, theirs.double(), rtol=0, atol=1e-4), (i, (ours - theirs).abs().max())
         if i > 1:
@@ -86,10 +92,7 @@ def test_each_prediction_type_steps_as_diffusers_ddpm_scheduler(prediction_type)
     x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
     out = torch.randn(2, 3, 8, 8, generator=g)
     for i in (5, 12, 19):
-        step = p_mean_logvar(cfg, s, out, x, torch.full((2,), i), clip=True)
-        z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(i))
-        ours = step.mean + torch.exp(0.5 * step.logvar) * z.double()
-        theirs = sched.step(out, i, x.float(), generator=torch.Generator().manual_seed(i)).prev_sample
+        ours, theirs = _ours_and_theirs(cfg, s, sched, out, x, i)
         # diffusers steps in float32: agreement to its rounding (a few 1e-6 here, relative to values of ~1)
         assert torch.allclose(ours, theirs.double(), rtol=0, atol=3e-5), (i, (ours - theirs).abs().max())
 
