@@ -150,16 +150,16 @@ def run_inventory(run: RunInputs) -> str:
 def measured_details(t: Table) -> str:
     """One line per measured row of `t`: every filled column of the CSV (numbers to 4 decimals)."""
     frame = t.frame
-    if "origin" in frame.columns:
-        frame = frame[frame["origin"] == "measured"]
-    elif "source" in frame.columns:
-        frame = frame[~frame["source"].astype(str).str.startswith("paper")]
+    if C.ORIGIN in frame.columns:
+        frame = frame[frame[C.ORIGIN] == C.ORIGIN_MEASURED]
+    elif C.SOURCE in frame.columns:
+        frame = frame[~frame[C.SOURCE].astype(str).str.startswith(C.ORIGIN_PAPER)]
     lines = []
     for r in frame.to_dict("records"):
         cells = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
-                 if k not in ("origin", "model", "source") and v is not None and v == v and v != ""]
-        label = r.get("model") or r.get("source", "")
-        lines.append(f"- {label}: " + ", ".join(cells) + (f" (from {r['source']})" if "source" in r else ""))
+                 if k not in (C.ORIGIN, C.MODEL, C.SOURCE) and v is not None and v == v and v != ""]
+        label = r.get(C.MODEL) or r.get(C.SOURCE, "")
+        lines.append(f"- {label}: " + ", ".join(cells) + (f" (from {r[C.SOURCE]})" if C.SOURCE in r else ""))
     return "\n".join(lines) + "\n" if lines else "No measured rows.\n"
 
 
