@@ -11,6 +11,11 @@ zero (the official code uses a variance scale of 1e-10).
 Parameter names follow the official variable scopes (`down.{level}.block.{i}`, `mid.block_1`, ...).
 The CIFAR-10 configuration (ch 128, ch_mult 1,2,2,2, 2 blocks, attention at 16) has 35,746,307
 parameters, as the official model.
+
+Three options go beyond the paper, each off by default: `norm_groups` (the paper's 32 groups leave one
+channel per group when ch is 32, and such a GroupNorm removes each channel's mean: the network cannot
+see an image's colour, so small models use fewer groups), and, for improved DDPM's CIFAR-10 models
+(Nichol and Dhariwal 2021), `num_heads` in every attention block and `scale_shift_norm`.
 """
 
 from __future__ import annotations
@@ -58,41 +63,54 @@ def nin(cin: int, cout: int, scale: float = 1.0) -> nn.Conv2d:
     return _init(nn.Conv2d(cin, cout, 1), scale)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    if channels % NORM_GROUPS:
-        raise ValueError(f"GroupNorm({NORM_GROUPS}) needs channel counts divisible by {NORM_GROUPS}, got {channels}")
-    return nn.GroupNorm(NORM_GROUPS, channels, eps=NORM_EPS)
+def group_norm(channels: int, groups: int = NORM_GROUPS) -> nn.GroupNorm:
+    if channels % groups:
+        raise ValueError(f"GroupNorm({groups}) needs channel counts divisible by {groups}, got {channels}")
+    return nn.GroupNorm(groups, channels, eps=NORM_EPS)
 
 
 class ResnetBlock(nn.Module):
     """x + conv2(dropout(swish(norm2(conv1(swish(norm1(x))) + dense(swish(temb)))))), with a 1x1
-    shortcut when the channel count changes (official `resnet_block`, conv_shortcut=False)."""
+    shortcut when the channel count changes (official `resnet_block`, conv_shortcut=False). With
+    `scale_shift` (improved DDPM's `use_scale_shift_norm`) the timestep instead scales and shifts the
+    normalised features: norm2(h) * (1 + scale) + shift, [scale, shift] = dense(swish(temb))."""
 
-    def __init__(self, cin: int, cout: int, temb_ch: int, dropout: float):
+    def __init__(self, cin: int, cout: int, temb_ch: int, dropout: float, groups: int = NORM_GROUPS,
+                 scale_shift: bool = False):
         super().__init__()
-        self.norm1 = group_norm(cin)
+        self.norm1 = group_norm(cin, groups)
         self.conv1 = conv3x3(cin, cout)
-        self.temb_proj = _init(nn.Linear(temb_ch, cout))
-        self.norm2 = group_norm(cout)
+        self.temb_proj = _init(nn.Linear(temb_ch, 2 * cout if scale_shift else cout))
+        self.norm2 = group_norm(cout, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = conv3x3(cout, cout, scale=0.0)
         self.nin_shortcut = nin(cin, cout) if cin != cout else None
+        self.scale_shift = scale_shift
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        emb = self.temb_proj(F.silu(temb))[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = emb.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + emb)
+        h = self.conv2(self.dropout(F.silu(h)))
         if self.nin_shortcut is not None:
             x = self.nin_shortcut(x)
         return x + h
 
 
 class AttnBlock(nn.Module):
-    """Single-head self-attention over all H*W positions (official `attn_block`)."""
+    """Self-attention over all H*W positions (official `attn_block`, one head); with `heads` > 1 the
+    channels are split into that many heads, each attending with its own weights (improved DDPM)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, groups: int = NORM_GROUPS, heads: int = 1):
         super().__init__()
-        self.norm = group_norm(channels)
+        if channels % heads:
+            raise ValueError(f"{heads} attention heads need channel counts divisible by {heads}, got {channels}")
+        self.heads = heads
+        self.norm = group_norm(channels, groups)
         self.q = nin(channels, channels)
         self.k = nin(channels, channels)
         self.v = nin(channels, channels)
@@ -100,11 +118,12 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, hh, ww = x.shape
+        nh, ch = n * self.heads, c // self.heads
         h = self.norm(x)
-        q = self.q(h).reshape(n, c, hh * ww).transpose(1, 2)  # (N, HW, C)
-        k = self.k(h).reshape(n, c, hh * ww)  # (N, C, HW)
-        v = self.v(h).reshape(n, c, hh * ww).transpose(1, 2)  # (N, HW, C)
-        w = torch.softmax(torch.bmm(q, k) * (c ** -0.5), dim=-1)  # (N, HW, HW)
+        q = self.q(h).reshape(nh, ch, hh * ww).transpose(1, 2)  # (N heads, HW, C / heads)
+        k = self.k(h).reshape(nh, ch, hh * ww)  # (N heads, C / heads, HW)
+        v = self.v(h).reshape(nh, ch, hh * ww).transpose(1, 2)  # (N heads, HW, C / heads)
+        w = torch.softmax(torch.bmm(q, k) * (ch ** -0.5), dim=-1)  # (N heads, HW, HW)
         h = torch.bmm(w, v).transpose(1, 2).reshape(n, c, hh, ww)
         return x + self.proj_out(h)
 
@@ -147,7 +166,8 @@ class UNet(nn.Module):
     def __init__(self, image_size: int = 32, in_channels: int = 3, ch: int = 128,
                  ch_mult: list[int] | tuple[int, ...] = (1, 2, 2, 2), num_res_blocks: int = 2,
                  attn_resolutions: list[int] | tuple[int, ...] = (16,), dropout: float = 0.1,
-                 out_channels: int | None = None):
+                 out_channels: int | None = None, norm_groups: int = NORM_GROUPS, num_heads: int = 1,
+                 scale_shift_norm: bool = False):
         super().__init__()
         ch_mult = tuple(int(m) for m in ch_mult)
         attn_resolutions = {int(r) for r in attn_resolutions}
@@ -166,6 +186,12 @@ class UNet(nn.Module):
         self.temb = nn.Module()
         self.temb.dense = nn.ModuleList([_init(nn.Linear(ch, temb_ch)), _init(nn.Linear(temb_ch, temb_ch))])
 
+        def block(cin: int, cout: int) -> ResnetBlock:
+            return ResnetBlock(cin, cout, temb_ch, dropout, norm_groups, scale_shift_norm)
+
+        def attention(channels: int) -> AttnBlock:
+            return AttnBlock(channels, norm_groups, num_heads)
+
         self.conv_in = conv3x3(in_channels, ch)
         skip_ch = [ch]  # channels of every tensor pushed on the skip stack (official `hs`)
         cur, res = ch, image_size
@@ -173,9 +199,9 @@ class UNet(nn.Module):
         for level, mult in enumerate(ch_mult):
             lv = Level()
             for _ in range(num_res_blocks):
-                lv.block.append(ResnetBlock(cur, ch * mult, temb_ch, dropout))
+                lv.block.append(block(cur, ch * mult))
                 cur = ch * mult
-                lv.attn.append(AttnBlock(cur) if res in attn_resolutions else nn.Identity())
+                lv.attn.append(attention(cur) if res in attn_resolutions else nn.Identity())
                 skip_ch.append(cur)
             if level != len(ch_mult) - 1:
                 lv.downsample = Downsample(cur)
@@ -184,17 +210,17 @@ class UNet(nn.Module):
             self.down.append(lv)
 
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(cur, cur, temb_ch, dropout)
-        self.mid.attn_1 = AttnBlock(cur)
-        self.mid.block_2 = ResnetBlock(cur, cur, temb_ch, dropout)
+        self.mid.block_1 = block(cur, cur)
+        self.mid.attn_1 = attention(cur)
+        self.mid.block_2 = block(cur, cur)
 
         up = []
         for level in reversed(range(len(ch_mult))):
             lv = Level()
             for _ in range(num_res_blocks + 1):
-                lv.block.append(ResnetBlock(cur + skip_ch.pop(), ch * ch_mult[level], temb_ch, dropout))
+                lv.block.append(block(cur + skip_ch.pop(), ch * ch_mult[level]))
                 cur = ch * ch_mult[level]
-                lv.attn.append(AttnBlock(cur) if res in attn_resolutions else nn.Identity())
+                lv.attn.append(attention(cur) if res in attn_resolutions else nn.Identity())
             if level != 0:
                 lv.upsample = Upsample(cur)
                 res *= 2
@@ -202,7 +228,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(up)
         assert not skip_ch
 
-        self.norm_out = group_norm(cur)
+        self.norm_out = group_norm(cur, norm_groups)
         self.conv_out = conv3x3(cur, self.out_channels, scale=0.0)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
