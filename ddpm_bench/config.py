@@ -31,7 +31,7 @@ from ddpm_bench.sampling import SamplerOptions
 
 # Paper Table 2: "L_simple" (Eq. 14) and "mse" are the unweighted squared error of the network's own
 # target (eps, x0 or mu-tilde; the official loss_type "mse"); "L" is the variational bound (Eq. 5).
-OBJECTIVES = ("L_simple", "mse", "L", "L_hybrid")
+OBJECTIVES = ("L_simple", "mse", "L", "L_vlb", "L_hybrid")
 
 
 @dataclass(frozen=True)
@@ -98,15 +98,16 @@ class TrainConfig:
     batch_size: int = 128  # global batch, split evenly over processes
     lr: float = 2e-4
     warmup: int = 5000  # linear learning-rate warm-up steps
-    grad_clip: float = 1.0  # global gradient norm clip
+    grad_clip: float = 1.0  # global gradient norm clip; 0: none (improved DDPM's trainer)
     # 0: clip the gradient of the whole batch once; G: clip the gradient of each group of G images on its
     # own, then average (the official trainer: each TPU core's 16 of 128 images, tpu_utils)
     grad_clip_group: int = 0
     ema_decay: float = 0.9999
     random_flip: bool = True
     objective: str = "L_simple"
-    # the normal CDF of L_0 in the "L" objective: "exact" (log space), or "tanh", the official code's
-    # approximation with its 1e-12 floor (zero gradient below it), as the paper's Table 2 runs trained
+    # the normal CDF of L_0 in the bound objectives (L, L_vlb, L_hybrid): "exact" (log space), or "tanh", the
+    # official code's approximation with its 1e-12 floor (zero gradient below it), as the paper's Table 2
+    # runs trained
     decoder_cdf: str = "exact"
     seed: int = 0
     log_every: int = 100
@@ -126,9 +127,11 @@ class TrainConfig:
                 (self.grad_clip_group and self.batch_size % self.grad_clip_group):
             raise ValueError(f"training.grad_clip_group must be 0 or divide training.batch_size "
                              f"{self.batch_size}, got {self.grad_clip_group!r}")
-        if not self.lr > 0 or self.warmup < 0 or not self.grad_clip > 0 or self.num_images < 0:
-            raise ValueError("training.lr and training.grad_clip must be > 0, training.warmup and "
+        if not self.lr > 0 or self.warmup < 0 or not self.grad_clip >= 0 or self.num_images < 0:
+            raise ValueError("training.lr must be > 0, training.grad_clip (0: no clipping), training.warmup and "
                              "training.num_images >= 0")
+        if self.grad_clip_group and not self.grad_clip > 0:
+            raise ValueError("training.grad_clip_group clips each group's gradient: it needs training.grad_clip > 0")
         if not 0.0 <= self.ema_decay <= 1.0:
             raise ValueError(f"training.ema_decay must lie in [0, 1], got {self.ema_decay}")
 
@@ -293,10 +296,10 @@ def resolve(cfg: RunConfig, origin: str) -> RunConfig:
     if cfg.model.out_channels not in (0, want):
         raise ConfigError(f"{origin}: model.out_channels = {cfg.model.out_channels} does not fit "
                           f"diffusion.var_type = {cfg.diffusion.var_type!r} (needs {want})")
-    if cfg.diffusion.learned_variance and cfg.training.objective not in ("L", "L_hybrid"):
+    if cfg.diffusion.learned_variance and cfg.training.objective not in ("L", "L_vlb", "L_hybrid"):
         raise ConfigError(f"{origin}: training.objective = {cfg.training.objective!r} does not train the "
-                          f"{cfg.diffusion.var_type!r} variance; use objective = 'L' (paper Table 2) or 'L_hybrid' "
-                          "(improved DDPM)")
+                          f"{cfg.diffusion.var_type!r} variance; use objective = 'L' (paper Table 2), 'L_vlb' or "
+                          "'L_hybrid' (improved DDPM)")
     if cfg.training.objective == "L_hybrid" and not cfg.diffusion.learned_variance:
         raise ConfigError(f"{origin}: training.objective = 'L_hybrid' trains a learned variance through its L_vlb "
                           f"part; diffusion.var_type is {cfg.diffusion.var_type!r}: use 'learned-range' (improved "

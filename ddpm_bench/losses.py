@@ -9,6 +9,8 @@
   the mean and a learned variance). L_T has no parameters and is left out, as in the official code.
   The term is `bound.term_values`, the bound engine's own, with the x_0 prediction not clipped (as in the
   official training loss).
+- `L_vlb` (improved DDPM, section 3.3): the terms of `L`, with t drawn by importance sampling
+  (resampler.py); the trainer weights each term by 1 / (T p_t), so the expectation is that of `L`.
 - `L_hybrid` (improved DDPM, Nichol and Dhariwal 2021, section 3.1): L_simple + lambda L_vlb with
   lambda = 0.001 and L_vlb = T times one uniformly drawn term (so lambda T L_t, improved-diffusion's
   `vb * num_timesteps / 1000`), the mean's gradient stopped inside L_vlb: it trains only the learned variance.
@@ -52,10 +54,11 @@ def simple_loss(cfg: DiffusionConfig, s: Schedule, output: torch.Tensor, x0: tor
 
 def training_loss(objective: str, cfg: DiffusionConfig, s: Schedule, output: torch.Tensor, x0: torch.Tensor,
                   xt: torch.Tensor, i: torch.Tensor, noise: torch.Tensor, decoder_cdf: str = "exact") -> torch.Tensor:
-    """(N,) per-image loss of `objective` ("L_simple", "mse" or "L"); `decoder_cdf` is L_0's normal CDF."""
+    """(N,) per-image loss of `objective` ("L_simple", "mse", "L", "L_vlb" (unweighted) or "L_hybrid");
+    `decoder_cdf` is L_0's normal CDF."""
     if objective in ("L_simple", "mse"):
         return simple_loss(cfg, s, output[:, : x0.shape[1]], x0, xt, i, noise)
-    if objective == "L":
+    if objective in ("L", "L_vlb"):
         return term_values(cfg, s, output, x0, xt, i, clip=False, decoder_cdf=decoder_cdf).bpd
     if objective == "L_hybrid":
         C = x0.shape[1]

@@ -2,7 +2,8 @@
 
 repeat: x_0 ~ q(x_0) (random horizontal flips), t ~ Uniform({1..T}), eps ~ N(0, I), gradient step on the
 objective (losses.py) with Adam, linear learning-rate warm-up, global-norm gradient clipping and an EMA
-of the parameters.
+of the parameters. The `L_vlb` objective draws t from its importance-sampling distribution instead
+(resampler.py) and weights each term by 1 / (T p_t), so its expectation is that of the uniform `L`.
 
 Every random choice of step s (the global batch, its timesteps, noise and flips, and the dropout masks)
 comes from generators seeded by (seed, s) alone, so a run stopped and resumed from a checkpoint gives
@@ -25,6 +26,7 @@ from ddpm_bench.losses import training_loss
 from ddpm_bench.models import build_model
 from ddpm_bench.models.ema import EMA
 from ddpm_bench.noise import mix64_int
+from ddpm_bench.resampler import LossSecondMomentResampler, draw_indices
 from ddpm_bench.schedule import Schedule
 
 # independent random streams of one step
@@ -62,15 +64,19 @@ class StepRandomness:
     """The random choices of one step for the whole global batch."""
 
     index: np.ndarray  # (B,) int64 dataset rows
-    i: torch.Tensor  # (B,) int64 network indices i = t - 1, uniform on 0..T-1
+    i: torch.Tensor  # (B,) int64 network indices i = t - 1, uniform on 0..T-1 (or drawn from p)
     noise: torch.Tensor  # (B, C, H, W) float32 eps ~ N(0, I)
     flip: torch.Tensor  # (B,) bool horizontal flips
 
 
 def step_randomness(seed: int, step: int, batch_size: int, n: int, T: int, shape: tuple[int, int, int],
-                    random_flip: bool) -> StepRandomness:
+                    random_flip: bool, p: torch.Tensor | None = None) -> StepRandomness:
+    """The random choices of step `step`; `p` (T,) the timestep distribution, None for uniform."""
     g = torch.Generator().manual_seed(stream_seed(seed, STREAM_DIFFUSION, step))
-    i = torch.randint(0, T, (batch_size,), generator=g, dtype=torch.int64)
+    if p is None:
+        i = torch.randint(0, T, (batch_size,), generator=g, dtype=torch.int64)
+    else:
+        i = draw_indices(p, torch.rand(batch_size, generator=g, dtype=torch.float64))
     noise = torch.randn((batch_size, *shape), generator=g, dtype=torch.float32)
     flip = torch.rand(batch_size, generator=g) < 0.5
     if not random_flip:
@@ -101,6 +107,9 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr)
         self.ddp_model: nn.Module = self.model
         self.step = 0  # number of completed steps
+        # L_vlb's timestep distribution, and the global batch's (i, terms) that enter it when the step is applied
+        self.resampler = LossSecondMomentResampler(cfg.diffusion.T) if tc.objective == "L_vlb" else None
+        self._pending_terms: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def local_batch(self, r: StepRandomness) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's rows: x_0 float64 (b, C, H, W) on the device, i (b,), eps float64 (b, C, H, W)."""
@@ -118,8 +127,11 @@ class Trainer:
         on a non-finite loss with the parameters untouched."""
         tc, d = self.cfg.training, self.cfg.diffusion
         n, c, h, w = self.images.shape
-        r = step_randomness(tc.seed, self.step, tc.batch_size, n, d.T, (c, h, w), tc.random_flip)
+        p = self.resampler.probabilities() if self.resampler is not None else None
+        r = step_randomness(tc.seed, self.step, tc.batch_size, n, d.T, (c, h, w), tc.random_flip, p)
         x0, i, noise = self.local_batch(r)
+        # L_vlb: each term weighted by 1 / (T p_t); the uniform objectives: 1
+        weight = None if p is None else (1.0 / (d.T * p.to(self.device)[i]))
         xt = q_sample(self.schedule, x0, i, noise)
         if self.device.type == "cuda":
             torch.cuda.manual_seed(stream_seed(tc.seed, STREAM_DROPOUT, self.step, self.rank))
@@ -127,29 +139,44 @@ class Trainer:
         self.ddp_model.train()
         self.optimizer.zero_grad(set_to_none=True)
         if tc.grad_clip_group:
-            loss, grad_norm = self._clipped_by_group(x0, xt, i, noise, tc.grad_clip_group)
-            return loss, grad_norm, learning_rate(self.step, tc.lr, tc.warmup)
-        output = self.ddp_model(xt.to(torch.float32), i)
-        loss = training_loss(tc.objective, d, self.schedule, output, x0, xt, i, noise, tc.decoder_cdf).mean()
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            loss, grad_norm, terms = self._clipped_by_group(x0, xt, i, noise, weight, tc.grad_clip_group)
+        else:
+            output = self.ddp_model(xt.to(torch.float32), i)
+            terms = training_loss(tc.objective, d, self.schedule, output, x0, xt, i, noise, tc.decoder_cdf)
+            loss = (terms if weight is None else terms * weight).mean()
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip or float("inf"))
+        if self.resampler is not None:
+            self._pending_terms = (r.i, self._gather(terms.detach()))
         return loss.detach(), grad_norm.detach(), learning_rate(self.step, tc.lr, tc.warmup)
 
-    def _clipped_by_group(self, x0, xt, i, noise, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gather(self, local: torch.Tensor) -> torch.Tensor:
+        """(b,) values of this rank's rows -> (B,) of the global batch, in its row order, on the CPU."""
+        if self.world == 1:
+            return local.cpu()
+        parts = [torch.empty_like(local) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, local.contiguous())
+        return torch.cat(parts).cpu()
+
+
+    def _clipped_by_group(self, x0, xt, i, noise, weight, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The official trainer's clipping (tpu_utils with a cross-shard optimizer): the gradient of each
         group of `group` images (one TPU core's share) is clipped to norm `grad_clip` on its own, as
         tf.clip_by_global_norm does it, and the clipped gradients are averaged over every group of the
-        global batch. Returns this rank's mean loss and the mean of the groups' norms before clipping."""
+        global batch. Returns this rank's mean loss, the mean of the groups' norms before clipping, and the
+        per-image (unweighted) losses."""
         tc, d = self.cfg.training, self.cfg.diffusion
         params = [p for p in self.model.parameters() if p.requires_grad]
         total = [torch.zeros_like(p) for p in params]
-        losses, norms = [], []
+        losses, norms, terms = [], [], []
         groups = range(0, x0.shape[0], group)
         for g in groups:
             rows = slice(g, g + group)
             output = self.model(xt[rows].to(torch.float32), i[rows])  # each group on its own, no all-reduce
-            loss = training_loss(tc.objective, d, self.schedule, output, x0[rows], xt[rows], i[rows], noise[rows],
-                                 tc.decoder_cdf).mean()
+            per_image = training_loss(tc.objective, d, self.schedule, output, x0[rows], xt[rows], i[rows],
+                                      noise[rows], tc.decoder_cdf)
+            loss = (per_image if weight is None else per_image * weight[rows]).mean()
+            terms.append(per_image.detach())
             grads = torch.autograd.grad(loss, params)
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(gr) for gr in grads]))
             scale = tc.grad_clip / torch.maximum(norm, torch.tensor(tc.grad_clip, device=norm.device))
@@ -162,22 +189,33 @@ class Trainer:
             if self.world > 1:
                 torch.distributed.all_reduce(t)
             p.grad = t / count
-        return torch.stack(losses).mean(), torch.stack(norms).mean()
+        return torch.stack(losses).mean(), torch.stack(norms).mean(), torch.cat(terms)
 
     def apply_update(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
         self.ema.update(self.model)
+        if self.resampler is not None and self._pending_terms is not None:
+            self.resampler.update(*self._pending_terms)
+            self._pending_terms = None
         self.step += 1
 
     def state_dict(self) -> dict:
-        """What a checkpoint needs to continue exactly (randomness is a function of (seed, step))."""
-        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "step": self.step}
+        """What a checkpoint needs to continue exactly (randomness is a function of (seed, step), and of the
+        resampler's history for L_vlb)."""
+        state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "step": self.step}
+        if self.resampler is not None:
+            state["resampler"] = self.resampler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        if self.resampler is not None and "resampler" not in state:
+            raise ValueError("the checkpoint has no resampler history, which the L_vlb objective needs to resume")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.resampler is not None:
+            self.resampler.load_state_dict(state["resampler"])
         self.step = int(state["step"])

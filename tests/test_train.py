@@ -257,3 +257,34 @@ def test_l_hybrid_with_the_learned_range_variance_trains_and_resumes_exactly(rec
     b = ckpt(tmp_path / "resumed" / "checkpoints" / "ckpt_0000004.pt")
     for key in ("model", "ema", "optimizer"):
         assert_same_state(a[key], b[key])
+
+
+def test_importance_sampled_l_vlb_trains_and_resumes_exactly_with_its_history(recipe, tmp_path):
+    """T = 4 and batch 4: every term has its 10 values after a few steps, so the second half of the run
+    draws from p; the run resumed at step 10 takes the history from its checkpoint and ends the same."""
+    sets = ("diffusion.T=4", "diffusion.var_type=\"learned-range\"", "training.objective=\"L_vlb\"",
+            "training.steps=20", "training.ckpt_every=10")
+    assert train(recipe, tmp_path / "straight", *sets) == 0
+    assert train(recipe, tmp_path / "resumed", *sets[:3], "training.steps=10", "training.ckpt_every=10") == 0
+    half = ckpt(tmp_path / "resumed" / "checkpoints" / "ckpt_0000010.pt")
+    assert train(recipe, tmp_path / "resumed", *sets) == 0
+    a = ckpt(tmp_path / "straight" / "checkpoints" / "ckpt_0000020.pt")
+    b = ckpt(tmp_path / "resumed" / "checkpoints" / "ckpt_0000020.pt")
+    for key in ("model", "ema", "optimizer", "resampler"):
+        assert_same_state(a[key], b[key])
+    assert half["resampler"]["count"].tolist() != [10] * 4  # still uniform at the restart ...
+    assert a["resampler"]["count"].tolist() == [10] * 4  # ... importance-sampled at the end
+    history = a["resampler"]["history"]
+    assert history.dtype == torch.float64 and bool((history > 0).all())
+
+
+def test_a_checkpoint_without_the_resampler_history_cannot_resume_l_vlb(recipe, tmp_path, capsys):
+    from ddpm_bench.config import load_recipe
+    from ddpm_bench.training import Trainer
+
+    cfg = load_recipe(recipe, ["diffusion.T=4", "training.objective=\"L_vlb\""])
+    trainer = Trainer(cfg, torch.zeros(2, 3, 8, 8), cfg.diffusion.schedule(), torch.device("cpu"))
+    state = trainer.state_dict()
+    del state["resampler"]
+    with pytest.raises(ValueError, match="resampler history"):
+        trainer.load_state_dict(state)

@@ -21,6 +21,19 @@ DDP_SETS = ["--set", "model.dropout=0.0", "--set", "training.steps=4", "--set", 
             "--set", "training.ckpt_every=2"]
 
 
+def train_both(recipe: Path, tmp_path: Path, sets: list[str]) -> subprocess.CompletedProcess:
+    """Train `recipe` with two gloo processes into tmp_path/ddp and with one into tmp_path/one."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["train", "--recipe", str(recipe), *sets, "--no-progress", "--device", "cpu"]
+    ddp = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "ddpm_bench", "--", *common,
+                          "--out", str(tmp_path / "ddp")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    one = subprocess.run([sys.executable, "-m", "ddpm_bench", *common, "--out", str(tmp_path / "one")],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-2000:]
+    return ddp
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("group", [0, 1])
 def test_two_gloo_processes_match_one_process(tmp_path, group):
@@ -30,15 +43,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, group):
     np.savez(data, np.random.default_rng(1).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8))
     recipe = tmp_path / "r.toml"
     recipe.write_text(TINY.format(data=data))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     clip = ["--set", f"training.grad_clip_group={group}", "--set", "training.grad_clip=0.05"] if group else []
-    common = ["train", "--recipe", str(recipe), *DDP_SETS, *clip, "--no-progress", "--device", "cpu"]
-    ddp = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "ddpm_bench", "--", *common,
-                          "--out", str(tmp_path / "ddp")], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert ddp.returncode == 0, ddp.stderr[-2000:]
-    one = subprocess.run([sys.executable, "-m", "ddpm_bench", *common, "--out", str(tmp_path / "one")],
-                         cwd=ROOT, env=env, capture_output=True, text=True)
-    assert one.returncode == 0, one.stderr[-2000:]
+    ddp = train_both(recipe, tmp_path, [*DDP_SETS, *clip])
 
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["ckpt_0000002.pt",
                                                                                      "ckpt_0000004.pt"]
@@ -61,3 +67,22 @@ def test_two_gloo_processes_match_one_process(tmp_path, group):
     la = [float(r.split(",")[1]) for r in log[1:]]
     lb = [float(r.split(",")[1]) for r in (tmp_path / "one" / "log.csv").read_text().splitlines()[1:]]
     assert np.allclose(la, lb, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_l_vlb_history_of_the_global_batch(tmp_path):
+    """The importance-sampled L_vlb: each process adds every image's term of the global batch to the
+    history (all-gathered in row order), so both draw the one-process run's timesteps."""
+    data = tmp_path / "data.npz"
+    np.savez(data, np.random.default_rng(1).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(TINY.format(data=data))
+    sets = ["--set", "model.dropout=0.0", "--set", "diffusion.T=4", "--set", "diffusion.var_type=learned-range",
+            "--set", "training.objective=L_vlb", "--set", "training.steps=16", "--set", "training.ckpt_every=16"]
+    train_both(recipe, tmp_path, sets)
+    a, b = (torch.load(tmp_path / run / "checkpoints" / "ckpt_0000016.pt", weights_only=True) for run in ("ddp", "one"))
+    assert a["resampler"]["count"].tolist() == [10] * 4  # importance-sampled by the end
+    torch.testing.assert_close(a["resampler"]["history"], b["resampler"]["history"], rtol=1e-4, atol=0)
+    la, lb = ([float(r.split(",")[1]) for r in (tmp_path / run / "log.csv").read_text().splitlines()[1:]]
+              for run in ("ddp", "one"))
+    assert np.allclose(la, lb, rtol=1e-3)
