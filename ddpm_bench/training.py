@@ -158,8 +158,7 @@ class Trainer:
         torch.distributed.all_gather(parts, local.contiguous())
         return torch.cat(parts).cpu()
 
-
-    def _clipped_by_group(self, x0, xt, i, noise, weight, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _clipped_by_group(self, x0, xt, i, noise, weight, group: int) -> tuple[torch.Tensor, ...]:
         """The official trainer's clipping (tpu_utils with a cross-shard optimizer): the gradient of each
         group of `group` images (one TPU core's share) is clipped to norm `grad_clip` on its own, as
         tf.clip_by_global_norm does it, and the clipped gradients are averaged over every group of the
