@@ -27,7 +27,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,10 +223,13 @@ def _span(index: np.ndarray) -> str:
     return f"{int(index[0])}..{int(index[-1])}" if len(index) else "none"
 
 
-def claim(out: str | Path, command: str, identity: dict, *, force: bool = False) -> RunDir:
+def claim(out: str | Path, command: str, identity: dict, *, force: bool = False,
+          upgrade: Callable[[dict], dict] | None = None) -> RunDir:
     """Lock `out` and make it hold the run (`command`, `identity`): a new run in a missing or empty
     directory, the same run resumed, or (with `force`) a new run in an emptied directory. Anything else is
-    an OutputDirError (exit 2) that names the difference."""
+    an OutputDirError (exit 2) that names the difference. `upgrade` maps an identity written by an earlier
+    version to today's form (settings added since at their defaults); a run whose upgraded identity is
+    this one is resumed and its run.json rewritten (only for runs whose files do not carry the run_id)."""
     out = Path(out)
     identity = normalise(identity)
     run_id = run_id_of(command, identity)
@@ -259,6 +262,14 @@ def claim(out: str | Path, command: str, identity: dict, *, force: bool = False)
         if old["command"] != command:
             raise OutputDirError(f"--out {out}: holds a '{old['command']}' run, not '{command}'; "
                                  "use another directory or --force")
+        if upgrade is not None and normalise(upgrade(old["identity"])) == identity:
+            print(f"ddpm-bench {command}: warning: {out / MANIFEST} was written by ddpm-bench "
+                  f"{old.get('ddpm_bench_version')}; the settings added since take their defaults "
+                  f"({describe_differences(old['identity'], identity)}); resuming it", file=sys.stderr)
+            remove_stale_temporaries(out)
+            atomic_write_json(manifest, {"format": MANIFEST_FORMAT, "command": command, "run_id": run_id,
+                                         "identity": identity, "ddpm_bench_version": __version__})
+            return RunDir(out, command, run_id, resumed=True)
         raise OutputDirError(f"--out {out}: holds a run with other settings "
                              f"({describe_differences(old['identity'], identity)}); use another directory or --force")
     atomic_write_json(manifest, {"format": MANIFEST_FORMAT, "command": command, "run_id": run_id,

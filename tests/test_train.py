@@ -288,3 +288,36 @@ def test_a_checkpoint_without_the_resampler_history_cannot_resume_l_vlb(recipe, 
     del state["resampler"]
     with pytest.raises(ValueError, match="resampler history"):
         trainer.load_state_dict(state)
+
+
+def test_a_run_started_before_settings_were_added_resumes_as_the_same_run(recipe, tmp_path, capsys):
+    """A run written by a version without model.norm_groups, num_heads and scale_shift_norm (their
+    defaults are the behaviour before they existed) resumes, and ends as a run that never stopped."""
+    import json
+
+    assert train(recipe, tmp_path / "straight", "training.steps=4") == 0
+    old = tmp_path / "old"
+    assert train(recipe, old, "training.steps=2", "training.ckpt_every=2") == 0
+    added = ("norm_groups", "num_heads", "scale_shift_norm")
+    for name in ("config.json", "run.json"):  # as the earlier version wrote them
+        doc = json.loads((old / name).read_text())
+        model = doc["model"] if name == "config.json" else doc["identity"]["config"]["model"]
+        for key in added:
+            del model[key]
+        if name == "run.json":
+            from ddpm_bench.run_dir import run_id_of
+            doc["run_id"], doc["ddpm_bench_version"] = run_id_of("train", doc["identity"]), "0.1.0"
+        (old / name).write_text(json.dumps(doc))
+    path = old / "checkpoints" / "ckpt_0000002.pt"
+    state = ckpt(path)
+    for key in added:
+        del state["config"]["model"][key]
+    torch.save(state, path)
+    capsys.readouterr()
+    assert train(recipe, old, "training.steps=4") == 0
+    err = capsys.readouterr().err
+    assert "written by ddpm-bench 0.1.0" in err and "norm_groups: '<missing>' -> 32" in err
+    a, b = ckpt(tmp_path / "straight" / "checkpoints" / "ckpt_0000004.pt"), ckpt(old / "checkpoints" / "ckpt_0000004.pt")
+    for key in ("model", "ema", "optimizer"):
+        assert_same_state(a[key], b[key])
+    assert train(recipe, old, "training.steps=4", "model.norm_groups=16") == 2  # a real difference still refused

@@ -40,10 +40,21 @@ class TrainingDiverged(UserError):
     """The loss or the gradient became NaN or infinite (usually a too large learning rate)."""
 
 
+def with_added_keys(config: dict) -> dict:
+    """A stored config with the keys added to its sections since it was written, at their defaults: a new
+    key's default is the behaviour before it existed (e.g. model.norm_groups = 32), so a run started by an
+    earlier version resumes as the same run."""
+    defaults = RunConfig().to_dict()
+    return {section: ({**defaults[section], **values} if section in defaults and isinstance(values, dict) else values)
+            for section, values in config.items()}
+
+
 def train_identity(config: dict) -> dict:
-    """The resolved config without the keys a resumed run may change (RESUMABLE_KEYS) and without the
-    data's paths (training.data, training.data_root: the images are identified by their sha256, which
-    `claim_run_dir` adds): what fixes the parameters every step produces."""
+    """The resolved config (keys added since it was written at their defaults) without the keys a resumed
+    run may change (RESUMABLE_KEYS) and without the data's paths (training.data, training.data_root: the
+    images are identified by their sha256, which `claim_run_dir` adds): what fixes the parameters every
+    step produces."""
+    config = with_added_keys(config)
     skip = (*RESUMABLE_KEYS, *DATA_PATH_KEYS)
 
     def keep(key: str) -> bool:
@@ -60,7 +71,8 @@ def claim_run_dir(run_dir: Path, config: dict, data: dict, force: bool, main: bo
     identity = {"config": train_identity(config), "data": {"sha256": data["sha256"], "n_images": data["n_images"]}}
     if not main:
         return run_dir_lib.follow(run_dir, COMMAND, identity)
-    rd = run_dir_lib.claim(run_dir, COMMAND, identity, force=force)
+    rd = run_dir_lib.claim(run_dir, COMMAND, identity, force=force,
+                           upgrade=lambda old: {**old, "config": train_identity(old.get("config", {}))})
     TrainLayout(run_dir).checkpoints.mkdir(parents=True, exist_ok=True)
     atomic_write_json(TrainLayout(run_dir).config, config)
     return rd
