@@ -12,10 +12,10 @@ Parameter names follow the official variable scopes (`down.{level}.block.{i}`, `
 The CIFAR-10 configuration (ch 128, ch_mult 1,2,2,2, 2 blocks, attention at 16) has 35,746,307
 parameters, as the official model.
 
-Three options go beyond the paper, each off by default: `norm_groups` (the paper's 32 groups leave one
-channel per group when ch is 32, and such a GroupNorm removes each channel's mean: the network cannot
-see an image's colour, so small models use fewer groups), and, for improved DDPM's CIFAR-10 models
-(Nichol and Dhariwal 2021), `num_heads` in every attention block and `scale_shift_norm`.
+Three options go beyond the paper, each at the paper's choice by default: `norm_groups` (32; with ch 32
+that is one channel per group, and such a GroupNorm removes each channel's mean, so the network cannot
+see an image's colour: small models use fewer groups), and, for improved DDPM's CIFAR-10 models
+(Nichol and Dhariwal 2021), `num_heads` (1) in every attention block and `scale_shift_norm` (off).
 """
 
 from __future__ import annotations
