@@ -25,7 +25,7 @@ for ((s = every; s <= steps; s += every)); do
             --no-progress --out "$out/nll_${obj}_$s" >/dev/null
         row+=$("$py" -c 'import json, sys
 m = json.load(open(sys.argv[1]))
-print(f" {m[\"total_bpd\"]:.3f} ({m[\"total_bpd_stderr\"]:.3f}) |", end="")' "$out/nll_${obj}_$s/summary.json")
+print(" %.3f (%.3f) |" % (m["total_bpd"], m["total_bpd_stderr"]), end="")' "$out/nll_${obj}_$s/summary.json")
     done
     echo "$row"
 done

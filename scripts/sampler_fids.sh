@@ -21,7 +21,7 @@ for k in ${STEPS:-10 25 50 100}; do
         "$py" -m ddpm_bench fid --samples "$run/samples" --ref embedded:test --feature-extractor packaged \
             --allow-few-samples --no-prc --no-progress --out "$run/fid" >/dev/null
         row+=$("$py" -c 'import json, sys
-print(f" {json.load(open(sys.argv[1]))[\"fid\"]:.2f} |", end="")' "$run/fid/metrics.json")
+print(" %.2f |" % json.load(open(sys.argv[1]))["fid"], end="")' "$run/fid/metrics.json")
     done
     echo "$row"
 done
