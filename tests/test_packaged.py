@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from ddpm_bench.cli import main
 from ddpm_bench.models import packaged
@@ -47,3 +48,23 @@ def test_a_damaged_or_missing_packaged_model_is_one_line_exit_2(tmp_path, monkey
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and ("is damaged" if damage == "flipped" else "missing from this installation") in err
     assert not (tmp_path / "o").exists()
+
+
+def test_it_sees_colour():
+    """A U-Net whose every GroupNorm has one channel per group removes each channel's mean and cannot see an
+    image's colour (its samples came out flat and saturated). At t = T, x_t is nearly all noise
+    (sqrt(abar_T) = 0.006), so a colour shift of x_t is a shift of the noise, and the predicted noise
+    should follow it (ideally by the whole shift): here by a fifth of it or more (the blind model: 1%)."""
+    from ddpm_bench.checkpoint import load_checkpoint
+    from ddpm_bench.models import build_model
+
+    ckpt = load_checkpoint(FILE)
+    net = build_model(ckpt["config"]["model"])
+    net.load_state_dict(ckpt["ema"])
+    net.eval()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    shift = torch.tensor([0.5, -0.5, 0.3]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        i = torch.full((4,), 999)
+        moved = (net(x + shift, i) - net(x, i)).mean(dim=(0, 2, 3))
+    assert (moved.abs() >= 0.2 * shift.flatten().abs()).all(), moved
