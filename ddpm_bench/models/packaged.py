@@ -11,7 +11,7 @@ from ddpm_bench.errors import CheckpointError
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 PACKAGED = {
     # name: (file, sha256)
-    "embedded": (EMBEDDED_DIR / "embedded.pt", "295c9ca2c168597d779e0f4e88daf127618a0a6c52dfbe2bc1f2e0ca7180e5e3"),
+    "embedded": (EMBEDDED_DIR / "embedded.pt", "4051fe61da896441c99fa75c1f6a94449bd91ff73028c7aeb3804190d3364640"),
 }
 
 
