@@ -28,7 +28,7 @@ def main() -> None:
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     from ddpm_bench.models.diffusers_loading import load_diffusers_source
-    from ddpm_bench.sampling import ancestral_sample, sampling_process
+    from ddpm_bench.sampling import draw_samples, sampling_process
 
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(32, 64),
@@ -45,7 +45,7 @@ def main() -> None:
     idx = torch.arange(args.batch)
 
     def ours() -> None:
-        ancestral_sample(source.net, process, idx, 0, (3, 32, 32))
+        draw_samples(source.net, process, idx, 0, (3, 32, 32))
 
     def theirs() -> None:
         with torch.inference_mode():

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ddpm_bench.diffusion import DiffusionConfig, p_mean_logvar
+from ddpm_bench.diffusion import DiffusionConfig, p_mean_logvar, predict_x0
 from ddpm_bench.errors import ModelOutputError, UserError
 from ddpm_bench.models import Net
 from ddpm_bench.noise import counter_normal
@@ -122,7 +122,7 @@ def _check_finite(t: torch.Tensor, indices: torch.Tensor, what: str, i: int) -> 
                                f"at network index {i}; no shard was written for them")
 
 
-def ancestral_sample(
+def draw_samples(
     net: Net,
     process: SamplingProcess,
     indices: torch.Tensor,
@@ -134,7 +134,8 @@ def ancestral_sample(
     sampler: str = "ancestral",
     eta: float = 0.0,
 ) -> Samples:
-    """Algorithm 2 for the samples numbered `indices` ((B,) int64).
+    """Algorithm 2 (`sampler` "ancestral") or DDIM (`sampler` "ddim", with `eta`) for the samples numbered
+    `indices` ((B,) int64).
 
     `net(x, i)` takes float32 (B, C, H, W) and int64 (B,) network indices and returns (B, C, H, W), or
     (B, 2C, H, W) for the learned variance types. With `progressive_every` = N, the x_0 prediction is
@@ -159,18 +160,22 @@ def ancestral_sample(
                 raise ModelOutputError(f"the model returned shape {tuple(out.shape)} at network index {i}; "
                                        f"expected {(B, want_c, *image_shape[1:])} for var type {cfg.var_type!r}")
             _check_finite(out, indices, "the model output", i)
-            step = p_mean_logvar(cfg, s, out, x, torch.full((B,), k, dtype=torch.int64, device=device), clip=clip)
-            if sampler == "ddim":
+            ik = torch.full((B,), k, dtype=torch.int64, device=device)
+            if sampler == "ddim":  # only the x_0 prediction: DDIM uses neither the model's mean nor its variance
+                x0_hat = predict_x0(cfg, s, out[:, :C].to(torch.float64), x, ik, clip)
                 z = sample_noise(seed, idx, i, PURPOSE_STEP, image_shape) if k > 0 and eta else None
-                x = ddim_step(s, step.x0_hat, x, k, eta, z)
-            elif k > 0:
-                z = sample_noise(seed, idx, i, PURPOSE_STEP, image_shape)
-                x = step.mean + torch.exp(0.5 * step.logvar) * z
+                x = ddim_step(s, x0_hat, x, k, eta, z)
             else:
-                x = step.mean
+                step = p_mean_logvar(cfg, s, out, x, ik, clip=clip)
+                x0_hat = step.x0_hat
+                if k > 0:
+                    z = sample_noise(seed, idx, i, PURPOSE_STEP, image_shape)
+                    x = step.mean + torch.exp(0.5 * step.logvar) * z
+                else:
+                    x = step.mean
             _check_finite(x, indices, "the sampled state", i)
             if progressive_every and k % progressive_every == 0:
-                columns.append(step.x0_hat)
+                columns.append(x0_hat)
                 column_t.append(i + 1)
     if progressive_every:
         return Samples(x0=x, progressive=torch.stack(columns, dim=1),

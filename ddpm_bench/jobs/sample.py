@@ -33,7 +33,7 @@ from ddpm_bench.sampling import (
     PURPOSE_STEP,
     SamplerOptions,
     SamplingProcess,
-    ancestral_sample,
+    draw_samples,
     sample_noise,
     sampling_process,
     to_uint8,
@@ -311,7 +311,7 @@ def _sample_shards(net: Net, process, sampler: SamplerOptions, shape, dev: torch
         parts = []
         for idx in shard_batches(ranges[s], batch_size):
             want_prog = int(idx[0]) < rows
-            res = ancestral_sample(net, process, torch.from_numpy(idx), sampler.seed, shape, clip=sampler.clip,
+            res = draw_samples(net, process, torch.from_numpy(idx), sampler.seed, shape, clip=sampler.clip,
                                    progressive_every=progressive_every if want_prog else None, device=dev,
                                    sampler=sampler.sampler, eta=sampler.eta)
             parts.append(to_uint8(res.x0))
@@ -346,7 +346,7 @@ def _write_progressive(out_dir: Path, net: Net, process, sampler: SamplerOptions
             for idx in shard_batches(ranges[s], batch_size):
                 if int(idx[0]) >= rows:
                     break
-                res = ancestral_sample(net, process, torch.from_numpy(idx), sampler.seed, shape, clip=sampler.clip,
+                res = draw_samples(net, process, torch.from_numpy(idx), sampler.seed, shape, clip=sampler.clip,
                                        progressive_every=every, device=dev, sampler=sampler.sampler, eta=sampler.eta)
                 prog_t = res.progressive_t
                 for r, j in enumerate(idx.tolist()):

@@ -8,8 +8,8 @@ with the `DDPMScheduler` settings in `scheduler_config.json` beside them, or a p
 The scheduler's settings map to `DiffusionConfig` (T = num_train_timesteps; beta_schedule linear ->
 `linear`, scaled_linear -> `quad`, squaredcos_cap_v2 -> `cosine`; prediction_type epsilon -> `eps`,
 sample -> `x0`, v_prediction -> `v`; clip_sample_range other than 1 is refused, clip_sample = false is
-warned about (`--no-clip` samples as such a scheduler does); variance_type fixed_small[_log] -> `fixed-small`, fixed_large[_log] -> `fixed-large`,
-learned_range -> `learned-range`). Without a scheduler config the paper's settings (or the diffusion
+warned about (`--no-clip` samples as such a scheduler does); variance_type fixed_small[_log] ->
+`fixed-small`, fixed_large[_log] -> `fixed-large`, learned_range -> `learned-range`). Without a scheduler config the paper's settings (or the diffusion
 flags) are used.
 
 Variance convention at t = 1: diffusers' `fixed_large` uses beta_1 as the variance of p(x_0 | x_1),
