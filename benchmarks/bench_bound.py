@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from small_unet import SmallUNet  # noqa: E402
 
-from ddpm_bench.bound import BoundTerms, bound_pairs, compute_bound, prior_bpd, to_model_scale  # noqa: E402
+from ddpm_bench.variational_bound import BoundTerms, bound_pairs, compute_bound, prior_bpd, to_model_scale  # noqa: E402
 from ddpm_bench.diffusion import DiffusionConfig  # noqa: E402
 
 

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from ddpm_bench.bound import BoundOptions, compute_bound, estimate_bound, term_proposal
+from ddpm_bench.variational_bound import BoundOptions, compute_bound, estimate_bound, term_proposal
 from ddpm_bench.data import load_images
 from ddpm_bench.models.source import load_ckpt_source
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ddpm_bench import allocator, network_speed
-from ddpm_bench.bound import bound_pairs, default_pairs_per_call, to_model_scale
+from ddpm_bench.variational_bound import bound_pairs, default_pairs_per_call, to_model_scale
 from ddpm_bench.data import DataSpec
 from ddpm_bench.models.source import ModelSpec
 

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from small_unet import SmallUNet  # noqa: E402
 
-from ddpm_bench.bound import BoundOptions, compute_bound  # noqa: E402
+from ddpm_bench.variational_bound import BoundOptions, compute_bound  # noqa: E402
 from ddpm_bench.diffusion import DiffusionConfig  # noqa: E402
 
 

@@ -1,4 +1,5 @@
-"""The `ddpm-bench` command line: parse and dispatch only, one function per command."""
+"""The `ddpm-bench` command line: parse and dispatch only. Each command builds its typed options once from
+its flags (ddpm_bench.cli_args) and calls the Python API (ddpm_bench.api) or its job."""
 
 from __future__ import annotations
 
@@ -7,131 +8,68 @@ import sys
 import traceback
 from pathlib import Path
 
-import ddpm_bench.cli_args as cli_args
-from ddpm_bench import __version__, allocator
-from ddpm_bench.bound import BoundOptions
-from ddpm_bench.data import DataSpec
-from ddpm_bench.diffusion import MEAN_TYPES, VAR_TYPES
+from ddpm_bench import allocator, api
+from ddpm_bench.cli_args import (
+    DATA_HELP,
+    Formatter,
+    OneLineParser,
+    add_data_args,
+    add_estimator_args,
+    add_execution_args,
+    add_model_args,
+    add_run_args,
+    data_spec,
+    estimator_options,
+    execution,
+    model_spec,
+    run_options,
+    seed,
+)
 from ddpm_bench.distributed import PeerFailed
 from ddpm_bench.errors import UserError
-from ddpm_bench.gaussian import DECODER_CDF_MODES
-from ddpm_bench.models.source import ModelSpec
-from ddpm_bench.network_speed import COMPILE_MODES
-from ddpm_bench.precision import PRECISIONS
-from ddpm_bench.run_dir import RunOptions
+from ddpm_bench.estimators import ESTIMATORS
+from ddpm_bench.estimators.exact import Exact
+from ddpm_bench.jobs.nll import NllJob
+from ddpm_bench.metrics.protocol import BACKENDS, CLEAN_FID_MODES, FidOptions
 from ddpm_bench.sampling import SAMPLERS, SamplerOptions
-from ddpm_bench.schedule import BETA_SCHEDULES
+from ddpm_bench.version import __version__
 
 DESCRIPTION = """\
 The exact variational bound of a DDPM term by term, rate and distortion, the train/test gap, samples and
 FID/IS, beside the DDPM paper's numbers (Ho, Jain, Abbeel 2020). `ddpm-bench COMMAND --help` for each."""
 
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Shows a flag's default where it says something: not for a required flag, a flag without a value,
-    a default of None, or a help text that already states its default."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.required or any(action.default is x for x in (None, False, argparse.SUPPRESS)) or "default" in text \
-                or isinstance(action, argparse.BooleanOptionalAction) and action.default is None:
-            return text
-        return text + " (default: %(default)s)"
+NLL_BATCH_HELP = ("(image, timestep) pairs per network call (default: measured for the device, 32 pairs of 32x32x3 "
+                  "images on a CPU, 256 on a GPU, as many values per call for other sizes; changes no noise, only "
+                  "the network's float32 rounding)")
+NLL_SHARD_HELP = "images per resumable shard (default 64)"
 
 
 def _parser(sub, name: str, help: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help.replace("%%", "%"), formatter_class=_Formatter)
+    return sub.add_parser(name, help=help, description=help.replace("%%", "%"), formatter_class=Formatter,
+                          allow_abbrev=False)
 
 
-def add_model_args(p: argparse.ArgumentParser, image_shape: bool = False) -> None:
-    g = p.add_argument_group("model source (exactly one of --ckpt and --model)")
-    g.add_argument("--ckpt", help="a ddpm-bench checkpoint file, `embedded` (the model that ships with the install), "
-                                  "a train or reproduce run directory (its latest checkpoint), or a diffusers "
-                                  "UNet2DModel directory")
-    g.add_argument("--weights", choices=("ema", "raw"), default="ema", help="which weights of --ckpt")
-    g.add_argument("--model", help="MODULE:CALLABLE returning a torch module or f(x, t); MODULE may be a .py path")
-    g = p.add_argument_group("diffusion settings of a --model (a --ckpt stores its own; a contradicting flag is an error)")
-    g.add_argument("--T", type=int, default=None, help="number of diffusion steps (default 1000)")
-    g.add_argument("--beta-schedule", choices=BETA_SCHEDULES, default=None, help="(default linear)")
-    g.add_argument("--beta-start", type=float, default=None, help="(default 1e-4)")
-    g.add_argument("--beta-end", type=float, default=None, help="(default 0.02)")
-    g.add_argument("--mean-type", choices=MEAN_TYPES, default=None, help="(default eps)")
-    g.add_argument("--var-type", choices=VAR_TYPES, default=None, help="(default fixed-large)")
-    if image_shape:
-        g.add_argument("--image-size", type=int, default=None, help="H = W of a --model (default 32)")
-        g.add_argument("--channels", type=int, default=None, help="C of a --model (default 3)")
+def nll_job(args: argparse.Namespace, estimators: tuple, out: str | None = None) -> NllJob:
+    return NllJob(model_spec(args), data_spec(args), estimator_options(args, estimators), execution(args),
+                  run_options(args, out))
 
 
-def diffusion_flags(args: argparse.Namespace) -> dict:
-    flags = {"T": args.T, "beta_schedule": args.beta_schedule, "beta_start": args.beta_start,
-             "beta_end": args.beta_end, "mean_type": args.mean_type, "var_type": args.var_type}
-    return cli_args.check_diffusion_flags(flags) if args.model is not None else flags  # a --ckpt compares them
-
-
-def add_bound_args(p: argparse.ArgumentParser) -> None:
-    """Data and bound flags shared by `nll` and `rate-distortion`."""
-    p.add_argument("--data", help="cifar10:train|test, embedded:train|test, PATH.npz or a folder of PNG files")
-    p.add_argument("--data-root", default=None, help="folder holding cifar-10-batches-py (else $DDPM_BENCH_DATA)")
-    p.add_argument("--num-images", type=int, default=None, help="use the first N images (default all)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="(image, timestep) pairs per network call (default: measured for the device, 32 pairs of "
-                        "32x32x3 images on a CPU, 256 on a GPU, as many values per call for other sizes; changes no "
-                        "noise, only the network's float32 rounding)")
-    p.add_argument("--seed", type=cli_args.seed, default=0, help="noise for (image j, term k, draw d) depends on (seed, j, k, d) only")
-    p.add_argument("--draws", type=int, default=1, help="independent draws of x_{k+1} averaged per image and term")
-    p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
-                   help="clip the x0 prediction to [-1, 1] before forming the mean (official bound loop)")
-    p.add_argument("--decoder-cdf", choices=DECODER_CDF_MODES, default="exact",
-                   help="exact: log-space normal CDF; tanh: the official code's approximation with a 1e-12 floor")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network precision (bound math stays float64)")
-    p.add_argument("--shard-size", type=int, default=64, help="images per resumable shard")
-    add_speed_args(p)
-    p.add_argument("--dry-run", action="store_true", help="print the network evaluations and an ETA, then stop")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def add_speed_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
-                   help="torch.compile the network; MODE default, reduce-overhead (CUDA graphs on a GPU) or "
-                        "max-autotune (pays off on long GPU runs; may change float32 rounding)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="run a torch module in channels-last memory format (may change float32 rounding); "
-                        "on by default on a CPU, where it is faster, off on a GPU")
-
-
-def add_out_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output directory (resumed when it holds an unfinished run with the same settings)")
-    p.add_argument("--force", action="store_true", help="empty an existing --out that holds something else")
-
-
-def model_spec(args: argparse.Namespace) -> ModelSpec:
-    return ModelSpec(ckpt=args.ckpt, model=args.model, weights=args.weights, diffusion_flags=diffusion_flags(args))
-
-
-def data_spec(args: argparse.Namespace) -> DataSpec:
-    if args.data is None:
-        raise UserError("--data is required")
-    return DataSpec(args.data, args.data_root, args.num_images)
-
-
-def bound_options(args: argparse.Namespace) -> BoundOptions:
-    return BoundOptions(seed=args.seed, draws=args.draws, clip=args.clip, decoder_cdf=args.decoder_cdf,
-                        precision=args.precision, terms=getattr(args, "terms", 0))
-
-
-def run_options(args: argparse.Namespace, out: str | None = None) -> RunOptions:
-    return RunOptions(out=args.out if out is None else out, force=args.force, device=args.device,
-                      batch_size=args.batch_size, compile_mode=getattr(args, "compile", None),
-                      channels_last=getattr(args, "channels_last", None), dry_run=getattr(args, "dry_run", False),
-                      progress=not getattr(args, "no_progress", False))
+def print_nll(output, out: str | Path) -> None:
+    """What `nll` prints: the data, the model, the estimate and its parts, what it cost; for a run that was
+    already complete, the same numbers and that it was."""
+    s = output.summary
+    print(f"{s.data}: {s.n_images} images, T={s.T}, {s.estimator} estimator, model {s.model_sha256[:12]}")
+    for line in ESTIMATORS[s.estimator].summary_lines(s):
+        print(line)
+    done = f"{out} was already complete: " if output.complete_before else ""
+    print(f"  {done}{s.network_evals} network evaluations in {s.seconds:.1f} s")
 
 
 def cmd_nll(args: argparse.Namespace) -> int:
-    from ddpm_bench.jobs.nll import run_nll
-
-    run_nll(model_spec(args), data_spec(args), bound_options(args), run_options(args), shard_size=args.shard_size,
-            proposal=args.proposal)
+    output = api.bound(model_spec(args), data_spec(args), options=estimator_options(args, tuple(ESTIMATORS.values())),
+                       execution=execution(args), **run_kwargs(args))
+    if output is not None:
+        print_nll(output, args.out)
     return 0
 
 
@@ -142,20 +80,24 @@ def cmd_gap(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from ddpm_bench.jobs.sample import print_manifest, run_sample
+    from ddpm_bench.jobs.sample import print_manifest
 
-    sampler = SamplerOptions(seed=args.seed, steps=args.steps, clip=args.clip, precision=args.precision,
-                             sampler=args.sampler, eta=args.eta)
-    manifest = run_sample(model_spec(args), sampler, run_options(args), num=args.num, shard_size=args.shard_size,
-                          image_size=args.image_size, channels=args.channels,
-                          progressive_every=args.progressive_every)
-    if manifest is not None:
-        print_manifest(manifest, args.out)
+    options = SamplerOptions(seed=args.seed, steps=args.steps, clip=args.clip, sampler=args.sampler, eta=args.eta)
+    result = api.sample(model_spec(args), args.num, options=options, execution=execution(args),
+                        progressive_every=args.progressive_every, image_size=args.image_size,
+                        channels=args.channels, **run_kwargs(args))
+    if result is not None:
+        print_manifest(result.manifest, args.out)
     return 0
 
 
+def run_kwargs(args: argparse.Namespace) -> dict:
+    return {"batch_size": args.batch_size, "shard_size": args.shard_size, "out": args.out, "force": args.force,
+            "dry_run": getattr(args, "dry_run", False), "progress": not args.no_progress}
+
+
 def cmd_rate_distortion(args: argparse.Namespace) -> int:
-    from ddpm_bench.jobs.rate_distortion import run_rate_distortion
+    from ddpm_bench.jobs.rate_distortion import NLL_SUBDIR, run_rate_distortion
 
     has_model = args.ckpt is not None or args.model is not None
     if args.nll_dir is not None and (has_model or args.data is not None):
@@ -165,11 +107,10 @@ def cmd_rate_distortion(args: argparse.Namespace) -> int:
             raise UserError("give NLL_DIR (an nll output) or a model (--ckpt or --model) with --data")
         if args.data is None:
             raise UserError("--data is required with --ckpt or --model")
-        run_rate_distortion(out=args.out, force=args.force,
-                            nll=(model_spec(args), data_spec(args), bound_options(args),
-                                 run_options(args, out=str(Path(args.out) / "nll")), args.shard_size))
+        source = nll_job(args, (Exact,), out=str(Path(args.out) / NLL_SUBDIR))
     else:
-        run_rate_distortion(out=args.out, nll_dir=args.nll_dir, force=args.force)
+        source = args.nll_dir
+    run_rate_distortion(args.out, source, force=args.force)
     return 0
 
 
@@ -206,14 +147,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
-    from ddpm_bench.jobs.fid import format_result, run_fid
-    from ddpm_bench.metrics.protocol import FidOptions
+    from ddpm_bench.jobs.fid import format_result
 
     opts = FidOptions(ref=args.ref, data_root=args.data_root, num_samples=args.num_samples, num_ref=args.num_ref,
                       backend=args.backend, clean_fid_mode=args.clean_fid_mode,
                       feature_extractor=args.feature_extractor, inception_weights=args.inception_weights,
                       cache_dir=args.cache_dir, allow_few_samples=args.allow_few_samples, prc=args.prc)
-    result = run_fid(args.samples, opts, run_options(args), shard_size=args.shard_size)
+    kwargs = run_kwargs(args)
+    kwargs.pop("dry_run")
+    result = api.fid(args.samples, options=opts, device=args.device, **kwargs)
     if result is not None:  # rank 0 of a torchrun launch, or the only process
         print(format_result(result))
     return 0
@@ -236,22 +178,18 @@ samples, another reference or another extractor are marked "not comparable to th
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli_args.OneLineParser(prog="ddpm-bench", description=DESCRIPTION, formatter_class=_Formatter)
+    parser = OneLineParser(prog="ddpm-bench", description=DESCRIPTION, formatter_class=Formatter)
     parser.add_argument("--version", action="version", version=f"ddpm-bench {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     parser.commands = sub.choices  # name -> the parser of each command (its errors name the command)
 
-    p = _parser(sub, "nll", "exact per-image, per-term variational bound in bits/dim")
+    p = _parser(sub, "nll", "the likelihood of images under a model: the exact variational bound per image and term "
+                            "(default), or another estimator; bits/dim")
     add_model_args(p)
-    add_bound_args(p)
-    g = p.add_argument_group("importance-sampled bound (an unbiased estimate of the same expectation)")
-    g.add_argument("--terms", type=int, default=0, metavar="K",
-                   help="evaluate L_0 and K of the T-1 KL terms per image, drawn from a proposal q and weighted "
-                        "by 1/(K q(k)); 0: every term (the exact bound)")
-    g.add_argument("--proposal", default=None, metavar="NLL_DIR",
-                   help="an exact nll output of the same model whose per-term root-mean-square sets q "
-                        "(default: an exact pilot on the first 4 images, counted in network_evals)")
-    add_out_args(p)
+    add_data_args(p)
+    add_estimator_args(p, tuple(ESTIMATORS.values()))
+    add_execution_args(p)
+    add_run_args(p, NLL_BATCH_HELP, NLL_SHARD_HELP)
     p.set_defaults(func=cmd_nll)
 
     p = _parser(sub, "gap", "test-minus-train bits/dim gap with a 95%% interval from two nll outputs")
@@ -261,45 +199,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="FILE", help="also write the result to this JSON file")
     p.set_defaults(func=cmd_gap)
 
-    p = _parser(sub, "sample", "ancestral samples (DDPM Algorithm 2) in resumable shards; sample j depends on (seed, j) only")
+    p = _parser(sub, "sample", "ancestral samples (DDPM Algorithm 2) or DDIM in resumable shards; sample j depends "
+                               "on (seed, j) only")
     add_model_args(p, image_shape=True)
-    p.add_argument("--num", type=int, required=True, help="number of samples")
-    p.add_argument("--batch-size", type=int, default=128, help="samples per network call (does not change the samples)")
-    p.add_argument("--seed", type=cli_args.seed, default=0, help="sample j is a pure function of (seed, j)")
-    p.add_argument("--steps", type=int, default=None,
+    g = p.add_argument_group("sampler")
+    g.add_argument("--num", type=int, required=True, help="number of samples")
+    g.add_argument("--seed", type=seed, default=0, help="sample j is a pure function of (seed, j)")
+    g.add_argument("--steps", type=int, default=None,
                    help="respaced sampling with K evenly strided steps (improved DDPM); default all T steps")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
+    g.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
                    help="ancestral (DDPM Algorithm 2) or ddim (Song et al. 2021) on the same (respaced) timesteps")
-    p.add_argument("--eta", type=float, default=0.0,
+    g.add_argument("--eta", type=float, default=0.0,
                    help="DDIM's eta: 0 deterministic given the seed, 1 the posterior variance")
-    p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
                    help="clip the x0 prediction to [-1, 1] before forming the mean (official sampler)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="network precision (sampler math stays float64)")
-    p.add_argument("--shard-size", type=int, default=500, help="samples per resumable shard samples_XXXXXX.npz")
-    add_speed_args(p)
-    p.add_argument("--progressive-every", type=int, default=None,
-                   help="also write progressive.png/.npz: the x0 prediction every N steps for the first 8 samples (paper Figure 6)")
-    p.add_argument("--dry-run", action="store_true", help="print the network evaluations and an ETA, then stop")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_out_args(p)
+    g.add_argument("--progressive-every", type=int, default=None,
+                   help="also write progressive.png/.npz: the x0 prediction every N steps for the first 8 samples "
+                        "(paper Figure 6)")
+    add_execution_args(p)
+    add_run_args(p, "samples per network call (does not change the samples; default 128)",
+                 "samples per resumable shard samples_XXXXXX.npz (default 500)")
     p.set_defaults(func=cmd_sample)
 
     p = _parser(sub, "rate-distortion", "rate and distortion along the reverse process (paper Table 4, Figure 5)")
     p.add_argument("nll_dir", nargs="?", default=None, metavar="NLL_DIR",
-                   help="a finished `ddpm-bench nll` output (else give a model and --data to bound it into OUT/nll)")
+                   help="a finished `ddpm-bench nll` output of the exact bound (else give a model and --data to bound "
+                        "it into OUT/nll)")
     add_model_args(p)
-    add_bound_args(p)
-    add_out_args(p)
+    add_data_args(p, required=False)
+    add_estimator_args(p, (Exact,))
+    add_execution_args(p)
+    add_run_args(p, NLL_BATCH_HELP, NLL_SHARD_HELP)
     p.set_defaults(func=cmd_rate_distortion)
 
-    p = _parser(sub, "report", "Tables 1-4 and Figure 5 beside the paper's values, from run, nll, fid or rate-distortion dirs")
+    p = _parser(sub, "report", "Tables 1-4 and Figure 5 beside the paper's values, from run, nll, fid or "
+                               "rate-distortion dirs")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="reproduce run directories, or plain nll, fid or rate-distortion outputs")
     p.add_argument("--out", required=True, help="output directory (rewritten when it holds a report of the same RUN_DIRs)")
     p.add_argument("--force", action="store_true", help="empty an existing --out that holds something else")
     p.set_defaults(func=cmd_report)
-
 
     p = _parser(sub, "train", "train the paper's U-Net on a recipe (DDPM Algorithm 1); rerun to resume")
     p.add_argument("--recipe", default=None,
@@ -314,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = _parser(sub, "inspect", "print what a checkpoint or recipe holds (parameters, config) as JSON")
-    p.add_argument("--ckpt", default=None, help="ddpm-bench checkpoint file")
+    p = _parser(sub, "inspect", "print what a model or recipe holds (parameters, identity, config) as JSON")
+    p.add_argument("--ckpt", default=None, help="anything --ckpt takes: a checkpoint, a run directory, `embedded`, a "
+                                                "diffusers directory")
     p.add_argument("--recipe", default=None, help="TOML recipe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     p.set_defaults(func=cmd_inspect)
@@ -324,27 +264,27 @@ def build_parser() -> argparse.ArgumentParser:
                 "and report, end to end; rerun to resume")
     p.add_argument("recipe", metavar="RECIPE", help="TOML recipe ([model], [diffusion], [training], [evaluation])")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
-    p.add_argument("--ckpt", default=None, help="evaluate this checkpoint instead of training")
+    p.add_argument("--ckpt", default=None, help="evaluate this model (anything --ckpt takes) instead of training")
     p.add_argument("--data-root", default=None, help="folder holding cifar-10-batches-py (else $DDPM_BENCH_DATA)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto")
+    p.add_argument("--out", required=True, help="run directory (resumed: every finished stage is skipped)")
+    p.add_argument("--force", action="store_true", help="empty an existing --out that holds something else; recompute "
+                                                       "the stages whose settings changed")
     p.add_argument("--dry-run", action="store_true", help="print the work of every stage, then stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_out_args(p)
     p.set_defaults(func=cmd_reproduce)
-
 
     p = _parser(sub, "fid", "FID (and IS, KID, precision/recall) of samples via torch-fidelity and clean-fid")
     p.epilog = FID_EPILOG
-    p.add_argument("--samples", required=True, help="sample directory (shards + manifest.json), .npz or PNG folder")
+    p.add_argument("--samples", required=True, help="a sample directory (shards + manifest.json), .npz or PNG folder")
     p.add_argument("--ref", default="cifar10:train",
-                   help="reference data source (cifar10:train|test, embedded:train|test, .npz, PNG folder) "
-                        "or a reference statistics .npz from the cache")
+                   help=f"reference: {DATA_HELP}; or a reference statistics .npz from the cache")
     p.add_argument("--data-root", default=None, help="folder holding cifar-10-batches-py (else $DDPM_BENCH_DATA)")
     p.add_argument("--num-samples", type=int, default=None, help="use the first N samples (default all)")
     p.add_argument("--num-ref", type=int, default=None, help="use the first N reference images (default all)")
-    p.add_argument("--backend", choices=("torch-fidelity", "clean-fid", "both"), default="torch-fidelity",
+    p.add_argument("--backend", choices=BACKENDS, default="torch-fidelity",
                    help="library computing the metrics; both: report both and their difference")
-    p.add_argument("--clean-fid-mode", choices=("clean", "legacy_tensorflow"), default="legacy_tensorflow",
+    p.add_argument("--clean-fid-mode", choices=CLEAN_FID_MODES, default="legacy_tensorflow",
                    help="clean-fid resize: legacy_tensorflow = TF1 bilinear inside the network (the paper's TF code); "
                         "clean = PIL bicubic in float")
     p.add_argument("--feature-extractor", choices=("inception-v3-compat", "packaged", "tiny-test"),
@@ -359,14 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute FID with fewer samples than feature dimensions (singular covariance; marked in the result)")
     p.add_argument("--prc", action=argparse.BooleanOptionalAction, default=True,
                    help="torch-fidelity precision/recall (the slowest metric after feature extraction)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per feature-extractor call")
-    p.add_argument("--shard-size", type=int, default=1000,
-                   help="images per feature shard (the unit of resume, and of work per torchrun rank)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda:LOCAL_RANK under torchrun)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_out_args(p)
+    add_run_args(p, "images per feature-extractor call (default 64)",
+                 "images per feature shard (the unit of resume, and of work per torchrun rank; default 1000)",
+                 dry_run=False)
     p.set_defaults(func=cmd_fid)
-
     return parser
 
 
@@ -374,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # name the command whose flags were mistyped, with its own usage
-        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+        parser.commands[args.command].error(f"unknown flag(s) or argument(s): {' '.join(unknown)}")
     allocator.keep_freed_memory()
     try:
         status = int(args.func(args) or 0)

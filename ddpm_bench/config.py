@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -23,68 +22,19 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from ddpm_bench.bound import BoundOptions
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import ConfigError, UserError
 from ddpm_bench.metrics.protocol import FidOptions
+from ddpm_bench.models.unet_config import ModelConfig
+from ddpm_bench.network import Execution
+from ddpm_bench.run_dir import RunOptions
 from ddpm_bench.sampling import SamplerOptions
+from ddpm_bench.typecheck import Mismatch, conform, is_int
+from ddpm_bench.variational_bound import BoundOptions
 
 # Paper Table 2: "L_simple" (Eq. 14) and "mse" are the unweighted squared error of the network's own
 # target (eps, x0 or mu-tilde; the official loss_type "mse"); "L" is the variational bound (Eq. 5).
 OBJECTIVES = ("L_simple", "mse", "L", "L_vlb", "L_hybrid")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Arguments of the paper's U-Net (Appendix B); the CIFAR-10 model by default."""
-
-    name: str = "unet"
-    image_size: int = 32
-    in_channels: int = 3
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
-    num_res_blocks: int = 2
-    attn_resolutions: tuple[int, ...] = (16,)
-    dropout: float = 0.1
-    out_channels: int = 0  # 0: in_channels, or 2 * in_channels for the learned variance types
-    norm_groups: int = 32  # GroupNorm groups (the paper's 32); every channel count must be a multiple
-    num_heads: int = 1  # attention heads (the paper: 1; improved DDPM's CIFAR-10 models: 4)
-    scale_shift_norm: bool = False  # improved DDPM's use_scale_shift_norm
-
-    def __post_init__(self) -> None:
-        # types first: a stored checkpoint config reaches here without the recipe's type checks
-        for name in ("image_size", "in_channels", "ch", "num_res_blocks", "out_channels", "norm_groups", "num_heads"):
-            if not _is_int(getattr(self, name)):
-                raise ValueError(f"model.{name} must be an integer, got {getattr(self, name)!r}")
-        for name in ("ch_mult", "attn_resolutions"):
-            value = getattr(self, name)
-            if not isinstance(value, (list, tuple)) or not all(_is_int(v) for v in value):
-                raise ValueError(f"model.{name} must be a list of integers, got {value!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
-            raise ValueError(f"model.dropout must be a number in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.scale_shift_norm, bool):
-            raise ValueError(f"model.scale_shift_norm must be true or false, got {self.scale_shift_norm!r}")
-        _positive(self, ("image_size", "in_channels", "ch", "num_res_blocks", "norm_groups", "num_heads"))
-        if not self.ch_mult or any(m < 1 for m in self.ch_mult):
-            raise ValueError(f"model.ch_mult must be a non-empty list of positive integers, got {list(self.ch_mult)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")
-        if self.out_channels < 0:
-            raise ValueError(f"model.out_channels must be >= 0, got {self.out_channels}")
-        if self.name == "unet" and self.ch % self.norm_groups:  # every channel count is a multiple of ch
-            raise ValueError(f"model.ch must be a multiple of model.norm_groups {self.norm_groups} (GroupNorm), "
-                             f"got {self.ch}")
-        if self.name == "unet" and self.ch % self.num_heads:  # then every attention block's too
-            raise ValueError(f"model.ch must be a multiple of model.num_heads {self.num_heads}, got {self.ch}")
-        if self.name == "unet":
-            resolutions = [self.image_size // 2**k for k in range(len(self.ch_mult))]
-            if self.image_size % 2 ** (len(self.ch_mult) - 1):
-                raise ValueError(f"model.image_size {self.image_size} is not divisible by 2^{len(self.ch_mult) - 1} "
-                                 f"(ch_mult {list(self.ch_mult)})")
-            if set(self.attn_resolutions) - set(resolutions):  # attention there would silently never be built
-                raise ValueError(f"model.attn_resolutions {list(self.attn_resolutions)}: the model's resolutions are "
-                                 f"{resolutions} (image_size {self.image_size}, ch_mult {list(self.ch_mult)}); "
-                                 f"{sorted(set(self.attn_resolutions) - set(resolutions))} matches none")
 
 
 @dataclass(frozen=True)
@@ -123,7 +73,7 @@ class TrainConfig:
                              f"got {self.decoder_cdf!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"training.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if not _is_int(self.grad_clip_group) or self.grad_clip_group < 0 or \
+        if not is_int(self.grad_clip_group) or self.grad_clip_group < 0 or \
                 (self.grad_clip_group and self.batch_size % self.grad_clip_group):
             raise ValueError(f"training.grad_clip_group must be 0 or divide training.batch_size "
                              f"{self.batch_size}, got {self.grad_clip_group!r}")
@@ -138,27 +88,28 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class StageExecution:
-    """How a `reproduce` stage runs: what the command line says with --batch-size, --shard-size, --compile
-    and --channels-last. Of these only the shard size is part of a result's identity (it decides which
-    items share a network call); the others may move float32 rounding only."""
+    """How a `reproduce` stage runs: what the command line says with --precision, --batch-size,
+    --shard-size, --compile and --channels-last (a key left out: the command's default). Of these the
+    precision and the shard size are part of a result's identity; the others may move float32 rounding
+    only."""
 
-    batch_size: int  # 0: the command's default for the device (nll: bound.PAIRS_PER_CALL)
-    shard_size: int
-    compile: str = ""  # "" = not compiled, else a torch.compile mode (default, reduce-overhead, max-autotune)
-    channels_last: bool | None = None  # left out: the device default (network_speed.CHANNELS_LAST_BY_DEVICE)
+    precision: str = "fp32"  # the network's: fp32, tf32 or bf16 (every term stays float64)
+    batch_size: int | None = None
+    shard_size: int | None = None
+    compile: str | None = None  # a torch.compile mode (default, reduce-overhead, max-autotune)
+    channels_last: bool | None = None
 
     def __post_init__(self) -> None:
-        from ddpm_bench.network_speed import COMPILE_MODES
+        Execution(precision=self.precision, compile=self.compile)  # UserError naming the flag
+        RunOptions(batch_size=self.batch_size, shard_size=self.shard_size)
 
-        if self.batch_size < 0 or self.shard_size < 1:
-            raise ValueError(f"batch_size must be >= 0 (0: the default for the device) and shard_size >= 1, got "
-                             f"{self.batch_size} and {self.shard_size}")
-        if self.compile not in ("", *COMPILE_MODES):
-            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)} or \"\", got {self.compile!r}")
+    def execution(self, device: str) -> Execution:
+        return Execution(device=device, precision=self.precision, channels_last=self.channels_last,
+                         compile=self.compile)
 
-    @property
-    def compile_mode(self) -> str | None:
-        return self.compile or None
+    def run_options(self, out, *, force: bool = False, progress: bool = True, dry_run: bool = False) -> RunOptions:
+        return RunOptions(out=None if out is None else str(out), force=force, batch_size=self.batch_size,
+                          shard_size=self.shard_size, dry_run=dry_run, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -166,7 +117,7 @@ class NllStage:
     """[evaluation.nll]: the bound on train and test images (`ddpm-bench nll`)."""
 
     options: BoundOptions = field(default_factory=BoundOptions)
-    execution: StageExecution = field(default_factory=lambda: StageExecution(batch_size=0, shard_size=64))
+    execution: StageExecution = field(default_factory=StageExecution)
     train_images: int = 0  # 0 = every image of training.data
     test_images: int = 0  # 0 = every image of evaluation.test_data
     gap_terms: int = 0  # K > 0: the gap from importance-sampled bounds (nll --terms K) of gap_images per split
@@ -182,7 +133,7 @@ class SampleStage:
     """[evaluation.sample]: the samples for FID/IS and the figures (`ddpm-bench sample`)."""
 
     options: SamplerOptions = field(default_factory=SamplerOptions)
-    execution: StageExecution = field(default_factory=lambda: StageExecution(batch_size=128, shard_size=500))
+    execution: StageExecution = field(default_factory=StageExecution)
     num: int = 50_000
     progressive_every: int = 100  # paper Figure 6: the x0 prediction every N steps
 
@@ -196,7 +147,7 @@ class FidStage:
     """[evaluation.fid]: FID/IS of the samples (`ddpm-bench fid`); ref "" = training.data (the paper)."""
 
     options: FidOptions = field(default_factory=lambda: FidOptions(ref=""))
-    execution: StageExecution = field(default_factory=lambda: StageExecution(batch_size=64, shard_size=1000))
+    execution: StageExecution = field(default_factory=StageExecution)
 
 
 STAGES = (NllStage, SampleStage, FidStage)
@@ -251,12 +202,8 @@ def stage_to_dict(stage: Any) -> dict:
     return out
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _positive(cfg: Any, names: tuple[str, ...]) -> None:
-    section = {ModelConfig: "model"}.get(type(cfg), "training")
+    section = "training"
     for name in names:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{section}.{name} must be >= 1, got {getattr(cfg, name)}")
@@ -308,39 +255,12 @@ def resolve(cfg: RunConfig, origin: str) -> RunConfig:
 
 
 def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
-    """Check a TOML value against a dataclass field type (int, float, bool, str, tuple[int, ...], or one of
-    these or None: TOML has no null, so None is the default of a key left out)."""
-    def bad() -> ConfigError:
-        return ConfigError(f"{origin}: {key} = {value!r}: expected {getattr(hint, '__name__', hint)}")
-
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        inner = [h for h in typing.get_args(hint) if h is not type(None)]
-        if value is None and type(None) in typing.get_args(hint):  # a run's config.json writes null
-            return None
-        if len(inner) == 1:
-            return _coerce(value, inner[0], key, origin)
-
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"{origin}: {key} = {value!r}: expected a list of integers")
-        return tuple(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise bad()
-        return value
-    if hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise bad()
-        return value
-    if hint is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise bad()
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise bad()
-        return value
-    raise TypeError(f"unsupported field type {hint}")  # pragma: no cover
+    """A TOML (or config.json) value in its field's type (ddpm_bench.typecheck); a ConfigError naming the key
+    otherwise. TOML has no null: None is the default of a key left out (a run's config.json writes null)."""
+    try:
+        return conform(value, hint)
+    except Mismatch as e:
+        raise ConfigError(f"{origin}: {key} = {value!r}: expected {e.expected}") from None
 
 
 def _section(cls: type, values: dict, section: str, origin: str) -> Any:

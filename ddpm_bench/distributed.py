@@ -31,6 +31,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it, also before the process group exists (0 without torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from ddpm_bench.bound import term_values
 from ddpm_bench.diffusion import DiffusionConfig, q_posterior_mean, v_target
 from ddpm_bench.schedule import Schedule
+from ddpm_bench.variational_bound import term_values
 
 HYBRID_LAMBDA = 0.001  # improved DDPM's lambda
 

@@ -14,6 +14,17 @@ import math
 
 import torch
 
+from ddpm_bench.errors import UserError
+
+MAX_SEED = 2**63 - 1  # seeds key the noise as int64
+
+
+def check_seed(seed: int, name: str = "--seed") -> None:
+    """A seed is an integer in 0..2**63-1 (a UserError naming the flag otherwise)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{name} {seed}: must be an integer in 0..2**63-1")
+
+
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9

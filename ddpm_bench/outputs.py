@@ -13,7 +13,6 @@ Outputs: the nll summary (`summary.json`) and per-image terms (`per_image.npz`),
 from __future__ import annotations
 
 import json
-import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -24,33 +23,11 @@ import numpy as np
 from ddpm_bench.errors import UserError
 from ddpm_bench.identity import ModelIdentity, sha256_json
 from ddpm_bench.shards import atomic_write_json, atomic_write_npz, to_json
+from ddpm_bench.typecheck import Mismatch, conform, type_ok
 
 
 class OutputFileError(UserError):
     """An output file that is missing, unreadable, or has a field of the wrong type."""
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is Any:
-        return True
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is list:
-        return isinstance(value, list)
-    if origin is dict:
-        return isinstance(value, dict)
-    return isinstance(value, hint)
-
-
-def _hint_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def read_json_object(path: Path) -> dict:
@@ -109,10 +86,10 @@ class JsonOutput:
                     values[f.name] = f.default
                     continue
                 raise OutputFileError(f"{path}: field '{f.name}' is missing")
-            if not _type_ok(obj[f.name], hints[f.name]):
-                raise OutputFileError(f"{path}: field '{f.name}' is {type(obj[f.name]).__name__} "
-                                      f"{_short(obj[f.name])}, expected {_hint_name(hints[f.name])}")
-            values[f.name] = obj[f.name]
+            try:
+                values[f.name] = conform(obj[f.name], hints[f.name])
+            except Mismatch as e:
+                raise OutputFileError(f"{path}: field '{f.name}' is {e}") from None
         known = {f.name for f in fields(cls)}
         out = cls(**values, extra={k: v for k, v in obj.items() if k not in known})
         out.check(Path(path))
@@ -127,11 +104,6 @@ class JsonOutput:
         """Checks across fields (subclasses); raise OutputFileError naming the file and field."""
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def model_sha256_of(model: dict, path: Path, name: str = "model") -> str:
     """The model identity inside a `model` field; OutputFileError when it has none."""
     ident = model.get("identity") if isinstance(model, dict) else None
@@ -144,41 +116,34 @@ def model_sha256_of(model: dict, path: Path, name: str = "model") -> str:
 
 # -- nll ------------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class NllSummary(OfModel, JsonOutput):
-    """`summary.json` of `nll` (SPEC section 2), bits/dim; written last, so its presence marks a finished run."""
+    """`summary.json` of `nll`, the fields every estimator writes (bits/dim); written last, so its presence
+    marks a finished run. Each estimator's summary extends it with its named parts (`BoundSummary`,
+    `ImportanceSummary`, ...); `ddpm_bench.estimators.read_output` reads the one its `estimator` names."""
 
     FILE: ClassVar[str] = "summary.json"
     COMMAND: ClassVar[str] = "nll"
-    TERMS_CSV: ClassVar[str] = "terms.csv"  # term,bpd_mean,bpd_stderr,mse_mean beside it (SPEC section 2)
 
     run_id: str
+    estimator: str = "exact"  # the estimator's name (ddpm_bench.estimators)
+    quantity: str = "bound"  # "bound": an upper bound on -log p; "likelihood": -log p itself
     total_bpd: float
-    total_bpd_stderr: float | None
-    prior_bpd: float
-    kl_bpd: float
-    decoder_bpd: float
-    rate_bpd: float
-    rate_bpd_stderr: float | None
-    decoder_bpd_stderr: float | None
+    total_bpd_stderr: float | None  # over images: every estimate's own noise included
     n_images: int
     dims: int
     T: int
     data: str
     data_sha256: str
     seed: int
-    draws: int
-    clip: bool
-    decoder_cdf: str
+    precision: str
     mean_type: str
     var_type: str
-    precision: str
     model: dict  # provenance and `identity` (ddpm_bench.identity.ModelIdentity)
-    bound: dict  # the BoundOptions, whole
     diffusion: dict
     ddpm_bench_version: str
-    seconds: float
-    network_evals: int
+    seconds: float  # wall time of the evaluation itself, whatever it took (a pilot included)
+    network_evals: int  # every network evaluation made, a pilot included
     command: str = "nll"
     extra: dict = field(default_factory=dict)
 
@@ -186,6 +151,31 @@ class NllSummary(OfModel, JsonOutput):
         model_sha256_of(self.model, path)
         if self.n_images < 1 or self.T < 1 or self.dims < 1:
             raise OutputFileError(f"{path}: fields 'n_images', 'T', 'dims' must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BoundSummary(NllSummary):
+    """The variational bound's parts: L_T (prior), L_1..L_{T-1}, L_0 (decoder) and the rate L_1..L_T."""
+
+    prior_bpd: float
+    kl_bpd: float
+    decoder_bpd: float
+    rate_bpd: float
+    rate_bpd_stderr: float | None
+    decoder_bpd_stderr: float | None
+    draws: int
+    clip: bool
+    decoder_cdf: str
+    bound: dict  # the estimator's options, whole
+    TERMS_CSV: ClassVar[str] = "terms.csv"  # term,bpd_mean,bpd_stderr,mse_mean beside it
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportanceSummary(BoundSummary):
+    """The importance-sampled bound: K drawn KL terms per image and where their proposal came from."""
+
+    terms_per_image: int
+    proposal: dict
 
 
 @dataclass(frozen=True)
@@ -205,6 +195,11 @@ class PerImage:
     drawn: np.ndarray | None = None  # None: every term evaluated once (the exact bound)
 
     @property
+    def totals(self) -> np.ndarray:
+        """(N,) each image's estimate of the bound, bits/dim."""
+        return self.terms.sum(1)
+
+    @property
     def exact(self) -> bool:
         """Every term evaluated for every image (not importance sampled)."""
         return self.drawn is None or bool(np.all(self.drawn == 1))
@@ -217,7 +212,7 @@ class PerImage:
         return path
 
     @classmethod
-    def read(cls, folder: str | Path, summary: NllSummary | None = None) -> PerImage:
+    def read(cls, folder: str | Path, summary: BoundSummary | None = None) -> PerImage:
         """Read and check shapes, dtypes and finiteness; with `summary`, that both belong to one run."""
         path = Path(folder) / cls.FILE
         try:
@@ -262,19 +257,18 @@ class PerImage:
 
 @dataclass(frozen=True)
 class NllOutput:
-    """A finished nll output directory: its summary and per-image terms, checked to belong together."""
+    """A finished nll output: its summary and per-image parts, checked to belong together (read by
+    `ddpm_bench.estimators.read_output`; `path` is None for a result that lives only in memory)."""
 
-    path: Path
+    path: Path | None
     summary: NllSummary
-    per_image: PerImage
+    per_image: Any  # the estimator's per-image parts (PerImage for the bound), with `index` and `totals`
+    complete_before: bool = False  # read from a run that was already complete, not computed now
 
-    @classmethod
-    def read(cls, folder: str | Path) -> NllOutput:
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise OutputFileError(f"{folder}: not a directory (expected a finished `ddpm-bench nll` output)")
-        summary = NllSummary.read(folder)
-        return cls(folder, summary, PerImage.read(folder, summary))
+    def write(self, folder: str | Path) -> None:
+        """per_image.npz (and the estimator's other files) first, summary.json last."""
+        self.per_image.write(folder)
+        self.summary.write(folder)
 
 
 
@@ -411,7 +405,7 @@ class GapResult(OfModel, JsonOutput):
 
     def check(self, path: Path) -> None:
         model_sha256_of(self.model, path)
-        if len(self.ci95) != 2 or not all(_type_ok(v, float) for v in self.ci95):
+        if len(self.ci95) != 2 or not all(type_ok(v, float) for v in self.ci95):
             raise OutputFileError(f"{path}: field 'ci95' must be [low, high]")
 
 
@@ -500,9 +494,10 @@ def identity_of(model: Any, path: Path, name: str = "model") -> ModelIdentity:
     for f in fields(ModelIdentity):
         if f.name not in ident:
             raise OutputFileError(f"{path}: field '{name}.identity.{f.name}' is missing")
-        if not _type_ok(ident[f.name], hints[f.name]):
-            raise OutputFileError(f"{path}: field '{name}.identity.{f.name}' is {type(ident[f.name]).__name__} "
-                                  f"{_short(ident[f.name])}, expected {_hint_name(hints[f.name])}")
+        try:
+            conform(ident[f.name], hints[f.name])
+        except Mismatch as e:
+            raise OutputFileError(f"{path}: field '{name}.identity.{f.name}' is {e}") from None
     return ModelIdentity.from_dict(ident)
 
 
@@ -539,9 +534,10 @@ class RunConfigFile(JsonOutput):
             for key, kind in keys.items():
                 if key not in values:
                     raise OutputFileError(f"{path}: field '{section}.{key}' is missing")
-                if not _type_ok(values[key], kind):
-                    raise OutputFileError(f"{path}: field '{section}.{key}' is {type(values[key]).__name__} "
-                                          f"{_short(values[key])}, expected {_hint_name(kind)}")
+                try:
+                    conform(values[key], kind)
+                except Mismatch as e:
+                    raise OutputFileError(f"{path}: field '{section}.{key}' is {e}") from None
 
     @property
     def sha256(self) -> str:

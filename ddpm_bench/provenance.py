@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_bench import __version__
+from ddpm_bench.version import __version__
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:

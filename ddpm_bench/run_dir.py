@@ -34,10 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_bench import __version__, distributed
+from ddpm_bench import distributed
 from ddpm_bench.errors import OutputDirError, UserError
 from ddpm_bench.identity import sha256_json
 from ddpm_bench.shards import atomic_write_json, atomic_write_npz, read_json, to_json
+from ddpm_bench.version import __version__
 
 MANIFEST = "run.json"
 LOCK = ".lock"
@@ -46,6 +47,15 @@ RUN_ID = "run_id"  # the key of the run identity inside every shard file
 INDEX = "index"  # the item numbers inside every shard file
 
 _held: dict[tuple[int, int], int] = {}  # (device, inode) of a lock file this process holds -> its fd
+
+
+class SettingsChanged(OutputDirError):
+    """`--out` holds a run of the same command with other settings (`differences` names them)."""
+
+    def __init__(self, out: Path, differences: str):
+        self.differences = differences
+        super().__init__(f"--out {out}: holds a run with other settings ({differences}); use another directory "
+                         "or --force")
 
 
 class ShardError(OutputDirError):
@@ -82,23 +92,24 @@ def describe_differences(old: Any, new: Any, limit: int = 3) -> str:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a run executes, not what it computes: none of these is part of a run's identity (another
-    device, batch size, compile mode or memory format may move float32 rounding only)."""
+    """Where and how a run is kept: its directory (None: in memory, nothing written), whether to empty it,
+    the batch size (None: the command's default for the device; it may move float32 rounding only, so it is
+    not part of a run's identity), the shard size (None: the command's default; it is part of the
+    identity, since it decides which items share a network call), a dry run, a progress bar."""
 
-    out: str
+    out: str | None = None
     force: bool = False
-    device: str = "auto"
-    batch_size: int | None = 256  # None: the command's default for the device
-    compile_mode: str | None = None
-    channels_last: bool | None = None  # None: the device default (network_speed.CHANNELS_LAST_BY_DEVICE)
+    batch_size: int | None = None
+    shard_size: int | None = None
     dry_run: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not self.out:
+        if self.out is not None and not str(self.out).strip():
             raise OutputDirError("--out: empty")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+        for flag, value in (("--batch-size", self.batch_size), ("--shard-size", self.shard_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UserError(f"{flag} must be at least 1, got {value}")
 
 
 # -- the lock ------------------------------------------------------------------------------------------------
@@ -270,8 +281,7 @@ def claim(out: str | Path, command: str, identity: dict, *, force: bool = False,
             atomic_write_json(manifest, {"format": MANIFEST_FORMAT, "command": command, "run_id": run_id,
                                          "identity": identity, "ddpm_bench_version": __version__})
             return RunDir(out, command, run_id, resumed=True)
-        raise OutputDirError(f"--out {out}: holds a run with other settings "
-                             f"({describe_differences(old['identity'], identity)}); use another directory or --force")
+        raise SettingsChanged(out, describe_differences(old["identity"], identity))
     atomic_write_json(manifest, {"format": MANIFEST_FORMAT, "command": command, "run_id": run_id,
                                  "identity": identity, "ddpm_bench_version": __version__})
     return RunDir(out, command, run_id, resumed=False)

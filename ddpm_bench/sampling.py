@@ -26,8 +26,8 @@ import torch
 
 from ddpm_bench.diffusion import DiffusionConfig, p_mean_logvar, predict_x0
 from ddpm_bench.errors import ModelOutputError, UserError
-from ddpm_bench.models import Net
-from ddpm_bench.noise import counter_normal
+from ddpm_bench.network import Network
+from ddpm_bench.noise import check_seed, counter_normal
 from ddpm_bench.schedule import Schedule, respace_betas, schedule_from_betas, space_timesteps
 
 # third component of a noise key: what the noise is for
@@ -45,23 +45,18 @@ class SamplerOptions:
     seed: int = 0  # sample j is a pure function of (seed, j)
     steps: int | None = None  # respaced sampling with K evenly strided steps; None = all T steps
     clip: bool = True  # clip the x0 prediction to [-1, 1] before forming the mean (official sampler)
-    precision: str = "fp32"  # network precision; the sampler's math stays float64
     sampler: str = "ancestral"  # "ancestral" (DDPM Algorithm 2) or "ddim" (Song et al. 2021)
     eta: float = 0.0  # DDIM only: 0 deterministic given x_T, 1 the ancestral (posterior) variance
 
     def __post_init__(self) -> None:
-        from ddpm_bench.bound import check_seed
-        from ddpm_bench.precision import PRECISIONS
-
         check_seed(self.seed)
-        if self.steps is not None and self.steps < 1:
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 1):
             raise UserError(f"--steps must be at least 1, got {self.steps}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"--precision {self.precision}: choose from {', '.join(PRECISIONS)}")
         if self.sampler not in SAMPLERS:
             raise UserError(f"--sampler {self.sampler}: choose from {', '.join(SAMPLERS)}")
-        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not self.eta >= 0:
-            raise UserError(f"--eta must be a number >= 0, got {self.eta!r}")
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0 <= self.eta < float("inf"):
+            raise UserError(f"--eta must be a finite number >= 0, got {self.eta!r}")
         if self.eta and self.sampler != "ddim":
             raise UserError("--eta goes with --sampler ddim (the ancestral sampler has the model's variance)")
 
@@ -123,32 +118,28 @@ def _check_finite(t: torch.Tensor, indices: torch.Tensor, what: str, i: int) -> 
 
 
 def draw_samples(
-    net: Net,
+    net: Network,
     process: SamplingProcess,
     indices: torch.Tensor,
-    seed: int,
     image_shape: tuple[int, int, int],
-    clip: bool = True,
+    opts: SamplerOptions = SamplerOptions(),
     progressive_every: int | None = None,
-    device: str | torch.device = "cpu",
-    sampler: str = "ancestral",
-    eta: float = 0.0,
 ) -> Samples:
-    """Algorithm 2 (`sampler` "ancestral") or DDIM (`sampler` "ddim", with `eta`) for the samples numbered
-    `indices` ((B,) int64).
+    """Algorithm 2 (`opts.sampler` "ancestral") or DDIM ("ddim", with `opts.eta`) for the samples numbered
+    `indices` ((B,) int64), on the network's device.
 
-    `net(x, i)` takes float32 (B, C, H, W) and int64 (B,) network indices and returns (B, C, H, W), or
-    (B, 2C, H, W) for the learned variance types. With `progressive_every` = N, the x_0 prediction is
-    recorded at every step k (0-based in the sampled process) with k % N == 0; the last column (k = 0)
-    is the final sample for the `eps` and `x0` parameterisations. Non-finite network outputs or states
-    raise `ModelOutputError` naming the sample numbers.
+    With `progressive_every` = N, the x_0 prediction is recorded at every step k (0-based in the sampled
+    process) with k % N == 0; the last column (k = 0) is the final sample for the `eps` and `x0`
+    parameterisations. Non-finite network outputs or states raise `ModelOutputError` naming the sample
+    numbers.
     """
     cfg = process.diffusion
+    device = net.device
+    seed, clip, sampler, eta = opts.seed, opts.clip, opts.sampler, opts.eta
     s = process.schedule.to(device)
     idx = indices.to(device=device, dtype=torch.int64)
     B = idx.shape[0]
     C = image_shape[0]
-    want_c = 2 * C if cfg.learned_variance else C
     x = sample_noise(seed, idx, cfg.T, PURPOSE_PRIOR, image_shape)  # x_T
     columns: list[torch.Tensor] = []
     column_t: list[int] = []
@@ -156,9 +147,6 @@ def draw_samples(
         for k in reversed(range(process.steps)):
             i = int(process.timesteps[k])
             out = net(x.to(torch.float32), torch.full((B,), i, dtype=torch.int64, device=device))
-            if out.shape != (B, want_c, *image_shape[1:]):
-                raise ModelOutputError(f"the model returned shape {tuple(out.shape)} at network index {i}; "
-                                       f"expected {(B, want_c, *image_shape[1:])} for var type {cfg.var_type!r}")
             _check_finite(out, indices, "the model output", i)
             ik = torch.full((B,), k, dtype=torch.int64, device=device)
             if sampler == "ddim":  # only the x_0 prediction: DDIM uses neither the model's mean nor its variance

@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddpm_bench.bound import to_model_scale
 from ddpm_bench.config import RunConfig
 from ddpm_bench.diffusion import q_sample
 from ddpm_bench.losses import training_loss
-from ddpm_bench.models import build_model
 from ddpm_bench.models.ema import EMA
+from ddpm_bench.models.registry import build_model
 from ddpm_bench.noise import mix64_int
 from ddpm_bench.resampler import LossSecondMomentResampler, draw_indices
 from ddpm_bench.schedule import Schedule
+from ddpm_bench.variational_bound import to_model_scale
 
 # independent random streams of one step
 STREAM_DATA, STREAM_DIFFUSION, STREAM_DROPOUT, STREAM_INIT = 1, 2, 3, 4

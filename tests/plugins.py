@@ -5,7 +5,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ddpm_bench.identity import model_identity
+from ddpm_bench.models.loaded import LoadedModel
+from ddpm_bench.network import Execution, Network
 from ddpm_bench.schedule import make_schedule
+
+
+def as_network(fn, cfg, channels_last: bool = False, precision: str = "fp32") -> Network:
+    """A test's callable or module as the Network the math takes (CPU, contiguous unless asked), with an
+    identity of its own (tests of the math do not need one by content)."""
+    module = fn if isinstance(fn, torch.nn.Module) else None
+    ident = model_identity("test", None, None, cfg, {"test": getattr(fn, "__qualname__", type(fn).__name__)}, "test")
+    model = LoadedModel(backbone=fn, diffusion=cfg, identity=ident, provenance={"kind": "test"}, module=module)
+    return Network(model, Execution(device="cpu", channels_last=channels_last, precision=precision))
 
 # The single image of the oracle data set: every value of the 0..255 range appears, edges included.
 ORACLE_IMAGE = (np.arange(3 * 8 * 8, dtype=np.int64) * 37 % 256).astype(np.uint8).reshape(1, 8, 8, 3)

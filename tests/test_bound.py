@@ -7,10 +7,10 @@ import pytest
 import scipy.special as sp
 import torch
 
-from ddpm_bench.bound import BoundOptions, compute_bound, default_pairs_per_call
+from ddpm_bench.variational_bound import BoundOptions, compute_bound, default_pairs_per_call
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.noise import bits_to_normal_, counter_normal, mix64_int
-from tests.plugins import ORACLE_IMAGE, TinyConv, oracle_eps
+from tests.plugins import ORACLE_IMAGE, TinyConv, as_network, oracle_eps
 
 LN2 = math.log(2)
 
@@ -49,7 +49,7 @@ def oracle_closed_form(T, var_type, cdf):
 
 def bound_of(net, cfg, images_nhwc, batch_size=256, **opts):
     images = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2)
-    return compute_bound(net, cfg, cfg.schedule(), images, torch.arange(len(images_nhwc)), BoundOptions(**opts),
+    return compute_bound(as_network(net, cfg), images, torch.arange(len(images_nhwc)), BoundOptions(**opts),
                          batch_size=batch_size)
 
 
@@ -111,8 +111,8 @@ def test_a_subset_of_images_gets_the_same_terms_as_in_the_full_set():
     cfg = DiffusionConfig(T=20)
     net = TinyConv(T=20).eval()
     x = images(5)
-    full = compute_bound(net, cfg, cfg.schedule(), torch.from_numpy(x).permute(0, 3, 1, 2), torch.arange(5), BoundOptions(seed=4))
-    part = compute_bound(net, cfg, cfg.schedule(), torch.from_numpy(x[3:]).permute(0, 3, 1, 2), torch.arange(3, 5),
+    full = compute_bound(as_network(net, cfg), torch.from_numpy(x).permute(0, 3, 1, 2), torch.arange(5), BoundOptions(seed=4))
+    part = compute_bound(as_network(net, cfg), torch.from_numpy(x[3:]).permute(0, 3, 1, 2), torch.arange(3, 5),
                          BoundOptions(seed=4))
     np.testing.assert_allclose(part.terms.numpy(), full.terms[3:].numpy(), rtol=1e-6)
 

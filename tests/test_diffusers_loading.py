@@ -14,7 +14,7 @@ from ddpm_bench.errors import UserError
 
 diffusers = pytest.importorskip("diffusers")
 
-from ddpm_bench.models.diffusers_loading import load_diffusers_source  # noqa: E402
+from ddpm_bench.models.formats.diffusers_dir import load_directory  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def pipeline_dir(tmp_path_factory):
 
 
 def test_loads_unet_scheduler_settings_and_provenance(pipeline_dir):
-    src = load_diffusers_source(pipeline_dir, {}, "cpu")
+    src = load_directory(pipeline_dir, {})
     assert (src.diffusion.T, src.diffusion.beta_schedule, src.diffusion.mean_type, src.diffusion.var_type) == \
         (20, "linear", "eps", "fixed-large")
     assert src.image_shape == (3, 8, 8)
@@ -40,14 +40,14 @@ def test_loads_unet_scheduler_settings_and_provenance(pipeline_dir):
     unet = diffusers.UNet2DModel.from_pretrained(pipeline_dir / "unet")
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 17])
     with torch.no_grad():
-        assert torch.equal(src.net(x, t), unet(x, t).sample)
+        assert torch.equal(src.backbone(x, t), unet(x, t).sample)
     # the same weights give the same hash; other weights another
-    assert load_diffusers_source(pipeline_dir / "unet", {}, "cpu").provenance["sha256"] == src.provenance["sha256"]
+    assert load_directory(pipeline_dir / "unet", {}).provenance["sha256"] == src.provenance["sha256"]
 
 
 def test_contradicting_flag_is_an_error(pipeline_dir):
     with pytest.raises(UserError, match="--var-type fixed-small contradicts"):
-        load_diffusers_source(pipeline_dir, {"var_type": "fixed-small"}, "cpu")
+        load_directory(pipeline_dir, {"var_type": "fixed-small"})
 
 
 def _ours_and_theirs(cfg, s, sched, out, x, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,7 +63,7 @@ def _ours_and_theirs(cfg, s, sched, out, x, i: int) -> tuple[torch.Tensor, torch
 def test_one_reverse_step_matches_diffusers_ddpm_scheduler(pipeline_dir, variance_type):
     """Our p(x_{t-1} | x_t) with clipping, against DDPMScheduler.step with the same z, for t > 1."""
     sched = diffusers.DDPMScheduler(num_train_timesteps=20, variance_type=variance_type)
-    from ddpm_bench.models.diffusers_loading import diffusion_from_scheduler
+    from ddpm_bench.models.formats.diffusers_dir import diffusion_from_scheduler
 
     cfg = diffusion_from_scheduler(dict(sched.config), "scheduler")
     s = cfg.schedule()
@@ -82,7 +82,7 @@ def test_one_reverse_step_matches_diffusers_ddpm_scheduler(pipeline_dir, varianc
 def test_each_prediction_type_steps_as_diffusers_ddpm_scheduler(prediction_type):
     """prediction_type epsilon / sample / v_prediction load as eps / x0 / v, and one reverse step with
     clipping matches DDPMScheduler.step with the same z."""
-    from ddpm_bench.models.diffusers_loading import diffusion_from_scheduler
+    from ddpm_bench.models.formats.diffusers_dir import diffusion_from_scheduler
 
     sched = diffusers.DDPMScheduler(num_train_timesteps=20, variance_type="fixed_small", prediction_type=prediction_type)
     cfg = diffusion_from_scheduler(dict(sched.config), "scheduler")
@@ -119,7 +119,7 @@ def test_a_v_prediction_pipeline_directory_bounds_and_samples(tmp_path, pipeline
     shutil.copytree(pipeline_dir / "unet", d / "unet")
     diffusers.DDPMScheduler(num_train_timesteps=20, variance_type="fixed_large",
                             prediction_type="v_prediction").save_pretrained(d / "scheduler")
-    assert load_diffusers_source(d, {}, "cpu").diffusion.mean_type == "v"
+    assert load_directory(d, {}).diffusion.mean_type == "v"
     np.savez(tmp_path / "x.npz", np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8))
     assert main(["nll", "--ckpt", str(d), "--data", str(tmp_path / "x.npz"), "--no-progress",
                  "--out", str(tmp_path / "n")]) == 0

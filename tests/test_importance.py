@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_bench.bound import BoundOptions, compute_bound, draw_terms, estimate_bound, term_proposal
+from ddpm_bench.variational_bound import BoundOptions, ImportanceOptions, compute_bound, draw_terms, estimate_bound, term_proposal
 from ddpm_bench.diffusion import DiffusionConfig
-from tests.plugins import ORACLE_IMAGE, TinyConv, oracle_eps
+from tests.plugins import ORACLE_IMAGE, TinyConv, as_network, oracle_eps
 from tests.test_bound import oracle_closed_form
 
 Z95 = 1.959963984540054
@@ -39,8 +39,8 @@ def test_estimate_of_the_oracle_is_unbiased_for_its_closed_form(K, name):
     T = 200
     closed = oracle_closed_form(T, "fixed-large", "exact")
     q = proposals(closed)[name]
-    est = estimate_bound(oracle_eps(T=T), DiffusionConfig(T=T), DiffusionConfig(T=T).schedule(), oracle_images(64),
-                         torch.arange(64), BoundOptions(terms=K, seed=3), q, batch_size=97)
+    est = estimate_bound(as_network(oracle_eps(T=T), DiffusionConfig(T=T)), oracle_images(64),
+                         torch.arange(64), ImportanceOptions(terms=K, seed=3), q, batch_size=97)
     totals = est.terms.sum(1).numpy()
     se = totals.std(ddof=1) / math.sqrt(len(totals))
     assert abs(totals.mean() - closed.sum()) <= max(4 * se, 1e-9), (totals.mean(), closed.sum(), se)
@@ -52,11 +52,11 @@ def test_estimate_of_the_oracle_is_unbiased_for_its_closed_form(K, name):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The tiny U-Net of the trainer tests after 2 steps of the reference trainer (8x8x3, T = 20)."""
-    from ddpm_bench.models.source import load_ckpt_source
+    from ddpm_bench import load_model
     from tests.test_train import tiny_checkpoint
 
-    src = load_ckpt_source(tiny_checkpoint(tmp_path_factory.mktemp("ckpt")))
-    return src.net, src.diffusion
+    net = load_model(tiny_checkpoint(tmp_path_factory.mktemp("ckpt")), device="cpu", channels_last=False)
+    return net, net.diffusion
 
 
 @pytest.mark.parametrize("which", ["seeded conv net", "trained U-Net"])
@@ -72,9 +72,9 @@ def test_estimate_agrees_with_the_exact_engine_on_a_network(which, trained):
         torch.manual_seed(0)
         net = TinyConv(T=T).eval()
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (N, 3, 8, 8), dtype=np.uint8))
-    exact = compute_bound(net, cfg, cfg.schedule(), images, torch.arange(N), BoundOptions(seed=2)).terms.numpy()
+    exact = compute_bound(as_network(net, cfg), images, torch.arange(N), BoundOptions(seed=2)).terms.numpy()
     q = term_proposal(exact[:4])  # a pilot on 4 images
-    est = estimate_bound(net, cfg, cfg.schedule(), images, torch.arange(N), BoundOptions(seed=2, terms=10), q)
+    est = estimate_bound(as_network(net, cfg), images, torch.arange(N), ImportanceOptions(seed=2, terms=10), q)
     diff = est.terms.sum(1).numpy() - exact.sum(1)
     se = diff.std(ddof=1) / math.sqrt(N)
     assert se > 0 and abs(diff.mean()) < 4 * se
@@ -102,10 +102,10 @@ def test_the_95_percent_interval_covers_the_expected_bound_93_to_97_percent_of_t
     closed = oracle_closed_form(T, "fixed-large", "exact")
     q = proposals(closed)["sqrt"]
     cfg = DiffusionConfig(T=T)
-    net, s, images = oracle_eps(T=T), cfg.schedule(), oracle_images(N)
+    net, images = as_network(oracle_eps(T=T), cfg), oracle_images(N)
     covered = 0
     for seed in range(runs):
-        totals = estimate_bound(net, cfg, s, images, torch.arange(N), BoundOptions(terms=10, seed=seed), q,
+        totals = estimate_bound(net, images, torch.arange(N), ImportanceOptions(terms=10, seed=seed), q,
                                 batch_size=N * 11).terms.sum(1).numpy()
         se = totals.std(ddof=1) / math.sqrt(N)
         covered += abs(totals.mean() - closed.sum()) <= Z95 * se

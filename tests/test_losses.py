@@ -103,7 +103,7 @@ def test_mean_type_v_gives_the_bound_of_the_same_denoiser_and_trains_on_v(tmp_pa
 
     from ddpm_bench.cli import main
     from ddpm_bench.diffusion import v_target
-    from ddpm_bench.models.diffusers_loading import diffusion_from_scheduler
+    from ddpm_bench.models.formats.diffusers_dir import diffusion_from_scheduler
     from tests.plugins import ORACLE_IMAGE
 
     np.savez(tmp_path / "x.npz", ORACLE_IMAGE)
@@ -128,7 +128,7 @@ def test_mean_type_v_gives_the_bound_of_the_same_denoiser_and_trains_on_v(tmp_pa
 
 def test_diffusers_clip_settings_are_refused_or_warned_about(capsys):
     from ddpm_bench.errors import CheckpointError
-    from ddpm_bench.models.diffusers_loading import diffusion_from_scheduler
+    from ddpm_bench.models.formats.diffusers_dir import diffusion_from_scheduler
 
     with pytest.raises(CheckpointError, match="clip_sample_range 2.0 is not supported"):
         diffusion_from_scheduler({"clip_sample_range": 2.0}, "scheduler_config.json")

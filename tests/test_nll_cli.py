@@ -168,7 +168,7 @@ def tiny_ckpt(tmp_path):
     """A real ddpm-bench checkpoint of a small U-Net (untrained) with T = 20."""
     from ddpm_bench.checkpoint import save_checkpoint
     from ddpm_bench.config import config_from_dict
-    from ddpm_bench.models import build_model
+    from ddpm_bench.models.registry import build_model
 
     cfg = config_from_dict({"model": {"image_size": 8, "ch": 32, "ch_mult": [1], "num_res_blocks": 1,
                                       "attn_resolutions": [], "dropout": 0.0},

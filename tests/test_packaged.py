@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ddpm_bench.cli import main
-from ddpm_bench.models import packaged
+from ddpm_bench.models.formats import packaged
 from ddpm_bench.provenance import sha256_file
 
 FILE, SHA256 = packaged.PACKAGED["embedded"]
@@ -56,7 +56,7 @@ def test_it_sees_colour():
     (sqrt(abar_T) = 0.006), so a colour shift of x_t is a shift of the noise, and the predicted noise
     should follow it (ideally by the whole shift): here by a fifth of it or more (the blind model: 1%)."""
     from ddpm_bench.checkpoint import load_checkpoint
-    from ddpm_bench.models import build_model
+    from ddpm_bench.models.registry import build_model
 
     ckpt = load_checkpoint(FILE)
     net = build_model(ckpt["config"]["model"])

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from ddpm_bench.cli import main
-from ddpm_bench.rate_distortion import (
+from ddpm_bench.rate_distortion_curve import (
     distortion_bpd,
     rate_bpd,
     rate_distortion_curve,

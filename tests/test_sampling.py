@@ -20,7 +20,14 @@ from ddpm_bench.sampling import (
     to_uint8,
 )
 from ddpm_bench.schedule import respace_betas, schedule_from_betas, space_timesteps
+from tests.plugins import as_network
 from tests.sampling_plugins import TinyConv, nan_if_bright
+
+
+def draw(net, process, indices, seed, shape, clip=True, progressive_every=None, sampler="ancestral", eta=0.0):
+    """draw_samples with a test's network (wrapped with the process's diffusion) and these sampler options."""
+    return draw_samples(as_network(net, process.diffusion), process, indices, shape,
+                        SamplerOptions(seed=seed, clip=clip, sampler=sampler, eta=eta), progressive_every)
 
 SHAPE = (3, 8, 8)
 
@@ -33,7 +40,7 @@ def tiny(T: int, out_channels: int | None = None) -> TinyConv:
 def run(net, cfg: DiffusionConfig, n: int, batch: int, seed: int = 0, steps=None, clip=True, start: int = 0):
     process = sampling_process(cfg, steps)
     idx = torch.arange(start, start + n, dtype=torch.int64)
-    return torch.cat([draw_samples(net, process, idx[b: b + batch], seed, SHAPE, clip=clip).x0
+    return torch.cat([draw(net, process, idx[b: b + batch], seed, SHAPE, clip=clip).x0
                       for b in range(0, n, batch)])
 
 
@@ -105,12 +112,12 @@ def test_point_mass_oracle_reproduces_the_point(mean_type, var_type):
     c = c_u8.to(torch.float64) / 127.5 - 1.0
     var_out = {"learned": -6.0, "learned-range": 0.3}.get(var_type)
     net = point_mass_oracle(cfg, c, var_out)
-    res = draw_samples(net, sampling_process(cfg), torch.arange(4), 0, SHAPE, progressive_every=7)
+    res = draw(net, sampling_process(cfg), torch.arange(4), 0, SHAPE, progressive_every=7)
     assert (res.x0 - c).abs().max() < 1e-4
     assert np.array_equal(to_uint8(res.x0), np.repeat(c_u8.permute(0, 2, 3, 1).numpy().astype(np.uint8), 4, 0))
     assert (res.progressive - c[:, None]).abs().max() < 1e-3  # x0_hat(x_t) = c at every recorded t
     if mean_type != "mu":
-        res = draw_samples(net, sampling_process(cfg, 7), torch.arange(2), 0, SHAPE)
+        res = draw(net, sampling_process(cfg, 7), torch.arange(2), 0, SHAPE)
         assert (res.x0 - c).abs().max() < 1e-4
 
 
@@ -134,7 +141,7 @@ def test_matches_algorithm_2_written_out(var_type):
             x = (x - betas[t - 1] / np.sqrt(1 - abar[t - 1]) * eps) / np.sqrt(1 - betas[t - 1])
             if t > 1:
                 x = x + np.sqrt(sigma2[t - 1]) * counter_normal(5, keys(t - 1, 1), SHAPE)
-    got = draw_samples(net, sampling_process(cfg), j, 5, SHAPE, clip=False).x0
+    got = draw(net, sampling_process(cfg), j, 5, SHAPE, clip=False).x0
     assert torch.allclose(got, x, rtol=0, atol=1e-5), (got - x).abs().max()
 
 
@@ -149,9 +156,9 @@ def test_learned_range_at_its_ends_is_the_fixed_variances(steps):
         return lambda x, i: torch.cat([eps_net(x, i), torch.full_like(x, r)], dim=1)
 
     for r, fixed in ((1.0, "fixed-large"), (-1.0, "fixed-small")):
-        a = draw_samples(with_var(r), sampling_process(DiffusionConfig(T=T, var_type="learned-range"), steps),
+        a = draw(with_var(r), sampling_process(DiffusionConfig(T=T, var_type="learned-range"), steps),
                              torch.arange(3), 2, SHAPE).x0
-        b = draw_samples(eps_net, sampling_process(DiffusionConfig(T=T, var_type=fixed), steps),
+        b = draw(eps_net, sampling_process(DiffusionConfig(T=T, var_type=fixed), steps),
                              torch.arange(3), 2, SHAPE).x0
         assert torch.equal(a, b)
 
@@ -185,7 +192,7 @@ def test_respaced_sampler_calls_the_network_with_original_indices():
         assert bool((i == i[0]).all())
         return base(x, i)
 
-    draw_samples(net, sampling_process(cfg, steps), torch.arange(2), 0, SHAPE)
+    draw(net, sampling_process(cfg, steps), torch.arange(2), 0, SHAPE)
     assert calls == sorted(space_timesteps(T, steps), reverse=True)
 
 
@@ -196,12 +203,12 @@ def test_steps_equal_to_T_is_the_full_sampler():
     full = sampling_process(cfg)
     same = sampling_process(cfg, T)
     assert torch.equal(same.timesteps, full.timesteps) and torch.equal(same.schedule.betas, full.schedule.betas)
-    a = draw_samples(net, full, torch.arange(4), 1, SHAPE).x0
-    assert torch.equal(draw_samples(net, same, torch.arange(4), 1, SHAPE).x0, a)
+    a = draw(net, full, torch.arange(4), 1, SHAPE).x0
+    assert torch.equal(draw(net, same, torch.arange(4), 1, SHAPE).x0, a)
     # the respacing formula with every step kept recovers the original betas, hence the same samples
     all_steps = schedule_from_betas(respace_betas(full.schedule.alphas_cumprod.numpy(), list(range(T))))
     assert torch.allclose(all_steps.betas, full.schedule.betas, rtol=1e-12, atol=0)
-    b = draw_samples(net, SamplingProcess(cfg, all_steps, full.timesteps), torch.arange(4), 1, SHAPE).x0
+    b = draw(net, SamplingProcess(cfg, all_steps, full.timesteps), torch.arange(4), 1, SHAPE).x0
     assert torch.allclose(a, b, rtol=0, atol=1e-6)
     assert np.array_equal(to_uint8(a), to_uint8(b))
 
@@ -214,7 +221,7 @@ def test_mu_models_refuse_respacing():
 def test_progressive_columns():
     T, every = 20, 6
     net = tiny(T)
-    res = draw_samples(net, sampling_process(DiffusionConfig(T=T)), torch.arange(2), 0, SHAPE,
+    res = draw(net, sampling_process(DiffusionConfig(T=T)), torch.arange(2), 0, SHAPE,
                            progressive_every=every)
     want_t = [k + 1 for k in reversed(range(T)) if k % every == 0]  # 19, 13, 7, 1
     assert res.progressive_t.tolist() == want_t
@@ -230,14 +237,14 @@ def test_non_finite_output_names_the_samples():
     bad = idx[x_T[:, 0, 0, 0].float() > 1.0].tolist()
     assert bad  # about 16% of the samples
     with pytest.raises(ModelOutputError) as e:
-        draw_samples(nan_if_bright, sampling_process(cfg), idx, 0, SHAPE)
+        draw(nan_if_bright, sampling_process(cfg), idx, 0, SHAPE)
     assert ", ".join(map(str, bad[:10])) in str(e.value)
 
 
 def test_wrong_output_shape_is_a_model_error():
     cfg = DiffusionConfig(T=10, var_type="learned")
     with pytest.raises(ModelOutputError, match="shape"):
-        draw_samples(tiny(10), sampling_process(cfg), torch.arange(2), 0, SHAPE)
+        draw(tiny(10), sampling_process(cfg), torch.arange(2), 0, SHAPE)
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
@@ -248,7 +255,7 @@ def test_ddim_with_the_one_image_oracle_returns_that_image(eta):
 
     cfg = DiffusionConfig(T=20)
     for steps in (None, 7):
-        res = draw_samples(oracle_eps_T20(), sampling_process(cfg, steps), torch.arange(3), 0, (3, 8, 8),
+        res = draw(oracle_eps_T20(), sampling_process(cfg, steps), torch.arange(3), 0, (3, 8, 8),
                                sampler="ddim", eta=eta)
         assert (to_uint8(res.x0) == ORACLE_IMAGE[0]).all()
 
@@ -258,9 +265,9 @@ def test_ddim_eta_0_is_deterministic_given_x_T_and_differs_from_ancestral():
 
     cfg, net = DiffusionConfig(T=20), tiny_conv()
     proc = sampling_process(cfg, 10)
-    a = draw_samples(net, proc, torch.arange(4), 5, (3, 8, 8), sampler="ddim")
-    b = draw_samples(net, proc, torch.arange(4), 5, (3, 8, 8), sampler="ddim", eta=0.0)
-    c = draw_samples(net, proc, torch.arange(4), 5, (3, 8, 8))
+    a = draw(net, proc, torch.arange(4), 5, (3, 8, 8), sampler="ddim")
+    b = draw(net, proc, torch.arange(4), 5, (3, 8, 8), sampler="ddim", eta=0.0)
+    c = draw(net, proc, torch.arange(4), 5, (3, 8, 8))
     assert torch.equal(a.x0, b.x0) and not torch.equal(a.x0, c.x0)
     with pytest.raises(UserError, match="--eta goes with --sampler ddim"):
         SamplerOptions(eta=0.5)

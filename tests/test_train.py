@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ddpm_bench.cli import main
-from ddpm_bench.models.source import load_ckpt_source
+from ddpm_bench import load_model
 from tests.stderr import without_schedule_warning
 
 ROOT = Path(__file__).parents[1]
@@ -115,10 +115,10 @@ def test_checkpoints_hold_the_contract_and_load_for_evaluation(recipe, tmp_path,
     assert c["format"] == "ddpm-bench/1" and c["step"] == 6
     assert set(c) >= {"config", "model", "ema", "optimizer", "step"}
     assert c["config"] == __import__("json").loads((run / "config.json").read_text())
-    src = load_ckpt_source(run / "checkpoints" / "ckpt_0000006.pt")
-    assert src.image_shape == (3, 8, 8) and src.diffusion.T == 20 and src.provenance["step"] == 6
+    src = load_model(run / "checkpoints" / "ckpt_0000006.pt", device="cpu")
+    assert src.image_shape == (3, 8, 8) and src.diffusion.T == 20 and src.model.provenance["step"] == 6
     x = torch.randn(2, 3, 8, 8)
-    out = src.net(x, torch.tensor([0, 19]))
+    out = src(x, torch.tensor([0, 19]))
     assert out.shape == (2, 3, 8, 8)
     capsys.readouterr()
     assert main(["inspect", "--ckpt", str(run / "checkpoints" / "ckpt_0000006.pt")]) == 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddpm_bench.models import build_model
+from ddpm_bench.models.registry import build_model
 from ddpm_bench.models.unet import AttnBlock, ResnetBlock, timestep_embedding
 
 ROOT = Path(__file__).parents[1]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_bench.data import validate_images
+from ddpm_bench.data.images import validate_images
 from ddpm_bench.errors import DataError
 from ddpm_bench.provenance import file_digest
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_bench.data import validate_images
+from ddpm_bench.data.images import validate_images
 from ddpm_bench.errors import DataError
 
 EMBEDDED_FILE = Path(__file__).parent / "embedded" / "patches32.npz"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_bench.data import validate_images
+from ddpm_bench.data.images import validate_images
 from ddpm_bench.errors import DataError
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ddpm_bench.data import validate_images
+from ddpm_bench.data.images import validate_images
 from ddpm_bench.errors import DataError
 
 LOSSY_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".avif", ".heic", ".heif", ".jxl", ".jp2"}

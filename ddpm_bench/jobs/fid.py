@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import shutil
 import sys
+import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +28,32 @@ from ddpm_bench.metrics.extractors import PACKAGED, STANDARD, TINY_TEST, Extract
 from ddpm_bench.metrics.feature_shards import extract_in_shards
 from ddpm_bench.metrics.protocol import FidOptions
 from ddpm_bench.metrics.reference_cache import ReferenceKey
+from ddpm_bench.network import resolve_device
 from ddpm_bench.outputs import FidMetrics, OutputFileError, SampleManifest
-from ddpm_bench.precision import resolve_device
 from ddpm_bench.provenance import environment
 from ddpm_bench.run_dir import RunDir, RunOptions
 
 COMMAND = "fid"
 DEFAULT_BATCH_SIZE = 64  # images per feature-extractor call when none is given
+DEFAULT_SHARD_SIZE = 1000  # images per feature shard
 FEATURES_DIR = "features"  # feature shards while the run is unfinished; removed once metrics.json is written
+
+
+@dataclass(frozen=True)
+class FidJob:
+    """Everything one `fid` run needs: the samples (a sample directory, .npz, PNG folder or data source, or
+    images in memory), what to measure against what (`FidOptions`), the device, and how the run is kept
+    (without `run.out` the feature shards live in a temporary directory and only the metrics are kept)."""
+
+    samples: str | ImageSet
+    options: FidOptions = FidOptions()
+    device: str = "auto"
+    run: RunOptions = RunOptions()
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--samples", self.samples), ("--ref", self.options.ref)):
+            if isinstance(value, str) and not value.strip():
+                raise UserError(f"{flag}: empty; give a sample directory, .npz, PNG folder or a data set name")
 
 
 def _library_versions() -> dict:
@@ -187,31 +206,34 @@ def finished_metrics(rd: RunDir) -> FidMetrics | None:
     return metrics if metrics.run_id == rd.run_id else None
 
 
-def run_fid(samples: str, opts: FidOptions, run: RunOptions, shard_size: int = 1000) -> FidMetrics | None:
-    """FID/IS of `samples` into `run.out`/metrics.json, in one process or in each process of a torchrun
-    launch: the features of both image sets are extracted in shards split over the ranks
+def run_fid(job: FidJob) -> FidMetrics | None:
+    """FID/IS of `job.samples` into `job.run.out`/metrics.json, in one process or in each process of a
+    torchrun launch: the features of both image sets are extracted in shards split over the ranks
     (metrics/feature_shards.py); rank 0 computes the statistics and metrics from the merged features and
     returns the result (other ranks return None)."""
-    if shard_size < 1:
-        raise UserError(f"--shard-size must be at least 1, got {shard_size}")
-    for flag, value in (("--samples", samples), ("--ref", opts.ref)):
-        if not value or not str(value).strip():
-            raise UserError(f"{flag}: empty; give a sample directory, .npz, PNG folder or a data set name")
-    dev = distributed.process_device(resolve_device(run.device))
+    dev = distributed.process_device(resolve_device(job.device))
+    if job.run.out is None:
+        with tempfile.TemporaryDirectory(prefix="ddpm-bench-fid-") as tmp:
+            with distributed.process_group(dev):
+                return _run_fid(replace(job, run=replace(job.run, out=tmp)), dev)
     with distributed.process_group(dev):
-        return _run_fid(samples, opts, run, shard_size, dev)
+        return _run_fid(job, dev)
 
 
-def _run_fid(samples: str, opts: FidOptions, run: RunOptions, shard_size: int, dev) -> FidMetrics | None:
-    main = distributed.is_main()
+def _run_fid(job: FidJob, dev) -> FidMetrics | None:
+    main, opts, run, samples = distributed.is_main(), job.options, job.run, job.samples
+    shard_size = run.shard_size or DEFAULT_SHARD_SIZE
     backends, ref, num_ref = opts.backends, opts.ref, opts.num_ref
     batch_size = run.batch_size or DEFAULT_BATCH_SIZE
     known: dict[str, tuple | None] = {}
     with run_dir.phase():  # every rank: inputs; rank 0 claims --out and finds the reference statistics it has
         extractor = resolve_extractor(opts.feature_extractor, opts.inception_weights)
         cache = Path(opts.cache_dir) if opts.cache_dir else reference_cache.default_cache_dir()
-        sample_set = load_images(samples, opts.data_root, opts.num_samples)
-        manifest = samples_manifest(samples)
+        if isinstance(samples, ImageSet):
+            sample_set, manifest = samples, None
+        else:
+            sample_set = load_images(samples, opts.data_root, opts.num_samples)
+            manifest = samples_manifest(samples)
         samples_prov = _samples_provenance(sample_set, manifest)
         ref_file = ref if reference_cache.is_statistics_file(ref) else None
         ref_set = None if ref_file else load_images(ref, opts.data_root, num_ref)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_bench.bound import BoundOptions
 from ddpm_bench.errors import UserError
+from ddpm_bench.estimators import ESTIMATORS, read_output
 from ddpm_bench.outputs import GapResult, NllOutput
 from ddpm_bench.run_dir import describe_differences
 
@@ -32,7 +32,7 @@ def check_comparable(train: NllOutput, test: NllOutput) -> None:
     """Two nll outputs of one model identity (weights, ema or raw, diffusion) with the same bound options,
     on two different image sets; UserError (exit 2) naming what differs otherwise."""
     a, b = train.summary, test.summary
-    where = f"{train.path} and {test.path}"
+    where = f"{train.path or 'the train result'} and {test.path or 'the test result'}"
     if a.run_id == b.run_id:
         raise UserError(f"{where} are the same nll run (run_id {a.run_id[:12]}); give a train and a test output")
     if a.data_sha256 == b.data_sha256:
@@ -42,15 +42,10 @@ def check_comparable(train: NllOutput, test: NllOutput) -> None:
         ia, ib = a.model["identity"], b.model["identity"]
         raise UserError(f"{where} were computed with different models ("
                         f"{describe_differences(_model_fields(ia), _model_fields(ib))}); a gap compares one model")
-    ea, eb = expectation(a.bound), expectation(b.bound)
-    if ea != eb or a.dims != b.dims:  # seed, draws and term sampling (exact or --terms K) change only the noise
-        raise UserError(f"{where} differ in bound options that change the expected bound "
-                        f"({describe_differences({**ea, 'dims': a.dims}, {**eb, 'dims': b.dims})})")
-
-
-def expectation(bound: dict) -> dict:
-    """The bound options of a summary that change the expected bound (BoundOptions.expectation)."""
-    return BoundOptions(**{k: v for k, v in bound.items() if k in BoundOptions.__dataclass_fields__}).expectation()
+    ea, eb = ESTIMATORS[a.estimator].comparable(a), ESTIMATORS[b.estimator].comparable(b)
+    if ea != eb:  # the seed, draws and term sampling (exact or --terms K) change only the noise of an estimate
+        raise UserError(f"{where} differ in what they estimate ({describe_differences(ea, eb)}); a gap compares "
+                        "one quantity with the same settings")
 
 
 def _model_fields(identity: dict) -> dict:
@@ -60,9 +55,13 @@ def _model_fields(identity: dict) -> dict:
 def compute_gap(train_dir: str | Path, test_dir: str | Path, max_gap: float = 0.03) -> GapResult:
     """The gap between two nll outputs of the same model and settings; `exceeds` when the whole 95%
     interval lies above `max_gap`."""
-    train, test = NllOutput.read(train_dir), NllOutput.read(test_dir)
+    return gap_of(read_output(train_dir), read_output(test_dir), max_gap)
+
+
+def gap_of(train: NllOutput, test: NllOutput, max_gap: float = 0.03) -> GapResult:
+    """The gap between two nll results (read from files or computed in memory)."""
     check_comparable(train, test)
-    stats = gap_statistics(train.per_image.terms.sum(1), test.per_image.terms.sum(1))
+    stats = gap_statistics(train.per_image.totals, test.per_image.totals)
     return GapResult(**stats, max_gap=max_gap, exceeds=bool(stats["ci95"][0] > max_gap), train=train.summary.data,
                      test=test.summary.data, train_run_id=train.summary.run_id, test_run_id=test.summary.run_id,
                      model=test.summary.model)

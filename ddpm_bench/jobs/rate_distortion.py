@@ -1,70 +1,75 @@
 """`ddpm-bench rate-distortion`: Table 4 and Figure 5 (paper §4.3) from an nll output, or from a model.
 
 Reads `per_image.npz` of an `nll` output (or runs `nll` into OUT/nll first), computes the rate and
-distortion for every t with `ddpm_bench.rate_distortion`, and writes atomically:
+distortion for every t with `ddpm_bench.rate_distortion_curve`, and writes atomically:
 curve.csv, table4.csv, table4.md, figure5.png, figure5.pdf and summary.json (written last).
 """
 
 from __future__ import annotations
 
-import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ddpm_bench import __version__, run_dir
+from ddpm_bench import distributed, run_dir
 from ddpm_bench.errors import UserError
+from ddpm_bench.estimators import ESTIMATORS, make_estimator, read_output
+from ddpm_bench.jobs.nll import NllJob, run_nll
 from ddpm_bench.outputs import NllOutput, RateDistortionSummary
 from ddpm_bench.provenance import environment
-from ddpm_bench.rate_distortion import distortion_bpd, rate_distortion_curve
+from ddpm_bench.rate_distortion_curve import distortion_bpd, rate_distortion_curve
 from ddpm_bench.reporting import columns as C
 from ddpm_bench.reporting.figures import bits_by_t_figure, figure5, save_figure
 from ddpm_bench.reporting.paper import PAPER_T, paper_values
 from ddpm_bench.reporting.tables import curve_frame, table4_frame, to_csv, write_frame
 from ddpm_bench.shards import atomic_write_text
+from ddpm_bench.version import __version__
 
 COMMAND = RateDistortionSummary.COMMAND
 NLL_SUBDIR = "nll"  # where the bound goes when a model is given instead of NLL_DIR
 RATE_TOLERANCE_BPD = 1e-6  # |rate(t=1) - summary rate_bpd| above this is reported as a warning
 
 
-def run_rate_distortion(out: str | Path, nll_dir: str | Path | None = None, nll: tuple | None = None,
-                        force: bool = False) -> RateDistortionSummary | None:
-    """Compute and write the rate-distortion outputs into `out`; returns the summary.
+def check_every_term(output: NllOutput, origin: str) -> None:
+    """Rate and distortion need every term of every image: an estimate that does not give them (the
+    importance-sampled bound, whatever it happened to draw, or a likelihood) is refused."""
+    cls = ESTIMATORS[output.summary.estimator]
+    if not cls.RATE_DISTORTION:
+        raise UserError(f"{origin}: an nll output of the {cls.NAME!r} estimator does not give every term of every "
+                        "image; rate and distortion need the exact bound: run nll without --terms or --ode")
 
-    Exactly one of `nll_dir` (a finished `ddpm-bench nll` output) and `nll` (the arguments of
-    `ddpm_bench.jobs.nll.run_nll`, whose RunOptions write into OUT/nll, to bound the model first).
-    The run's identity is the nll run's id: a moved nll output is the same input, another one is not.
-    """
-    if (nll_dir is None) == (nll is None):
-        raise UserError("give either NLL_DIR or a model (--ckpt or --model) with --data, not both and not neither")
+
+def run_rate_distortion(out: str | Path, source: str | Path | NllJob, force: bool = False) -> RateDistortionSummary | None:
+    """Compute and write the rate-distortion outputs into `out`; returns the summary. `source` is a finished
+    `ddpm-bench nll` output, or an `NllJob` of the exact bound, run first into OUT/nll (its own run, resumed
+    there). The run's identity is the nll run's id: a moved nll output is the same input, another one is
+    not."""
     out = Path(out)
-    if nll is not None:
-        from ddpm_bench.jobs.nll import run_nll
-
-        if nll[3].dry_run:
-            run_nll(*nll[:4], shard_size=nll[4])
+    if isinstance(source, NllJob):
+        job = replace(source, run=replace(source.run, out=str(out / NLL_SUBDIR)))
+        if job.run.dry_run:
+            run_nll(job)
             return None
-        main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone claims and writes
-        if main:  # the identity of this run is that of the bound in OUT/nll (its own run.json)
+        if not make_estimator(job.options).RATE_DISTORTION:
+            raise UserError("rate-distortion needs the exact bound: leave out --terms and --ode")
+        if distributed.launch_rank() == 0:  # before the process group exists; the identity of this run is that of the bound in OUT/nll (its own run.json)
             run_dir.claim(out, COMMAND, {"nll": NLL_SUBDIR}, force=force)
-        run_nll(*nll[:4], shard_size=nll[4])
-        if not main:
+        nll = run_nll(job)
+        if nll is None:  # another rank of a torchrun launch
             return None
-        nll_dir = out / NLL_SUBDIR
-    source = NllOutput.read(nll_dir)  # refuse bad input before touching --out
-    if not source.per_image.exact:
-        raise UserError(f"NLL_DIR {nll_dir}: an importance-sampled bound (nll --terms K) has only K of the T - 1 "
-                        "terms of each image; rate and distortion need every term: run nll without --terms")
-    if nll is None:
-        run_dir.claim(out, COMMAND, {"nll_run_id": source.summary.run_id}, force=force)
-    return write_rate_distortion(source, out)
+        return write_rate_distortion(nll, out)
+    nll = read_output(source)  # refuse bad input before touching --out
+    check_every_term(nll, f"NLL_DIR {source}")
+    run_dir.claim(out, COMMAND, {"nll_run_id": nll.summary.run_id}, force=force)
+    return write_rate_distortion(nll, out)
 
 
 def write_rate_distortion(source: NllOutput, out: Path) -> RateDistortionSummary:
     """The outputs of `rate-distortion` for the nll output `source`, into the claimed directory `out`."""
+    check_every_term(source, str(source.path))
     summary, terms, mse = source.summary, source.per_image.terms, source.per_image.mse
     curve = rate_distortion_curve(terms, mse)
     T, n = curve.T, terms.shape[0]

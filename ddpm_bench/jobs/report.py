@@ -28,10 +28,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ddpm_bench import __version__, run_dir
+from ddpm_bench import run_dir
+from ddpm_bench.estimators import read_output
 from ddpm_bench.outputs import NllOutput, PerImage, RateDistortionSummary, ReportFiles, RunConfigFile
 from ddpm_bench.provenance import environment
-from ddpm_bench.rate_distortion import RateDistortionCurve, rate_distortion_curve
+from ddpm_bench.rate_distortion_curve import RateDistortionCurve, rate_distortion_curve
 from ddpm_bench.reporting import columns as C
 from ddpm_bench.reporting.figures import bits_by_t_figure, figure5, save_figure
 from ddpm_bench.reporting.inputs import PARTS, RunInputs, read_curve, read_inputs, short
@@ -48,6 +49,7 @@ from ddpm_bench.reporting.tables import (
     write_table,
 )
 from ddpm_bench.shards import atomic_write_json, atomic_write_text
+from ddpm_bench.version import __version__
 
 REPORT_COMMAND, REPORT_INDEX, REPORT_MANIFEST = ReportFiles.COMMAND, ReportFiles.INDEX, ReportFiles.MANIFEST
 FIGURE5_STEM = ReportFiles.FIGURE5
@@ -78,7 +80,7 @@ def exact_nll_test(run: RunInputs) -> NllOutput | None:
     """The run's nll_test output with its per_image.npz, when it holds every term (not `--terms K`)."""
     if run.nll_test is None or not (run.nll_test.folder / PerImage.FILE).is_file():
         return None
-    nll = NllOutput.read(run.nll_test.folder)  # per_image.npz checked against its summary
+    nll = read_output(run.nll_test.folder)  # per_image.npz checked against its summary
     return nll if nll.per_image.exact else None
 
 

@@ -19,14 +19,25 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from ddpm_bench import run_dir
-from ddpm_bench.config import RunConfig, StageExecution, load_recipe
+from ddpm_bench.config import RunConfig, load_recipe
 from ddpm_bench.data import DataSpec
 from ddpm_bench.errors import OutputDirError, UserError
-from ddpm_bench.models.source import ModelSource, ModelSpec
+from ddpm_bench.jobs.fid import FidJob, run_fid
+from ddpm_bench.jobs.gap import compute_gap
+from ddpm_bench.jobs.nll import NllJob, run_nll
+from ddpm_bench.jobs.rate_distortion import run_rate_distortion
+from ddpm_bench.jobs.report import build_report
+from ddpm_bench.jobs.sample import SampleJob, run_sample
+from ddpm_bench.jobs.train import run_train
+from ddpm_bench.metrics.reference_cache import is_statistics_file
+from ddpm_bench.models.formats import load_model
+from ddpm_bench.models.loaded import LoadedModel
+from ddpm_bench.models.spec import ModelSpec
 from ddpm_bench.outputs import OutputFileError, ReportFiles, ReproduceLayout, ReproduceRecord, TrainLayout
 from ddpm_bench.provenance import environment
-from ddpm_bench.run_dir import RunOptions
+from ddpm_bench.run_dir import SettingsChanged
 from ddpm_bench.shards import atomic_write_json
+from ddpm_bench.variational_bound import ImportanceOptions
 
 COMMAND = "reproduce"
 STAGES = ("train", "sample", "nll_train", "nll_test", "gap_nll_train", "gap_nll_test", "gap", "rate_distortion", "fid",
@@ -51,8 +62,6 @@ def data_specs(cfg: RunConfig, data_root: str | None) -> dict[str, DataSpec]:
     specs = {"nll_train": DataSpec(cfg.training.data, root, ev.nll.train_images or None),
              "nll_test": DataSpec(ev.test_data, root, ev.nll.test_images or None)}
     ref = ev.fid.options.ref or cfg.training.data
-    from ddpm_bench.metrics.reference_cache import is_statistics_file
-
     if not is_statistics_file(ref):
         specs["fid reference"] = DataSpec(ref, root, ev.fid.options.num_ref)
     return specs
@@ -67,7 +76,7 @@ def check_image_shapes(shape: tuple[int, int, int], specs: dict[str, DataSpec], 
                             f"holds {tuple(images.shape)}; set the recipe's data to images of the model's shape")
 
 
-def checkpoint_config(source: ModelSource, cfg: RunConfig) -> dict:
+def checkpoint_config(source: LoadedModel, cfg: RunConfig) -> dict:
     """config.json of a `reproduce --ckpt` run: the checkpoint's own stored config (not the recipe's), the
     recipe's evaluation, and the model identity."""
     stored = dict(source.config or {})
@@ -76,29 +85,14 @@ def checkpoint_config(source: ModelSource, cfg: RunConfig) -> dict:
     return {**stored, "evaluation": cfg.to_dict()["evaluation"], "checkpoint": source.describe()}
 
 
-def _run_options(out: Path, ex: StageExecution, device: str, progress: bool, force: bool = False) -> RunOptions:
-    return RunOptions(out=str(out), force=force, device=device, batch_size=ex.batch_size or None,
-                      compile_mode=ex.compile_mode,
-                      channels_last=ex.channels_last, progress=progress)
-
-
 def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None = None, device: str = "auto",
                   data_root: str | None = None, force: bool = False, dry: bool = False, progress: bool = True) -> dict:
-    from ddpm_bench.jobs.fid import run_fid
-    from ddpm_bench.jobs.gap import compute_gap
-    from ddpm_bench.jobs.nll import run_nll
-    from ddpm_bench.jobs.rate_distortion import run_rate_distortion
-    from ddpm_bench.jobs.report import build_report
-    from ddpm_bench.jobs.sample import run_sample
-    from ddpm_bench.jobs.train import run_train
-
     cfg = load_recipe(recipe, overrides)
     ev = cfg.evaluation
     if dry:
         from ddpm_bench.jobs.reproduce_eta import print_eta
-        from ddpm_bench.precision import resolve_device
 
-        print_eta(cfg, ckpt, resolve_device(device), data_root)
+        print_eta(cfg, ckpt, device, data_root)
         return {}
     layout = ReproduceLayout(Path(out))
     specs = data_specs(cfg, data_root)
@@ -111,17 +105,13 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
         _say(f"{name} ...")
         try:
             fn(False)
-        except OutputDirError as e:
-            if "holds a run with other settings" not in str(e):
-                raise
-            if force:
-                _say(f"{name}: its settings changed; --force: computing it again")
-                fn(True)
-            else:
-                what = str(e).split("; use another directory")[0]
-                raise OutputDirError(f"stage {name}: {what}; the recipe changed since this stage ran: restore it, "
-                                     "or run again with --force to compute the stages whose settings changed (only "
-                                     "those)") from None
+        except SettingsChanged as e:
+            if not force:
+                raise OutputDirError(f"stage {name}: holds a run with other settings ({e.differences}); the recipe "
+                                     "changed since this stage ran: restore it, or run again with --force to compute "
+                                     "the stages whose settings changed (only those)") from None
+            _say(f"{name}: its settings changed; --force: computing it again")
+            fn(True)
         timings[name] = round(time.perf_counter() - t0, 1)
         _say(f"{name} done in {timings[name]:.1f} s")
 
@@ -134,7 +124,7 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
         model = ModelSpec(ckpt=str(final_checkpoint(layout.root)))
     else:
         model = ModelSpec(ckpt=ckpt)
-        source = model.load("cpu")
+        source = load_model(model)
         if source.image_shape is not None:
             check_image_shapes(source.image_shape, specs, f"--ckpt {ckpt}")
         stage("model", lambda f: run_dir.claim(layout.root, COMMAND, {"model": source.identity.sha256}, force=f))
@@ -142,20 +132,23 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
     _say(f"model: {model.ckpt}")
 
     def sample(force: bool) -> None:
-        run_sample(model, ev.sample.options,
-                   _run_options(layout.samples, ev.sample.execution, device, progress, force),
-                   num=ev.sample.num, shard_size=ev.sample.execution.shard_size,
-                   progressive_every=ev.sample.progressive_every)
+        ex = ev.sample.execution
+        run_sample(SampleJob(model, ev.sample.num, ev.sample.options, ex.execution(device),
+                             ex.run_options(layout.samples, force=force, progress=progress),
+                             progressive_every=ev.sample.progressive_every))
 
-    def nll(split: str, out: Path, force: bool) -> None:
-        run_nll(model, specs[split], ev.nll.options, _run_options(out, ev.nll.execution, device, progress, force),
-                shard_size=ev.nll.execution.shard_size)
+    def nll_job(split: str, out: Path, force: bool, options=None, num_images: int | None = None) -> NllJob:
+        ex, spec = ev.nll.execution, specs[split]
+        if num_images is not None:
+            spec = replace(spec, num_images=num_images)
+        return NllJob(model, spec, options or ev.nll.options, ex.execution(device),
+                      ex.run_options(out, force=force, progress=progress))
 
     def gap_nll(split: str, out: Path, force: bool) -> None:  # importance-sampled, proposal from nll_test (exact)
-        spec = replace(specs[split], num_images=ev.nll.gap_images or None)
-        run_nll(model, spec, replace(ev.nll.options, terms=ev.nll.gap_terms),
-                _run_options(out, ev.nll.execution, device, progress, force), shard_size=ev.nll.execution.shard_size,
-                proposal=str(layout.nll_test))
+        o = ev.nll.options
+        options = ImportanceOptions(terms=ev.nll.gap_terms, seed=o.seed, clip=o.clip, decoder_cdf=o.decoder_cdf,
+                                    proposal=str(layout.nll_test))
+        run_nll(nll_job(split, out, force, options, ev.nll.gap_images or None))
 
     gap_dirs = (layout.gap_nll_train, layout.gap_nll_test) if ev.nll.gap_terms else (layout.nll_train, layout.nll_test)
 
@@ -168,18 +161,17 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
     def fid(force: bool) -> None:
         opts = ev.fid.options
         opts = replace(opts, ref=opts.ref or cfg.training.data, data_root=data_root or opts.data_root)
-        run_fid(str(layout.samples), opts, _run_options(layout.fid, ev.fid.execution, device, progress, force),
-                shard_size=ev.fid.execution.shard_size)
+        run_fid(FidJob(str(layout.samples), opts, device,
+                       ev.fid.execution.run_options(layout.fid, force=force, progress=progress)))
 
     stage("sample", sample)
-    stage("nll_train", lambda f: nll("nll_train", layout.nll_train, f))
-    stage("nll_test", lambda f: nll("nll_test", layout.nll_test, f))
+    stage("nll_train", lambda f: run_nll(nll_job("nll_train", layout.nll_train, f)))
+    stage("nll_test", lambda f: run_nll(nll_job("nll_test", layout.nll_test, f)))
     if ev.nll.gap_terms:
         stage("gap_nll_train", lambda f: gap_nll("nll_train", layout.gap_nll_train, f))
         stage("gap_nll_test", lambda f: gap_nll("nll_test", layout.gap_nll_test, f))
     stage("gap", gap)
-    stage("rate_distortion", lambda f: run_rate_distortion(out=layout.rate_distortion, nll_dir=layout.nll_test,
-                                                           force=True))
+    stage("rate_distortion", lambda f: run_rate_distortion(layout.rate_distortion, layout.nll_test, force=True))
     stage("fid", fid)
     stage("report", lambda f: build_report([layout.root], layout.report, force=True))
     seconds = dict(timings)

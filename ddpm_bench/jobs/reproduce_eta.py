@@ -18,22 +18,29 @@ import torch
 from ddpm_bench.config import RunConfig
 from ddpm_bench.data import ImageSet, load_images
 from ddpm_bench.errors import UserError
+from ddpm_bench.identity import model_identity
+from ddpm_bench.jobs.nll import probe_seconds_per_eval
+from ddpm_bench.jobs.sample import DEFAULT_BATCH_SIZE as SAMPLE_BATCH_SIZE
+from ddpm_bench.losses import training_loss
+from ddpm_bench.models.loaded import LoadedModel
+from ddpm_bench.models.registry import build_model
+from ddpm_bench.models.spec import ModelSpec
+from ddpm_bench.network import Execution, Network, load_network
 from ddpm_bench.probe import REPEATS, timed
+from ddpm_bench.variational_bound import default_pairs_per_call
 
 
-def _source(cfg: RunConfig, ckpt: str | None, device: torch.device):
-    from ddpm_bench.identity import model_identity
-    from ddpm_bench.models import build_model
-    from ddpm_bench.models.source import ModelSource, load_model_source
-
+def _network(cfg: RunConfig, ckpt: str | None, execution: Execution) -> Network:
+    """The checkpoint's network, or the recipe's freshly initialised (the weights do not change the time)."""
     if ckpt is not None:
-        return load_model_source(ckpt, None, "ema", {}, device)
+        return load_network(ModelSpec(ckpt=ckpt), execution)
     m = cfg.model
-    module = build_model(cfg.to_dict()["model"]).to(device).eval()
+    module = build_model(cfg.to_dict()["model"])
     ident = model_identity("probe", None, None, cfg.diffusion, cfg.to_dict()["model"],
                            "recipe (untrained, for timing only)")
-    return ModelSource(net=module, diffusion=cfg.diffusion, identity=ident, provenance={"kind": "probe"},
-                       image_shape=(m.in_channels, m.image_size, m.image_size), module=module)
+    model = LoadedModel(backbone=module, diffusion=cfg.diffusion, identity=ident, provenance={"kind": "probe"},
+                        image_shape=(m.in_channels, m.image_size, m.image_size), module=module)
+    return Network(model, execution)
 
 
 def _images(src: str, data_root: str | None, n: int, shape: tuple[int, int, int]) -> tuple[ImageSet, int | None]:
@@ -48,9 +55,6 @@ def _images(src: str, data_root: str | None, n: int, shape: tuple[int, int, int]
 
 
 def _train_step_seconds(cfg: RunConfig, device: torch.device) -> float:
-    from ddpm_bench.losses import training_loss
-    from ddpm_bench.models import build_model
-
     tc, d, m = cfg.training, cfg.diffusion, cfg.model
     model = build_model(cfg.to_dict()["model"]).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
@@ -80,19 +84,16 @@ def _fid_batch_seconds(name: str, batch: int, shape: tuple[int, int, int], devic
     return timed(lambda: extract_features(images, extractor, device, batch, "probe", network=fe), device)
 
 
-def print_eta(cfg: RunConfig, ckpt: str | None, device: torch.device, data_root: str | None = None) -> float:
-    """Print every stage's work and probe ETA; returns the total ETA in seconds."""
-    from ddpm_bench.bound import default_pairs_per_call
-    from ddpm_bench.jobs.nll import probe_seconds_per_eval
-    from ddpm_bench.precision import with_precision
-
+def print_eta(cfg: RunConfig, ckpt: str | None, device: str, data_root: str | None = None) -> float:
+    """Print every stage's work and probe ETA, in the order the run does them; returns the total ETA in
+    seconds."""
     ev, T = cfg.evaluation, cfg.diffusion.T
     steps = ev.sample.options.steps or T
-    from ddpm_bench.jobs.sample import DEFAULT_BATCH_SIZE
-
-    num, sample_batch = ev.sample.num, ev.sample.execution.batch_size or DEFAULT_BATCH_SIZE
-    source = _source(cfg, ckpt, device)
-    shape = source.image_shape
+    num, sample_batch = ev.sample.num, ev.sample.execution.batch_size or SAMPLE_BATCH_SIZE
+    sampler_net = _network(cfg, ckpt, ev.sample.execution.execution(device))
+    nll_net = _network(cfg, ckpt, ev.nll.execution.execution(device))
+    device = nll_net.device
+    shape = nll_net.image_shape
     nll_batch = ev.nll.execution.batch_size or default_pairs_per_call(device, shape or (3, 32, 32))
     draws = ev.nll.options.draws
     rows: list[tuple[str, str, float | None]] = []
@@ -102,11 +103,10 @@ def print_eta(cfg: RunConfig, ckpt: str | None, device: torch.device, data_root:
         rows.append(("train", f"{cfg.training.steps} steps x batch {cfg.training.batch_size}: {sec:.3g} s per step",
                      sec * cfg.training.steps))
     b = min(sample_batch, num)
-    net = with_precision(source.net, ev.sample.options.precision, device)
     x = torch.zeros(b, *shape, device=device)
     i = torch.full((b,), T - 1, dtype=torch.int64, device=device)
     with torch.inference_mode():
-        sec = timed(lambda: net(x, i), device)
+        sec = timed(lambda: sampler_net(x, i), device)
     calls = math.ceil(num / b) * steps
     rows.append(("sample", f"{num} samples x {steps} steps = {num * steps} network evaluations "
                            f"({calls} calls of {b}: {sec:.3g} s each)", sec * calls))
@@ -115,7 +115,7 @@ def print_eta(cfg: RunConfig, ckpt: str | None, device: torch.device, data_root:
                          ("nll test", ev.test_data, ev.nll.test_images)):
         probe, size = _images(src, data_root, min(nll_batch, n or nll_batch), shape)
         if per_eval is None:
-            per_eval = probe_seconds_per_eval(source, probe, nll_batch, ev.nll.options.precision, device)
+            per_eval = probe_seconds_per_eval(nll_net, probe, nll_batch)
         count = n or size
         if count is None:
             rows.append((name, f"all images of {src} (not here to count) x {T} terms x {draws} draw(s): "

@@ -14,18 +14,17 @@ import io
 import math
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ddpm_bench import distributed, network_speed, run_dir
+from ddpm_bench import distributed, run_dir
 from ddpm_bench.errors import UserError
-from ddpm_bench.models import Net
-from ddpm_bench.models.source import ModelSource, ModelSpec
+from ddpm_bench.models.spec import ModelSpec
+from ddpm_bench.network import Execution, Network, load_network
 from ddpm_bench.outputs import OutputFileError, SampleManifest, sample_shard_name
-from ddpm_bench.precision import resolve_device, with_precision
 from ddpm_bench.probe import timed
 from ddpm_bench.provenance import environment
 from ddpm_bench.run_dir import RunDir, RunOptions, ShardPlan
@@ -43,6 +42,7 @@ from ddpm_bench.shards import atomic_write_bytes, atomic_write_npz
 
 COMMAND = "sample"
 DEFAULT_BATCH_SIZE = 128  # samples per network call when none is given
+DEFAULT_SHARD_SIZE = 500  # samples per shard file
 SHARD_KEYS = ("arr_0",)
 GRID, PROGRESSIVE_NPZ, PROGRESSIVE_PNG = SampleManifest.GRID, SampleManifest.PROGRESSIVE_NPZ, SampleManifest.PROGRESSIVE_PNG
 GRID_SAMPLES = 64  # 8 x 8
@@ -77,9 +77,57 @@ def write_png(path: Path, image: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _image_shape(source: ModelSource, image_size: int | None, channels: int | None) -> tuple[int, int, int]:
-    if source.image_shape is not None:
-        C, H, W = source.image_shape
+@dataclass(frozen=True)
+class SampleJob:
+    """Everything one `sample` run needs, built once from flags, a recipe's stage or a Python call."""
+
+    model: ModelSpec | Network
+    num: int
+    options: SamplerOptions = SamplerOptions()
+    execution: Execution = Execution()
+    run: RunOptions = RunOptions()
+    image_size: int | None = None  # H = W of a model that does not know its image shape (default 32)
+    channels: int | None = None  # C of such a model (default 3)
+    progressive_every: int | None = None  # also record the x0 prediction every N steps (paper Figure 6)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num, bool) or not isinstance(self.num, int) or self.num < 1:
+            raise UserError(f"--num must be at least 1, got {self.num}")
+        if self.progressive_every is not None and self.progressive_every < 1:
+            raise UserError(f"--progressive-every must be at least 1, got {self.progressive_every}")
+
+    @property
+    def shard_size(self) -> int:
+        return self.run.shard_size or DEFAULT_SHARD_SIZE
+
+    @property
+    def batch_size(self) -> int:
+        return self.run.batch_size or DEFAULT_BATCH_SIZE
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """What a sample run made: its manifest, the sample directory (None for samples made in memory, which
+    `in_memory` then holds) and, with `progressive_every`, the progressive x0 predictions."""
+
+    manifest: SampleManifest
+    path: Path | None = None
+    in_memory: np.ndarray | None = None  # (num, H, W, C) uint8
+    progressive: np.ndarray | None = None  # (rows, P, H, W, C) uint8
+
+    @property
+    def samples(self) -> np.ndarray:
+        """(num, H, W, C) uint8 in sample order (read from the directory's checked shards)."""
+        if self.in_memory is not None:
+            return self.in_memory
+        from ddpm_bench.data.sample_dir import load_sample_dir
+
+        return load_sample_dir(self.path)
+
+
+def image_shape_of(network: Network, image_size: int | None, channels: int | None) -> tuple[int, int, int]:
+    if network.image_shape is not None:
+        C, H, W = network.image_shape
         if image_size is not None and image_size != H:
             raise UserError(f"--image-size {image_size} contradicts the model, which makes {H}x{W} images")
         if channels is not None and channels != C:
@@ -102,30 +150,25 @@ def read_samples(rd: RunDir, plan: ShardPlan, limit: int) -> np.ndarray:
     return np.concatenate(parts)[:limit]
 
 
-def sample_identity(source: ModelSource, sampler: SamplerOptions, process: SamplingProcess, shape, num: int,
+def sample_identity(network: Network, sampler: SamplerOptions, process: SamplingProcess, shape, num: int,
                     shard_size: int) -> dict:
-    """Everything that changes the samples: the model, the sampler options (with the resolved number of
-    steps), the image shape, how many, and the shard size (which samples share a network call)."""
-    return {"model": source.identity.sha256, "sampler": {**asdict(sampler), "steps": process.steps},
-            "image_shape": list(shape), "num": num, "shard_size": shard_size}
+    """Everything that changes the samples: the model and its precision, the sampler options (with the
+    resolved number of steps), the image shape, how many, and the shard size (which samples share a
+    network call)."""
+    return {"model": network.identity.sha256, "precision": network.precision,
+            "sampler": {**asdict(sampler), "steps": process.steps}, "image_shape": list(shape), "num": num,
+            "shard_size": shard_size}
 
 
-def run_sample(model: ModelSpec, sampler: SamplerOptions, run: RunOptions, *, num: int, shard_size: int = 500,
-               image_size: int | None = None, channels: int | None = None,
-               progressive_every: int | None = None) -> SampleManifest | None:
-    """Sample `num` images into `run.out`, in one process or in each process of a torchrun launch (see
+def run_sample(job: SampleJob) -> SampleResult | None:
+    """Sample `job.num` images, in one process or in each process of a torchrun launch (see
     ddpm_bench.distributed): rank r samples the missing shards s with s % world == r; rank 0 claims the
-    directory, writes manifest.json, grid.png and the progressive files, and returns the manifest (other
-    ranks and dry runs return None)."""
-    for flag, value in (("--num", num), ("--shard-size", shard_size)):
-        if value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
-    if progressive_every is not None and progressive_every < 1:
-        raise UserError(f"--progressive-every must be at least 1, got {progressive_every}")
-    dev = distributed.process_device(resolve_device(run.device))
-    run = replace(run, batch_size=run.batch_size or DEFAULT_BATCH_SIZE)
-    with distributed.process_group(dev):
-        return _run_sample(model, sampler, run, num, shard_size, image_size, channels, progressive_every, dev)
+    directory, writes manifest.json, grid.png and the progressive files, and returns the result (other
+    ranks and dry runs return None). Without `job.run.out` the samples are made in memory, in the same
+    shards and batches."""
+    device = job.model.device if isinstance(job.model, Network) else Network.device_of(job.execution)
+    with distributed.process_group(device):
+        return _run_sample(job)
 
 
 def progressive_is_whole(path: Path, every: int, rows: int) -> bool:
@@ -156,76 +199,133 @@ def _is_complete(rd: RunDir, plan: ShardPlan, progressive_every: int | None) -> 
                for s in range(plan.num_shards))
 
 
-def _run_sample(model: ModelSpec, sampler: SamplerOptions, run: RunOptions, num: int, shard_size: int,
-                image_size: int | None, channels: int | None, progressive_every: int | None,
-                dev: torch.device) -> SampleManifest | None:
-    main, world = distributed.is_main(), distributed.world_size()
+class _Sampling:
+    """One sample run's network, process and shard plan, and how to draw a shard."""
+
+    def __init__(self, job: SampleJob, network: Network, process: SamplingProcess, shape: tuple[int, int, int]):
+        self.job, self.network, self.process, self.shape = job, network, process, shape
+        self.plan = ShardPlan(job.num, job.shard_size)
+        self.rows = min(PROGRESSIVE_ROWS, job.num) if job.progressive_every else 0
+        self.progressive: dict[int, np.ndarray] = {}  # sample j < rows -> its progressive row
+        self.progressive_t = None
+
+    def batch(self, idx: np.ndarray) -> np.ndarray:
+        """uint8 samples of the numbers `idx`, keeping the progressive rows of the first samples."""
+        every = self.job.progressive_every if int(idx[0]) < self.rows else None
+        res = draw_samples(self.network, self.process, torch.from_numpy(idx), self.shape, self.job.options,
+                           progressive_every=every)
+        if every:
+            self.progressive_t = res.progressive_t
+            for r, j in enumerate(idx.tolist()):
+                if j < self.rows:
+                    self.progressive[j] = to_uint8(res.progressive[r])
+        return to_uint8(res.x0)
+
+    def shard(self, s: int, bar) -> np.ndarray:
+        """Shard s, drawn in its own batches."""
+        parts = []
+        for idx in shard_batches(self.plan.items(s), self.job.batch_size):
+            parts.append(self.batch(idx))
+            bar.update(len(idx))
+        return np.concatenate(parts)
+
+    def progressive_array(self) -> np.ndarray:
+        """(rows, P, H, W, C) uint8, redrawing the first samples' batches when an earlier run made them."""
+        if len(self.progressive) < self.rows:
+            for s in range((self.rows - 1) // self.plan.size + 1):
+                for idx in shard_batches(self.plan.items(s), self.job.batch_size):
+                    if int(idx[0]) >= self.rows:
+                        break
+                    self.batch(idx)
+        return np.stack([self.progressive[j] for j in range(self.rows)])
+
+
+def _run_sample(job: SampleJob) -> SampleResult | None:
+    main, world, run = distributed.is_main(), distributed.world_size(), job.run
+    rd = None
     with run_dir.phase():  # every rank: inputs; rank 0 claims --out
-        source = model.load(dev)
-        if main and (w := prior_warning(source.diffusion.schedule())):
+        network = load_network(job.model, job.execution)
+        if main and (w := prior_warning(network.diffusion.schedule())):
             print(f"ddpm-bench {COMMAND}: warning: {w}", file=sys.stderr)
         try:
-            process = sampling_process(source.diffusion, sampler.steps)
+            process = sampling_process(network.diffusion, job.options.steps)
         except ValueError as e:
             raise UserError(str(e)) from None
-        shape = _image_shape(source, image_size, channels)
-        channels_last = network_speed.choose_channels_last(source, run.channels_last, dev, shape)
-        memory_format = network_speed.speed_up(source, channels_last, run.compile_mode)
-        net = network_speed.with_memory_format(with_precision(source.net, sampler.precision, dev), memory_format)
-        identity = sample_identity(source, sampler, process, shape, num, shard_size)
-        if not run.dry_run:
+        shape = image_shape_of(network, job.image_size, job.channels)
+        identity = sample_identity(network, job.options, process, shape, job.num, job.shard_size)
+        if run.out is not None and not run.dry_run:
             rd = run_dir.claim_collective(run.out, COMMAND, identity, force=run.force)
-    K = process.steps
-
+    work = _Sampling(job, network, process, shape)
+    plan = work.plan
     if run.dry_run:
         if main:
-            _dry_run(net, source.diffusion.T, shape, num, min(run.batch_size, num), K, sampler.seed, dev)
+            _dry_run(network, shape, job.num, min(job.batch_size, job.num), process.steps, job.options.seed)
         return None
+    if rd is None:
+        return _sample_in_memory(work, identity)
 
-    plan = ShardPlan(num, shard_size)
     with run_dir.phase():  # rank 0 decides once what is done; every rank gets the same list
-        complete = distributed.broadcast(_is_complete(rd, plan, progressive_every) if main else None)
+        complete = distributed.broadcast(_is_complete(rd, plan, job.progressive_every) if main else None)
         missing = [] if complete else \
             plan.missing(lambda s: rd.shard_is_valid(shard_name(s), plan.items(s), SHARD_KEYS))
         if main and not complete:
             for s in missing:  # a shard that does not belong (or is cut off) is sampled again, never kept
                 (rd.path / shard_name(s)).unlink(missing_ok=True)
     if complete:
-        if main:
-            print(f"sample: {rd.path} is already complete", file=sys.stderr)
-        return SampleManifest.read(rd.path) if main else None
+        if not main:
+            return None
+        return SampleResult(SampleManifest.read(rd.path), rd.path)
 
-    ranges = plan.ranges()
     done = [s for s in range(plan.num_shards) if s not in missing]
-    manifest = _manifest(rd, source, process, sampler, shape, num, plan, done, dev, run.batch_size, world,
-                         network_speed.describe(channels_last, run.compile_mode, dev, asked=run.channels_last))
+    manifest = _manifest(rd.run_id, rd.resumed, network, process, job, shape, plan, done, world)
     if main:
         manifest.write(rd.path)
-
-    rows = min(PROGRESSIVE_ROWS, num)
-    prog_rows: dict[int, np.ndarray] = {}
-    start = time.perf_counter()
+    start, evals = time.perf_counter(), 0
+    owned = plan.owned(missing)
     with run_dir.phase():  # every rank: its own missing shards
-        prog_t = _sample_shards(net, process, sampler, shape, dev, run.batch_size, rd, ranges, plan.owned(missing),
-                                rows if progressive_every and main else 0, progressive_every, prog_rows, manifest,
-                                run.progress and main, write_manifest=world == 1)
+        bar = _progress(sum(len(plan.items(s)) for s in owned), run.progress and main)
+        for s in owned:
+            rd.write_shard(shard_name(s), plan.items(s), arr_0=work.shard(s, bar))
+            done.append(s)
+            evals += len(plan.items(s)) * process.steps
+            if world == 1:  # one process: the manifest follows every shard
+                _recount(manifest, plan, done, network_evals=evals, seconds=time.perf_counter() - start).write(rd.path)
+        bar.close()
     if not main:
         return None
 
     # rank 0: grids and the final manifest, recounted from the checked shard files
-    write_png(rd.path / GRID, image_grid(read_samples(rd, plan, min(GRID_SAMPLES, num)), ncols=8))
-    if progressive_every:
-        _write_progressive(rd.path, net, process, sampler, shape, progressive_every, rows, prog_rows, prog_t, dev,
-                           run.batch_size, ranges)
+    write_png(rd.path / GRID, image_grid(read_samples(rd, plan, min(GRID_SAMPLES, job.num)), ncols=8))
+    progressive = None
+    if job.progressive_every:
+        progressive = _write_progressive(rd.path, work)
     present = [s for s in range(plan.num_shards)
                if rd.shard_is_valid(shard_name(s), plan.items(s), SHARD_KEYS, say=False)]
-    final = replace(manifest, count=int(sum(len(ranges[s]) for s in present)), shards=[shard_name(s) for s in present],
-                    complete=len(present) == plan.num_shards)
-    final.extra.update(network_evals=int(sum(len(ranges[s]) for s in missing)) * K,
-                       seconds=time.perf_counter() - start,
-                       outputs=[GRID] + ([PROGRESSIVE_NPZ, PROGRESSIVE_PNG] if progressive_every else []))
+    final = _recount(manifest, plan, present, network_evals=sum(len(plan.items(s)) for s in missing) * process.steps,
+                     seconds=time.perf_counter() - start)
+    final.extra["outputs"] = [GRID] + ([PROGRESSIVE_NPZ, PROGRESSIVE_PNG] if job.progressive_every else [])
     final.write(rd.path)
-    return final
+    return SampleResult(final, rd.path, None, progressive)
+
+
+def _sample_in_memory(work: _Sampling, identity: dict) -> SampleResult:
+    plan, job = work.plan, work.job
+    start = time.perf_counter()
+    bar = _progress(job.num, job.run.progress)
+    samples = np.concatenate([work.shard(s, bar) for s in range(plan.num_shards)])
+    bar.close()
+    run_id = run_dir.run_id_of(COMMAND, run_dir.normalise(identity))
+    manifest = _manifest(run_id, False, work.network, work.process, job, work.shape, plan,
+                         list(range(plan.num_shards)), 1)
+    manifest.extra.update(network_evals=job.num * work.process.steps, seconds=time.perf_counter() - start)
+    return SampleResult(manifest, None, samples, work.progressive_array() if work.rows else None)
+
+
+def _recount(manifest: SampleManifest, plan: ShardPlan, present: list[int], **extra) -> SampleManifest:
+    """The manifest with its count, shards and completeness from the shards `present`."""
+    return replace(manifest, count=int(sum(len(plan.items(s)) for s in present)),
+                   shards=[shard_name(s) for s in sorted(present)], complete=len(present) == plan.num_shards,
+                   extra={**manifest.extra, **extra})
 
 
 def print_manifest(m: SampleManifest, out: str | Path) -> None:
@@ -238,38 +338,36 @@ def print_manifest(m: SampleManifest, out: str | Path) -> None:
           f"{m.model_sha256[:12]}) in {out}{took}; grid: {grids}")
 
 
-def _manifest(rd: RunDir, source: ModelSource, process: SamplingProcess, sampler: SamplerOptions, shape, num: int,
-              plan: ShardPlan, done: list[int], dev: torch.device, batch_size: int, world: int,
-              execution: dict) -> SampleManifest:
-    cfg, K = source.diffusion, process.steps
-    ranges = plan.ranges()
+def _manifest(run_id: str, resumed: bool, network: Network, process: SamplingProcess, job: SampleJob, shape,
+              plan: ShardPlan, done: list[int], world: int) -> SampleManifest:
+    cfg, K, sampler = network.diffusion, process.steps, job.options
     extra = {
         "command": COMMAND,
         "options": asdict(sampler),
         "diffusion": asdict(cfg),
         "layout": "arr_0 uint8 (n, H, W, C); index int64 (n,); run_id (the run.json run_id)",
-        "resumed": rd.resumed,
-        "device": str(dev),
-        "batch_size": batch_size,
-        "network_execution": execution,
+        "resumed": resumed,
+        "device": str(network.device),
+        "batch_size": job.batch_size,
+        "network_execution": network.describe_execution(),
         "network_evals": 0,
         "seconds": 0.0,
         "environment": environment(),
     }
     if world > 1:
         extra["processes"] = world
-    return SampleManifest(
+    return _recount(SampleManifest(
         format=SampleManifest.FORMAT,
-        run_id=rd.run_id,
-        model=source.describe(),
+        run_id=run_id,
+        model=network.describe(),
         seed=sampler.seed,
-        num=num,
+        num=job.num,
         shard_size=plan.size,
         num_shards=plan.num_shards,
         image_shape=list(shape),
-        count=int(sum(len(ranges[s]) for s in done)),
-        complete=len(done) == plan.num_shards,
-        shards=[shard_name(s) for s in done],
+        count=0,
+        complete=False,
+        shards=[],
         sampler={
             "algorithm": "ancestral (DDPM Algorithm 2)" if sampler.sampler == "ancestral" else
                          f"ddim (Song et al. 2021), eta {sampler.eta:g}",
@@ -279,12 +377,12 @@ def _manifest(rd: RunDir, source: ModelSource, process: SamplingProcess, sampler
             "respaced": K != cfg.T,
             "timesteps": process.timesteps.tolist() if K != cfg.T else "all",
             "clip": sampler.clip,
-            "precision": sampler.precision,
+            "precision": network.precision,
             "noise": "counter_normal(seed, [sample number, network index or T, purpose]); purpose 0 = x_T, 1 = z",
             "to_uint8": "round((x + 1) * 127.5) clipped to 0..255",
         },
         extra=extra,
-    )
+    ), plan, done)
 
 
 def shard_batches(shard: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -294,69 +392,19 @@ def shard_batches(shard: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [shard[b: b + batch_size] for b in range(0, len(shard), batch_size)]
 
 
-def _sample_shards(net: Net, process, sampler: SamplerOptions, shape, dev: torch.device, batch_size: int,
-                   rd: RunDir, ranges: list[np.ndarray], shards: list[int], rows: int,
-                   progressive_every: int | None, prog_rows: dict, manifest: SampleManifest, progress: bool,
-                   write_manifest: bool):
-    """Sample the listed shards, each in its own batches, and write each shard when it is complete; collect
-    the progressive rows of samples j < `rows`. With `write_manifest` (one process) manifest.json is
-    updated after each shard. Returns the progressive t."""
-    K = process.steps
-    done = [s for s in range(len(ranges)) if s not in shards]
-    prog_t = None
-    evals = 0
-    start = time.perf_counter()
-    bar = _progress(sum(len(ranges[s]) for s in shards), progress)
-    for s in shards:
-        parts = []
-        for idx in shard_batches(ranges[s], batch_size):
-            want_prog = int(idx[0]) < rows
-            res = draw_samples(net, process, torch.from_numpy(idx), sampler.seed, shape, clip=sampler.clip,
-                                   progressive_every=progressive_every if want_prog else None, device=dev,
-                                   sampler=sampler.sampler, eta=sampler.eta)
-            parts.append(to_uint8(res.x0))
-            if want_prog:
-                prog_t = res.progressive_t
-                for r, j in enumerate(idx.tolist()):
-                    if j < rows:
-                        prog_rows[j] = to_uint8(res.progressive[r])
-            evals += len(idx) * K
-            bar.update(len(idx))
-        rd.write_shard(shard_name(s), ranges[s], arr_0=np.concatenate(parts))
-        done.append(s)
-        if write_manifest:  # one process: the manifest follows every shard
-            now = replace(manifest, count=int(sum(len(ranges[d]) for d in done)),
-                          shards=[shard_name(d) for d in sorted(done)], complete=len(done) == len(ranges),
-                          extra={**manifest.extra, "network_evals": evals, "seconds": time.perf_counter() - start})
-            now.write(rd.path)
-    bar.close()
-    return prog_t
-
-
-def _write_progressive(out_dir: Path, net: Net, process, sampler: SamplerOptions, shape, every: int, rows: int,
-                       prog_rows: dict, prog_t, dev: torch.device, batch_size: int, ranges: list[np.ndarray]) -> None:
+def _write_progressive(out_dir: Path, work: _Sampling) -> np.ndarray:
     """progressive.npz (`x0_pred` uint8 (rows, P, H, W, C), `t` (P,), `index`, `every`) and its grid PNG:
     one row per sample, one column per recorded x_0 prediction, t = T on the left."""
-    path = out_dir / PROGRESSIVE_NPZ
-    if len(prog_rows) < rows and progressive_is_whole(path, every, rows):
-        return
-    if len(prog_rows) < rows:  # the first samples came from an earlier run: redo their batches (deterministic)
-        shard_size = len(ranges[0])
-        for s in range((rows - 1) // shard_size + 1):
-            for idx in shard_batches(ranges[s], batch_size):
-                if int(idx[0]) >= rows:
-                    break
-                res = draw_samples(net, process, torch.from_numpy(idx), sampler.seed, shape, clip=sampler.clip,
-                                       progressive_every=every, device=dev, sampler=sampler.sampler, eta=sampler.eta)
-                prog_t = res.progressive_t
-                for r, j in enumerate(idx.tolist()):
-                    if j < rows:
-                        prog_rows[j] = to_uint8(res.progressive[r])
-    x0_pred = np.stack([prog_rows[j] for j in range(rows)])  # (rows, P, H, W, C)
-    atomic_write_npz(path, x0_pred=x0_pred, t=prog_t.numpy(), index=np.arange(rows, dtype=np.int64),
+    path, every, rows = out_dir / PROGRESSIVE_NPZ, work.job.progressive_every, work.rows
+    if len(work.progressive) < rows and progressive_is_whole(path, every, rows) and (out_dir / PROGRESSIVE_PNG).is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return z["x0_pred"]
+    x0_pred = work.progressive_array()  # (rows, P, H, W, C)
+    atomic_write_npz(path, x0_pred=x0_pred, t=work.progressive_t.numpy(), index=np.arange(rows, dtype=np.int64),
                      every=np.int64(every))
     P = x0_pred.shape[1]
     write_png(out_dir / PROGRESSIVE_PNG, image_grid(x0_pred.reshape(rows * P, *x0_pred.shape[2:]), ncols=P))
+    return x0_pred
 
 
 def _progress(total: int, enabled: bool):
@@ -365,8 +413,9 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="img", desc="sample", disable=not enabled or total == 0, file=sys.stderr)
 
 
-def _dry_run(net: Net, T: int, shape, num: int, batch: int, K: int, seed: int, dev: torch.device) -> None:
+def _dry_run(net: Network, shape, num: int, batch: int, K: int, seed: int) -> None:
     """Print the number of network evaluations and an ETA from one batch at one timestep (median of 3)."""
+    dev, T = net.device, net.diffusion.T
     x = torch.zeros((batch, *shape), dtype=torch.float32, device=dev)
     i = torch.full((batch,), T - 1, dtype=torch.int64, device=dev)
     idx = torch.arange(batch, dtype=torch.int64, device=dev)

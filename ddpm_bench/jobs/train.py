@@ -11,7 +11,6 @@ DistributedDataParallel (NCCL on GPUs, gloo on CPU); only rank 0 writes files.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,11 +18,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ddpm_bench import distributed
 from ddpm_bench import run_dir as run_dir_lib
 from ddpm_bench.checkpoint import load_checkpoint, save_checkpoint
 from ddpm_bench.config import RESUMABLE_KEYS, RunConfig, load_recipe
 from ddpm_bench.data import load_images
 from ddpm_bench.errors import CheckpointError, ConfigError, UserError
+from ddpm_bench.network import resolve_device
 from ddpm_bench.outputs import TrainLayout
 from ddpm_bench.provenance import environment
 from ddpm_bench.run_dir import RunDir
@@ -98,29 +99,6 @@ def trim_log(run_dir: Path, step: int) -> None:
     atomic_write_text(path, "\n".join([LOG_HEADER, *keep]) + "\n")
 
 
-def check_device(device: str) -> None:
-    if not (device in ("auto", "cpu") or device.startswith("cuda")):
-        raise UserError(f"--device {device}: expected cpu, cuda, cuda:N or auto")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
-
-
-def setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) from the torchrun environment; a single process without it."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if device == "auto":
-        device = "cuda" if use_cuda else "cpu"
-    if world == 1:
-        return 0, 1, torch.device(device)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        return dist.get_rank(), world, torch.device("cuda", local_rank)
-    return dist.get_rank(), world, torch.device("cpu")
-
-
 def load_training_images(cfg: RunConfig, origin: str) -> tuple[torch.Tensor, dict]:
     """The training set as a uint8 (N, C, H, W) tensor, checked against the model's image shape."""
     tc, mc = cfg.training, cfg.model
@@ -139,7 +117,7 @@ def run_train(recipe: str | None, overrides: list[str], out: str, device: str = 
               progress: bool = True, data_root: str | None = None) -> int:
     """Train on `recipe`, or (None) go on with the run in `out` from its own config.json; `data_root` is
     `training.data_root` (a path, not part of the run's identity)."""
-    check_device(device)
+    dev = distributed.process_device(resolve_device(device))
     overrides = [*overrides, *([f"training.data_root={json.dumps(data_root)}"] if data_root is not None else [])]
     if recipe is None:
         recipe = str(Path(out) / TrainLayout.CONFIG)
@@ -147,15 +125,16 @@ def run_train(recipe: str | None, overrides: list[str], out: str, device: str = 
             raise UserError(f"--out {out}: holds no training run ({TrainLayout.CONFIG} missing); give --recipe")
     origin = f"recipe {recipe}" + (f" with --set {' '.join(overrides)}" if overrides else "")
     cfg = load_recipe(recipe, overrides)
-    if int(os.environ.get("RANK", "0")) == 0 and (w := prior_warning(cfg.diffusion.schedule())):
+    main = distributed.launch_rank() == 0  # before the process group exists
+    if main and (w := prior_warning(cfg.diffusion.schedule())):
         print(f"ddpm-bench {COMMAND}: warning: {w}", file=sys.stderr)
     config = cfg.to_dict()
     run_dir = Path(out)
     images, data = load_training_images(cfg, origin)
-    resuming = claim_run_dir(run_dir, config, data, force, main=int(os.environ.get("RANK", "0")) == 0).resumed
+    resuming = claim_run_dir(run_dir, config, data, force, main=main).resumed
 
-    rank, world, dev = setup_distributed(device)
-    try:
+    with distributed.process_group(dev):
+        rank, world = distributed.rank(), distributed.world_size()
         if world > 1:
             dist.barrier()
         trainer = Trainer(cfg, images.to(dev), cfg.diffusion.schedule(), dev, rank, world)
@@ -172,9 +151,6 @@ def run_train(recipe: str | None, overrides: list[str], out: str, device: str = 
             if resuming:
                 print(f"ddpm-bench train: resuming {run_dir} at step {trainer.step}", file=sys.stderr)
         _loop(trainer, cfg, config, data, run_dir, rank, world, progress)
-    finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
     return 0
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpm_bench.models import register_model
+from ddpm_bench.models.unet_config import ModelConfig
 
 NORM_GROUPS = 32
 NORM_EPS = 1e-6  # tf.contrib.layers.group_norm default
@@ -159,7 +159,13 @@ class Level(nn.Module):
         self.attn = nn.ModuleList()
 
 
-@register_model("unet")
+def build_unet(**arguments) -> UNet:
+    """The U-Net of a recipe's or checkpoint's `model` table, its arguments checked first (`ModelConfig`: a
+    checkpoint's stored config reaches here without the recipe's checks; ValueError naming model.FIELD)."""
+    ModelConfig(name="unet", **{**arguments, "out_channels": arguments.get("out_channels") or 0})
+    return UNet(**arguments)
+
+
 class UNet(nn.Module):
     """eps_theta(x_t, i): float32 (N, in_channels, H, W) and int64 (N,) -> (N, out_channels, H, W)."""
 

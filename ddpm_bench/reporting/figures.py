@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ddpm_bench.rate_distortion import RateDistortionCurve
+from ddpm_bench.rate_distortion_curve import RateDistortionCurve
 from ddpm_bench.reporting.paper import PAPER_T, paper_table4
 from ddpm_bench.shards import atomic_write_bytes
 

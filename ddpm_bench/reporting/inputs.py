@@ -31,6 +31,7 @@ import pandas as pd
 
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import UserError
+from ddpm_bench.estimators import read_summary
 from ddpm_bench.identity import ModelIdentity
 from ddpm_bench.outputs import (
     FidMetrics,
@@ -43,7 +44,7 @@ from ddpm_bench.outputs import (
     SampleManifest,
     identity_of,
 )
-from ddpm_bench.rate_distortion import RateDistortionCurve
+from ddpm_bench.rate_distortion_curve import RateDistortionCurve
 from ddpm_bench.reporting import columns as C
 
 WARNING = "ddpm-bench report: warning:"
@@ -103,7 +104,7 @@ PARTS = ("nll_train", "nll_test", "gap", "rate_distortion", "samples", "fid")
 
 
 def _nll(name: str, folder: Path) -> Part[NllSummary]:
-    s = NllSummary.read(folder)
+    s = read_summary(folder)
     file = folder / NllSummary.FILE
     return Part(name, file, s, identity_of(s.model, file))
 
@@ -319,7 +320,7 @@ def _nll_of_rate_distortion(rd: Part[RateDistortionSummary]) -> Part[NllSummary]
 def _gap_bound_run_ids(layout: ReproduceLayout) -> tuple[str, str] | None:
     """The run ids of the importance-sampled bounds a reproduce run computed for its gap (`gap_terms`)."""
     try:
-        return NllSummary.read(layout.gap_nll_train).run_id, NllSummary.read(layout.gap_nll_test).run_id
+        return read_summary(layout.gap_nll_train).run_id, read_summary(layout.gap_nll_test).run_id
     except OutputFileError:
         return None
 

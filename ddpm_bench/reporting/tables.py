@@ -23,7 +23,7 @@ from tabulate import tabulate
 
 from ddpm_bench.identity import ModelIdentity
 from ddpm_bench.outputs import NllSummary, RunConfigFile, feature_extractor_of
-from ddpm_bench.rate_distortion import RateDistortionCurve, table4_rows
+from ddpm_bench.rate_distortion_curve import RateDistortionCurve, table4_rows
 from ddpm_bench.reporting import columns as C
 from ddpm_bench.reporting.inputs import Part, RunInputs, dataset_of, split_of
 from ddpm_bench.reporting.paper import PAPER_VALUES_NAME, paper_table4_columns, paper_table_rows, paper_values

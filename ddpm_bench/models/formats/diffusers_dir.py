@@ -1,4 +1,4 @@
-"""A diffusers `UNet2DModel` directory as a model source (`--ckpt DIR`; optional extra `diffusers`).
+"""A diffusers `UNet2DModel` directory (`--ckpt DIR`; optional extra `diffusers`).
 
 This is the format of the converted official DDPM checkpoints on the Hugging Face hub, e.g.
 google/ddpm-cifar10-32 (the paper's CIFAR-10 model): `config.json` and `diffusion_pytorch_model.*`,
@@ -31,9 +31,12 @@ import torch
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import CheckpointError, UserError
 from ddpm_bench.identity import model_identity, state_dict_sha256
-from ddpm_bench.models.source import ModelSource, check_flags_match, diffusion_from_flags
+from ddpm_bench.models.formats.common import check_flags_match, diffusion_from_flags
+from ddpm_bench.models.loaded import LoadedModel
+from ddpm_bench.models.spec import ModelSpec
 from ddpm_bench.provenance import sha256_file
 
+NAME = "diffusers"
 INSTALL_HINT = "pip install 'ddpm-bench[diffusers]'"
 WEIGHT_PATTERNS = ("diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.bin")
 
@@ -41,6 +44,15 @@ BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "quad", "squaredcos_cap_v
 PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 VARIANCE_TYPES = {"fixed_small": "fixed-small", "fixed_small_log": "fixed-small", "fixed_large": "fixed-large",
                   "fixed_large_log": "fixed-large", "learned_range": "learned-range"}
+
+
+def detect(spec: ModelSpec) -> bool:
+    """A directory (a train or reproduce run directory is taken by the checkpoint format first)."""
+    return spec.ckpt is not None and Path(spec.ckpt).is_dir()
+
+
+def load(spec: ModelSpec) -> LoadedModel:
+    return load_directory(spec.ckpt, spec.diffusion_flags)
 
 
 def find_unet_dir(path: Path) -> Path:
@@ -98,8 +110,10 @@ def weights_sha256(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def load_diffusers_source(path: str | Path, diffusion_flags: dict, device: str | torch.device = "cpu") -> ModelSource:
-    """Load a diffusers UNet2DModel directory; the net calls `unet(x, i).sample` with network index i."""
+def load_directory(path: str | Path, diffusion_flags: dict, origin: str | None = None,
+                   provenance: dict | None = None) -> LoadedModel:
+    """Load a diffusers UNet2DModel directory on the CPU; the backbone calls `unet(x, i).sample` with the
+    network index i (diffusers' timestep). `origin` names it in its identity and messages (default: its path)."""
     try:
         import diffusers
         from diffusers import UNet2DModel
@@ -127,23 +141,29 @@ def load_diffusers_source(path: str | Path, diffusion_flags: dict, device: str |
         unet = UNet2DModel.from_pretrained(str(unet_dir))
     except Exception as e:
         raise CheckpointError(f"--ckpt {path}: diffusers could not load a UNet2DModel: {type(e).__name__}: {e}") from None
-    unet.to(device).eval()
+    prov = {**(provenance or {}), "kind": NAME, "path": str(path.resolve()), "sha256": weights_sha256(files),
+            "weights_files": sorted(f.name for f in files),
+            "scheduler_config": str(sched_path.resolve()) if sched_path else None,
+            "diffusers": diffusers.__version__}
+    return from_module(unet, diffusion, prov, origin or str(path))
+
+
+def from_module(unet, diffusion: DiffusionConfig, provenance: dict, origin: str) -> LoadedModel:
+    """A UNet2DModel in memory (loaded from a directory, or a user's) with its diffusion settings; its output
+    channels must fit the variance type."""
+    unet.eval()
     c_in = int(unet.config.in_channels)
     size = unet.config.sample_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     want_out = 2 * c_in if diffusion.learned_variance else c_in
     if int(unet.config.out_channels) != want_out:
-        raise CheckpointError(f"--ckpt {path}: the UNet has {unet.config.out_channels} output channels; "
+        raise CheckpointError(f"--ckpt {origin}: the UNet has {unet.config.out_channels} output channels; "
                               f"var type {diffusion.var_type!r} needs {want_out}")
+    config = {"unet": dict(unet.config)}
+    ident = model_identity(NAME, None, state_dict_sha256(unet.state_dict()), diffusion, config, origin)
 
-    def net(x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    def backbone(x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         return unet(x, i).sample
 
-    prov = {"kind": "diffusers", "path": str(path.resolve()), "sha256": weights_sha256(files),
-            "weights_files": sorted(f.name for f in files),
-            "scheduler_config": str(sched_path.resolve()) if sched_path else None,
-            "diffusers": diffusers.__version__}
-    ident = model_identity("diffusers", None, state_dict_sha256(unet.state_dict()), diffusion,
-                           {"unet": dict(unet.config)}, str(path))
-    return ModelSource(net=net, diffusion=diffusion, identity=ident, provenance=prov,
-                       image_shape=(c_in, int(h), int(w)), module=unet, config={"unet": dict(unet.config)})
+    return LoadedModel(backbone=backbone, diffusion=diffusion, identity=ident, provenance=provenance,
+                       image_shape=(c_in, int(h), int(w)), module=unet, config=config)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,17 +37,15 @@ from ddpm_bench.gaussian import (
     normal_kl,
     normal_kl_of_gap,
 )
-from ddpm_bench.models import Net
-from ddpm_bench.noise import counter_normal
-from ddpm_bench.precision import PRECISIONS, network_precision
+from ddpm_bench.network import Network
+from ddpm_bench.noise import check_seed, counter_normal
 from ddpm_bench.schedule import Schedule
 
 LN2 = math.log(2.0)
-# (image, term) pairs per network call when --batch-size is not given, by device type, for 32x32x3 images,
-# measured with the engine's own step on the tiny U-Net (benchmarks/RESULTS.md, "pairs per call"): on a
-# 2-core CPU 32 pairs take 2.6 ms per evaluation, 256 pairs 6.1 ms; on a GPU large calls fill the device.
-# Other image sizes keep the number of values per call (pairs x C x H x W): what the engine's own work per
-# call scales with, and what fits the caches of a CPU and the memory of a GPU.
+# (image, term) pairs per network call when no batch size is given, by device type, for 32x32x3 images
+# (measured: benchmarks/RESULTS.md, "pairs per call"). Other image sizes keep the number of values per call
+# (pairs x C x H x W): what the engine's own work per call scales with, and what fits the caches of a CPU
+# and the memory of a GPU.
 PAIRS_PER_CALL = {"cpu": 32, "cuda": 256}
 PAIRS_PER_CALL_DIMS = 3 * 32 * 32
 
@@ -57,46 +55,59 @@ def default_pairs_per_call(device: torch.device, image_shape: tuple[int, ...] = 
     return max(1, PAIRS_PER_CALL.get(device.type, 256) * PAIRS_PER_CALL_DIMS // dims)
 
 
-MAX_SEED = 2**63 - 1
+def _check_draws(draws: int) -> None:
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise UserError(f"--draws must be at least 1, got {draws}")
 
 
-def check_seed(seed: int, name: str = "--seed") -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise UserError(f"{name} {seed}: must be an integer in 0..2**63-1")
+def _check_decoder_cdf(decoder_cdf: str) -> None:
+    if decoder_cdf not in DECODER_CDF_MODES:
+        raise UserError(f"--decoder-cdf {decoder_cdf}: choose from {', '.join(DECODER_CDF_MODES)}")
 
 
 @dataclass(frozen=True)
 class BoundOptions:
-    """Everything besides the model and the data that changes the bound's numbers (SPEC section 1)."""
+    """Everything besides the model, its precision and the data that changes the exact bound's numbers.
+    Each field's `help` is its command-line flag's."""
 
-    seed: int = 0  # noise of (image j, term k, draw d) is a pure function of (seed, j, k, d)
-    draws: int = 1  # independent draws of x_{k+1} averaged per image and term
-    clip: bool = True  # clip the x0 prediction to [-1, 1] before forming the mean (official bound loop)
-    decoder_cdf: str = "exact"  # "exact" (log-space normal CDF) or "tanh" (official code, 1e-12 floor)
-    precision: str = "fp32"  # network precision; every term stays float64
-    terms: int = 0  # 0: every term (exact); K >= 1: K of the T-1 KL terms importance-sampled per image
+    seed: int = field(default=0, metadata={"help": "noise of (image j, term k, draw d) depends on (seed, j, k, d) only"})
+    draws: int = field(default=1, metadata={"help": "independent draws of x_{k+1} averaged per image and term"})
+    clip: bool = field(default=True, metadata={
+        "help": "clip the x0 prediction to [-1, 1] before forming the mean (official bound loop)"})
+    decoder_cdf: str = field(default="exact", metadata={
+        "choices": DECODER_CDF_MODES,
+        "help": "exact: log-space normal CDF; tanh: the official code's approximation with a 1e-12 floor"})
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
-        if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1:
-            raise UserError(f"--draws must be at least 1, got {self.draws}")
-        if isinstance(self.terms, bool) or not isinstance(self.terms, int) or self.terms < 0:
-            raise UserError(f"--terms must be at least 1 (or 0 for every term), got {self.terms}")
-        if self.terms and self.draws != 1:
-            raise UserError("--terms and --draws > 1 do not go together: the K drawn terms are the sampling")
-        if self.decoder_cdf not in DECODER_CDF_MODES:
-            raise UserError(f"--decoder-cdf {self.decoder_cdf}: choose from {', '.join(DECODER_CDF_MODES)}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"--precision {self.precision}: choose from {', '.join(PRECISIONS)}")
+        _check_draws(self.draws)
+        _check_decoder_cdf(self.decoder_cdf)
+
+
+@dataclass(frozen=True)
+class ImportanceOptions:
+    """The importance-sampled bound: K of the T - 1 KL terms per image drawn from a proposal q fixed before
+    the run (from `proposal`, an exact nll output of the same model, or from an exact pilot)."""
+
+    terms: int = field(default=25, metadata={
+        "metavar": "K", "help": "evaluate L_0 and K of the T-1 KL terms per image, drawn from a proposal q and "
+                                "weighted by 1/(K q(k)): an unbiased estimate of the exact bound"})
+    seed: int = 0
+    clip: bool = True
+    decoder_cdf: str = "exact"
+    proposal: str | None = field(default=None, metadata={
+        "metavar": "NLL_DIR", "help": "an exact nll output of the same model whose per-term root-mean-square sets "
+                                      "q (default: an exact pilot on the first 4 images, counted in network_evals)"})
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
+        if isinstance(self.terms, bool) or not isinstance(self.terms, int) or self.terms < 1:
+            raise UserError(f"--terms must be at least 1, got {self.terms}")
+        _check_decoder_cdf(self.decoder_cdf)
 
     @property
-    def estimator(self) -> str:
-        return "importance" if self.terms else "exact"
-
-    def expectation(self) -> dict:
-        """The options that change what the bound's expectation is (the seed, draws and term sampling
-        only change the noise of its estimate): two outputs may be compared only when these agree."""
-        return {"clip": self.clip, "decoder_cdf": self.decoder_cdf, "precision": self.precision}
+    def draws(self) -> int:
+        return 1
 
 
 def to_model_scale(images: torch.Tensor) -> torch.Tensor:
@@ -166,22 +177,14 @@ class BoundTerms:
     drawn: torch.Tensor | None = None  # (N, T + 1) int64 times each term was drawn (importance sampling)
 
 
-def check_output(output: torch.Tensor, xt: torch.Tensor, cfg: DiffusionConfig, i: torch.Tensor,
-                 index: torch.Tensor) -> None:
-    """A network output of the wrong shape or with NaN/Inf is a ModelOutputError naming terms and images."""
-    c = xt.shape[1] * (2 if cfg.learned_variance else 1)
-    want = (xt.shape[0], c, *xt.shape[2:])
-    if not isinstance(output, torch.Tensor) or tuple(output.shape) != want:
-        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise ModelOutputError(f"model returned {got} for input {tuple(xt.shape)}; expected {want} "
-                               f"(mean type {cfg.mean_type}, variance type {cfg.var_type})")
+def check_finite(output: torch.Tensor, i: torch.Tensor, index: torch.Tensor) -> None:
+    """A network output with NaN/Inf is a ModelOutputError naming the terms and images."""
     if bool(torch.isfinite(output).all()):  # one reduction; the rows are named only when one is bad
         return
     bad = ~torch.isfinite(output.flatten(1)).all(1)
-    if bad.any():
-        terms = sorted(set(i[bad].tolist()))
-        images = sorted(set(index[bad].tolist()))
-        raise ModelOutputError(f"model returned NaN/Inf for term(s) {_short(terms)} of image(s) {_short(images)}")
+    terms = sorted(set(i[bad].tolist()))
+    images = sorted(set(index[bad].tolist()))
+    raise ModelOutputError(f"model returned NaN/Inf for term(s) {_short(terms)} of image(s) {_short(images)}")
 
 
 def _short(values: list[int], n: int = 6) -> str:
@@ -189,8 +192,7 @@ def _short(values: list[int], n: int = 6) -> str:
 
 
 def bound_pairs(
-    net: Net,
-    cfg: DiffusionConfig,
+    net: Network,
     s: Schedule,
     x0_all: torch.Tensor,  # (N, C, H, W) float64 model scale
     index: torch.Tensor,  # (N,) int64 dataset indices: the noise key
@@ -201,8 +203,6 @@ def bound_pairs(
     seed: int = 0,
     clip: bool = True,
     decoder_cdf: str = "exact",
-    precision: str = "fp32",
-    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> TermValues:
     """L_k of P (image, draw, term) pairs with one network call: draw x_{k+1} ~ q(x_{k+1} | x_0) from the
     counter noise of (index[n], k, d), evaluate the network on it, and form the term in float64."""
@@ -210,31 +210,28 @@ def bound_pairs(
     noise = counter_normal(seed, torch.stack([index[n], k, d], dim=1), tuple(x0.shape[1:]))
     # the network sees float32; the bound uses exactly that x_{k+1}, so both agree on the draw
     xt32 = q_sample(s, x0, k, noise).to(torch.float32)
-    xt = xt32.to(torch.float64)
-    with torch.inference_mode(), network_precision(precision, x0.device):
-        output = net(xt32.contiguous(memory_format=memory_format), k)
-    check_output(output, xt, cfg, k, index[n])
-    return term_values(cfg, s, output.to(torch.float64), x0, xt, k, clip=clip, decoder_cdf=decoder_cdf)
+    with torch.inference_mode():
+        output = net(xt32, k)
+    check_finite(output, k, index[n])
+    return term_values(net.diffusion, s, output.to(torch.float64), x0, xt32.to(torch.float64), k, clip=clip,
+                       decoder_cdf=decoder_cdf)
 
 
 def compute_bound(
-    net: Net,
-    cfg: DiffusionConfig,
-    s: Schedule,
+    net: Network,
     images: torch.Tensor,  # (N, C, H, W) uint8
     index: torch.Tensor,  # (N,) int64 dataset indices: the noise key
     opts: BoundOptions = BoundOptions(),
     *,
     batch_size: int = 256,
-    memory_format: torch.memory_format = torch.contiguous_format,
     progress: Callable[[int], None] | None = None,
 ) -> BoundTerms:
     """Every term of the bound for every image: N * draws * T network evaluations in calls of
-    `batch_size` (image, draw, term) pairs. Runs on the device of `images`."""
-    device = images.device
-    s = s.to(device)
+    `batch_size` (image, draw, term) pairs, on the network's device."""
+    device = net.device
+    s = net.diffusion.schedule().to(device)
     N, T = images.shape[0], s.T
-    x0_all = to_model_scale(images)
+    x0_all = to_model_scale(images.to(device))
     draws = opts.draws
     per_draw = torch.zeros(N, draws, T, dtype=torch.float64, device=device)
     mse = torch.zeros(N, draws, T, dtype=torch.float64, device=device)
@@ -243,8 +240,8 @@ def compute_bound(
     for start in range(0, total, batch_size):
         flat = torch.arange(start, min(start + batch_size, total), device=device)
         n, d, k = flat // (draws * T), (flat // T) % draws, flat % T
-        values = bound_pairs(net, cfg, s, x0_all, index, n, d, k, seed=opts.seed, clip=opts.clip,
-                             decoder_cdf=opts.decoder_cdf, precision=opts.precision, memory_format=memory_format)
+        values = bound_pairs(net, s, x0_all, index, n, d, k, seed=opts.seed, clip=opts.clip,
+                             decoder_cdf=opts.decoder_cdf)
         per_draw[n, d, k] = values.bpd
         mse[n, d, k] = values.mse
         if progress is not None:
@@ -282,16 +279,13 @@ def draw_terms(seed: int, index: torch.Tensor, q: np.ndarray, K: int) -> np.ndar
 
 
 def estimate_bound(
-    net: Net,
-    cfg: DiffusionConfig,
-    s: Schedule,
+    net: Network,
     images: torch.Tensor,  # (N, C, H, W) uint8
     index: torch.Tensor,  # (N,) int64 dataset indices: the noise and term-draw key
-    opts: BoundOptions,
+    opts: ImportanceOptions,
     q: np.ndarray,  # (T-1,) float64 proposal over the KL terms k = 1..T-1
     *,
     batch_size: int = 256,
-    memory_format: torch.memory_format = torch.contiguous_format,
     progress: Callable[[int], None] | None = None,
 ) -> BoundTerms:
     """The importance-sampled bound: per image L_T in closed form, L_0 evaluated, and K = opts.terms KL
@@ -299,10 +293,10 @@ def estimate_bound(
     term k (0 where it was not drawn), so every row sums to an unbiased estimate of the image's bound and
     every column's mean to one of the term's mean. A term drawn twice for one image gets a fresh x_{k+1}
     (draw number = its occurrence). N * (K + 1) network evaluations."""
-    device = images.device
-    s = s.to(device)
+    device = net.device
+    s = net.diffusion.schedule().to(device)
     N, T, K = images.shape[0], s.T, opts.terms
-    x0_all = to_model_scale(images)
+    x0_all = to_model_scale(images.to(device))
     index = index.to(device=device, dtype=torch.int64)
     ks = draw_terms(opts.seed, index, q, K)  # (N, K)
     occurrence = np.zeros_like(ks)
@@ -315,8 +309,8 @@ def estimate_bound(
     errors = torch.empty(N * (K + 1), dtype=torch.float64, device=device)
     for start in range(0, len(n_all), batch_size):
         sl = slice(start, start + batch_size)
-        v = bound_pairs(net, cfg, s, x0_all, index, n_all[sl], d_all[sl], k_all[sl], seed=opts.seed, clip=opts.clip,
-                        decoder_cdf=opts.decoder_cdf, precision=opts.precision, memory_format=memory_format)
+        v = bound_pairs(net, s, x0_all, index, n_all[sl], d_all[sl], k_all[sl], seed=opts.seed, clip=opts.clip,
+                        decoder_cdf=opts.decoder_cdf)
         values[sl], errors[sl] = v.bpd, v.mse
         if progress is not None:
             progress(len(n_all[sl]))

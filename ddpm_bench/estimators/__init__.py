@@ -1,0 +1,73 @@
+"""The table of likelihood estimators: `nll` chooses one by name (`--estimator`, or the option that
+selects it, such as `--terms K`), and every reader of an nll output finds its typed parts here. A new
+estimator is one module (an `Estimator`, ddpm_bench/estimators/base.py) and one row of `ESTIMATORS`.
+
+| name | what it gives | module |
+|---|---|---|
+| exact | the variational bound, every term of every image | exact.py |
+| importance | the same bound's expectation from K drawn terms per image | importance.py |
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ddpm_bench.errors import UserError
+from ddpm_bench.estimators.base import Estimator
+from ddpm_bench.estimators.exact import Exact
+from ddpm_bench.estimators.importance import Importance
+from ddpm_bench.outputs import NllOutput, NllSummary, OutputFileError, read_json_object
+
+ESTIMATORS: dict[str, type[Estimator]] = {}
+
+
+def register(cls: type[Estimator]) -> type[Estimator]:
+    """Add a row to the table; a duplicate name or a class that is not an Estimator is refused."""
+    if not (isinstance(cls, type) and issubclass(cls, Estimator)):
+        raise TypeError(f"{cls!r} is not an Estimator")
+    if cls.NAME in ESTIMATORS:
+        raise ValueError(f"estimator {cls.NAME!r} is already registered")
+    ESTIMATORS[cls.NAME] = cls
+    return cls
+
+
+for _row in (Exact, Importance):
+    register(_row)
+
+
+def estimator_class(name: str) -> type[Estimator]:
+    if name not in ESTIMATORS:
+        raise UserError(f"--estimator {name}: choose from {', '.join(ESTIMATORS)}")
+    return ESTIMATORS[name]
+
+
+def make_estimator(options) -> Estimator:
+    """The estimator whose options dataclass `options` is."""
+    for cls in ESTIMATORS.values():
+        if type(options) is cls.OPTIONS:
+            return cls(options)
+    raise TypeError(f"no estimator takes {type(options).__name__}")
+
+
+def read_output(folder: str | Path) -> NllOutput:
+    """A finished nll output of any estimator, typed and checked (OutputFileError naming file and field)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise OutputFileError(f"{folder}: not a directory (expected a finished `ddpm-bench nll` output)")
+    path = folder / NllSummary.FILE
+    obj = read_json_object(path)
+    name = obj.get("estimator", Exact.NAME)
+    if name not in ESTIMATORS:
+        raise OutputFileError(f"{path}: field 'estimator' is {name!r}, which this version does not know "
+                              f"({', '.join(ESTIMATORS)})")
+    return ESTIMATORS[name].read(folder, obj)
+
+
+def read_summary(folder: str | Path) -> NllSummary:
+    """summary.json of a finished nll output, typed by its estimator (without reading per_image.npz)."""
+    path = Path(folder) / NllSummary.FILE
+    obj = read_json_object(path)
+    name = obj.get("estimator", Exact.NAME)
+    if name not in ESTIMATORS:
+        raise OutputFileError(f"{path}: field 'estimator' is {name!r}, which this version does not know")
+    return ESTIMATORS[name].SUMMARY.from_dict(obj, path)

@@ -1,0 +1,46 @@
+"""The table of model formats: each row a module with `detect(spec)`, `load(spec) -> LoadedModel` (on the
+CPU, with its identity) and, optionally, `inspect(spec) -> dict`. The first row that detects a `ModelSpec`
+loads it; a new format is one module and one row here.
+
+| row | what `--ckpt` / `--model` names |
+|---|---|
+| plugin | `--model MODULE:CALLABLE` |
+| packaged | `--ckpt embedded`: a model that ships with the install |
+| checkpoint | a ddpm-bench checkpoint file, or a train / reproduce run directory (its latest checkpoint) |
+| diffusers_dir | a diffusers `UNet2DModel` directory (optional extra `diffusers`) |
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from ddpm_bench.models.formats import checkpoint, diffusers_dir, packaged, plugin
+from ddpm_bench.models.loaded import LoadedModel
+from ddpm_bench.models.spec import ModelSpec
+
+FORMATS: tuple[ModuleType, ...] = (plugin, packaged, checkpoint, diffusers_dir)
+
+
+def _check_table(formats: tuple[ModuleType, ...]) -> None:
+    names = [f.NAME for f in formats]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model formats with one name: {names}")
+    for f in formats:
+        if not callable(getattr(f, "detect", None)) or not callable(getattr(f, "load", None)):
+            raise ValueError(f"model format {f.__name__} lacks detect() or load()")
+
+
+_check_table(FORMATS)
+
+
+def format_of(spec: ModelSpec) -> ModuleType:
+    """The first format of the table that detects `spec`."""
+    for f in FORMATS:
+        if f.detect(spec):
+            return f
+    raise AssertionError(f"no model format detects {spec}")  # checkpoint detects every non-directory path
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """The model `spec` names, loaded on the CPU by its format."""
+    return format_of(spec).load(spec)

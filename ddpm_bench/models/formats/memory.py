@@ -1,0 +1,72 @@
+"""A model given in memory through the Python API: a torch module or a callable f(x, t) with its diffusion
+settings, or a diffusers `UNet2DModel` with its scheduler. Its identity is its weights' sha256 (a module
+with weights), its class (or function) name and the sha256 of the file that defines it; one without
+weights is identified by its code alone (weak), as a `--model` plug-in."""
+
+from __future__ import annotations
+
+import inspect as pyinspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ddpm_bench.diffusion import DiffusionConfig
+from ddpm_bench.errors import UserError
+from ddpm_bench.identity import model_identity, state_dict_sha256
+from ddpm_bench.models.formats import diffusers_dir
+from ddpm_bench.models.formats.common import diffusion_from_flags
+from ddpm_bench.models.loaded import LoadedModel
+from ddpm_bench.provenance import sha256_file
+
+NAME = "memory"
+
+
+def is_diffusers_unet(obj) -> bool:
+    return type(obj).__name__ == "UNet2DModel" and type(obj).__module__.startswith("diffusers")
+
+
+def _defining_file(obj) -> Path | None:
+    target = obj if pyinspect.isfunction(obj) or pyinspect.isclass(obj) else type(obj)
+    try:
+        file = pyinspect.getsourcefile(target)
+    except (TypeError, OSError):
+        file = None
+    return Path(file) if file and Path(file).is_file() else None
+
+
+def from_object(obj: Callable, diffusion: DiffusionConfig | dict | None = None, scheduler=None,
+                image_shape: tuple[int, int, int] | None = None) -> LoadedModel:
+    """A LoadedModel of an object in memory (see the module docstring)."""
+    if is_diffusers_unet(obj):
+        if scheduler is not None:
+            config = dict(getattr(scheduler, "config", scheduler))
+            diffusion = diffusers_dir.diffusion_from_scheduler(config, f"scheduler {type(scheduler).__name__}")
+        elif not isinstance(diffusion, DiffusionConfig):
+            diffusion = _diffusion(diffusion)
+        return diffusers_dir.from_module(obj, diffusion, {"kind": diffusers_dir.NAME, "in_memory": True},
+                                         f"{type(obj).__name__} (in memory)")
+    if scheduler is not None:
+        raise UserError("scheduler= goes with a diffusers UNet2DModel; give a torch module's settings as diffusion=")
+    if not callable(obj):
+        raise UserError(f"load_model: {type(obj).__name__} is not a torch module or a callable f(x, t)")
+    diffusion = diffusion if isinstance(diffusion, DiffusionConfig) else _diffusion(diffusion)
+    module = obj if isinstance(obj, torch.nn.Module) else None
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    file = _defining_file(obj)
+    architecture = {"callable": name, "source_sha256": sha256_file(file) if file else None}
+    state = module.state_dict() if module is not None else {}
+    weights = state_dict_sha256(state) if state else None
+    if weights is None:
+        print(f"ddpm-bench: warning: {name} has no weights: its identity is its code only, so a change in what "
+              "it reads is not detected", file=sys.stderr)
+    origin = f"{name} (in memory)"
+    ident = model_identity(NAME, None, weights, diffusion, architecture, origin)
+    prov = {"kind": NAME, "callable": name, "source_file": str(file) if file else None}
+    return LoadedModel(backbone=obj, diffusion=diffusion, identity=ident, provenance=prov, image_shape=image_shape,
+                       module=module, fractional_steps=getattr(obj, "fractional_steps", False) is True)
+
+
+def _diffusion(settings: dict | None) -> DiffusionConfig:
+    return diffusion_from_flags(dict(settings or {}))

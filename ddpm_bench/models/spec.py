@@ -1,0 +1,45 @@
+"""Where a model comes from, as the command line, a recipe or a Python call names it (a leaf: the formats
+in `ddpm_bench.models.formats` read it, and every command's options hold one)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ddpm_bench.errors import UserError
+
+# flag name on the command line -> DiffusionConfig field
+DIFFUSION_FLAGS = {
+    "T": "--T",
+    "beta_schedule": "--beta-schedule",
+    "beta_start": "--beta-start",
+    "beta_end": "--beta-end",
+    "mean_type": "--mean-type",
+    "var_type": "--var-type",
+}
+WEIGHTS = ("ema", "raw")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Exactly one of `ckpt` (anything `--ckpt` accepts) and `model` (`--model MODULE:CALLABLE`), which
+    weights of a ddpm-bench checkpoint, and the diffusion flags that were given (None = not given)."""
+
+    ckpt: str | None = None
+    model: str | None = None
+    weights: str = "ema"
+    diffusion_flags: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.ckpt is None) == (self.model is None):
+            raise UserError("give exactly one of --ckpt PATH and --model MODULE:CALLABLE")
+        if self.weights not in WEIGHTS:
+            raise UserError(f"--weights must be 'ema' or 'raw', got {self.weights!r}")
+        unknown = set(self.diffusion_flags) - set(DIFFUSION_FLAGS)
+        if unknown:
+            raise UserError(f"unknown diffusion setting(s) {', '.join(sorted(unknown))}; known: "
+                            f"{', '.join(DIFFUSION_FLAGS)}")
+
+    @property
+    def given_diffusion(self) -> dict:
+        """The diffusion flags that were given."""
+        return {k: v for k, v in self.diffusion_flags.items() if v is not None}

@@ -1,0 +1,243 @@
+"""The network wrapper: the one way the bound, the samplers and every later estimator call a model.
+
+`Network(model, execution)` owns everything about calling the network, so the math receives one callable
+`net(x, i)` and never an execution setting (as EDM's `*Precond` classes and improved-diffusion's
+`_WrappedModel` wrap their backbones once):
+- the device (under torchrun a CUDA device is the process's own GPU) and the module moved there;
+- the precision (`fp32`, `tf32`, `bf16` autocast; the output is always float32 and every term downstream
+  float64);
+- the memory format (channels-last, by default on a CPU for a torch module; a plug-in module that cannot
+  take it stays contiguous) and `torch.compile` (with a new CUDA-graph step per call in the graph modes);
+- the timestep convention: the math passes the 0-based network index i (int64, or float64 at a fractional
+  step); the format's `timestep_input` maps it to what the backbone takes (improved-diffusion's
+  rescaling, for example), and a backbone that cannot take a fractional index is refused by name;
+- the plug-in guard: anything a user's `--model` raises (any exception but KeyboardInterrupt, SystemExit
+  included) is the plug-in's error, and a non-tensor output is named;
+- the shape of the output: (N, C, H, W), or (N, 2C, H, W) for the learned variance types;
+- the conversion of the mean part of an output to the eps it implies (`predict_eps`), for the
+  probability-flow ODE.
+
+Precision changes what the network computes (bf16 in particular), so it is part of a run's settings and
+recorded; channels-last, compile, device and batch size only move the float32 rounding and are recorded
+in the outputs without being part of their identity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from ddpm_bench import distributed
+from ddpm_bench.diffusion import DiffusionConfig
+from ddpm_bench.errors import ModelOutputError, UserError
+from ddpm_bench.failures import is_out_of_memory
+from ddpm_bench.models.formats import load_model
+from ddpm_bench.models.loaded import LoadedModel
+from ddpm_bench.models.plugin_guard import describe_value, plugin_error
+from ddpm_bench.models.spec import ModelSpec
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+CHANNELS_LAST_BY_DEVICE = {"cpu": True}  # a torch module's default memory format per device type
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`auto` is the first CUDA device when there is one, else the CPU; a device that is not here is a
+    UserError naming it."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device}: not a device (cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: ddpm-bench runs on cpu or cuda")
+    return dev
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the network runs: none of it is part of a run's identity but the precision."""
+
+    device: str = "auto"  # cpu, cuda, cuda:N or auto
+    precision: str = "fp32"  # fp32, tf32 or bf16: the network only; every term stays float64
+    channels_last: bool | None = None  # None: the device's default (CHANNELS_LAST_BY_DEVICE)
+    compile: str | None = None  # torch.compile mode, None: not compiled
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision {self.precision}: choose from {', '.join(PRECISIONS)}")
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise UserError(f"--compile {self.compile}: choose from {', '.join(COMPILE_MODES)}")
+
+
+@contextlib.contextmanager
+def network_precision(precision: str, device: torch.device):
+    """Context for a network call: fp32 (TF32 off), tf32 (TF32 matmul/conv on CUDA), bf16 (autocast)."""
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        if precision == "bf16":
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+class Network:
+    """A loaded model run with an `Execution`: `net(x, i)` takes float (N, C, H, W) model-scale inputs and
+    (N,) network indices and returns the float32 output (N, C or 2C, H, W)."""
+
+    def __init__(self, model: LoadedModel, execution: Execution = Execution(),
+                 image_shape: tuple[int, int, int] | None = None):
+        self.model = model
+        self.execution = execution
+        self.device = self.device_of(execution)
+        self.image_shape = tuple(model.image_shape or image_shape or ()) or None
+        if model.module is not None:
+            model.module.to(self.device).eval()
+        self.channels_last = self._choose_channels_last()
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        if self.channels_last and model.module is not None:
+            model.module.to(memory_format=torch.channels_last)
+        self._backbone = model.backbone
+        if execution.compile is not None:
+            compiled = torch.compile(model.backbone, mode=None if execution.compile == "default" else execution.compile)
+            self._backbone = _new_graph_step_per_call(compiled) if execution.compile in CUDA_GRAPH_MODES else compiled
+
+    @staticmethod
+    def device_of(execution: Execution) -> torch.device:
+        """The device an Execution runs on, in this process (cuda:LOCAL_RANK under torchrun)."""
+        return distributed.process_device(resolve_device(execution.device))
+
+    # -- what the math reads --------------------------------------------------------------------------------
+
+    @property
+    def diffusion(self) -> DiffusionConfig:
+        return self.model.diffusion
+
+    @property
+    def identity(self):
+        return self.model.identity
+
+    @property
+    def precision(self) -> str:
+        return self.execution.precision
+
+    def describe(self) -> dict:
+        """The `model` entry of every output."""
+        return self.model.describe()
+
+    def describe_execution(self) -> dict:
+        """How the network ran, for the outputs (not part of their identity)."""
+        ex = self.execution
+        return {"device": str(self.device), "precision": ex.precision, "channels_last": self.channels_last,
+                "channels_last_from": "flag" if ex.channels_last is not None else f"default for {self.device.type}",
+                "compile": ex.compile, "cuda_graphs": ex.compile in CUDA_GRAPH_MODES and self.device.type == "cuda"}
+
+    def output_channels(self, channels: int) -> int:
+        return channels * (2 if self.diffusion.learned_variance else 1)
+
+    # -- the call ---------------------------------------------------------------------------------------------
+
+    def __call__(self, x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """The backbone's output for inputs x (N, C, H, W) at network indices i (N,), float32."""
+        if i.is_floating_point() and not self.model.fractional_steps:
+            raise UserError(f"model {self.model.identity.origin}: takes only integer network indices, not the "
+                            "fractional ones this computation needs")
+        x = x.to(torch.float32).contiguous(memory_format=self.memory_format)
+        with network_precision(self.execution.precision, self.device):
+            out = self._call_backbone(x, self.model.timestep_input(i))
+        if not isinstance(out, torch.Tensor):
+            where = f"--model {self.model.plugin}: f(x, t)" if self.model.plugin else "the model"
+            raise ModelOutputError(f"{where} returned {describe_value(out)}; expected a torch.Tensor of shape "
+                                   "(N, C, H, W) (or (N, 2C, H, W) for a learned variance)")
+        want = (x.shape[0], self.output_channels(x.shape[1]), *x.shape[2:])
+        if tuple(out.shape) != want:
+            d = self.diffusion
+            raise ModelOutputError(f"model returned {tuple(out.shape)} for input {tuple(x.shape)}; expected {want} "
+                                   f"(mean type {d.mean_type}, variance type {d.var_type})")
+        if out.device != x.device:
+            raise ModelOutputError(f"model returned its output on {out.device} for an input on {x.device}; "
+                                   "return it on the input's device")
+        return out.to(torch.float32)
+
+    def _call_backbone(self, x: torch.Tensor, t: torch.Tensor):
+        if self.model.plugin is None:
+            return self._backbone(x, t)
+        try:
+            return self._backbone(x, t)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - anything raised in the user's code is the plug-in's error
+            if is_out_of_memory(e):  # not the plug-in's fault: ddpm_bench.failures names the batch size
+                raise
+            raise plugin_error(self.model.plugin, e) from e
+
+    def predict_eps(self, x: torch.Tensor, i: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+        """The eps the mean part of the output implies at x_t = x (float64), for alpha-bar `abar` (N,) at the
+        (possibly fractional) network index i: x0 predictions give (x - sqrt(abar) x0) / sqrt(1 - abar), v
+        predictions sqrt(abar) v + sqrt(1 - abar) x; a mu model predicts the mean of one discrete step and
+        has no eps at a fractional step (refused)."""
+        out = self(x, i)[:, : x.shape[1]].to(torch.float64)
+        x = x.to(torch.float64)
+        a = abar.to(torch.float64).reshape(-1, *([1] * (x.ndim - 1)))
+        kind = self.diffusion.mean_type
+        if kind == "eps":
+            return out
+        if kind == "x0":
+            return (x - a.sqrt() * out) / (1.0 - a).sqrt()
+        if kind == "v":
+            return a.sqrt() * out + (1.0 - a).sqrt() * x
+        raise UserError(f"model {self.model.identity.origin}: mean type {kind!r} predicts the mean of one discrete "
+                        "step; it has no eps at a continuous noise level")
+
+    # -- execution choices ------------------------------------------------------------------------------------
+
+    def _choose_channels_last(self) -> bool:
+        """The flag, or the device's default for a torch module; a plug-in module that fails on one
+        channels-last zero image keeps the contiguous format."""
+        asked = self.execution.channels_last
+        module = self.model.module
+        if asked is not None:
+            return asked
+        if module is None or not CHANNELS_LAST_BY_DEVICE.get(self.device.type, False):
+            return False
+        if self.model.plugin is None or self.image_shape is None:
+            return True
+        x = torch.zeros(1, *self.image_shape, device=self.device).contiguous(memory_format=torch.channels_last)
+        try:
+            with torch.inference_mode():
+                i = torch.zeros(1, dtype=torch.long, device=self.device)
+                module.to(memory_format=torch.channels_last)(x, self.model.timestep_input(i))
+            return True
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # noqa: BLE001 - any failure: it does not take this format; run it as written
+            module.to(memory_format=torch.contiguous_format)
+            return False
+
+
+def load_network(model: ModelSpec | Network, execution: Execution = Execution()) -> Network:
+    """A ready Network as it is, or the model a spec names (ddpm_bench.models.formats) run with `execution`."""
+    return model if isinstance(model, Network) else Network(load_model(model), execution)
+
+
+def _new_graph_step_per_call(net):
+    """A compiled network in a CUDA-graph mode: every call starts a new graph step (its callers use an
+    output before the next call and keep none)."""
+
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return net(x, t)
+
+    return call
