@@ -41,7 +41,7 @@ FID/IS, beside the DDPM paper's numbers (Ho, Jain, Abbeel 2020). `ddpm-bench COM
 NLL_BATCH_HELP = ("(image, timestep) pairs per network call (default: measured for the device, 32 pairs of 32x32x3 "
                   "images on a CPU, 256 on a GPU, as many values per call for other sizes; changes no noise, only "
                   "the network's float32 rounding)")
-NLL_SHARD_HELP = "images per resumable shard (default 64)"
+NLL_SHARD_HELP = "images per resumable shard (default: 64)"
 
 
 def _parser(sub, name: str, help: str) -> argparse.ArgumentParser:
@@ -87,6 +87,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
                         progressive_every=args.progressive_every, image_size=args.image_size,
                         channels=args.channels, **run_kwargs(args))
     if result is not None:
+        if result.complete_before:
+            print(f"sample: {args.out} is already complete", file=sys.stderr)
         print_manifest(result.manifest, args.out)
     return 0
 
@@ -217,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write progressive.png/.npz: the x0 prediction every N steps for the first 8 samples "
                         "(paper Figure 6)")
     add_execution_args(p)
-    add_run_args(p, "samples per network call (does not change the samples; default 128)",
-                 "samples per resumable shard samples_XXXXXX.npz (default 500)")
+    add_run_args(p, "samples per network call; it does not change the samples (default: 128)",
+                 "samples per resumable shard samples_XXXXXX.npz (default: 500)")
     p.set_defaults(func=cmd_sample)
 
     p = _parser(sub, "rate-distortion", "rate and distortion along the reverse process (paper Table 4, Figure 5)")
@@ -300,8 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prc", action=argparse.BooleanOptionalAction, default=True,
                    help="torch-fidelity precision/recall (the slowest metric after feature extraction)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda:LOCAL_RANK under torchrun)")
-    add_run_args(p, "images per feature-extractor call (default 64)",
-                 "images per feature shard (the unit of resume, and of work per torchrun rank; default 1000)",
+    add_run_args(p, "images per feature-extractor call (default: 64)",
+                 "images per feature shard, the unit of resume and of work per torchrun rank (default: 1000)",
                  dry_run=False)
     p.set_defaults(func=cmd_fid)
     return parser
@@ -311,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # name the command whose flags were mistyped, with its own usage
-        parser.commands[args.command].error(f"unknown flag(s) or argument(s): {' '.join(unknown)}")
+        flags = [u.split("=")[0] for u in unknown if u.startswith("-")]
+        parser.commands[args.command].error(f"unknown flag {', '.join(flags)}" if flags else
+                                            f"unexpected argument {' '.join(unknown)}")
     allocator.keep_freed_memory()
     try:
         status = int(args.func(args) or 0)

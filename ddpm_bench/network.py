@@ -105,10 +105,11 @@ class Network:
         self.image_shape = tuple(model.image_shape or image_shape or ()) or None
         if model.module is not None:
             model.module.to(self.device).eval()
-        self.channels_last = self._choose_channels_last()
-        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        if self.channels_last and model.module is not None:
-            model.module.to(memory_format=torch.channels_last)
+        self.channels_last: bool | None = None  # decided now, or at the first call (a plug-in's probe needs a shape)
+        if not self._needs_probe():
+            self._set_memory_format(self._default_channels_last())
+        elif self.image_shape is not None:
+            self._set_memory_format(self._probe_channels_last(self.image_shape))
         self._backbone = model.backbone
         if execution.compile is not None:
             compiled = torch.compile(model.backbone, mode=None if execution.compile == "default" else execution.compile)
@@ -154,6 +155,8 @@ class Network:
         if i.is_floating_point() and not self.model.fractional_steps:
             raise UserError(f"model {self.model.identity.origin}: takes only integer network indices, not the "
                             "fractional ones this computation needs")
+        if self.channels_last is None:
+            self._set_memory_format(self._probe_channels_last(tuple(x.shape[1:])))
         x = x.to(torch.float32).contiguous(memory_format=self.memory_format)
         with network_precision(self.execution.precision, self.device):
             out = self._call_backbone(x, self.model.timestep_input(i))
@@ -164,8 +167,8 @@ class Network:
         want = (x.shape[0], self.output_channels(x.shape[1]), *x.shape[2:])
         if tuple(out.shape) != want:
             d = self.diffusion
-            raise ModelOutputError(f"model returned {tuple(out.shape)} for input {tuple(x.shape)}; expected {want} "
-                                   f"(mean type {d.mean_type}, variance type {d.var_type})")
+            raise ModelOutputError(f"model returned shape {tuple(out.shape)} for input of shape {tuple(x.shape)}; "
+                                   f"expected {want} (mean type {d.mean_type}, variance type {d.var_type})")
         if out.device != x.device:
             raise ModelOutputError(f"model returned its output on {out.device} for an input on {x.device}; "
                                    "return it on the input's device")
@@ -203,18 +206,21 @@ class Network:
 
     # -- execution choices ------------------------------------------------------------------------------------
 
-    def _choose_channels_last(self) -> bool:
-        """The flag, or the device's default for a torch module; a plug-in module that fails on one
-        channels-last zero image keeps the contiguous format."""
-        asked = self.execution.channels_last
+    def _needs_probe(self) -> bool:
+        """A plug-in module at the device's default format: one call on a zero image decides."""
+        return (self.execution.channels_last is None and self.model.plugin is not None and self.model.module is not None
+                and CHANNELS_LAST_BY_DEVICE.get(self.device.type, False))
+
+    def _default_channels_last(self) -> bool:
+        """The flag, or the device's default for a torch module (a plain callable gets its input as given)."""
+        if self.execution.channels_last is not None:
+            return self.execution.channels_last
+        return self.model.module is not None and CHANNELS_LAST_BY_DEVICE.get(self.device.type, False)
+
+    def _probe_channels_last(self, image_shape: tuple[int, ...]) -> bool:
+        """Whether a plug-in module takes one channels-last zero image of `image_shape`."""
         module = self.model.module
-        if asked is not None:
-            return asked
-        if module is None or not CHANNELS_LAST_BY_DEVICE.get(self.device.type, False):
-            return False
-        if self.model.plugin is None or self.image_shape is None:
-            return True
-        x = torch.zeros(1, *self.image_shape, device=self.device).contiguous(memory_format=torch.channels_last)
+        x = torch.zeros(1, *image_shape, device=self.device).contiguous(memory_format=torch.channels_last)
         try:
             with torch.inference_mode():
                 i = torch.zeros(1, dtype=torch.long, device=self.device)
@@ -225,6 +231,12 @@ class Network:
         except BaseException:  # noqa: BLE001 - any failure: it does not take this format; run it as written
             module.to(memory_format=torch.contiguous_format)
             return False
+
+    def _set_memory_format(self, channels_last: bool) -> None:
+        self.channels_last = channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if self.model.module is not None:
+            self.model.module.to(memory_format=self.memory_format)
 
 
 def load_network(model: ModelSpec | Network, execution: Execution = Execution()) -> Network:

@@ -12,7 +12,9 @@ Outputs: the nll summary (`summary.json`) and per-image terms (`per_image.npz`),
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -22,7 +24,7 @@ import numpy as np
 
 from ddpm_bench.errors import UserError
 from ddpm_bench.identity import ModelIdentity, sha256_json
-from ddpm_bench.shards import atomic_write_json, atomic_write_npz, to_json
+from ddpm_bench.shards import atomic_write_bytes, atomic_write_json, atomic_write_npz, to_json
 from ddpm_bench.typecheck import Mismatch, conform, type_ok
 
 
@@ -205,10 +207,12 @@ class PerImage:
         return self.drawn is None or bool(np.all(self.drawn == 1))
 
     def write(self, folder: str | Path) -> Path:
+        """per_image.npz, and terms.csv from it."""
         path = Path(folder) / self.FILE
         drawn = {} if self.drawn is None else {"drawn": self.drawn.astype(np.int64)}
         atomic_write_npz(path, terms=self.terms, mse=self.mse, index=self.index.astype(np.int64),
                          run_id=np.array(self.run_id), **drawn)
+        atomic_write_bytes(Path(folder) / BoundSummary.TERMS_CSV, terms_csv(self.terms, self.mse, self.drawn).encode())
         return path
 
     @classmethod
@@ -253,6 +257,28 @@ class PerImage:
                 raise OutputFileError(f"{path}: field 'terms' is ({n}, {T}+1) but {NllSummary.FILE} says "
                                       f"n_images = {summary.n_images}, T = {summary.T}")
         return cls(terms=terms, mse=mse, index=index, run_id=run_id, drawn=drawn)
+
+
+def stderr_of_mean(x: np.ndarray) -> float | None:
+    """Standard error of the mean over images (None for a single image)."""
+    return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else None
+
+
+def terms_csv(terms: np.ndarray, mse: np.ndarray, drawn: np.ndarray | None) -> str:
+    """term,bpd_mean,bpd_stderr,mse_mean for term = 0..T (mse empty for T). For the importance-sampled bound
+    the means are inverse-probability weighted (unbiased for each term's mean) and a term no image drew is
+    blank."""
+    buf = io.StringIO()
+    buf.write("term,bpd_mean,bpd_stderr,mse_mean\n")
+    T = terms.shape[1] - 1
+    for k in range(T + 1):
+        if drawn is not None and not drawn[:, k].any():
+            buf.write(f"{k},,,\n")
+            continue
+        se = stderr_of_mean(terms[:, k])
+        m = f"{np.nanmean(mse[:, k]):.17g}" if k < T else ""
+        buf.write(f"{k},{terms[:, k].mean():.17g},{'' if se is None else f'{se:.17g}'},{m}\n")
+    return buf.getvalue()
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class SettingsChanged(OutputDirError):
     """`--out` holds a run of the same command with other settings (`differences` names them)."""
 
     def __init__(self, out: Path, differences: str):
-        self.differences = differences
+        self.out, self.differences = out, differences
         super().__init__(f"--out {out}: holds a run with other settings ({differences}); use another directory "
                          "or --force")
 

@@ -13,13 +13,13 @@ import numpy as np
 
 from ddpm_bench.config import RunConfig, TrainConfig
 from ddpm_bench.diffusion import DiffusionConfig
+from ddpm_bench.estimators import read_output
 from ddpm_bench.identity import model_identity
 from ddpm_bench.jobs.gap import gap_statistics
 from ddpm_bench.outputs import (
     FidMetrics,
     GapResult,
-    NllOutput,
-    NllSummary,
+    BoundSummary,
     PerImage,
     ReproduceLayout,
     SampleManifest,
@@ -58,8 +58,8 @@ def write_nll_dir(path: Path, n: int = 6, T: int = 20, seed: int = 0, data: str 
     terms, mse = per_image_arrays(n, T, seed)
     total = terms.sum(axis=1)
     run_id = hashlib.sha256(f"{path.name}{n}{T}{seed}{data}{sha256}".encode()).hexdigest()
-    bound = {"seed": seed, "draws": 1, "clip": True, "decoder_cdf": "exact", "precision": "fp32"}
-    summary = NllSummary(
+    bound = {"seed": seed, "draws": 1, "clip": True, "decoder_cdf": "exact"}
+    summary = BoundSummary(
         run_id=run_id, total_bpd=float(total.mean()), total_bpd_stderr=float(total.std(ddof=1) / np.sqrt(n)),
         prior_bpd=float(terms[:, T].mean()), kl_bpd=float(terms[:, 1:T].sum(axis=1).mean()),
         decoder_bpd=float(terms[:, 0].mean()), rate_bpd=float(terms[:, 1:].sum(axis=1).mean()),
@@ -70,11 +70,6 @@ def write_nll_dir(path: Path, n: int = 6, T: int = 20, seed: int = 0, data: str 
         diffusion=asdict(DiffusionConfig(T=T, mean_type=mean_type, var_type=var_type)), ddpm_bench_version="0.1.0",
         seconds=1.0,
         network_evals=n * T)
-    rows = ["term,bpd_mean,bpd_stderr,mse_mean"]
-    for k in range(T + 1):
-        m = "" if k == T else repr(float(mse[:, k].mean()))
-        rows.append(f"{k},{terms[:, k].mean()!r},{terms[:, k].std(ddof=1) / np.sqrt(n)!r},{m}")
-    (path / "terms.csv").write_text("\n".join(rows) + "\n")
     PerImage(terms=terms, mse=mse, index=np.arange(n, dtype=np.int64), run_id=run_id,
              drawn=np.ones(terms.shape, dtype=np.int64)).write(path)
     summary.write(path)
@@ -110,7 +105,7 @@ def write_fid_dir(path: Path, fid: float = 12.5, is_mean: float | None = 7.1, is
 def write_gap(run: Path, max_gap: float = 0.03) -> Path:
     """gap.json of a run directory, from its nll_train/ and nll_test/ (the statistics of ddpm-bench gap)."""
     layout = ReproduceLayout(run)
-    train, test = NllOutput.read(layout.nll_train), NllOutput.read(layout.nll_test)
+    train, test = read_output(layout.nll_train), read_output(layout.nll_test)
     stats = gap_statistics(train.per_image.terms.sum(1), test.per_image.terms.sum(1))
     GapResult(**stats, max_gap=max_gap, exceeds=bool(stats["ci95"][0] > max_gap), train=train.summary.data,
               test=test.summary.data, train_run_id=train.summary.run_id, test_run_id=test.summary.run_id,

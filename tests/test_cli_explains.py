@@ -72,7 +72,7 @@ def test_a_mistyped_flag_names_its_command(capsys):
     argv = ["sample", "--model", PLUGIN, "--num", "3", "--seeed", "1", "--out", "x"]
     assert pytest.raises(SystemExit, main, argv).value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("ddpm-bench sample: error: unrecognized arguments: --seeed 1") and err.count("\n") == 1
+    assert err.startswith("ddpm-bench sample: error: unknown flag --seeed") and err.count("\n") == 1
 
 
 def test_inspect_refuses_set_with_a_checkpoint(tmp_path, capsys):

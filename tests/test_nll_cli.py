@@ -217,7 +217,8 @@ def test_channels_last_changes_only_rounding_and_is_recorded(npz, tmp_path):
     np.testing.assert_allclose(_terms(b), _terms(a), rtol=1e-6, atol=1e-9)
     np.testing.assert_array_equal(_terms(c), _terms(b))  # on a CPU a torch module runs channels-last by default
     execution = [json.loads((o / "summary.json").read_text())["network_execution"] for o in (a, b, c)]
-    assert execution[0] == {"channels_last": False, "channels_last_from": "flag", "compile": None, "cuda_graphs": False}
+    assert execution[0] == {"device": "cpu", "precision": "fp32", "channels_last": False, "channels_last_from": "flag",
+                            "compile": None, "cuda_graphs": False}
     assert execution[1] == {**execution[0], "channels_last": True}
     assert execution[2] == {**execution[1], "channels_last_from": "default for cpu"}
 

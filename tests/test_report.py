@@ -12,7 +12,7 @@ import pytest
 
 from ddpm_bench.cli import main
 from ddpm_bench.jobs.report import build_report
-from ddpm_bench.outputs import NllSummary
+from ddpm_bench.estimators import read_summary
 from ddpm_bench.reporting import columns as C
 from tests.synthetic_outputs import model_entry, write_fid_dir, write_nll_dir, write_run_dir
 
@@ -85,7 +85,7 @@ def test_report_tables_blanks_deltas_and_provenance(tmp_path, runs, capsys):
     src = json.loads((out / "table1.sources.json").read_text())["cells"]
     fid_a = next(c for c in src if c["column"] == C.FID and "cifar_simple" in c["row_label"])
     assert fid_a["value"] == 4.0 and fid_a["from"]["backend"] == "torch-fidelity" and fid_a["from"]["n_samples"] == 50_000
-    ident = NllSummary.read(a / "nll_test").model_sha256  # the model identity, not the weights' or file's hash
+    ident = read_summary(a / "nll_test").model_sha256  # the model identity, not the weights' or file's hash
     assert ident == model_entry()["identity"]["sha256"] != "ab" * 32
     assert fid_a["from"]["file"].endswith("fid/metrics.json") and fid_a["from"]["model_identity"] == ident
     nll_a = next(c for c in src if c["column"] == C.NLL_TEST and "cifar_simple" in c["row_label"])
@@ -192,7 +192,7 @@ def test_mixed_model_run_dir_is_split_one_row_per_model(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["report", str(run), "--out", str(out)]) == 0
     warnings = _warnings(capsys.readouterr().err)
-    nll_id = NllSummary.read(run / "nll_test").model_sha256
+    nll_id = read_summary(run / "nll_test").model_sha256
     fid_id = model_entry("cd" * 32)["identity"]["sha256"]
     assert len(warnings) == 1, warnings
     assert (f"{run}: outputs of 2 different models (nll_train, nll_test, gap, rate_distortion: model {nll_id[:12]}; "
@@ -337,7 +337,7 @@ def test_out_claim_identity_is_the_runs_not_the_paths(tmp_path, capsys):
     keys = set(manifest["identity"]["inputs"])
     test_id = json.loads((run / "nll_test" / "summary.json").read_text())["run_id"]
     assert f"nll:{test_id}" in keys and all(str(tmp_path) not in k for k in keys)
-    assert manifest["identity"]["inputs"][f"nll:{test_id}"] == NllSummary.read(run / "nll_test").model_sha256
+    assert manifest["identity"]["inputs"][f"nll:{test_id}"] == read_summary(run / "nll_test").model_sha256
     # the same runs, moved and given in the other order: the same report, rewritten in place
     moved = tmp_path / "moved"
     run.rename(moved)

@@ -153,7 +153,7 @@ def test_reproduce_ckpt_records_the_checkpoints_config_and_checks_shapes_first(t
     capsys.readouterr()
     assert main([*args, "--set", "evaluation.nll.seed=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "stage nll_train: --out" in err and "bound.seed: 0 -> 1" in err and "--force" in err
+    assert "stage nll_train: --out" in err and "options.seed: 0 -> 1" in err and "--force" in err
     assert json.loads((out / "nll_train" / "summary.json").read_text())["seed"] == 0
     # --force computes again only the stages whose settings changed: the samples and the FID stay
     kept = {name: (out / name / f).stat().st_mtime_ns for name, f in (("samples", "manifest.json"),

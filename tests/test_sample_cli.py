@@ -201,7 +201,8 @@ def test_channels_last_sampler_stays_within_one_level_and_is_recorded(tmp_path):
     diff = np.abs(load_all(a)[0].astype(int) - load_all(b)[0].astype(int))
     assert diff.max() <= 1  # the float32 rounding of another convolution layout, nothing more
     run = json.loads((b / "manifest.json").read_text())["network_execution"]
-    assert run == {"channels_last": True, "channels_last_from": "flag", "compile": None, "cuda_graphs": False}
+    assert run == {"device": "cpu", "precision": "fp32", "channels_last": True, "channels_last_from": "flag",
+                   "compile": None, "cuda_graphs": False}
 
 
 @pytest.mark.slow

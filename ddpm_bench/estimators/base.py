@@ -19,7 +19,6 @@ The run lifecycle, shards, resume, torchrun and identity are `ddpm_bench.jobs.nl
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, ClassVar
@@ -34,11 +33,6 @@ from ddpm_bench.outputs import NllOutput, NllSummary, OutputFileError, read_json
 Progress = Callable[[int], None]
 
 
-def stderr_of_mean(x: np.ndarray) -> float | None:
-    """Standard error of the mean over images (None for a single image)."""
-    return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else None
-
-
 class Estimator:
     """Base class: an estimator with its options (see the module docstring)."""
 
@@ -48,7 +42,6 @@ class Estimator:
     SELECT: ClassVar[str | None] = None
     SHARD_KEYS: ClassVar[tuple[str, ...]]
     RATE_DISTORTION: ClassVar[bool] = False
-    DRY_RUN_ALTERNATIVE: ClassVar[bool] = True  # its cost is shown beside another estimator's in a dry run
     SUMMARY: ClassVar[type[NllSummary]]  # its summary.json
     PER_IMAGE: ClassVar[type]  # its per_image.npz: read(folder, summary), write(folder), index, totals
 
@@ -86,6 +79,12 @@ class Estimator:
     def label(self) -> str:
         """How a dry run names this estimator with its options."""
         return f"the {self.NAME} estimator"
+
+    @classmethod
+    def alternative(cls, T: int) -> Estimator | None:
+        """The instance whose cost a dry run of another estimator of the same quantity shows beside its own
+        (None: none)."""
+        return None
 
     @classmethod
     def summary_lines(cls, summary: NllSummary) -> list[str]:

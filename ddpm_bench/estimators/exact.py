@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddpm_bench.estimators.base import Estimator, Progress, stderr_of_mean
+from ddpm_bench.estimators.base import Estimator, Progress
 from ddpm_bench.network import Network
-from ddpm_bench.outputs import BoundSummary, NllOutput, NllSummary, PerImage
+from ddpm_bench.outputs import BoundSummary, NllOutput, NllSummary, PerImage, stderr_of_mean
 from ddpm_bench.variational_bound import BoundOptions, BoundTerms, compute_bound
 
 
@@ -32,6 +32,10 @@ class Exact(Estimator):
 
     def label(self) -> str:
         return "the exact bound (without --terms)"
+
+    @classmethod
+    def alternative(cls, T: int) -> Exact:
+        return cls(BoundOptions())
 
     @classmethod
     def summary_lines(cls, summary: BoundSummary) -> list[str]:

@@ -115,6 +115,10 @@ class Importance(Exact):
             evals, what = evals + pilot * T, what + f" + a pilot of {pilot} images x {T} terms"
         return evals, what
 
+    @classmethod
+    def alternative(cls, T: int) -> Importance:
+        return cls(ImportanceOptions(terms=min(25, max(1, T - 1))))
+
     def label(self) -> str:
         return f"--terms {self.options.terms}" + (" (pilot included)" if self.options.proposal is None else "")
 

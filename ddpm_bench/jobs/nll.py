@@ -14,6 +14,7 @@ with the run_id and its image numbers), the estimator's own state (e.g. `proposa
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -109,9 +110,8 @@ def _run_nll(job: NllJob, estimator: Estimator) -> NllOutput | None:
     estimator.setup(network, images, rd, batch_size)
     plan = ShardPlan(len(images), job.shard_size)
     if rd is None:
-        arrays = compute_shards(estimator, network, images, plan, list(range(plan.num_shards)), batch_size,
-                                run.progress)
-        parts = [arrays[s] for s in range(plan.num_shards)]
+        parts = [arrays for _, arrays in compute_shards(estimator, network, images, plan, list(range(plan.num_shards)),
+                                                        batch_size, run.progress)]
         run_id = run_dir.run_id_of(COMMAND, run_dir.normalise(identity))
     else:
         with run_dir.phase():  # rank 0 decides what is done: a finished run, or the valid shards
@@ -126,7 +126,7 @@ def _run_nll(job: NllJob, estimator: Estimator) -> NllOutput | None:
             return replace(finished, complete_before=True) if main else None
         with run_dir.phase():  # every rank: its own shards
             for s, arrays in compute_shards(estimator, network, images, plan, plan.owned(missing), batch_size,
-                                            run.progress and main).items():
+                                            run.progress and main):
                 rd.write_shard(shard_name(s), plan.items(s), **arrays)
         if not main:
             return None
@@ -142,24 +142,21 @@ def _run_nll(job: NllJob, estimator: Estimator) -> NllOutput | None:
 
 
 def compute_shards(estimator: Estimator, network: Network, images: ImageSet, plan: ShardPlan, shards: list[int],
-                   batch_size: int, progress: bool) -> dict[int, dict[str, np.ndarray]]:
-    """The arrays of the listed shards, each computed on its own (so a shard's numbers never depend on the
-    others), in order; as a generator would keep them all, they are returned whole."""
+                   batch_size: int, progress: bool) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """(s, arrays) of the listed shards, each computed on its own (so a shard's numbers never depend on the
+    others), in order, as each is done (the caller writes it before the next is computed)."""
     from tqdm import tqdm
 
     T = network.diffusion.T
     total = sum(len(plan.items(s)) for s in shards) * estimator.evaluations_per_image(T)
-    bar = tqdm(total=total, unit="eval", disable=not progress or total == 0, dynamic_ncols=True,
-               desc=estimator.NAME, file=sys.stderr)
-    out = {}
-    for s in shards:
-        items = plan.items(s)
-        lo, hi = int(items[0]), int(items[-1]) + 1
-        x = torch.from_numpy(images.images[lo:hi]).permute(0, 3, 1, 2)
-        out[s] = estimator.compute(network, x, torch.from_numpy(images.index[lo:hi]), batch_size=batch_size,
-                                   progress=bar.update)
-    bar.close()
-    return out
+    with tqdm(total=total, unit="eval", disable=not progress or total == 0, dynamic_ncols=True,
+              desc=estimator.NAME, file=sys.stderr) as bar:
+        for s in shards:
+            items = plan.items(s)
+            lo, hi = int(items[0]), int(items[-1]) + 1
+            x = torch.from_numpy(images.images[lo:hi]).permute(0, 3, 1, 2)
+            yield s, estimator.compute(network, x, torch.from_numpy(images.index[lo:hi]), batch_size=batch_size,
+                                       progress=bar.update)
 
 
 def common_fields(run_id: str, network: Network, images: ImageSet, estimator: Estimator, merged: dict,
@@ -228,8 +225,8 @@ def dry_run(network: Network, images: ImageSet, estimator: Estimator, batch_size
           f"{network.device} (noise, network and terms, batches of {batch_size}) -> ETA "
           f"{evals * sec / world / 60:.1f} min{procs}")
     for cls in ESTIMATORS.values():
-        if cls.QUANTITY == estimator.QUANTITY and cls is not type(estimator) and cls.DRY_RUN_ALTERNATIVE:
-            other = cls(cls.OPTIONS())
-            evals, what = other.cost(N, T)
-            print(f"{COMMAND}: {other.label()} would be {evals} network evaluations ({what}) -> ETA "
+        other = cls.alternative(T) if cls.QUANTITY == estimator.QUANTITY and cls is not type(estimator) else None
+        if other is not None:
+            evals, _ = other.cost(N, T)
+            print(f"{COMMAND}: {other.label()} would be {evals} network evaluations -> ETA "
                   f"{evals * sec / world / 60:.1f} min{procs}")

@@ -38,8 +38,8 @@ def check_every_term(output: NllOutput, origin: str) -> None:
     importance-sampled bound, whatever it happened to draw, or a likelihood) is refused."""
     cls = ESTIMATORS[output.summary.estimator]
     if not cls.RATE_DISTORTION:
-        raise UserError(f"{origin}: an nll output of the {cls.NAME!r} estimator does not give every term of every "
-                        "image; rate and distortion need the exact bound: run nll without --terms or --ode")
+        raise UserError(f"{origin}: rate and distortion need every term of every image, which an nll output of the "
+                        f"{cls.NAME!r} estimator does not give: run nll without --terms or --ode")
 
 
 def run_rate_distortion(out: str | Path, source: str | Path | NllJob, force: bool = False) -> RateDistortionSummary | None:

@@ -107,7 +107,7 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
             fn(False)
         except SettingsChanged as e:
             if not force:
-                raise OutputDirError(f"stage {name}: holds a run with other settings ({e.differences}); the recipe "
+                raise OutputDirError(f"stage {name}: --out {e.out} holds a run with other settings ({e.differences}); the recipe "
                                      "changed since this stage ran: restore it, or run again with --force to compute "
                                      "the stages whose settings changed (only those)") from None
             _say(f"{name}: its settings changed; --force: computing it again")

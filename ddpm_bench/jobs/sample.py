@@ -114,6 +114,7 @@ class SampleResult:
     path: Path | None = None
     in_memory: np.ndarray | None = None  # (num, H, W, C) uint8
     progressive: np.ndarray | None = None  # (rows, P, H, W, C) uint8
+    complete_before: bool = False  # the directory held this complete run already
 
     @property
     def samples(self) -> np.ndarray:
@@ -274,7 +275,7 @@ def _run_sample(job: SampleJob) -> SampleResult | None:
     if complete:
         if not main:
             return None
-        return SampleResult(SampleManifest.read(rd.path), rd.path)
+        return SampleResult(SampleManifest.read(rd.path), rd.path, complete_before=True)
 
     done = [s for s in range(plan.num_shards) if s not in missing]
     manifest = _manifest(rd.run_id, rd.resumed, network, process, job, shape, plan, done, world)
