@@ -138,7 +138,8 @@ def load_directory(path: str | Path, diffusion_flags: dict, origin: str | None =
     else:
         diffusion = diffusion_from_flags(diffusion_flags)
     try:
-        unet = UNet2DModel.from_pretrained(str(unet_dir))
+        # low_cpu_mem_usage=False: what diffusers falls back to without `accelerate`, said without a notice
+        unet = UNet2DModel.from_pretrained(str(unet_dir), low_cpu_mem_usage=False)
     except Exception as e:
         raise CheckpointError(f"--ckpt {path}: diffusers could not load a UNet2DModel: {type(e).__name__}: {e}") from None
     prov = {**(provenance or {}), "kind": NAME, "path": str(path.resolve()), "sha256": weights_sha256(files),
@@ -159,7 +160,8 @@ def from_module(unet, diffusion: DiffusionConfig, provenance: dict, origin: str)
     if int(unet.config.out_channels) != want_out:
         raise CheckpointError(f"--ckpt {origin}: the UNet has {unet.config.out_channels} output channels; "
                               f"var type {diffusion.var_type!r} needs {want_out}")
-    config = {"unet": dict(unet.config)}
+    # its architecture: the config without diffusers' bookkeeping (`_name_or_path` is a path, not an identity)
+    config = {"unet": {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}}
     ident = model_identity(NAME, None, state_dict_sha256(unet.state_dict()), diffusion, config, origin)
 
     def backbone(x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
