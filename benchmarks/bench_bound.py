@@ -24,11 +24,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from small_unet import SmallUNet  # noqa: E402
 
-from ddpm_bench.variational_bound import BoundTerms, bound_pairs, compute_bound, prior_bpd, to_model_scale  # noqa: E402
+from ddpm_bench import load_model  # noqa: E402
 from ddpm_bench.diffusion import DiffusionConfig  # noqa: E402
+from ddpm_bench.variational_bound import BoundTerms, bound_pairs, compute_bound, prior_bpd, to_model_scale  # noqa: E402
 
 
-def official_loop(net, cfg, s, images, index, *, seed=0, clip=True) -> BoundTerms:
+def official_loop(net, s, images, index, *, seed=0, clip=True) -> BoundTerms:
     """One network call per timestep on the batch of all images, t = T-1 down to 0."""
     x0_all = to_model_scale(images)
     N, T = images.shape[0], s.T
@@ -36,7 +37,7 @@ def official_loop(net, cfg, s, images, index, *, seed=0, clip=True) -> BoundTerm
     mse = torch.zeros(N, T, dtype=torch.float64)
     n, d = torch.arange(N), torch.zeros(N, dtype=torch.long)
     for t in reversed(range(T)):
-        v = bound_pairs(net, cfg, s, x0_all, index, n, d, torch.full((N,), t), seed=seed, clip=clip)
+        v = bound_pairs(net, s, x0_all, index, n, d, torch.full((N,), t), seed=seed, clip=clip)
         terms[:, t], mse[:, t] = v.bpd, v.mse
     terms[:, T] = prior_bpd(s, x0_all)
     return BoundTerms(terms=terms, mse=mse)
@@ -60,26 +61,24 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, (a.images, 3, a.size, a.size), dtype=np.uint8))
     index = torch.arange(a.images)
-    plain = SmallUNet().eval()
-    cl = SmallUNet().eval().to(memory_format=torch.channels_last)
+    plain = load_model(SmallUNet().eval(), diffusion=cfg, device="cpu", channels_last=False)
+    cl = load_model(SmallUNet().eval(), diffusion=cfg, device="cpu", channels_last=True)
     evals = a.images * a.T
     print(f"{a.images} images {a.size}x{a.size}x3, T={a.T}: {evals} network evaluations; SmallUNet "
-          f"{sum(q.numel() for q in plain.parameters())} parameters; {torch.get_num_threads()} threads; "
+          f"{sum(q.numel() for q in plain.model.module.parameters())} parameters; {torch.get_num_threads()} threads; "
           f"median of {a.repeats} interleaved repeats")
     runs = {
-        "official": lambda: official_loop(plain, cfg, s, images, index),
-        "official-cl": lambda: official_loop(
-            lambda x, t: cl(x.contiguous(memory_format=torch.channels_last), t), cfg, s, images, index),
-        "engine": lambda: compute_bound(plain, cfg, s, images, index, batch_size=a.batch_size),
-        "engine-cl": lambda: compute_bound(cl, cfg, s, images, index, batch_size=a.batch_size,
-                                           memory_format=torch.channels_last),
+        "official": lambda: official_loop(plain, s, images, index),
+        "official-cl": lambda: official_loop(cl, s, images, index),
+        "engine": lambda: compute_bound(plain, images, index, batch_size=a.batch_size),
+        "engine-cl": lambda: compute_bound(cl, images, index, batch_size=a.batch_size),
     }
     if "engine-compile" in a.variants:
-        compiled = torch.compile(SmallUNet().eval())
+        compiled = load_model(SmallUNet().eval(), diffusion=cfg, device="cpu", channels_last=False, compile="default")
         t0 = time.perf_counter()
-        compute_bound(compiled, cfg, s, images[:1], index[:1], batch_size=a.batch_size)  # compile + warm-up
+        compute_bound(compiled, images[:1], index[:1], batch_size=a.batch_size)  # compile + warm-up
         print(f"torch.compile warm-up: {time.perf_counter() - t0:.1f} s")
-        runs["engine-compile"] = lambda: compute_bound(compiled, cfg, s, images, index, batch_size=a.batch_size)
+        runs["engine-compile"] = lambda: compute_bound(compiled, images, index, batch_size=a.batch_size)
     names = a.variants.split(",")
     times = {name: [] for name in names}
     out = {}

@@ -19,9 +19,15 @@ import time
 import numpy as np
 import torch
 
-from ddpm_bench.variational_bound import BoundOptions, compute_bound, estimate_bound, term_proposal
+from ddpm_bench import load_model
 from ddpm_bench.data import load_images
-from ddpm_bench.models.source import load_ckpt_source
+from ddpm_bench.variational_bound import (
+    BoundOptions,
+    ImportanceOptions,
+    compute_bound,
+    estimate_bound,
+    term_proposal,
+)
 
 PILOT = 4
 
@@ -37,16 +43,16 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
 
-    src = load_ckpt_source(a.ckpt)
+    src = load_model(a.ckpt, device="cpu")
     data = load_images(a.data, None, a.images)
     images = torch.from_numpy(data.images).permute(0, 3, 1, 2)
     index = torch.from_numpy(data.index)
-    cfg, s, T = src.diffusion, src.diffusion.schedule(), src.diffusion.T
+    T = src.diffusion.T
     print(f"{a.ckpt}: T = {T}, {len(data)} images of {a.data}, batch {a.batch_size}, torch threads "
           f"{torch.get_num_threads()}, target standard error {a.target_se} bits/dim")
 
     t0 = time.perf_counter()
-    exact = compute_bound(src.net, cfg, s, images, index, BoundOptions(seed=a.seed), batch_size=a.batch_size)
+    exact = compute_bound(src, images, index, BoundOptions(seed=a.seed), batch_size=a.batch_size)
     t_exact = (time.perf_counter() - t0) / len(data)
     totals = exact.terms.sum(1).numpy()
     sd_exact = totals.std(ddof=1)
@@ -60,8 +66,7 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for K in a.K:
         t0 = time.perf_counter()
-        est = estimate_bound(src.net, cfg, s, images, index, BoundOptions(seed=a.seed, terms=K), q,
-                             batch_size=a.batch_size)
+        est = estimate_bound(src, images, index, ImportanceOptions(seed=a.seed, terms=K), q, batch_size=a.batch_size)
         t_est = (time.perf_counter() - t0) / len(data)
         est_totals = est.terms.sum(1).numpy()
         sd = est_totals.std(ddof=1)

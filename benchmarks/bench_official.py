@@ -30,10 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_bench import allocator, network_speed
-from ddpm_bench.variational_bound import bound_pairs, default_pairs_per_call, to_model_scale
+from ddpm_bench import allocator
 from ddpm_bench.data import DataSpec
-from ddpm_bench.models.source import ModelSpec
+from ddpm_bench.models.formats import load_model
+from ddpm_bench.models.spec import ModelSpec
+from ddpm_bench.network import Execution, load_network
+from ddpm_bench.variational_bound import bound_pairs, default_pairs_per_call, to_model_scale
 
 HERE = Path(__file__).resolve().parent
 
@@ -102,8 +104,7 @@ def plain_official_loop(net, betas: np.ndarray, x_uint8: torch.Tensor, seed: int
 def engine_share(spec: ModelSpec, data: DataSpec, reps: int, pairs: int | None = None) -> dict:
     """The engine's step against its network alone, on one full call of `pairs` (default: the device's)."""
     dev = torch.device("cpu")
-    source = spec.load(dev)
-    fmt = network_speed.speed_up(source, network_speed.default_channels_last(source, dev), None)
+    source = load_network(spec, Execution(device="cpu"))
     images = data.load()
     B = pairs or default_pairs_per_call(dev, images.shape)
     s = source.diffusion.schedule()
@@ -113,24 +114,25 @@ def engine_share(spec: ModelSpec, data: DataSpec, reps: int, pairs: int | None =
     flat = torch.arange(B)
     n, k, d = flat % m, (flat * 7919) % source.diffusion.T, torch.zeros_like(flat)
     step_net = {"s": 0.0}
-    net = source.net
+    backbone = source._backbone
 
     def timed_net(x, i):
         t0 = time.perf_counter()
-        out = net(x, i)
+        out = backbone(x, i)
         step_net["s"] += time.perf_counter() - t0
         return out
 
+    source._backbone = timed_net  # the network alone, inside the wrapper's call
     steps, nets = [], []
     for r in range(reps + 1):
         step_net["s"] = 0.0
         t0 = time.perf_counter()
-        bound_pairs(timed_net, source.diffusion, s, x0_all, index, n, d, k, memory_format=fmt)
+        bound_pairs(source, s, x0_all, index, n, d, k)
         if r:  # the first call warms up
             steps.append(time.perf_counter() - t0)
             nets.append(step_net["s"])
     step, network = statistics.median(steps), statistics.median(nets)
-    return {"pairs_per_call": B, "channels_last": fmt == torch.channels_last,
+    return {"pairs_per_call": B, "channels_last": source.channels_last,
             "step_ms_per_eval": 1e3 * step / B, "network_ms_per_eval": 1e3 * network / B,
             "non_network_share": (step - network) / network}
 
@@ -172,7 +174,7 @@ def main(argv=None):
             print(f"{share['pairs_per_call']} pairs: step {share['step_ms_per_eval']:.4f} ms/eval, network "
                   f"{share['network_ms_per_eval']:.4f}; non-network {100 * share['non_network_share']:.1f}%")
         return
-    source = spec.load("cpu")
+    source = load_model(spec)  # the backbone alone, as the plain loop calls it
     images = data.load()
     x = torch.from_numpy(images.images).permute(0, 3, 1, 2).contiguous()
     betas = source.diffusion.schedule().betas.numpy()
@@ -184,7 +186,7 @@ def main(argv=None):
     totals = {}
     for r in range(a.repeats):  # interleaved: both see the same load of a shared machine
         t0 = time.perf_counter()
-        totals["official"] = plain_official_loop(source.net, betas, x, seed=r)
+        totals["official"] = plain_official_loop(source.backbone, betas, x, seed=r)
         times["official"].append(time.perf_counter() - t0)
         out = work / f"engine{r}"
         t0 = time.perf_counter()

@@ -20,8 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from small_unet import SmallUNet  # noqa: E402
 
-from ddpm_bench.variational_bound import BoundOptions, compute_bound  # noqa: E402
+from ddpm_bench import load_model  # noqa: E402
 from ddpm_bench.diffusion import DiffusionConfig  # noqa: E402
+from ddpm_bench.variational_bound import compute_bound  # noqa: E402
 
 
 def main(argv=None):
@@ -34,12 +35,12 @@ def main(argv=None):
     a = p.parse_args(argv)
     dev = torch.device(a.device)
     cfg = DiffusionConfig(T=a.T)
-    s = cfg.schedule()
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, (a.images, 3, a.size, a.size), dtype=np.uint8)).to(dev)
-    net = SmallUNet().eval().to(dev)
-    runs = {prec: compute_bound(net, cfg, s, images, torch.arange(a.images), BoundOptions(precision=prec),
-                                batch_size=a.batch_size).terms.cpu().numpy() for prec in ("fp32", "tf32", "bf16")}
+    module = SmallUNet().eval()
+    runs = {prec: compute_bound(load_model(module, diffusion=cfg, device=a.device, precision=prec), images,
+                                torch.arange(a.images), batch_size=a.batch_size).terms.cpu().numpy()
+            for prec in ("fp32", "tf32", "bf16")}
     ref = runs["fp32"]
     T = a.T
     print(f"{a.images} images {a.size}x{a.size}x3, T={T}, SmallUNet, device {dev}; fp32 total "

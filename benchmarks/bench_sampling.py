@@ -2,7 +2,7 @@
 
 Both run the full ancestral sampler (Algorithm 2, T steps, clipped x0 prediction) on the CPU with the
 same randomly initialised UNet2DModel saved with save_pretrained; ddpm-bench loads it through
-`--ckpt DIR` (ddpm_bench.models.diffusers_loading). The samples differ (each library draws its own
+`--ckpt DIR` (ddpm_bench.models.formats.diffusers_dir). The samples differ (each library draws its own
 noise), the work per step is the same: one network call on the batch plus the step arithmetic.
 
     PYTHONPATH=. python benchmarks/bench_sampling.py --T 100 --batch 16 --repeats 3
@@ -27,7 +27,7 @@ def main() -> None:
 
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-    from ddpm_bench.models.diffusers_loading import load_diffusers_source
+    from ddpm_bench import load_model
     from ddpm_bench.sampling import draw_samples, sampling_process
 
     torch.manual_seed(0)
@@ -38,14 +38,14 @@ def main() -> None:
                               clip_sample=True)
     with tempfile.TemporaryDirectory() as tmp:
         DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp)
-        source = load_diffusers_source(tmp, {}, "cpu")
+        source = load_model(tmp, device="cpu", channels_last=False)
     pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     process = sampling_process(source.diffusion)
     idx = torch.arange(args.batch)
 
     def ours() -> None:
-        draw_samples(source.net, process, idx, 0, (3, 32, 32))
+        draw_samples(source, process, idx, (3, 32, 32))
 
     def theirs() -> None:
         with torch.inference_mode():

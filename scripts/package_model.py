@@ -1,7 +1,7 @@
 """Package a training checkpoint as the model that ships with the install (`--ckpt embedded`): keep what
 evaluation needs (format, config, raw and EMA weights, step, data, provenance), drop the optimizer and
 the resume state, write ddpm_bench/models/embedded/embedded.pt and put its sha256 into
-ddpm_bench/models/packaged.py (checked on every load).
+ddpm_bench/models/formats/packaged.py (checked on every load).
 
     python scripts/package_model.py runs/embedded-train/checkpoints/ckpt_0010000.pt
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from ddpm_bench.checkpoint import load_checkpoint
-from ddpm_bench.models import packaged as packaged_module
-from ddpm_bench.models.packaged import PACKAGED
+from ddpm_bench.models.formats import packaged as packaged_module
+from ddpm_bench.models.formats.packaged import PACKAGED
 from ddpm_bench.provenance import sha256_file
 from ddpm_bench.shards import atomic_write_bytes
 

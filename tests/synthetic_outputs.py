@@ -17,9 +17,9 @@ from ddpm_bench.estimators import read_output
 from ddpm_bench.identity import model_identity
 from ddpm_bench.jobs.gap import gap_statistics
 from ddpm_bench.outputs import (
+    BoundSummary,
     FidMetrics,
     GapResult,
-    BoundSummary,
     PerImage,
     ReproduceLayout,
     SampleManifest,

@@ -7,9 +7,9 @@ import pytest
 import scipy.special as sp
 import torch
 
-from ddpm_bench.variational_bound import BoundOptions, compute_bound, default_pairs_per_call
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.noise import bits_to_normal_, counter_normal, mix64_int
+from ddpm_bench.variational_bound import BoundOptions, compute_bound, default_pairs_per_call
 from tests.plugins import ORACLE_IMAGE, TinyConv, as_network, oracle_eps
 
 LN2 = math.log(2)

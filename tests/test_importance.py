@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_bench.variational_bound import BoundOptions, ImportanceOptions, compute_bound, draw_terms, estimate_bound, term_proposal
 from ddpm_bench.diffusion import DiffusionConfig
+from ddpm_bench.variational_bound import (
+    BoundOptions,
+    ImportanceOptions,
+    compute_bound,
+    draw_terms,
+    estimate_bound,
+    term_proposal,
+)
 from tests.plugins import ORACLE_IMAGE, TinyConv, as_network, oracle_eps
 from tests.test_bound import oracle_closed_form
 

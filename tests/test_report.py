@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from ddpm_bench.cli import main
-from ddpm_bench.jobs.report import build_report
 from ddpm_bench.estimators import read_summary
+from ddpm_bench.jobs.report import build_report
 from ddpm_bench.reporting import columns as C
 from tests.synthetic_outputs import model_entry, write_fid_dir, write_nll_dir, write_run_dir
 

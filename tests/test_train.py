@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_bench.cli import main
 from ddpm_bench import load_model
+from ddpm_bench.cli import main
 from tests.stderr import without_schedule_warning
 
 ROOT = Path(__file__).parents[1]
