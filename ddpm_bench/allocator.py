@@ -2,10 +2,9 @@
 
 A CPU network call allocates and frees activations of a few MB. glibc's malloc serves such blocks with
 mmap and gives them back to the system, or trims the heap, after every call, so each call page-faults its
-memory in again: measured on the tiny U-Net at 32 pairs per call, 5.3 s of 13 s was system time, and the
-bound ran 1.4x faster once blocks up to 32 MiB come from the heap (glibc's largest mmap threshold) and the
-heap is trimmed only above 1 GiB of free memory (benchmarks/RESULTS.md, "allocator"). This changes
-where memory comes from, never a number; the process keeps its peak memory until it exits.
+memory in again. Here blocks up to 32 MiB come from the heap (glibc's largest mmap threshold) and the heap
+is trimmed only above 1 GiB of free memory (what that gains: benchmarks/RESULTS.md, "allocator"). This
+changes where memory comes from, never a number; the process keeps its peak memory until it exits.
 
 Nothing is changed where the user chose: a preloaded allocator (LD_PRELOAD) or MALLOC_* variables.
 """

@@ -1,4 +1,4 @@
-"""ddpm-bench checkpoints (SPEC section 4): one torch file, loadable with `weights_only=True`.
+"""ddpm-bench checkpoints: one torch file, loadable with `weights_only=True`.
 
 Keys: `format` ("ddpm-bench/1"), `config` (JSON-able: `model`, `diffusion`, `training`), `model` and
 `ema` state dicts, `optimizer`, `step`, and the state needed to resume training exactly.

@@ -14,9 +14,12 @@ from ddpm_bench.cli_args import (
     Formatter,
     OneLineParser,
     add_data_args,
+    add_device_arg,
     add_estimator_args,
     add_execution_args,
     add_model_args,
+    add_out_args,
+    add_progress_arg,
     add_run_args,
     data_spec,
     estimator_options,
@@ -238,8 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "rate-distortion dirs")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="reproduce run directories, or plain nll, fid or rate-distortion outputs")
-    p.add_argument("--out", required=True, help="output directory (rewritten when it holds a report of the same RUN_DIRs)")
-    p.add_argument("--force", action="store_true", help="empty an existing --out that holds something else")
+    add_out_args(p, "output directory (rewritten when it holds a report of the same RUN_DIRs)")
     p.set_defaults(func=cmd_report)
 
     p = _parser(sub, "train", "train the paper's U-Net on a recipe (DDPM Algorithm 1); rerun to resume")
@@ -249,10 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe value, e.g. --set training.steps=200 (repeatable)")
     p.add_argument("--data-root", default=None,
                    help="folder holding cifar-10-batches-py (training.data_root; else $DDPM_BENCH_DATA)")
-    p.add_argument("--out", required=True, help="run directory (resumed from its latest checkpoint when the config matches)")
-    p.add_argument("--force", action="store_true", help="empty an existing --out that holds something else")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (under torchrun: one GPU per process)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_out_args(p, "run directory (resumed from its latest checkpoint when the config matches)")
+    add_device_arg(p)
+    add_progress_arg(p)
     p.set_defaults(func=cmd_train)
 
     p = _parser(sub, "inspect", "print what a model or recipe holds (parameters, identity, config) as JSON")
@@ -268,12 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     p.add_argument("--ckpt", default=None, help="evaluate this model (anything --ckpt takes) instead of training")
     p.add_argument("--data-root", default=None, help="folder holding cifar-10-batches-py (else $DDPM_BENCH_DATA)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto")
-    p.add_argument("--out", required=True, help="run directory (resumed: every finished stage is skipped)")
-    p.add_argument("--force", action="store_true", help="empty an existing --out that holds something else; recompute "
-                                                       "the stages whose settings changed")
+    add_device_arg(p)
+    add_out_args(p, "run directory (resumed: every finished stage is skipped)",
+                 "empty an existing --out that holds something else; recompute the stages whose settings changed")
     p.add_argument("--dry-run", action="store_true", help="print the work of every stage, then stop")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_arg(p)
     p.set_defaults(func=cmd_reproduce)
 
     p = _parser(sub, "fid", "FID (and IS, KID, precision/recall) of samples via torch-fidelity and clean-fid")
@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute FID with fewer samples than feature dimensions (singular covariance; marked in the result)")
     p.add_argument("--prc", action=argparse.BooleanOptionalAction, default=True,
                    help="torch-fidelity precision/recall (the slowest metric after feature extraction)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda:LOCAL_RANK under torchrun)")
+    add_device_arg(p)
     add_run_args(p, "images per feature-extractor call (default: 64)",
                  "images per feature shard, the unit of resume and of work per torchrun rank (default: 1000)",
                  dry_run=False)

@@ -89,9 +89,25 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--num-images", type=int, default=None, help="use the first N images (default all)")
 
 
-def add_execution_args(p: argparse.ArgumentParser, device_help: str = "cpu, cuda, cuda:N, or auto") -> None:
+DEVICE_HELP = "cpu, cuda, cuda:N, or auto (the first GPU, else the CPU); under torchrun, the process's own GPU"
+
+
+def add_device_arg(g) -> None:
+    g.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def add_progress_arg(g) -> None:
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_out_args(g, out_help: str, force_help: str = "empty an existing --out that holds something else") -> None:
+    g.add_argument("--out", required=True, help=out_help)
+    g.add_argument("--force", action="store_true", help=force_help)
+
+
+def add_execution_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("how the network runs (only --precision changes what it computes)")
-    g.add_argument("--device", default="auto", help=device_help)
+    add_device_arg(g)
     g.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="network precision (the math around it stays float64)")
     g.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
@@ -106,13 +122,12 @@ def add_run_args(p: argparse.ArgumentParser, batch_help: str, shard_help: str, d
                  out_help: str = "output directory (resumed when it holds an unfinished run with the same settings)"
                  ) -> None:
     g = p.add_argument_group("the run")
-    g.add_argument("--out", required=True, help=out_help)
-    g.add_argument("--force", action="store_true", help="empty an existing --out that holds something else")
+    add_out_args(g, out_help)
     g.add_argument("--batch-size", type=int, default=None, help=batch_help)
     g.add_argument("--shard-size", type=int, default=None, help=shard_help)
     if dry_run:
         g.add_argument("--dry-run", action="store_true", help="print the work and an ETA from a timed probe, then stop")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arg(g)
 
 
 # -- estimator flags, generated from the estimators' options ------------------------------------------------
@@ -156,7 +171,7 @@ def add_estimator_args(p: argparse.ArgumentParser, estimators: tuple[type[Estima
                     kwargs["choices"] = f.metadata["choices"]
                 kwargs["metavar"] = f.metadata.get("metavar", f.name.upper())
             g.add_argument(flag, **kwargs)
-        if getattr(cls, "FLAG", None):
+        if cls.FLAG:
             flag, help_text = cls.FLAG
             g.add_argument(flag, action="store_true", dest=f"select_{cls.NAME}", help=help_text)
 

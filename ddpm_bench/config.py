@@ -41,7 +41,7 @@ OBJECTIVES = ("L_simple", "mse", "L", "L_vlb", "L_hybrid")
 class TrainConfig:
     """Training settings (paper Appendix B and Algorithm 1)."""
 
-    data: str = ""  # a data source (SPEC section 2); required to train
+    data: str = ""  # a data source; required to train
     data_root: str = ""  # folder with cifar-10-batches-py ("" = $DDPM_BENCH_DATA)
     num_images: int = 0  # 0 = all images of `data`
     steps: int = 800_000

@@ -35,7 +35,7 @@ class DiffusionSettingError(ValueError):
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """The diffusion settings a model was trained with (SPEC section 1)."""
+    """The diffusion settings a model was trained with."""
 
     T: int = 1000
     beta_schedule: str = "linear"

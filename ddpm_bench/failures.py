@@ -1,4 +1,4 @@
-"""Failures of the environment, reported by the CLI in one line instead of a traceback (SPEC section 2).
+"""Failures of the environment, reported by the CLI in one line instead of a traceback.
 
 `report(exc, args)` is called once, from `ddpm_bench.cli.main`, for an exception that is not a
 `UserError`; it prints one line on stderr and returns the exit status, or returns None for a failure it

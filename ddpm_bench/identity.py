@@ -1,4 +1,4 @@
-"""Identities by content: what a number is tied to (SPEC section 2, "Model identity").
+"""Identities by content: what a number is tied to.
 
 An identity is a sha256 of content, never of a path:
 - the weights actually evaluated: every tensor of the state dict in sorted key order, with its name,

@@ -5,7 +5,8 @@ Each key is hashed with the SplitMix64 finaliser (Steele et al. 2014) into a 64-
 of the stream is the 53-bit uniform U = (b + 1/2) / 2^53 in (0, 1), b = mix(id + (e + 1) * golden) >> 11,
 mapped to a standard normal by the inverse CDF, Phi^-1(U) = sqrt(2) erfinv(2U - 1), in float64.
 2U - 1 = (2b + 1 - 2^53) / 2^53 is formed in integers, so it is exact and never reaches +-1 (the largest
-b gives 8.29, not inf), and erfinv is about 3x faster here than `torch.special.ndtri` (agrees to 1e-15).
+b gives 8.29, not inf); erfinv agrees with `torch.special.ndtri` to 1e-15 and is the faster of the two
+(benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def bits_to_normal_(bits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 
 # values per chunk of rows: large enough that torch runs each operation on both cores (its grain size is
-# 32,768), small enough for the int64 scratch to stay in cache; 1.3x faster than 32,768 on the 2-core CPU
+# 32,768), small enough for the int64 scratch to stay in cache (benchmarks/RESULTS.md)
 CHUNK_ELEMENTS = 1 << 17
 
 

@@ -302,7 +302,7 @@ class NllOutput:
 
 @dataclass(frozen=True)
 class SampleManifest(OfModel, JsonOutput):
-    """`manifest.json` of a sample directory (SPEC section 3): what every shard must belong to."""
+    """`manifest.json` of a sample directory: what every shard must belong to."""
 
     FILE: ClassVar[str] = "manifest.json"
     FORMAT: ClassVar[str] = "ddpm-bench-samples/1"
@@ -342,7 +342,7 @@ def sample_shard_name(s: int) -> str:
 
 @dataclass(frozen=True)
 class FidMetrics(JsonOutput):
-    """`metrics.json` of `fid` (SPEC section 2)."""
+    """`metrics.json` of `fid`."""
 
     FILE: ClassVar[str] = "metrics.json"
 

@@ -1,6 +1,6 @@
 """Rate and distortion along the reverse process, from the per-image, per-term bound (float64).
 
-DDPM (Ho et al. 2020) §4.3 "Progressive coding", Table 4 and Figure 5; SPEC §1 "Rate and distortion".
+DDPM (Ho et al. 2020) §4.3 "Progressive coding", Table 4 and Figure 5.
 For t = T..1, at "reverse process time" s = T - t + 1:
 
 - rate(t) = L_T + sum_{k=t}^{T-1} L_k bits/dim: what a receiver holding x_t has been sent. At t = 1 it is

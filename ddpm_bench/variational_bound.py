@@ -250,7 +250,7 @@ def compute_bound(
     return BoundTerms(terms=terms, mse=mse.mean(1))
 
 
-# -- the importance-sampled bound (SPEC section 2, `nll --terms K`) -------------------------------------------
+# -- the importance-sampled bound -------------------------------------------
 
 PROPOSAL_UNIFORM_SHARE = 0.05  # the part of q spread evenly over all KL terms: every q(k) > 0, so no bias
 PURPOSE_TERM_DRAW = -1  # the noise key (j, -1, 0) gives the uniform of image j's term draws

@@ -1,4 +1,4 @@
-"""Data sources (SPEC section 2): `.npz`, PNG folders, CIFAR-10 python files, sample directories and the
+"""Data sources: `.npz`, PNG folders, CIFAR-10 python files, sample directories and the
 embedded default data set. Every source becomes an `ImageSet` of uint8 NHWC images."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ __all__ = ["DataSpec", "ImageSet", "load_images", "select", "validate_images"]
 
 @dataclass(frozen=True)
 class DataSpec:
-    """A data source as the command line or a recipe names it (SPEC section 2, `--data`)."""
+    """A data source as the command line or a recipe names it."""
 
     source: str
     data_root: str | None = None

@@ -1,4 +1,4 @@
-"""A sample directory (SPEC section 3) as one uint8 (N, H, W, C) array, every shard checked.
+"""A sample directory as one uint8 (N, H, W, C) array, every shard checked.
 
 Layout (as `ddpm-bench sample` writes it): `manifest.json` (`ddpm_bench.outputs.SampleManifest`: the
 run's `run_id`, the model identity, seed, `num` and `shard_size`) and shards `samples_XXXXXX.npz`, shard s

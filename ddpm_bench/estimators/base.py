@@ -40,6 +40,7 @@ class Estimator:
     QUANTITY: ClassVar[str] = "bound"
     OPTIONS: ClassVar[type]
     SELECT: ClassVar[str | None] = None
+    FLAG: ClassVar[tuple[str, str] | None] = None  # (flag, help): a store-true flag that chooses it, e.g. --ode
     SHARD_KEYS: ClassVar[tuple[str, ...]]
     RATE_DISTORTION: ClassVar[bool] = False
     SUMMARY: ClassVar[type[NllSummary]]  # its summary.json

@@ -1,6 +1,6 @@
-"""Output keys and column names of `rate-distortion` and `report`, defined once (SPEC section 2)."""
+"""Output keys and column names of `rate-distortion` and `report`, defined once."""
 
-# curve.csv and table4.csv (SPEC: rate-distortion)
+# curve.csv and table4.csv
 T = "t"
 REVERSE_TIME = "reverse_time"
 RATE_BPD = "rate_bpd"
