@@ -27,6 +27,7 @@ from ddpm_bench.errors import ConfigError, UserError
 from ddpm_bench.metrics.protocol import FidOptions
 from ddpm_bench.models.unet_config import ModelConfig
 from ddpm_bench.network import Execution
+from ddpm_bench.noise import check_seed
 from ddpm_bench.run_dir import RunOptions
 from ddpm_bench.sampling import SamplerOptions
 from ddpm_bench.typecheck import Mismatch, conform, is_int
@@ -66,6 +67,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive(self, ("steps", "batch_size", "log_every", "ckpt_every", "keep_last"))
+        check_seed(self.seed, "training.seed")
         from ddpm_bench.gaussian import DECODER_CDF_MODES
 
         if self.decoder_cdf not in DECODER_CDF_MODES:

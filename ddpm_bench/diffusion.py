@@ -19,6 +19,7 @@ MEAN_TYPES = ("eps", "x0", "mu", "v")  # v: Salimans and Ho (2022), v = sqrt(aba
 VAR_TYPES = ("fixed-large", "fixed-small", "learned", "learned-range")
 # schedules built from beta_start up to beta_end, which therefore need beta_start <= beta_end
 RISING_SCHEDULES = ("linear", "quad")
+MAX_T = 1_000_000
 
 
 class DiffusionSettingError(ValueError):
@@ -54,6 +55,9 @@ class DiffusionConfig:
             raise bad(("T",), "{T} must be an integer, got {0}", T)
         if T < 1:
             raise bad(("T",), "{T} must be at least 1, got {0}", T)
+        if T > MAX_T:
+            raise bad(("T",), "{T} must be at most 1000000, got {0} (more steps cannot be meant: improved DDPM "
+                      "uses 4000, and the exact bound costs T network evaluations per image)", T)
         for name in ("beta_start", "beta_end"):
             beta = getattr(self, name)
             if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0.0 < beta < 1.0:

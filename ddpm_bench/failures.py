@@ -110,11 +110,24 @@ def _os_error(exc: OSError, args: Any) -> tuple[int, str] | None:
     if exc.errno in NOT_ALLOWED:
         return 1, f"cannot write {path}: {NOT_ALLOWED[exc.errno]}" if _writing(exc) else \
             f"cannot access {path}: {NOT_ALLOWED[exc.errno]}"
-    if exc.errno == errno.ENOTDIR:
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST) and not _is_dir(path):
         return 2, f"{path}: not a directory (a part of the path is a file)"
+    if exc.errno == errno.ENAMETOOLONG:
+        return 2, f"{_shorten(path)}: file name too long for the file system"
     if exc.errno == errno.EISDIR:
         return 2, f"{path}: is a directory, not a file"
     return None
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return os.path.isdir(path)
+    except (OSError, ValueError):
+        return False
+
+
+def _shorten(path: str, keep: int = 60) -> str:
+    return path if len(path) <= 2 * keep else f"{path[:keep]}...{path[-keep:]} ({len(path)} characters)"
 
 
 def _writing(exc: OSError) -> bool:

@@ -37,11 +37,18 @@ from ddpm_bench.models.formats import load_model
 from ddpm_bench.models.loaded import LoadedModel
 from ddpm_bench.models.plugin_guard import describe_value, plugin_error
 from ddpm_bench.models.spec import ModelSpec
+from ddpm_bench.noise import counter_normal
+from ddpm_bench.run_dir import Fingerprint
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 CHANNELS_LAST_BY_DEVICE = {"cpu": True}  # a torch module's default memory format per device type
+FINGERPRINT_SEED = 20200619  # the probe inputs of `Network.fingerprint`
+FINGERPRINT_INPUTS = 2  # inputs per network index of the probe
+# largest difference of two fingerprints, relative to the outputs' scale, that is float rounding (bf16 rounds
+# each value to 8 bits of mantissa; another model differs by far more)
+FINGERPRINT_TOLERANCE = {"fp32": 1e-3, "tf32": 1e-2, "bf16": 3e-2}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -174,17 +181,51 @@ class Network:
                                    "return it on the input's device")
         return out.to(torch.float32)
 
-    def _call_backbone(self, x: torch.Tensor, t: torch.Tensor):
+    def _call_backbone(self, x: torch.Tensor, t: torch.Tensor, backbone=None):
+        backbone = backbone or self._backbone
         if self.model.plugin is None:
-            return self._backbone(x, t)
+            return backbone(x, t)
         try:
-            return self._backbone(x, t)
+            return backbone(x, t)
         except KeyboardInterrupt:
             raise
         except BaseException as e:  # noqa: BLE001 - anything raised in the user's code is the plug-in's error
             if is_out_of_memory(e):  # not the plug-in's fault: ddpm_bench.failures names the batch size
                 raise
             raise plugin_error(self.model.plugin, e) from e
+
+    def fingerprint(self, image_shape: tuple[int, int, int]) -> list[float]:
+        """What the network computes, in a few numbers: its outputs on a fixed probe (FINGERPRINT_INPUTS
+        seeded inputs at the first, middle and last network index, uncompiled, contiguous), each channel
+        averaged over at most 4 x 4 blocks. Stored with a run and compared at its resume (`same_function`):
+        a model whose files say the same but whose code or inputs changed computes something else."""
+        T = self.diffusion.T
+        steps = sorted({0, T // 2, T - 1})
+        n = FINGERPRINT_INPUTS * len(steps)
+        keys = torch.stack([torch.arange(n), torch.full((n,), -7), torch.zeros(n, dtype=torch.long)], 1)
+        x = (0.5 * counter_normal(FINGERPRINT_SEED, keys, tuple(image_shape))).to(self.device)
+        i = torch.tensor([s for s in steps for _ in range(FINGERPRINT_INPUTS)], dtype=torch.long, device=self.device)
+        with torch.inference_mode(), network_precision(self.execution.precision, self.device):
+            out = self._call_backbone(x.to(torch.float32), self.model.timestep_input(i), self.model.backbone)
+        if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != n:
+            return []  # what it returns is named by the first real call
+        pooled = torch.nn.functional.adaptive_avg_pool2d(out.float(), (min(4, out.shape[2]), min(4, out.shape[3])))
+        return [float(f"{v:.9g}") for v in pooled.double().flatten().cpu().tolist()]
+
+    def run_fingerprint(self, image_shape: tuple[int, int, int]) -> Fingerprint:
+        """The fingerprint a run keeps (ddpm_bench.run_dir)."""
+        return Fingerprint(self.fingerprint(image_shape), self.same_function)
+
+    def same_function(self, stored: list[float], now: list[float]) -> float | None:
+        """None when two fingerprints agree within what float rounding (threads, devices, batch layout) can
+        move; else the largest difference relative to the outputs' scale."""
+        a, b = torch.tensor(stored, dtype=torch.float64), torch.tensor(now, dtype=torch.float64)
+        if a.shape != b.shape:
+            return float("inf")
+        scale = max(1.0, float(a.abs().max()) if a.numel() else 1.0)
+        diff = float((a - b).abs().max()) / scale if a.numel() else 0.0
+        tolerance = FINGERPRINT_TOLERANCE[self.execution.precision]
+        return None if diff <= tolerance else diff
 
     def predict_eps(self, x: torch.Tensor, i: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
         """The eps the mean part of the output implies at x_t = x (float64), for alpha-bar `abar` (N,) at the

@@ -16,7 +16,7 @@ import io
 import json
 import math
 import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,7 +24,15 @@ import numpy as np
 
 from ddpm_bench.errors import UserError
 from ddpm_bench.identity import ModelIdentity, sha256_json
-from ddpm_bench.shards import atomic_write_bytes, atomic_write_json, atomic_write_npz, to_json
+from ddpm_bench.shards import (
+    CONTENT,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_npz,
+    file_sha256,
+    json_sha256,
+    to_json,
+)
 from ddpm_bench.typecheck import Mismatch, conform, type_ok
 
 
@@ -57,14 +65,17 @@ class OfModel:
 
 class JsonOutput:
     """Base of the JSON outputs: a dataclass whose fields are the file's keys (extra keys are kept in
-    `extra` and written back, so provenance the reader does not use survives)."""
+    `extra` and written back, so provenance the reader does not use survives). Every file carries its own
+    content hash (`content_sha256`, of its other keys), checked when it is read: a number edited since it
+    was written is refused by name. (A file of an earlier version, without one, is read as it is.)"""
 
     FILE: ClassVar[str]
     extra: dict
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        return {**self.extra, **json.loads(to_json(d))}
+        d = {**{k: v for k, v in self.extra.items() if k != CONTENT}, **json.loads(to_json(d))}
+        return {**d, CONTENT: json_sha256(d)}
 
     def write(self, folder: str | Path) -> Path:
         path = Path(folder) / self.FILE
@@ -92,7 +103,10 @@ class JsonOutput:
                 values[f.name] = conform(obj[f.name], hints[f.name])
             except Mismatch as e:
                 raise OutputFileError(f"{path}: field '{f.name}' is {e}") from None
-        known = {f.name for f in fields(cls)}
+        if CONTENT in obj and obj[CONTENT] != json_sha256(obj):  # after the types: a wrong one is named first
+            raise OutputFileError(f"{path}: its content is not what was written (its content_sha256 differs): "
+                                  "changed since; compute it again")
+        known = {f.name for f in fields(cls)} | {CONTENT}
         out = cls(**values, extra={k: v for k, v in obj.items() if k not in known})
         out.check(Path(path))
         return out
@@ -104,6 +118,23 @@ class JsonOutput:
 
     def check(self, path: Path) -> None:
         """Checks across fields (subclasses); raise OutputFileError naming the file and field."""
+
+
+def record_files(folder: str | Path, names: list[str]) -> dict[str, str]:
+    """{name: sha256} of files just written in `folder`, for the JSON output that lists them."""
+    return {name: file_sha256(Path(folder) / name) for name in names}
+
+
+def verify_files(folder: str | Path, files: dict, recorded_in: str) -> None:
+    """Every file the JSON output `recorded_in` lists is there and holds what was written; OutputFileError
+    naming the first that does not."""
+    for name, sha in files.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            raise OutputFileError(f"{path}: missing (listed in {recorded_in})")
+        if file_sha256(path) != sha:
+            raise OutputFileError(f"{path}: its content is not what was written (its sha256 differs from the one "
+                                  f"{recorded_in} recorded): changed since")
 
 
 def model_sha256_of(model: dict, path: Path, name: str = "model") -> str:
@@ -146,6 +177,7 @@ class NllSummary(OfModel, JsonOutput):
     ddpm_bench_version: str
     seconds: float  # wall time of the evaluation itself, whatever it took (a pilot included)
     network_evals: int  # every network evaluation made, a pilot included
+    files: dict = field(default_factory=dict)  # {name: sha256} of the per-image files beside it (when written)
     command: str = "nll"
     extra: dict = field(default_factory=dict)
 
@@ -206,14 +238,13 @@ class PerImage:
         """Every term evaluated for every image (not importance sampled)."""
         return self.drawn is None or bool(np.all(self.drawn == 1))
 
-    def write(self, folder: str | Path) -> Path:
-        """per_image.npz, and terms.csv from it."""
-        path = Path(folder) / self.FILE
+    def write(self, folder: str | Path) -> list[str]:
+        """per_image.npz, and terms.csv from it; the names of the files written."""
         drawn = {} if self.drawn is None else {"drawn": self.drawn.astype(np.int64)}
-        atomic_write_npz(path, terms=self.terms, mse=self.mse, index=self.index.astype(np.int64),
+        atomic_write_npz(Path(folder) / self.FILE, terms=self.terms, mse=self.mse, index=self.index.astype(np.int64),
                          run_id=np.array(self.run_id), **drawn)
         atomic_write_bytes(Path(folder) / BoundSummary.TERMS_CSV, terms_csv(self.terms, self.mse, self.drawn).encode())
-        return path
+        return [self.FILE, BoundSummary.TERMS_CSV]
 
     @classmethod
     def read(cls, folder: str | Path, summary: BoundSummary | None = None) -> PerImage:
@@ -291,10 +322,13 @@ class NllOutput:
     per_image: Any  # the estimator's per-image parts (PerImage for the bound), with `index` and `totals`
     complete_before: bool = False  # read from a run that was already complete, not computed now
 
-    def write(self, folder: str | Path) -> None:
-        """per_image.npz (and the estimator's other files) first, summary.json last."""
-        self.per_image.write(folder)
-        self.summary.write(folder)
+    def write(self, folder: str | Path) -> NllOutput:
+        """per_image.npz (and the estimator's other files) first, then summary.json with their sha256 (its
+        presence marks a finished output); the output as written."""
+        names = self.per_image.write(folder)
+        summary = replace(self.summary, files=record_files(folder, names))
+        summary.write(folder)
+        return replace(self, path=Path(folder), summary=summary)
 
 
 
@@ -305,7 +339,8 @@ class SampleManifest(OfModel, JsonOutput):
     """`manifest.json` of a sample directory: what every shard must belong to."""
 
     FILE: ClassVar[str] = "manifest.json"
-    FORMAT: ClassVar[str] = "ddpm-bench-samples/1"
+    FORMAT: ClassVar[str] = "ddpm-bench-samples/2"  # shards carry their content hash
+    LEGACY_FORMAT: ClassVar[str] = "ddpm-bench-samples/1"  # ddpm-bench 0.2: shards without one
     GRID: ClassVar[str] = "grid.png"  # the first 64 samples beside it
     PROGRESSIVE_NPZ: ClassVar[str] = "progressive.npz"  # x0 predictions along the chain (paper Figure 6)
     PROGRESSIVE_PNG: ClassVar[str] = "progressive.png"
@@ -322,10 +357,11 @@ class SampleManifest(OfModel, JsonOutput):
     complete: bool
     shards: list
     sampler: dict
+    files: dict = field(default_factory=dict)  # {name: sha256} of grid.png and the progressive files
     extra: dict = field(default_factory=dict)
 
     def check(self, path: Path) -> None:
-        if self.format != self.FORMAT:
+        if self.format not in (self.FORMAT, self.LEGACY_FORMAT):
             raise OutputFileError(f"{path}: field 'format' is {self.format!r}, expected {self.FORMAT!r}")
         model_sha256_of(self.model, path)
         if self.num < 1 or self.shard_size < 1 or self.num_shards != -(-self.num // self.shard_size):
@@ -398,6 +434,7 @@ class RateDistortionSummary(OfModel, JsonOutput):
     draws: int
     clip: bool
     decoder_cdf: str
+    files: dict = field(default_factory=dict)  # {name: sha256} of curve.csv, table4.*, figure5.*, bits_by_t.*
     extra: dict = field(default_factory=dict)
 
     def check(self, path: Path) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 from ddpm_bench import distributed
 from ddpm_bench.errors import OutputDirError, UserError
 from ddpm_bench.identity import sha256_json
-from ddpm_bench.shards import atomic_write_json, atomic_write_npz, read_json, to_json
+from ddpm_bench.shards import CONTENT, arrays_sha256, atomic_write_json, atomic_write_npz, read_json, to_json
 from ddpm_bench.version import __version__
 
 MANIFEST = "run.json"
@@ -56,6 +56,19 @@ class SettingsChanged(OutputDirError):
         self.out, self.differences = out, differences
         super().__init__(f"--out {out}: holds a run with other settings ({differences}); use another directory "
                          "or --force")
+
+
+class ModelChanged(OutputDirError):
+    """The model of a run to resume computes something else than when the run started."""
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a model computes, in a few numbers (`Network.fingerprint`), kept in run.json beside the
+    identity (not part of it: float rounding may move it) and compared when the run is resumed."""
+
+    values: list
+    differs: Callable[[list, list], float | None]  # (stored, now) -> None when the same function
 
 
 class ShardError(OutputDirError):
@@ -179,9 +192,8 @@ class RunDir:
     resumed: bool
 
     def write_shard(self, name: str, index: np.ndarray, **arrays: np.ndarray) -> None:
-        """Write a shard atomically, with this run's id and the item numbers it holds."""
-        atomic_write_npz(self.path / name, **arrays, **{INDEX: np.asarray(index, dtype=np.int64),
-                                                         RUN_ID: np.array(self.run_id)})
+        """Write a shard atomically, with this run's id, the item numbers it holds and its content hash."""
+        write_shard(self.path / name, self.run_id, index, **arrays)
 
     def read_shard(self, name: str, index: np.ndarray, keys: tuple[str, ...] | None) -> dict[str, np.ndarray]:
         """The arrays `keys` of a shard, after checking that it is whole, of this run and of these items."""
@@ -201,23 +213,36 @@ class RunDir:
             return False
 
 
-def read_shard(path: Path, run_id: str, index: np.ndarray, keys: tuple[str, ...] | None) -> dict[str, np.ndarray]:
+def write_shard(path: Path, run_id: str, index: np.ndarray, **arrays: np.ndarray) -> None:
+    """A shard file: its arrays, the run's id, its item numbers and the content hash of all of them."""
+    arrays = {**arrays, INDEX: np.asarray(index, dtype=np.int64), RUN_ID: np.array(run_id)}
+    atomic_write_npz(path, **arrays, **{CONTENT: np.array(arrays_sha256(arrays))})
+
+
+def read_shard(path: Path, run_id: str, index: np.ndarray, keys: tuple[str, ...] | None,
+               require_content_hash: bool = True) -> dict[str, np.ndarray]:
     """See `RunDir.read_shard` (`keys` None: every array of the shard); ShardError (exit 2) naming the file
-    and what is wrong."""
+    and what is wrong: another run's, other items, cut off, or content that is not what was written (its
+    content hash; a shard of an earlier version without one only with `require_content_hash` False)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             files = set(z.files)
-            want = tuple(k for k in z.files if k not in (INDEX, RUN_ID)) if keys is None else keys
-            missing = [k for k in (*want, INDEX, RUN_ID) if k not in files]
-            if missing:
-                raise ShardError(path, f"not a shard of this run (no {', '.join(missing)})")
-            got = {k: z[k] for k in (*want, INDEX, RUN_ID)}
-    except ShardError:
-        raise
+            everything = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise ShardError(path, "missing", "run the same command again to compute it") from None
     except Exception as e:
         raise ShardError(path, f"unreadable or cut-off shard ({type(e).__name__}: {e})") from None
+    recorded = everything.pop(CONTENT, None)
+    if recorded is None and require_content_hash:
+        raise ShardError(path, "holds no content hash (not written by this version of ddpm-bench)")
+    if recorded is not None and str(recorded) != arrays_sha256(everything):
+        raise ShardError(path, "its content is not what was written (content hash differs): changed since; "
+                               "refused, never merged")
+    want = tuple(k for k in everything if k not in (INDEX, RUN_ID)) if keys is None else keys
+    missing = [k for k in (*want, INDEX, RUN_ID) if k not in files]
+    if missing:
+        raise ShardError(path, f"not a shard of this run (no {', '.join(missing)})")
+    got = {k: everything[k] for k in (*want, INDEX, RUN_ID)}
     if str(got.pop(RUN_ID)) != run_id:
         raise ShardError(path, "belongs to another run (run_id differs: other model, data, seed or settings); "
                                "refused, never merged")
@@ -235,17 +260,21 @@ def _span(index: np.ndarray) -> str:
 
 
 def claim(out: str | Path, command: str, identity: dict, *, force: bool = False,
-          upgrade: Callable[[dict], dict] | None = None) -> RunDir:
+          upgrade: Callable[[dict], dict] | None = None, fingerprint: Fingerprint | None = None) -> RunDir:
     """Lock `out` and make it hold the run (`command`, `identity`): a new run in a missing or empty
     directory, the same run resumed, or (with `force`) a new run in an emptied directory. Anything else is
     an OutputDirError (exit 2) that names the difference. `upgrade` maps an identity written by an earlier
     version to today's form (settings added since at their defaults); a run whose upgraded identity is
-    this one is resumed and its run.json rewritten (only for runs whose files do not carry the run_id)."""
+    this one is resumed and its run.json rewritten (only for runs whose files do not carry the run_id).
+    `fingerprint` (what the model computes) is stored with a new run and compared when one is resumed: a
+    model that computes something else is refused (ModelChanged), whatever its files say."""
     out = Path(out)
     identity = normalise(identity)
     run_id = run_id_of(command, identity)
     lock_dir(out)
     manifest = out / MANIFEST
+    for tmp in out.glob(f".{MANIFEST}.*.tmp"):  # the very first write, of run.json, cut short by a kill
+        tmp.unlink(missing_ok=True)
     content = [p for p in out.iterdir() if p.name != LOCK]
     if content and force and manifest.is_file():  # --force never empties another command's run
         try:
@@ -264,6 +293,7 @@ def claim(out: str | Path, command: str, identity: dict, *, force: bool = False,
             raise OutputDirError(f"--out {out}: directory exists and is not empty; use another directory or --force")
         old = read_manifest(out)
         if old["run_id"] == run_id:
+            _check_fingerprint(out, old, fingerprint)
             remove_stale_temporaries(out)
             if old.get("ddpm_bench_version") != __version__:
                 print(f"ddpm-bench {command}: warning: {out / MANIFEST} was written by ddpm-bench "
@@ -278,20 +308,45 @@ def claim(out: str | Path, command: str, identity: dict, *, force: bool = False,
                   f"{old.get('ddpm_bench_version')}; the settings added since take their defaults "
                   f"({describe_differences(old['identity'], identity)}); resuming it", file=sys.stderr)
             remove_stale_temporaries(out)
-            atomic_write_json(manifest, {"format": MANIFEST_FORMAT, "command": command, "run_id": run_id,
-                                         "identity": identity, "ddpm_bench_version": __version__})
+            write_manifest(out, command, run_id, identity, fingerprint)
             return RunDir(out, command, run_id, resumed=True)
         raise SettingsChanged(out, describe_differences(old["identity"], identity))
-    atomic_write_json(manifest, {"format": MANIFEST_FORMAT, "command": command, "run_id": run_id,
-                                 "identity": identity, "ddpm_bench_version": __version__})
+    write_manifest(out, command, run_id, identity, fingerprint)
     return RunDir(out, command, run_id, resumed=False)
+
+
+def write_manifest(out: Path, command: str, run_id: str, identity: dict, fingerprint: Fingerprint | None) -> None:
+    m = {"format": MANIFEST_FORMAT, "command": command, "run_id": run_id, "identity": identity,
+         "ddpm_bench_version": __version__}
+    if fingerprint is not None:
+        m["fingerprint"] = fingerprint.values
+    atomic_write_json(out / MANIFEST, m)
+
+
+def _check_fingerprint(out: Path, old: dict, fingerprint: Fingerprint | None) -> None:
+    """Refuse to resume with a model that computes something else; give a run of an earlier version (no
+    fingerprint stored) this one."""
+    if fingerprint is None:
+        return
+    stored = old.get("fingerprint")
+    if not isinstance(stored, list):
+        write_manifest(out, old["command"], old["run_id"], old["identity"], fingerprint)
+        return
+    diff = fingerprint.differs(stored, fingerprint.values)
+    if diff is not None:
+        raise ModelChanged(f"--out {out}: the model computes something else than when this run started (its outputs "
+                           f"on a fixed probe differ by {diff:.3g} of their scale, more than rounding), although its "
+                           "weights and settings are the same: its code or what it reads changed; refused, nothing "
+                           "mixed; use another directory or --force")
 
 
 def remove_stale_temporaries(out: Path) -> None:
     """Remove the temporary files of atomic writes that a killed run left (`.NAME.*.tmp`, never read as
-    complete files), in `out` and its subfolders."""
+    complete files), in a run directory of ours and its subfolders. Called under the lock, so no live write
+    is removed."""
     for tmp in out.rglob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
 
 
 def read_manifest(out: Path) -> dict:
@@ -318,10 +373,11 @@ def follow(out: str | Path, command: str, identity: dict) -> RunDir:
     return RunDir(Path(out), command, run_id_of(command, normalise(identity)), resumed=True)
 
 
-def claim_collective(out: str | Path, command: str, identity: dict, *, force: bool = False) -> RunDir:
+def claim_collective(out: str | Path, command: str, identity: dict, *, force: bool = False,
+                     fingerprint: Fingerprint | None = None) -> RunDir:
     """`claim` on rank 0, `follow` on the others (call inside a `phase`)."""
     if distributed.is_main():
-        return claim(out, command, identity, force=force)
+        return claim(out, command, identity, force=force, fingerprint=fingerprint)
     return follow(out, command, identity)
 
 

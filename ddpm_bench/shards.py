@@ -3,6 +3,7 @@ looks complete (the run lifecycle that uses them is ddpm_bench/run_dir.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -62,6 +63,37 @@ def atomic_write_npz(path: str | Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
+
+
+CONTENT = "content_sha256"  # the key of a file's own content hash (an .npz array or a JSON field)
+
+
+def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 of named arrays (name, dtype, shape and bytes, in name order), the content hash of an .npz;
+    the `content_sha256` entry itself left out."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        if name == CONTENT:
+            continue
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def json_sha256(obj: dict) -> str:
+    """sha256 of a JSON object's canonical text, its `content_sha256` field left out."""
+    text = json.dumps({k: v for k, v in obj.items() if k != CONTENT}, sort_keys=True, separators=(",", ":"),
+                      default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json(path: str | Path) -> Any:

@@ -55,9 +55,12 @@ def default_pairs_per_call(device: torch.device, image_shape: tuple[int, ...] = 
     return max(1, PAIRS_PER_CALL.get(device.type, 256) * PAIRS_PER_CALL_DIMS // dims)
 
 
+MAX_DRAWS = 10_000
+
+
 def _check_draws(draws: int) -> None:
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
-        raise UserError(f"--draws must be at least 1, got {draws}")
+    if isinstance(draws, bool) or not isinstance(draws, int) or not 1 <= draws <= MAX_DRAWS:
+        raise UserError(f"--draws must lie in 1..{MAX_DRAWS}, got {draws}")
 
 
 def _check_decoder_cdf(decoder_cdf: str) -> None:
@@ -101,8 +104,8 @@ class ImportanceOptions:
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
-        if isinstance(self.terms, bool) or not isinstance(self.terms, int) or self.terms < 1:
-            raise UserError(f"--terms must be at least 1, got {self.terms}")
+        if isinstance(self.terms, bool) or not isinstance(self.terms, int) or not 1 <= self.terms <= MAX_DRAWS:
+            raise UserError(f"--terms must lie in 1..{MAX_DRAWS} (and below T), got {self.terms}")
         _check_decoder_cdf(self.decoder_cdf)
 
     @property

@@ -186,8 +186,10 @@ def read_batch(path: Path) -> np.ndarray:
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{path}: b'data' must be uint8 (N, 3072), got {desc}")
-    if len(batch[b"labels"]) != data.shape[0]:
-        raise DataError(f"{path}: {len(batch[b'labels'])} labels for {data.shape[0]} images")
+    labels = batch[b"labels"]
+    if not isinstance(labels, (list, tuple, np.ndarray)) or len(labels) != data.shape[0]:
+        what = f"{len(labels)} labels" if isinstance(labels, (list, tuple, np.ndarray)) else f"a {type(labels).__name__}"
+        raise DataError(f"{path}: b'labels' must be a list of one label per image; got {what} for {data.shape[0]} images")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
 

@@ -44,6 +44,8 @@ def validate_images(images: np.ndarray, origin: str) -> np.ndarray:
         raise DataError(f"{origin}: images must be (N, H, W, C) with C in {{1, 3}}, got shape {images.shape}")
     if images.shape[0] == 0:
         raise DataError(f"{origin}: holds no images")
+    if images.shape[1] == 0 or images.shape[2] == 0:
+        raise DataError(f"{origin}: images of height {images.shape[1]} and width {images.shape[2]}: both must be >= 1")
     return images
 
 

@@ -13,7 +13,10 @@ from ddpm_bench.errors import DataError
 
 def load_npz(path: str | Path) -> np.ndarray:
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            raise DataError(f"{path}: a raw .npy array, not an .npz archive; save it with numpy.savez(path, images)")
+        with loaded as f:
             if "arr_0" not in f.files:
                 raise DataError(f"{path}: no array 'arr_0' (found {', '.join(f.files) or 'none'})")
             images = f["arr_0"]

@@ -45,7 +45,8 @@ def load_sample_dir(path: str | Path) -> np.ndarray:
     parts = []
     for s in range(plan.num_shards):
         shard = folder / sample_shard_name(s)
-        a = read_shard(shard, manifest.run_id, plan.items(s), ("arr_0",))["arr_0"]
+        a = read_shard(shard, manifest.run_id, plan.items(s), ("arr_0",),
+                       require_content_hash=manifest.format != SampleManifest.LEGACY_FORMAT)["arr_0"]
         if a.dtype != np.uint8 or a.shape[1:] != (h, w, c):
             raise DataError(f"{shard}: images are {a.dtype} {a.shape[1:]}, but {MANIFEST} says uint8 {(h, w, c)}")
         parts.append(a)

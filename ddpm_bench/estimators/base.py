@@ -28,7 +28,7 @@ import torch
 
 from ddpm_bench.data import ImageSet
 from ddpm_bench.network import Network
-from ddpm_bench.outputs import NllOutput, NllSummary, OutputFileError, read_json_object
+from ddpm_bench.outputs import NllOutput, NllSummary, OutputFileError, read_json_object, verify_files
 
 Progress = Callable[[int], None]
 
@@ -125,6 +125,7 @@ class Estimator:
             raise OutputFileError(f"{path}: is an output of the {obj.get('estimator')!r} estimator, not "
                                   f"{cls.NAME!r} (field 'estimator')")
         summary = cls.SUMMARY.from_dict(obj, path)
+        verify_files(folder, summary.files, str(path))
         return NllOutput(folder, summary, cls.PER_IMAGE.read(folder, summary))
 
     @classmethod

@@ -292,8 +292,14 @@ def _run_fid(job: FidJob, dev) -> FidMetrics | None:
             feats = got.features[extractor.fid_layer]
             stats = lib.statistics(feats)
             key = _reference_key(b, lib.mode, lib.library, extractor, ref_set)
-            path = reference_cache.store(cache, key, feats, stats)
-            references[b] = {"from": "computed", "path": str(path), "key": key.as_dict(), "seconds": seconds,
+            try:
+                path = str(reference_cache.store(cache, key, feats, stats))
+            except OSError as e:  # a cache that cannot be written: the metrics do not need it
+                path = None
+                print(f"ddpm-bench fid: warning: the reference statistics were not cached: cannot write {cache} "
+                      f"({e.strerror or type(e).__name__}); set --cache-dir or $DDPM_BENCH_CACHE to keep them",
+                      file=sys.stderr)
+            references[b] = {"from": "computed", "path": path, "key": key.as_dict(), "seconds": seconds,
                              "images_extracted": got.extracted,
                              "images_per_second": got.extracted / seconds if got.extracted else None}
             known[b] = (feats, stats, references[b])

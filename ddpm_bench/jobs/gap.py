@@ -67,7 +67,13 @@ def gap_of(train: NllOutput, test: NllOutput, max_gap: float = 0.03) -> GapResul
                      model=test.summary.model)
 
 
+def check_max_gap(max_gap: float) -> None:
+    if isinstance(max_gap, bool) or not isinstance(max_gap, (int, float)) or not math.isfinite(max_gap):
+        raise UserError(f"--max-gap {max_gap}: must be a finite number of bits/dim (the check could never fire)")
+
+
 def run_gap(train_dir: str, test_dir: str, max_gap: float = 0.03, out: str | None = None) -> int:
+    check_max_gap(max_gap)
     result = compute_gap(train_dir, test_dir, max_gap)
     if out is not None:
         from ddpm_bench.shards import atomic_write_json

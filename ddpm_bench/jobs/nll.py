@@ -38,6 +38,7 @@ from ddpm_bench.version import __version__
 COMMAND = "nll"
 SHARD_DIR = "shards"
 DEFAULT_SHARD_SIZE = 64  # images per shard: the unit of resume and of work per process
+LARGE_RUN_EVALS = 10_000_000  # from here on a run prints its cost before it starts
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,13 @@ def _run_nll(job: NllJob, estimator: Estimator) -> NllOutput | None:
             dry_run(network, images, estimator, batch_size)
             return None
         identity = nll_identity(network, images, estimator, estimator.prepare(network, images), job.shard_size)
+        evals, what = estimator.cost(len(images), network.diffusion.T)
+        if main and evals >= LARGE_RUN_EVALS:  # a long run says what it will cost before it starts
+            print(f"ddpm-bench {COMMAND}: {len(images)} images x {what} = {evals:,} network evaluations; "
+                  "--dry-run gives an ETA", file=sys.stderr)
         if run.out is not None:
-            rd = run_dir.claim_collective(run.out, COMMAND, identity, force=run.force)
+            rd = run_dir.claim_collective(run.out, COMMAND, identity, force=run.force,
+                                          fingerprint=network.run_fingerprint(images.shape) if main else None)
     estimator.setup(network, images, rd, batch_size)
     plan = ShardPlan(len(images), job.shard_size)
     if rd is None:

@@ -18,7 +18,7 @@ from ddpm_bench import distributed, run_dir
 from ddpm_bench.errors import UserError
 from ddpm_bench.estimators import ESTIMATORS, make_estimator, read_output
 from ddpm_bench.jobs.nll import NllJob, run_nll
-from ddpm_bench.outputs import NllOutput, RateDistortionSummary
+from ddpm_bench.outputs import NllOutput, RateDistortionSummary, record_files
 from ddpm_bench.provenance import environment
 from ddpm_bench.rate_distortion_curve import distortion_bpd, rate_distortion_curve
 from ddpm_bench.reporting import columns as C
@@ -105,6 +105,7 @@ def write_rate_distortion(source: NllOutput, out: Path) -> RateDistortionSummary
         draws=summary.draws,
         clip=summary.clip,
         decoder_cdf=summary.decoder_cdf,
+        files=record_files(out, files),
         extra={
             "rmse_per_image_at_t1": float(curve.rmse_per_image[-1]),
             "prior_bpd": float(np.mean(terms[:, T])),
@@ -113,7 +114,6 @@ def write_rate_distortion(source: NllOutput, out: Path) -> RateDistortionSummary
                        "rmse_0_255": section["rmse_0_255"]} if T == PAPER_T else None),
             "mean_type": summary.mean_type, "var_type": summary.var_type, "precision": summary.precision,
             "dims": summary.dims, "ddpm_bench_version": summary.ddpm_bench_version,
-            "files": files,
             "warnings": warnings,
             "ddpm_bench_version_rate_distortion": __version__,
             "environment": environment(),

@@ -24,7 +24,7 @@ from ddpm_bench import distributed, run_dir
 from ddpm_bench.errors import UserError
 from ddpm_bench.models.spec import ModelSpec
 from ddpm_bench.network import Execution, Network, load_network
-from ddpm_bench.outputs import OutputFileError, SampleManifest, sample_shard_name
+from ddpm_bench.outputs import OutputFileError, SampleManifest, record_files, sample_shard_name, verify_files
 from ddpm_bench.probe import timed
 from ddpm_bench.provenance import environment
 from ddpm_bench.run_dir import RunDir, RunOptions, ShardPlan
@@ -192,7 +192,9 @@ def _is_complete(rd: RunDir, plan: ShardPlan, progressive_every: int | None) -> 
         return False
     try:
         manifest = SampleManifest.read(rd.path)
-    except OutputFileError:
+        verify_files(rd.path, manifest.files, str(rd.path / SampleManifest.FILE))
+    except OutputFileError as e:
+        print(f"ddpm-bench {COMMAND}: {e}; writing it again", file=sys.stderr)
         return False
     if manifest.run_id != rd.run_id or not manifest.complete:
         return False
@@ -255,7 +257,8 @@ def _run_sample(job: SampleJob) -> SampleResult | None:
         shape = image_shape_of(network, job.image_size, job.channels)
         identity = sample_identity(network, job.options, process, shape, job.num, job.shard_size)
         if run.out is not None and not run.dry_run:
-            rd = run_dir.claim_collective(run.out, COMMAND, identity, force=run.force)
+            rd = run_dir.claim_collective(run.out, COMMAND, identity, force=run.force,
+                                          fingerprint=network.run_fingerprint(shape) if main else None)
     work = _Sampling(job, network, process, shape)
     plan = work.plan
     if run.dry_run:
@@ -304,7 +307,9 @@ def _run_sample(job: SampleJob) -> SampleResult | None:
                if rd.shard_is_valid(shard_name(s), plan.items(s), SHARD_KEYS, say=False)]
     final = _recount(manifest, plan, present, network_evals=sum(len(plan.items(s)) for s in missing) * process.steps,
                      seconds=time.perf_counter() - start)
-    final.extra["outputs"] = [GRID] + ([PROGRESSIVE_NPZ, PROGRESSIVE_PNG] if job.progressive_every else [])
+    outputs = [GRID] + ([PROGRESSIVE_NPZ, PROGRESSIVE_PNG] if job.progressive_every else [])
+    final.extra["outputs"] = outputs
+    final = replace(final, files=record_files(rd.path, outputs))
     final.write(rd.path)
     return SampleResult(final, rd.path, None, progressive)
 
@@ -397,7 +402,7 @@ def _write_progressive(out_dir: Path, work: _Sampling) -> np.ndarray:
     """progressive.npz (`x0_pred` uint8 (rows, P, H, W, C), `t` (P,), `index`, `every`) and its grid PNG:
     one row per sample, one column per recorded x_0 prediction, t = T on the left."""
     path, every, rows = out_dir / PROGRESSIVE_NPZ, work.job.progressive_every, work.rows
-    if len(work.progressive) < rows and progressive_is_whole(path, every, rows) and (out_dir / PROGRESSIVE_PNG).is_file():
+    if len(work.progressive) < rows and progressive_is_whole(path, every, rows) and _as_recorded(out_dir):
         with np.load(path, allow_pickle=False) as z:
             return z["x0_pred"]
     x0_pred = work.progressive_array()  # (rows, P, H, W, C)
@@ -406,6 +411,19 @@ def _write_progressive(out_dir: Path, work: _Sampling) -> np.ndarray:
     P = x0_pred.shape[1]
     write_png(out_dir / PROGRESSIVE_PNG, image_grid(x0_pred.reshape(rows * P, *x0_pred.shape[2:]), ncols=P))
     return x0_pred
+
+
+def _as_recorded(out_dir: Path) -> bool:
+    """The progressive files are there and hold what the manifest recorded when they were written."""
+    try:
+        recorded = SampleManifest.read(out_dir).files
+        names = {PROGRESSIVE_NPZ, PROGRESSIVE_PNG}
+        if not names <= set(recorded):
+            return False
+        verify_files(out_dir, {n: recorded[n] for n in names}, SampleManifest.FILE)
+        return True
+    except OutputFileError:
+        return False
 
 
 def _progress(total: int, enabled: bool):

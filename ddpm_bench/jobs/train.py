@@ -79,13 +79,19 @@ def claim_run_dir(run_dir: Path, config: dict, data: dict, force: bool, main: bo
     return rd
 
 
-def check_checkpoint_belongs(path: Path, ckpt: dict, config: dict) -> None:
-    """A checkpoint to resume from must hold this run's config (resumable keys aside)."""
+def check_checkpoint_belongs(path: Path, ckpt: dict, config: dict, data: dict) -> None:
+    """A checkpoint to resume from must hold this run's config (resumable keys aside) and have been trained
+    on this run's images (their sha256)."""
     stored = ckpt.get("config")
     if not isinstance(stored, dict) or train_identity(stored) != train_identity(config):
         diff = run_dir_lib.describe_differences(train_identity(stored) if isinstance(stored, dict) else {},
                                                 train_identity(config))
         raise CheckpointError(f"{path}: belongs to another training run ({diff}); refused; move it away or use --force")
+    trained_on = ckpt.get("data")
+    sha = trained_on.get("sha256") if isinstance(trained_on, dict) else None
+    if sha != data["sha256"]:
+        raise CheckpointError(f"{path}: was trained on other images (data sha256 {str(sha)[:12]}, this run's "
+                              f"{data['sha256'][:12]}); refused; move it away or use --force")
 
 
 def trim_log(run_dir: Path, step: int) -> None:
@@ -94,9 +100,27 @@ def trim_log(run_dir: Path, step: int) -> None:
     if not path.exists():
         atomic_write_text(path, LOG_HEADER + "\n")
         return
-    rows = path.read_text().splitlines()[1:]
-    keep = [r for r in rows if r and int(r.split(",")[0]) <= step]
+    try:
+        rows = path.read_text(errors="replace").splitlines()[1:]
+    except OSError as e:
+        raise UserError(f"{path}: unreadable training log ({e.strerror}); move it away to start a new one") from None
+    keep = [r for r in rows if _log_step(r) is not None and _log_step(r) <= step]
+    if len(keep) < sum(1 for r in rows if r.strip()) and any(_log_step(r) is None for r in rows if r.strip()):
+        print(f"ddpm-bench train: warning: {path}: dropped rows that are cut off or not a log row", file=sys.stderr)
     atomic_write_text(path, "\n".join([LOG_HEADER, *keep]) + "\n")
+
+
+def _log_step(row: str) -> int | None:
+    """The step of a whole log row (`step,loss,grad_norm,lr,steps_per_s`, all numbers), else None."""
+    parts = row.split(",")
+    if len(parts) != len(LOG_HEADER.split(",")):
+        return None
+    try:
+        step = int(parts[0])
+        [float(p) for p in parts[1:]]
+    except ValueError:
+        return None
+    return step if step >= 0 else None
 
 
 def load_training_images(cfg: RunConfig, origin: str) -> tuple[torch.Tensor, dict]:
@@ -141,7 +165,7 @@ def run_train(recipe: str | None, overrides: list[str], out: str, device: str = 
         ckpts = TrainLayout(run_dir).list_checkpoints()
         if ckpts:
             state = load_checkpoint(ckpts[-1], map_location=dev)
-            check_checkpoint_belongs(ckpts[-1], state, config)
+            check_checkpoint_belongs(ckpts[-1], state, config, data)
             trainer.load_state_dict(state)
         if world > 1:
             trainer.ddp_model = torch.nn.parallel.DistributedDataParallel(

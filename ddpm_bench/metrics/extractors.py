@@ -269,9 +269,11 @@ def resolve_extractor(name: str, inception_weights: str | None = None) -> Extrac
     if name == STANDARD:
         path = standard_weights_path(inception_weights)
         sha = sha256_file(path)
-        if inception_weights is None and not sha.startswith(STANDARD_HASH_PREFIX):
-            raise WeightsUnavailable(f"{path}: sha256 {sha[:12]}... is not that of {STANDARD_WEIGHTS_FILE}; "
-                                     "delete it to download again, or pass --inception-weights")
+        if not sha.startswith(STANDARD_HASH_PREFIX):  # another file would give other features: no FID
+            fix = "pass the file itself" if inception_weights is not None else \
+                "delete it to download again, or pass --inception-weights"
+            raise WeightsUnavailable(f"{path}: sha256 {sha[:12]}... is not that of {STANDARD_WEIGHTS_FILE} "
+                                     f"({STANDARD_HASH_PREFIX}...); {fix}")
         return Extractor(STANDARD, STANDARD, "2048", "logits_unbiased", 2048, str(path), sha,
                          "torch-fidelity InceptionV3 (TF FID/IS weights 2015-12-05), TF1 bilinear resize to 299")
     if name == PACKAGED:

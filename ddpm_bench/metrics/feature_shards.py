@@ -23,8 +23,7 @@ import numpy as np
 
 from ddpm_bench import distributed
 from ddpm_bench.errors import DataError
-from ddpm_bench.run_dir import INDEX, RUN_ID, ShardError, ShardPlan, read_shard
-from ddpm_bench.shards import atomic_write_npz
+from ddpm_bench.run_dir import ShardError, ShardPlan, read_shard, write_shard
 
 Extract = Callable[[np.ndarray], dict[str, np.ndarray]]  # uint8 (n, H, W, C) -> {layer: (n, D) float32}
 IMAGES_SHA256, BATCH_SIZE = "images_sha256", "batch_size"
@@ -91,9 +90,8 @@ def extract_in_shards(images: np.ndarray, extract: Extract, folder: str | Path, 
                 if f.shape[0] != len(index):
                     raise DataError(f"{label}: the extractor returned {f.shape[0]} {layer} features for "
                                     f"{len(index)} images")
-            about = {INDEX: index, RUN_ID: np.array(run_id), IMAGES_SHA256: np.array(_images_sha256(chunk)),
-                     BATCH_SIZE: np.int64(batch_size)}
-            atomic_write_npz(folder / shard_name(s), **feats, **about)
+            write_shard(folder / shard_name(s), run_id, index, **feats,
+                        **{IMAGES_SHA256: np.array(_images_sha256(chunk)), BATCH_SIZE: np.int64(batch_size)})
             bar.update(len(index))
         bar.close()
     except Exception as e:

@@ -61,6 +61,10 @@ def check_counts(n_samples: int, n_ref: int, feature_dim: int, allow_few_samples
     """Refuse fewer samples than feature dimensions (singular covariance) unless explicitly allowed (then
     a warning says so); warn below the paper's 50,000 and for a reference smaller than the feature
     dimension (e.g. the 2,000-image embedded set)."""
+    for what, n in (("--samples", n_samples), ("--ref", n_ref)):
+        if n < 2:
+            raise UserError(f"{what}: {n} image; FID compares the mean and covariance of two image sets, which "
+                            "needs at least 2 images on each side (the paper: 50,000)")
     warnings = []
     if n_samples < feature_dim:
         if not allow_few_samples:
