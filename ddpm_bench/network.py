@@ -207,8 +207,8 @@ class Network:
         i = torch.tensor([s for s in steps for _ in range(FINGERPRINT_INPUTS)], dtype=torch.long, device=self.device)
         with torch.inference_mode(), network_precision(self.execution.precision, self.device):
             out = self._call_backbone(x.to(torch.float32), self.model.timestep_input(i), self.model.backbone)
-        if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != n:
-            return []  # what it returns is named by the first real call
+        if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != n or out.device != x.device:
+            return []  # what is wrong with it is named by the first real call
         pooled = torch.nn.functional.adaptive_avg_pool2d(out.float(), (min(4, out.shape[2]), min(4, out.shape[3])))
         return [float(f"{v:.9g}") for v in pooled.double().flatten().cpu().tolist()]
 

@@ -78,3 +78,29 @@ def memory_error():
 def zeros():
     """eps = 0: the cheapest valid model."""
     return Forward(lambda x, t: torch.zeros_like(x))
+
+
+def _exit(*args):
+    raise SystemExit(0)
+
+
+def exits_in_factory():
+    """A factory that ends the process as a success."""
+    raise SystemExit(0)
+
+
+def exits_in_forward():
+    return Forward(_exit)
+
+
+def output_on_meta():
+    """f(x, t) that returns its output on another device than its input's."""
+    return Forward(lambda x, t: torch.zeros(x.shape, device="meta"))
+
+
+class NeedsArgument(torch.nn.Module):
+    """A plug-in class whose constructor needs an argument that ddpm-bench does not give."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
