@@ -177,12 +177,14 @@ def rate_distortion(result: NllOutput | str | os.PathLike) -> RateDistortionCurv
     return rate_distortion_curve(output.per_image.terms, output.per_image.mse)
 
 
-def gap(train: NllOutput | str | os.PathLike, test: NllOutput | str | os.PathLike, max_gap: float = 0.03) -> GapResult:
+def gap(train: NllOutput | str | os.PathLike, test: NllOutput | str | os.PathLike, max_gap: float = 0.03,
+        same_distribution: bool = False) -> GapResult:
     """The test-minus-train bits/dim gap of one model with a 95% interval (`exceeds`: the interval lies above
-    `max_gap`)."""
+    `max_gap`), of a train and a test split of one data set (`same_distribution`: of two data sets the caller
+    declares one distribution)."""
     a = train if isinstance(train, NllOutput) else read_output(train)
     b = test if isinstance(test, NllOutput) else read_output(test)
-    return gap_of(a, b, max_gap)
+    return gap_of(a, b, max_gap, same_distribution)
 
 
 __all__ = ["BoundOptions", "DiffusionConfig", "Execution", "FidOptions", "ImportanceOptions", "Network",

@@ -79,7 +79,8 @@ def cmd_nll(args: argparse.Namespace) -> int:
 def cmd_gap(args: argparse.Namespace) -> int:
     from ddpm_bench.jobs.gap import run_gap
 
-    return run_gap(args.train_dir, args.test_dir, max_gap=args.max_gap, out=args.out)
+    return run_gap(args.train_dir, args.test_dir, max_gap=args.max_gap, out=args.out,
+                   same_distribution=args.same_distribution)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -144,11 +145,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from ddpm_bench.jobs.reproduce import run_reproduce
+    from ddpm_bench.jobs.reproduce import headline, run_reproduce
 
     run_reproduce(args.recipe, args.set, args.out, ckpt=args.ckpt, device=args.device, data_root=args.data_root,
                   force=args.force, dry=args.dry_run, progress=not args.no_progress)
-    return 0
+    if args.dry_run:
+        return 0
+    lines, overfits = headline(Path(args.out))
+    for line in lines:
+        print(line)
+    return 1 if overfits else 0  # as `gap`: exit 1 when the model overfits beyond the recipe's max_gap
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
@@ -201,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("train_dir", help="nll output directory of the training split")
     p.add_argument("test_dir", help="nll output directory of the test split")
     p.add_argument("--max-gap", type=float, default=0.03, help="exit 1 when the gap exceeds this beyond its interval")
+    p.add_argument("--same-distribution", action="store_true",
+                   help="compare bounds on two data sets (not two splits of one) as one distribution")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the result to this JSON file")
     p.set_defaults(func=cmd_gap)
 

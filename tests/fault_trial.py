@@ -194,7 +194,7 @@ class Trial:
                  ["sample", "--model", TINY, "--num", "2", "--eta", "nan", "--sampler", "ddim", "--out", self.work / "b3"],
                  ["gap", self.work / "clean-nll", self.work / "clean-nll", "--max-gap", "inf"],
                  ["nll", "--model", TINY, "--T", "20", "--data", self.data, "--draws", str(2**63), "--out", self.work / "b4"]]
-        for c, args in enumerate(cases):
+        for args in cases:
             self.record("bad flag", " ".join(map(str, args[:1] + args[-2:])), refusal(cli(*args)))
 
 

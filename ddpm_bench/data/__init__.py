@@ -3,11 +3,12 @@ embedded default data set. Every source becomes an `ImageSet` of uint8 NHWC imag
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from ddpm_bench.data.cifar10 import cifar10_notes
 from ddpm_bench.data.images import ImageSet, select, validate_images
 from ddpm_bench.errors import DataError
 
@@ -32,6 +33,21 @@ class DataSpec:
         return load_images(self.source, self.data_root, self.num_images)
 
 
+NAMED_SOURCES = ("cifar10", "embedded")  # `NAME:SPLIT` data sources
+
+
+def source_split(source: str) -> str | None:
+    """"train" or "test" of a named source (`cifar10:test`), None for files and folders (unknown)."""
+    name, sep, split = source.partition(":")
+    return split if sep and name in NAMED_SOURCES and split in ("train", "test") else None
+
+
+def source_data_set(source: str) -> str | None:
+    """The data set a named source is a split of (`cifar10`), None for files and folders (unknown)."""
+    name, sep, _ = source.partition(":")
+    return name if sep and name in NAMED_SOURCES else None
+
+
 def sample_dir_manifest() -> str:
     """The file that makes a folder a sample directory (ddpm_bench.outputs.SampleManifest)."""
     from ddpm_bench.outputs import SampleManifest
@@ -47,7 +63,8 @@ def load_images(src: str, data_root: str | None = None, num_images: int | None =
         from ddpm_bench.data.cifar10 import load_cifar10
 
         images = load_cifar10(src.split(":", 1)[1], data_root)
-        return select(images, np.arange(len(images)), src, num_images)
+        chosen = select(images, np.arange(len(images)), src, num_images)
+        return replace(chosen, notes=cifar10_notes())
     if src.startswith("embedded:"):
         from ddpm_bench.data.embedded import load_embedded
 

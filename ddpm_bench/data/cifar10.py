@@ -200,6 +200,14 @@ def verify_md5(path: Path, expected: str) -> None:
                         f"set ${ENV_SKIP_MD5}=1 to accept a file that is not the official one")
 
 
+def cifar10_notes() -> tuple[str, ...]:
+    """What a CIFAR-10 image set's provenance records of how it was checked."""
+    if os.environ.get(ENV_SKIP_MD5, "") in ("", "0"):
+        return ()
+    return (f"CIFAR-10 files accepted without their md5 check (${ENV_SKIP_MD5}={os.environ[ENV_SKIP_MD5]}): "
+            "they may not be the official files",)
+
+
 def load_cifar10(split: str, data_root: str | Path | None = None, verify: bool | None = None,
                  fetch: Fetch | None = urllib_fetch) -> np.ndarray:
     """CIFAR-10 `split` ("train": data_batch_1..5 in order, 50,000; "test": test_batch, 10,000) as

@@ -16,6 +16,7 @@ class ImageSet:
     index: np.ndarray  # (N,) int64 dataset indices of the rows
     source: str  # canonical name of the source: "cifar10:test", "embedded:train", an absolute path
     sha256: str  # of the selected images (provenance)
+    notes: tuple[str, ...] = ()  # what was not checked as usual (e.g. CIFAR-10 files accepted without their md5)
 
     @property
     def shape(self) -> tuple[int, int, int]:

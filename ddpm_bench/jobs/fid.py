@@ -82,7 +82,8 @@ def _finite(metrics: dict) -> tuple[dict, dict]:
 
 
 def _samples_provenance(images: ImageSet, manifest: SampleManifest | None) -> dict:
-    prov = {"source": images.source, "sha256": images.sha256, "n": len(images), "shape_hwc": list(images.images.shape[1:])}
+    prov = {"source": images.source, "sha256": images.sha256, "n": len(images), "shape_hwc": list(images.images.shape[1:]),
+            "notes": list(images.notes)}
     if manifest is not None:
         prov["manifest"] = manifest.to_dict()
     return prov
@@ -182,6 +183,24 @@ class _Backend:
                 **self.network_info, "how": self.how}
 
 
+def reference_is_cached(opts: FidOptions) -> bool:
+    """Whether every backend's reference statistics of `opts.ref` are in the cache (or given as a file), so
+    that a run extracts only the samples' features."""
+    if reference_cache.is_statistics_file(opts.ref):
+        return True
+    try:
+        extractor = resolve_extractor(opts.feature_extractor, opts.inception_weights)
+        ref_set = load_images(opts.ref, opts.data_root, opts.num_ref)
+    except UserError:
+        return False
+    cache = Path(opts.cache_dir) if opts.cache_dir else reference_cache.default_cache_dir()
+    for b in opts.backends:
+        lib = _Backend(b, extractor, opts.clean_fid_mode, "cpu", DEFAULT_BATCH_SIZE, opts.inception_weights)
+        if reference_cache.lookup(cache, _reference_key(b, lib.mode, lib.library, extractor, ref_set)) is None:
+            return False
+    return True
+
+
 def fid_identity(sample_set: ImageSet, manifest: SampleManifest | None, ref_identity: dict, opts: FidOptions,
                  extractor: Extractor, shard_size: int) -> dict:
     """Everything that changes the metrics: the samples (their content and, for a sample directory, the run
@@ -227,7 +246,6 @@ def _run_fid(job: FidJob, dev) -> FidMetrics | None:
     batch_size = run.batch_size or DEFAULT_BATCH_SIZE
     known: dict[str, tuple | None] = {}
     with run_dir.phase():  # every rank: inputs; rank 0 claims --out and finds the reference statistics it has
-        extractor = resolve_extractor(opts.feature_extractor, opts.inception_weights)
         cache = Path(opts.cache_dir) if opts.cache_dir else reference_cache.default_cache_dir()
         if isinstance(samples, ImageSet):
             sample_set, manifest = samples, None
@@ -247,6 +265,8 @@ def _run_fid(job: FidJob, dev) -> FidMetrics | None:
         if tuple(sample_set.images.shape[1:3]) != tuple(ref_hwc[:2]):
             raise DataError(f"--samples {samples} are {sample_set.images.shape[1]}x{sample_set.images.shape[2]} but "
                             f"--ref {ref} is {ref_hwc[0]}x{ref_hwc[1]}: FID compares images of one size")
+        extractor = resolve_extractor(opts.feature_extractor, opts.inception_weights)  # after the inputs: a
+        # missing sample directory is named before the weights are looked for (or downloaded)
         warnings = protocol.check_counts(len(sample_set), n_ref, extractor.feature_dim, opts.allow_few_samples)
         warnings += _protocol_warnings(manifest, ref_name, extractor, backends)
         libs = {b: _Backend(b, extractor, opts.clean_fid_mode, dev, batch_size, opts.inception_weights)
@@ -331,7 +351,8 @@ def _run_fid(job: FidJob, dev) -> FidMetrics | None:
         "shard_size": shard_size,
         "batch_size": batch_size,
         "provenance": {"samples": samples_prov,
-                       "ref": {"source": ref_name, "sha256": ref_set.sha256 if ref_set else None, "n": n_ref},
+                       "ref": {"source": ref_name, "sha256": ref_set.sha256 if ref_set else None, "n": n_ref,
+                               "notes": list(ref_set.notes) if ref_set else []},
                        "libraries": _library_versions(), **environment()},
     }
     if primary["fid"] is None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm_bench.data import source_data_set, source_split
 from ddpm_bench.errors import UserError
 from ddpm_bench.estimators import ESTIMATORS, read_output
 from ddpm_bench.outputs import GapResult, NllOutput
@@ -28,11 +29,28 @@ def gap_statistics(train: np.ndarray, test: np.ndarray) -> dict:
             "n_train": int(len(train)), "n_test": int(len(test))}
 
 
-def check_comparable(train: NllOutput, test: NllOutput) -> None:
+def check_comparable(train: NllOutput, test: NllOutput, same_distribution: bool = False) -> str:
     """Two nll outputs of one model identity (weights, ema or raw, diffusion) with the same bound options,
-    on two different image sets; UserError (exit 2) naming what differs otherwise."""
+    on two different image sets, a train split first and a test split second, of one data set (or of two
+    that the user declares one distribution); UserError (exit 2) naming what differs otherwise. Returns what
+    makes them one distribution, for the verdict."""
     a, b = train.summary, test.summary
     where = f"{train.path or 'the train result'} and {test.path or 'the test result'}"
+    for output, want, arg in ((train, "train", "TRAIN_DIR"), (test, "test", "TEST_DIR")):
+        split = source_split(output.summary.data)
+        if split is not None and split != want:
+            raise UserError(f"{arg} {output.path or ''} holds the bound of {output.summary.data}, a {split} split; "
+                            "give the train split's output first and the test split's second")
+    sa, sb = source_data_set(a.data), source_data_set(b.data)
+    if sa == sb and sa is not None:
+        relation = f"two splits of {sa}"
+    elif same_distribution:
+        relation = f"{a.data} and {b.data}, declared one distribution (--same-distribution)"
+    elif sa is None and sb is None:
+        relation = f"{a.data} and {b.data} (files: one distribution as far as ddpm-bench can tell)"
+    else:
+        raise UserError(f"{where} are bounds on two data sets ({a.data}, {b.data}): their difference is no "
+                        "train/test gap; give --same-distribution if they are one distribution")
     if a.run_id == b.run_id:
         raise UserError(f"{where} are the same nll run (run_id {a.run_id[:12]}); give a train and a test output")
     if a.data_sha256 == b.data_sha256:
@@ -46,25 +64,28 @@ def check_comparable(train: NllOutput, test: NllOutput) -> None:
     if ea != eb:  # the seed, draws and term sampling (exact or --terms K) change only the noise of an estimate
         raise UserError(f"{where} differ in what they estimate ({describe_differences(ea, eb)}); a gap compares "
                         "one quantity with the same settings")
+    return relation
 
 
 def _model_fields(identity: dict) -> dict:
     return {k: identity.get(k) for k in ("weights", "weights_sha256", "diffusion", "kind", "sha256")}
 
 
-def compute_gap(train_dir: str | Path, test_dir: str | Path, max_gap: float = 0.03) -> GapResult:
+def compute_gap(train_dir: str | Path, test_dir: str | Path, max_gap: float = 0.03,
+                same_distribution: bool = False) -> GapResult:
     """The gap between two nll outputs of the same model and settings; `exceeds` when the whole 95%
     interval lies above `max_gap`."""
-    return gap_of(read_output(train_dir), read_output(test_dir), max_gap)
+    return gap_of(read_output(train_dir), read_output(test_dir), max_gap, same_distribution)
 
 
-def gap_of(train: NllOutput, test: NllOutput, max_gap: float = 0.03) -> GapResult:
+def gap_of(train: NllOutput, test: NllOutput, max_gap: float = 0.03, same_distribution: bool = False) -> GapResult:
     """The gap between two nll results (read from files or computed in memory)."""
-    check_comparable(train, test)
+    check_max_gap(max_gap)
+    relation = check_comparable(train, test, same_distribution)
     stats = gap_statistics(train.per_image.totals, test.per_image.totals)
     return GapResult(**stats, max_gap=max_gap, exceeds=bool(stats["ci95"][0] > max_gap), train=train.summary.data,
                      test=test.summary.data, train_run_id=train.summary.run_id, test_run_id=test.summary.run_id,
-                     model=test.summary.model)
+                     model=test.summary.model, extra={"splits": relation})
 
 
 def check_max_gap(max_gap: float) -> None:
@@ -72,9 +93,10 @@ def check_max_gap(max_gap: float) -> None:
         raise UserError(f"--max-gap {max_gap}: must be a finite number of bits/dim (the check could never fire)")
 
 
-def run_gap(train_dir: str, test_dir: str, max_gap: float = 0.03, out: str | None = None) -> int:
+def run_gap(train_dir: str, test_dir: str, max_gap: float = 0.03, out: str | None = None,
+            same_distribution: bool = False) -> int:
     check_max_gap(max_gap)
-    result = compute_gap(train_dir, test_dir, max_gap)
+    result = compute_gap(train_dir, test_dir, max_gap, same_distribution)
     if out is not None:
         from ddpm_bench.shards import atomic_write_json
 
@@ -84,5 +106,5 @@ def run_gap(train_dir: str, test_dir: str, max_gap: float = 0.03, out: str | Non
         lo, hi = result.ci95
         print(f"ddpm-bench gap: the test-minus-train gap {result.gap_bpd:.4f} bits/dim (95% interval {lo:.4f} .. "
               f"{hi:.4f}) lies above --max-gap {max_gap:g}: the model fits its training images better than unseen "
-              "ones", file=sys.stderr)
+              f"ones ({result.extra['splits']})", file=sys.stderr)
     return 1 if result.exceeds else 0

@@ -178,7 +178,7 @@ def common_fields(run_id: str, network: Network, images: ImageSet, estimator: Es
         "model": network.describe(), "diffusion": asdict(network.diffusion), "ddpm_bench_version": __version__,
         "seconds": float(merged["seconds"].sum()) + estimator.setup_seconds(),
         "network_evals": n * estimator.evaluations_per_image(T) + estimator.setup_evaluations(),
-        "extra": {"processes": distributed.world_size(), "batch_size": batch_size,
+        "extra": {"data_notes": list(images.notes), "processes": distributed.world_size(), "batch_size": batch_size,
                   "network_execution": network.describe_execution(), "environment": environment()},
     }
 

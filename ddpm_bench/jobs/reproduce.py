@@ -22,6 +22,7 @@ from ddpm_bench import run_dir
 from ddpm_bench.config import RunConfig, load_recipe
 from ddpm_bench.data import DataSpec
 from ddpm_bench.errors import OutputDirError, UserError
+from ddpm_bench.estimators import read_output
 from ddpm_bench.jobs.fid import FidJob, run_fid
 from ddpm_bench.jobs.gap import compute_gap
 from ddpm_bench.jobs.nll import NllJob, run_nll
@@ -33,7 +34,15 @@ from ddpm_bench.metrics.reference_cache import is_statistics_file
 from ddpm_bench.models.formats import load_model
 from ddpm_bench.models.loaded import LoadedModel
 from ddpm_bench.models.spec import ModelSpec
-from ddpm_bench.outputs import OutputFileError, ReportFiles, ReproduceLayout, ReproduceRecord, TrainLayout
+from ddpm_bench.outputs import (
+    FidMetrics,
+    GapResult,
+    OutputFileError,
+    ReportFiles,
+    ReproduceLayout,
+    ReproduceRecord,
+    TrainLayout,
+)
 from ddpm_bench.provenance import environment
 from ddpm_bench.run_dir import SettingsChanged
 from ddpm_bench.shards import atomic_write_json
@@ -185,3 +194,28 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
     record.write(layout.root)
     _say(f"report: {layout.report / ReportFiles.INDEX}")
     return record.to_dict()
+
+
+def headline(root: Path) -> tuple[list[str], bool]:
+    """What a finished (or resumed) reproduce run measured, in a few lines, and whether its model overfits
+    beyond the recipe's max_gap (as `gap` judges it: the whole 95% interval above it)."""
+    layout = ReproduceLayout(root)
+    lines = []
+    for name, folder in (("test", layout.gap_nll_test), ("test", layout.nll_test), ("train", layout.gap_nll_train),
+                         ("train", layout.nll_train)):
+        if (folder / "summary.json").is_file() and not any(line.startswith(f"NLL {name}") for line in lines):
+            s = read_output(folder).summary
+            se = f" +- {s.total_bpd_stderr:.3f}" if s.total_bpd_stderr is not None else ""
+            lines.append(f"NLL {name} {s.total_bpd:.3f}{se} bits/dim ({s.estimator}, {s.n_images} images of {s.data})")
+    exceeds = False
+    if layout.gap.is_file():
+        g = GapResult.read(layout.root)
+        exceeds = g.exceeds
+        verdict = (f"the model overfits: the gap lies above max_gap {g.max_gap:g}" if g.exceeds else
+                   f"within max_gap {g.max_gap:g}")
+        lines.append(f"gap {g.gap_bpd:+.3f} bits/dim (95% interval {g.ci95[0]:+.3f}..{g.ci95[1]:+.3f}): {verdict}")
+    if (layout.fid / FidMetrics.FILE).is_file():
+        m = FidMetrics.read(layout.fid)
+        lines.append(f"FID {m.fid:.2f} ({m.n_samples} samples against {m.ref})"
+                     + ("" if m.comparable_to_paper else ", not comparable to the paper's"))
+    return lines, exceeds

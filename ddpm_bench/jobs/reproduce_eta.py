@@ -11,6 +11,7 @@ loading, checkpoints and the metrics themselves.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from ddpm_bench.config import RunConfig
 from ddpm_bench.data import ImageSet, load_images
 from ddpm_bench.errors import UserError
 from ddpm_bench.identity import model_identity
+from ddpm_bench.jobs.fid import reference_is_cached
 from ddpm_bench.jobs.nll import probe_seconds_per_eval
 from ddpm_bench.jobs.sample import DEFAULT_BATCH_SIZE as SAMPLE_BATCH_SIZE
 from ddpm_bench.losses import training_loss
@@ -111,6 +113,7 @@ def print_eta(cfg: RunConfig, ckpt: str | None, device: str, data_root: str | No
     rows.append(("sample", f"{num} samples x {steps} steps = {num * steps} network evaluations "
                            f"({calls} calls of {b}: {sec:.3g} s each)", sec * calls))
     per_eval = None  # one probe of the engine serves both splits: same network, same pairs per call
+    gap_rows: list[tuple[str, str, float | None]] = []  # after both bounds, as the run does them
     for name, src, n in (("nll train", cfg.training.data, ev.nll.train_images),
                          ("nll test", ev.test_data, ev.nll.test_images)):
         probe, size = _images(src, data_root, min(nll_batch, n or nll_batch), shape)
@@ -128,18 +131,25 @@ def print_eta(cfg: RunConfig, ckpt: str | None, device: str, data_root: str | No
             gap_count = ev.nll.gap_images or _images(src, data_root, 1, shape)[1]
             K = ev.nll.gap_terms
             if gap_count is None:
-                rows.append((f"gap {name}", f"all images of {src} (not here to count) x (1 + {K}) terms", None))
+                gap_rows.append((f"gap {name}", f"all images of {src} (not here to count) x (1 + {K}) terms", None))
             else:
-                rows.append((f"gap {name}", f"{gap_count} images x (1 + {K} drawn) terms = {gap_count * (K + 1)} "
-                                            f"network evaluations (nll --terms {K})", per_eval * gap_count * (K + 1)))
-    ref, extractor = ev.fid.options.ref or cfg.training.data, ev.fid.options.feature_extractor
+                gap_rows.append((f"gap {name}", f"{gap_count} images x (1 + {K} drawn) terms = {gap_count * (K + 1)} "
+                                                f"network evaluations (nll --terms {K})", per_eval * gap_count * (K + 1)))
+    rows += gap_rows
+    opts = replace(ev.fid.options, ref=ev.fid.options.ref or cfg.training.data, data_root=data_root)
+    ref, extractor = opts.ref, opts.feature_extractor
     n_ref = _images(ref, data_root, 1, shape)[1]
     try:
         per_image = _fid_batch_seconds(extractor, 16, shape, device) / 16
-        images = num + (n_ref or 0)
-        ref_part = f"{n_ref} of {ref}" if n_ref else f"those of {ref} (not here to count, not in the ETA)"
-        rows.append(("fid", f"{extractor} features of {num} samples and {ref_part}; the "
-                            f"reference only while not cached: {per_image * 1e3:.3g} ms per image", per_image * images))
+        cached = reference_is_cached(opts)
+        if cached:
+            ref_part, images = f"the reference statistics of {ref} (cached)", num
+        elif n_ref:
+            ref_part, images = f"{n_ref} of {ref} (not cached yet)", num + n_ref
+        else:
+            ref_part, images = f"those of {ref} (not here to count, not in the ETA)", num
+        rows.append(("fid", f"{extractor} features of {num} samples and {ref_part}: {per_image * 1e3:.3g} ms per "
+                            "image", per_image * images))
     except UserError as e:
         rows.append(("fid", f"cannot run: {e}", None))
         unable.append(f"stage fid cannot run: {e}")

@@ -133,7 +133,7 @@ def load_training_images(cfg: RunConfig, origin: str) -> tuple[torch.Tensor, dic
     if images.shape != want:
         raise ConfigError(f"{origin}: training.data {tc.data} holds images of shape (C, H, W) = {images.shape}, "
                           f"but the model takes {want}")
-    data = {"source": images.source, "sha256": images.sha256, "n_images": len(images)}
+    data = {"source": images.source, "sha256": images.sha256, "n_images": len(images), "notes": list(images.notes)}
     return torch.from_numpy(images.images).permute(0, 3, 1, 2).contiguous(), data
 
 

@@ -19,6 +19,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +122,9 @@ class PackagedFidInception(_UncompiledExtractor):
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
         path = feature_extractor_weights_path or find_packaged_inception()
-        self.net = torch.jit.load(str(path), map_location="cpu").eval()
+        with warnings.catch_warnings():  # torch's notice that TorchScript is deprecated: this file is TorchScript
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*TorchScript.*|.*torch.jit.*")
+            self.net = torch.jit.load(str(path), map_location="cpu").eval()
         self.requires_grad_(False)
 
     def float_forward(self, x: torch.Tensor) -> torch.Tensor:
