@@ -169,7 +169,8 @@ def add_estimator_args(p: argparse.ArgumentParser, estimators: tuple[type[Estima
                 kwargs["type"] = seed if f.name == "seed" else base
                 if "choices" in f.metadata:
                     kwargs["choices"] = f.metadata["choices"]
-                kwargs["metavar"] = f.metadata.get("metavar", f.name.upper())
+                else:
+                    kwargs["metavar"] = f.metadata.get("metavar", f.name.upper())
             g.add_argument(flag, **kwargs)
         if cls.FLAG:
             flag, help_text = cls.FLAG

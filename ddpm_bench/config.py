@@ -24,6 +24,7 @@ else:  # pragma: no cover
 
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import ConfigError, UserError
+from ddpm_bench.estimators.ode import OdeOptions
 from ddpm_bench.metrics.protocol import FidOptions
 from ddpm_bench.models.unet_config import ModelConfig
 from ddpm_bench.network import Execution
@@ -131,6 +132,21 @@ class NllStage:
 
 
 @dataclass(frozen=True)
+class OdeStage:
+    """[evaluation.ode]: the probability-flow ODE likelihood of train and test images (`ddpm-bench nll --ode`),
+    beside the bound; 0 images (the default) leaves it out."""
+
+    options: OdeOptions = field(default_factory=OdeOptions)
+    execution: StageExecution = field(default_factory=StageExecution)
+    train_images: int = 0
+    test_images: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.train_images, self.test_images) < 0:
+            raise ValueError("train_images and test_images must be >= 0 (0: no ODE likelihood)")
+
+
+@dataclass(frozen=True)
 class SampleStage:
     """[evaluation.sample]: the samples for FID/IS and the figures (`ddpm-bench sample`)."""
 
@@ -152,7 +168,7 @@ class FidStage:
     execution: StageExecution = field(default_factory=StageExecution)
 
 
-STAGES = (NllStage, SampleStage, FidStage)
+STAGES = (NllStage, OdeStage, SampleStage, FidStage)
 
 
 @dataclass(frozen=True)
@@ -165,6 +181,7 @@ class EvalConfig:
     test_data: str = "cifar10:test"
     max_gap: float = 0.03
     nll: NllStage = field(default_factory=NllStage)
+    ode: OdeStage = field(default_factory=OdeStage)
     sample: SampleStage = field(default_factory=SampleStage)
     fid: FidStage = field(default_factory=FidStage)
 
@@ -230,7 +247,7 @@ class RunConfig:
         d = {name: asdict(getattr(self, name)) for name in SECTIONS if name != "evaluation"}
         ev = self.evaluation
         d["evaluation"] = {"test_data": ev.test_data, "max_gap": ev.max_gap,
-                           **{name: stage_to_dict(getattr(ev, name)) for name in ("nll", "sample", "fid")}}
+                           **{name: stage_to_dict(getattr(ev, name)) for name in ("nll", "ode", "sample", "fid")}}
         return json.loads(json.dumps(d))
 
 

@@ -205,8 +205,8 @@ class Network:
         keys = torch.stack([torch.arange(n), torch.full((n,), -7), torch.zeros(n, dtype=torch.long)], 1)
         x = (0.5 * counter_normal(FINGERPRINT_SEED, keys, tuple(image_shape))).to(self.device)
         i = torch.tensor([s for s in steps for _ in range(FINGERPRINT_INPUTS)], dtype=torch.long, device=self.device)
-        with torch.inference_mode(), network_precision(self.execution.precision, self.device):
-            out = self._call_backbone(x.to(torch.float32), self.model.timestep_input(i), self.model.backbone)
+        with torch.no_grad(), network_precision(self.execution.precision, self.device):  # no inference tensors:
+            out = self._call_backbone(x.to(torch.float32), self.model.timestep_input(i), self.model.backbone)  # autograd later
         if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != n or out.device != x.device:
             return []  # what is wrong with it is named by the first real call
         pooled = torch.nn.functional.adaptive_avg_pool2d(out.float(), (min(4, out.shape[2]), min(4, out.shape[3])))
@@ -263,9 +263,9 @@ class Network:
         module = self.model.module
         x = torch.zeros(1, *image_shape, device=self.device).contiguous(memory_format=torch.channels_last)
         try:
-            with torch.inference_mode():
-                i = torch.zeros(1, dtype=torch.long, device=self.device)
-                module.to(memory_format=torch.channels_last)(x, self.model.timestep_input(i))
+            module.to(memory_format=torch.channels_last)  # outside no_grad: its parameters stay trainable tensors
+            with torch.no_grad():
+                module(x, self.model.timestep_input(torch.zeros(1, dtype=torch.long, device=self.device)))
             return True
         except KeyboardInterrupt:
             raise

@@ -514,6 +514,8 @@ class ReproduceLayout(TrainLayout):
     nll_test = Under("nll_test")
     gap_nll_train = Under("gap_nll_train")
     gap_nll_test = Under("gap_nll_test")
+    ode_train = Under("ode_train")  # the probability-flow ODE likelihoods of `[evaluation.ode]`
+    ode_test = Under("ode_test")
     gap = Under(GapResult.FILE)
     rate_distortion = Under("rate_distortion")
     fid = Under("fid")

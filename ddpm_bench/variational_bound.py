@@ -73,8 +73,10 @@ class BoundOptions:
     """Everything besides the model, its precision and the data that changes the exact bound's numbers.
     Each field's `help` is its command-line flag's."""
 
-    seed: int = field(default=0, metadata={"help": "noise of (image j, term k, draw d) depends on (seed, j, k, d) only"})
-    draws: int = field(default=1, metadata={"help": "independent draws of x_{k+1} averaged per image and term"})
+    seed: int = field(default=0, metadata={"help": "all noise of image j (for term k and draw d) is a pure function "
+                                                   "of (seed, j, k, d)"})
+    draws: int = field(default=1, metadata={"help": "independent draws averaged per image (of x_{k+1} per term for "
+                                                    "the bound; of dequantization and probe for --ode)"})
     clip: bool = field(default=True, metadata={
         "help": "clip the x0 prediction to [-1, 1] before forming the mean (official bound loop)"})
     decoder_cdf: str = field(default="exact", metadata={

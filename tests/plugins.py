@@ -115,3 +115,58 @@ def oracle_v_T20():
         return (a * eps_net(x, t).to(torch.float64) - b * c).to(torch.float32)
 
     return net
+
+
+class GaussianOracle(torch.nn.Module):
+    """The exact eps of data N(mu, s^2) per dimension, diffused: eps(x, abar) = sqrt(1 - abar) (x - sqrt(abar)
+    mu) / (abar s^2 + 1 - abar), at integer and fractional network indices (abar from the noise level
+    interpolated in log sigma, as the probability-flow ODE does), so its ODE likelihood is known in closed
+    form (docs/likelihood.md)."""
+
+    fractional_steps = True
+
+    def __init__(self, T: int = 100, schedule: str = "linear", mu: float = 0.1, s: float = 0.5):
+        super().__init__()
+        from ddpm_bench.probability_flow import noise_levels
+
+        self.mu = torch.nn.Parameter(torch.tensor(mu, dtype=torch.float64), requires_grad=False)
+        self.s = s
+        self.register_buffer("sigmas", noise_levels(make_schedule(schedule, T).alphas_cumprod))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        from ddpm_bench.probability_flow import noise_level_at
+
+        sigma = noise_level_at(t.to(torch.float64), self.sigmas).reshape(-1, 1, 1, 1)
+        abar = 1.0 / (1.0 + sigma**2)
+        x = x.to(torch.float64)
+        eps = torch.sqrt(1 - abar) * (x - torch.sqrt(abar) * self.mu) / (abar * self.s**2 + 1 - abar)
+        return eps.to(torch.float32)
+
+
+def gaussian_oracle_T100():
+    return GaussianOracle(T=100)
+
+
+def gaussian_oracle_cosine_T100():
+    return GaussianOracle(T=100, schedule="cosine")
+
+
+def tiny_conv_T20_fractional():
+    """TinyConv with a sinusoidal time input instead of a table: it takes fractional network indices."""
+    return FractionalTinyConv(T=20)
+
+
+class FractionalTinyConv(torch.nn.Module):
+    fractional_steps = True
+
+    def __init__(self, T: int = 20):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = torch.nn.Conv2d(3 + 2, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 3, 3, padding=1)
+        self.T = T
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        phase = t.to(x.dtype)[:, None, None, None] / self.T * 3.14159
+        time = torch.cat([torch.sin(phase), torch.cos(phase)], 1).expand(-1, -1, *x.shape[2:])
+        return self.conv2(torch.tanh(self.conv1(torch.cat([x, time], 1))))

@@ -6,6 +6,7 @@ estimator is one module (an `Estimator`, ddpm_bench/estimators/base.py) and one 
 |---|---|---|
 | exact | the variational bound, every term of every image | exact.py |
 | importance | the same bound's expectation from K drawn terms per image | importance.py |
+| ode | the probability-flow ODE likelihood (a likelihood, not a bound) | ode.py |
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ddpm_bench.errors import UserError
 from ddpm_bench.estimators.base import Estimator
 from ddpm_bench.estimators.exact import Exact
 from ddpm_bench.estimators.importance import Importance
+from ddpm_bench.estimators.ode import Ode
 from ddpm_bench.outputs import NllOutput, NllSummary, OutputFileError, read_json_object
 
 ESTIMATORS: dict[str, type[Estimator]] = {}
@@ -31,7 +33,7 @@ def register(cls: type[Estimator]) -> type[Estimator]:
     return cls
 
 
-for _row in (Exact, Importance):
+for _row in (Exact, Importance, Ode):
     register(_row)
 
 

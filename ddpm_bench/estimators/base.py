@@ -43,6 +43,7 @@ class Estimator:
     FLAG: ClassVar[tuple[str, str] | None] = None  # (flag, help): a store-true flag that chooses it, e.g. --ode
     SHARD_KEYS: ClassVar[tuple[str, ...]]
     RATE_DISTORTION: ClassVar[bool] = False
+    PROGRESS_UNIT: ClassVar[str] = "eval"  # what `compute` reports to its progress callback
     SUMMARY: ClassVar[type[NllSummary]]  # its summary.json
     PER_IMAGE: ClassVar[type]  # its per_image.npz: read(folder, summary), write(folder), index, totals
 
@@ -92,6 +93,16 @@ class Estimator:
         """What `nll` prints of a finished output."""
         se = summary.total_bpd_stderr
         return [f"  total {summary.quantity:6s}  {summary.total_bpd:.5f} bits/dim" + (f" +- {se:.5f}" if se else "")]
+
+    def probe_cost(self, network: Network, images: ImageSet, batch_size: int) -> float | None:
+        """For a dry run: seconds per image from a short probe of the estimate itself, when the engine's
+        per-evaluation probe cannot tell (None: it can; `cost` then gives the evaluations)."""
+        return None
+
+    def network_evals(self, merged: dict[str, np.ndarray], T: int) -> int:
+        """Every network evaluation the estimate made, its setup's included."""
+        n = len(next(iter(merged.values())))
+        return n * self.evaluations_per_image(T) + self.setup_evaluations()
 
     def setup_evaluations(self) -> int:
         """Network evaluations of `setup` (a pilot), counted in `network_evals`."""

@@ -60,6 +60,9 @@ def check_comparable(train: NllOutput, test: NllOutput, same_distribution: bool 
         ia, ib = a.model["identity"], b.model["identity"]
         raise UserError(f"{where} were computed with different models ("
                         f"{describe_differences(_model_fields(ia), _model_fields(ib))}); a gap compares one model")
+    if a.quantity != b.quantity:
+        raise UserError(f"{where} are two quantities (quantity: {a.quantity!r} -> {b.quantity!r}: a likelihood and "
+                        "a bound); a gap compares one quantity")
     ea, eb = ESTIMATORS[a.estimator].comparable(a), ESTIMATORS[b.estimator].comparable(b)
     if ea != eb:  # the seed, draws and term sampling (exact or --terms K) change only the noise of an estimate
         raise UserError(f"{where} differ in what they estimate ({describe_differences(ea, eb)}); a gap compares "

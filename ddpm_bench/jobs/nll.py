@@ -155,7 +155,7 @@ def compute_shards(estimator: Estimator, network: Network, images: ImageSet, pla
 
     T = network.diffusion.T
     total = sum(len(plan.items(s)) for s in shards) * estimator.evaluations_per_image(T)
-    with tqdm(total=total, unit="eval", disable=not progress or total == 0, dynamic_ncols=True,
+    with tqdm(total=total, unit=estimator.PROGRESS_UNIT, disable=not progress or total == 0, dynamic_ncols=True,
               desc=estimator.NAME, file=sys.stderr) as bar:
         for s in shards:
             items = plan.items(s)
@@ -177,7 +177,7 @@ def common_fields(run_id: str, network: Network, images: ImageSet, estimator: Es
         "mean_type": network.diffusion.mean_type, "var_type": network.diffusion.var_type,
         "model": network.describe(), "diffusion": asdict(network.diffusion), "ddpm_bench_version": __version__,
         "seconds": float(merged["seconds"].sum()) + estimator.setup_seconds(),
-        "network_evals": n * estimator.evaluations_per_image(T) + estimator.setup_evaluations(),
+        "network_evals": estimator.network_evals(merged, T),
         "extra": {"data_notes": list(images.notes), "processes": distributed.world_size(), "batch_size": batch_size,
                   "network_execution": network.describe_execution(), "environment": environment()},
     }
@@ -224,8 +224,14 @@ def dry_run(network: Network, images: ImageSet, estimator: Estimator, batch_size
         return
     world = distributed.world_size()
     procs = f" in {world} processes" if world > 1 else ""
-    sec = probe_seconds_per_eval(network, images, batch_size)
     N, T = len(images), network.diffusion.T
+    per_image = estimator.probe_cost(network, images, batch_size)
+    if per_image is not None:  # an estimate whose cost only a probe of itself can tell
+        evals, what = estimator.cost(N, T)
+        print(f"{COMMAND}: {N} images x {what} = {evals} network evaluations; ~{per_image:.3g} s per image on "
+              f"{network.device} (a solve of the first images) -> ETA {N * per_image / world / 60:.1f} min{procs}")
+        return
+    sec = probe_seconds_per_eval(network, images, batch_size)
     evals, what = estimator.cost(N, T)
     print(f"{COMMAND}: {N} images x {what} = {evals} network evaluations; ~{sec * 1e3:.3g} ms each on "
           f"{network.device} (noise, network and terms, batches of {batch_size}) -> ETA "

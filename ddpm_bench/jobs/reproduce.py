@@ -49,8 +49,8 @@ from ddpm_bench.shards import atomic_write_json
 from ddpm_bench.variational_bound import ImportanceOptions
 
 COMMAND = "reproduce"
-STAGES = ("train", "sample", "nll_train", "nll_test", "gap_nll_train", "gap_nll_test", "gap", "rate_distortion", "fid",
-          "report")
+STAGES = ("train", "sample", "nll_train", "nll_test", "gap_nll_train", "gap_nll_test", "gap", "ode_train", "ode_test",
+          "rate_distortion", "fid", "report")
 
 
 def _say(msg: str) -> None:
@@ -180,6 +180,13 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
         stage("gap_nll_train", lambda f: gap_nll("nll_train", layout.gap_nll_train, f))
         stage("gap_nll_test", lambda f: gap_nll("nll_test", layout.gap_nll_test, f))
     stage("gap", gap)
+    for split, n, out in (("nll_train", ev.ode.train_images, layout.ode_train),
+                          ("nll_test", ev.ode.test_images, layout.ode_test)):
+        if n:
+            ex = ev.ode.execution
+            job = NllJob(model, replace(specs[split], num_images=n), ev.ode.options, ex.execution(device),
+                         ex.run_options(out, progress=progress))
+            stage(out.name, lambda f, job=job: run_nll(replace(job, run=replace(job.run, force=f))))
     stage("rate_distortion", lambda f: run_rate_distortion(layout.rate_distortion, layout.nll_test, force=True))
     stage("fid", fid)
     stage("report", lambda f: build_report([layout.root], layout.report, force=True))
@@ -207,6 +214,11 @@ def headline(root: Path) -> tuple[list[str], bool]:
             s = read_output(folder).summary
             se = f" +- {s.total_bpd_stderr:.3f}" if s.total_bpd_stderr is not None else ""
             lines.append(f"NLL {name} {s.total_bpd:.3f}{se} bits/dim ({s.estimator}, {s.n_images} images of {s.data})")
+    for name, folder in (("test", layout.ode_test), ("train", layout.ode_train)):
+        if (folder / "summary.json").is_file():
+            s = read_output(folder).summary
+            se = f" +- {s.total_bpd_stderr:.3f}" if s.total_bpd_stderr is not None else ""
+            lines.append(f"ODE likelihood {name} {s.total_bpd:.3f}{se} bits/dim ({s.n_images} images of {s.data})")
     exceeds = False
     if layout.gap.is_file():
         g = GapResult.read(layout.root)

@@ -19,6 +19,7 @@ import torch
 from ddpm_bench.config import RunConfig
 from ddpm_bench.data import ImageSet, load_images
 from ddpm_bench.errors import UserError
+from ddpm_bench.estimators.ode import Ode
 from ddpm_bench.identity import model_identity
 from ddpm_bench.jobs.fid import reference_is_cached
 from ddpm_bench.jobs.nll import probe_seconds_per_eval
@@ -136,6 +137,16 @@ def print_eta(cfg: RunConfig, ckpt: str | None, device: str, data_root: str | No
                 gap_rows.append((f"gap {name}", f"{gap_count} images x (1 + {K} drawn) terms = {gap_count * (K + 1)} "
                                                 f"network evaluations (nll --terms {K})", per_eval * gap_count * (K + 1)))
     rows += gap_rows
+    ode_images = {"ode train": (cfg.training.data, ev.ode.train_images), "ode test": (ev.test_data, ev.ode.test_images)}
+    if any(n for _, n in ode_images.values()):  # one probe solve serves both splits
+        ode_net = _network(cfg, ckpt, ev.ode.execution.execution(device))
+        estimator = Ode(ev.ode.options)
+        probe, _ = _images(ev.test_data, data_root, 2, shape)
+        per_image = estimator.probe_cost(ode_net, probe, ev.ode.execution.batch_size or 8)
+        for name, (src, n) in ode_images.items():
+            if n:
+                evals, what = estimator.cost(n, T)
+                rows.append((name, f"{n} images of {src} x {what}: {per_image:.3g} s per image", per_image * n))
     opts = replace(ev.fid.options, ref=ev.fid.options.ref or cfg.training.data, data_root=data_root)
     ref, extractor = opts.ref, opts.feature_extractor
     n_ref = _images(ref, data_root, 1, shape)[1]
