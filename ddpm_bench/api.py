@@ -46,11 +46,12 @@ ImagesLike = ImageSet | DataSpec | str | np.ndarray | torch.Tensor
 
 
 def load_model(source: ModelLike | None = None, *, plugin: str | None = None, weights: str = "ema",
-               diffusion: DiffusionConfig | dict | None = None, scheduler=None,
+               flags: str | None = None, diffusion: DiffusionConfig | dict | None = None, scheduler=None,
                image_shape: tuple[int, int, int] | None = None, device: str = "auto", precision: str = "fp32",
                channels_last: bool | None = None, compile: str | None = None) -> Network:
     """A model ready to evaluate (a `Network`), from anything `--ckpt` takes (a checkpoint file, a run
-    directory, `"embedded"`, a diffusers directory), a `--model` plug-in (`plugin="file.py:make"`), or an
+    directory, `"embedded"`, a diffusers directory, `"hf:ORG/NAME"`, an improved-diffusion checkpoint with its
+    `flags`), a `--model` plug-in (`plugin="file.py:make"`), or an
     object in memory: a torch module or f(x, t) with its `diffusion` settings (a DiffusionConfig or a dict
     of its fields; the paper's by default), or a diffusers `UNet2DModel` with its `scheduler`.
     `device`, `precision`, `channels_last` and `compile` say how it runs (as the command-line flags)."""
@@ -61,9 +62,9 @@ def load_model(source: ModelLike | None = None, *, plugin: str | None = None, we
         if isinstance(source, ModelSpec):
             spec = source
         else:
-            flags = diffusion if isinstance(diffusion, dict) else ({} if diffusion is None else vars(diffusion))
+            settings = diffusion if isinstance(diffusion, dict) else ({} if diffusion is None else vars(diffusion))
             spec = ModelSpec(ckpt=None if source is None else os.fspath(source), model=plugin, weights=weights,
-                             diffusion_flags=dict(flags))
+                             diffusion_flags=dict(settings), flags=flags)
         return load_network(spec, execution)
     if source is None:
         raise UserError("load_model: give a model (a path, 'embedded', a module) or plugin='MODULE:CALLABLE'")

@@ -66,10 +66,13 @@ def seed(text: str) -> int:
 def add_model_args(p: argparse.ArgumentParser, image_shape: bool = False) -> None:
     g = p.add_argument_group("model source (exactly one of --ckpt and --model)")
     g.add_argument("--ckpt", help="a ddpm-bench checkpoint file, `embedded` (the model that ships with the install), "
-                                  "a train or reproduce run directory (its latest checkpoint), or a diffusers "
-                                  "UNet2DModel directory")
+                                  "a train or reproduce run directory (its latest checkpoint), a diffusers "
+                                  "UNet2DModel directory, hf:ORG/NAME[@REVISION] (a diffusers model on the Hub), "
+                                  "or an improved-diffusion checkpoint with --flags")
     g.add_argument("--weights", choices=("ema", "raw"), default="ema", help="which weights of a ddpm-bench checkpoint")
     g.add_argument("--model", help="MODULE:CALLABLE returning a torch module or f(x, t); MODULE may be a .py path")
+    g.add_argument("--flags", default=None, metavar="\"MODEL_FLAGS DIFFUSION_FLAGS\"",
+                   help="an improved-diffusion checkpoint's flags, as its README writes them (with --ckpt FILE.pt)")
     g = p.add_argument_group("diffusion settings of a --model (a --ckpt stores its own; a contradicting flag is an error)")
     g.add_argument("--T", type=int, default=None, help="number of diffusion steps (default 1000)")
     g.add_argument("--beta-schedule", choices=BETA_SCHEDULES, default=None, help="(default linear)")
@@ -216,7 +219,8 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
              "beta_end": args.beta_end, "mean_type": args.mean_type, "var_type": args.var_type}
     if args.model is not None:
         diffusion_from_flags(flags)  # an impossible value names its flag before anything is loaded
-    return ModelSpec(ckpt=args.ckpt, model=args.model, weights=args.weights, diffusion_flags=flags)
+    return ModelSpec(ckpt=args.ckpt, model=args.model, weights=args.weights, diffusion_flags=flags,
+                     flags=args.flags)
 
 
 def data_spec(args: argparse.Namespace) -> DataSpec:

@@ -22,18 +22,22 @@ WEIGHTS = ("ema", "raw")
 @dataclass(frozen=True)
 class ModelSpec:
     """Exactly one of `ckpt` (anything `--ckpt` accepts) and `model` (`--model MODULE:CALLABLE`), which
-    weights of a ddpm-bench checkpoint, and the diffusion flags that were given (None = not given)."""
+    weights of a ddpm-bench checkpoint, the diffusion flags that were given (None = not given), and, for an
+    improved-diffusion checkpoint, its MODEL_FLAGS / DIFFUSION_FLAGS string (`--flags`)."""
 
     ckpt: str | None = None
     model: str | None = None
     weights: str = "ema"
     diffusion_flags: dict = field(default_factory=dict)
+    flags: str | None = None
 
     def __post_init__(self) -> None:
         if (self.ckpt is None) == (self.model is None):
             raise UserError("give exactly one of --ckpt PATH and --model MODULE:CALLABLE")
         if self.weights not in WEIGHTS:
             raise UserError(f"--weights must be 'ema' or 'raw', got {self.weights!r}")
+        if self.flags is not None and self.ckpt is None:
+            raise UserError("--flags describes an improved-diffusion checkpoint given with --ckpt FILE.pt")
         unknown = set(self.diffusion_flags) - set(DIFFUSION_FLAGS)
         if unknown:
             raise UserError(f"unknown diffusion setting(s) {', '.join(sorted(unknown))}; known: "

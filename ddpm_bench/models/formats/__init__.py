@@ -6,7 +6,9 @@ loads it; a new format is one module and one row here.
 |---|---|
 | plugin | `--model MODULE:CALLABLE` |
 | packaged | `--ckpt embedded`: a model that ships with the install |
+| iddpm | `--ckpt FILE.pt --flags "..."`: an improved-diffusion checkpoint and its flags |
 | checkpoint | a ddpm-bench checkpoint file, or a train / reproduce run directory (its latest checkpoint) |
+| hub | `hf:ORG/NAME[@REVISION]`: a diffusers model on the Hugging Face Hub (or in its local cache) |
 | diffusers_dir | a diffusers `UNet2DModel` directory (optional extra `diffusers`) |
 """
 
@@ -14,11 +16,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ddpm_bench.models.formats import checkpoint, diffusers_dir, packaged, plugin
+from ddpm_bench.models.formats import checkpoint, diffusers_dir, hub, iddpm, packaged, plugin
 from ddpm_bench.models.loaded import LoadedModel
 from ddpm_bench.models.spec import ModelSpec
 
-FORMATS: tuple[ModuleType, ...] = (plugin, packaged, checkpoint, diffusers_dir)
+FORMATS: tuple[ModuleType, ...] = (plugin, packaged, iddpm, hub, checkpoint, diffusers_dir)
 
 
 def _check_table(formats: tuple[ModuleType, ...]) -> None:
