@@ -32,11 +32,30 @@ from ddpm_bench.noise import check_seed
 from ddpm_bench.run_dir import RunOptions
 from ddpm_bench.sampling import SamplerOptions
 from ddpm_bench.typecheck import Mismatch, conform, is_int
-from ddpm_bench.variational_bound import BoundOptions
+from ddpm_bench.variational_bound import BoundOptions, ImportanceOptions
 
 # Paper Table 2: "L_simple" (Eq. 14) and "mse" are the unweighted squared error of the network's own
 # target (eps, x0 or mu-tilde; the official loss_type "mse"); "L" is the variational bound (Eq. 5).
 OBJECTIVES = ("L_simple", "mse", "L", "L_vlb", "L_hybrid")
+
+
+@dataclass(frozen=True)
+class TrainEval:
+    """[training.eval]: the bound of a fixed held-out subset while training: every `every` steps (and at the
+    end) the EMA weights' `nll --terms K` of the first `images` images of `data` (evaluation.test_data when
+    empty), logged to RUN_DIR/eval.csv beside the loss. Changing it does not change the training run."""
+
+    every: int = 0  # 0: never
+    data: str = ""
+    images: int = 100
+    terms: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.images < 1:
+            raise ValueError(f"training.eval.every must be >= 0 (0: never) and training.eval.images >= 1, got "
+                             f"{self.every} and {self.images}")
+        ImportanceOptions(terms=self.terms, seed=self.seed)  # UserError naming the setting
 
 
 @dataclass(frozen=True)
@@ -65,6 +84,7 @@ class TrainConfig:
     log_every: int = 100
     ckpt_every: int = 10_000
     keep_last: int = 3  # checkpoints kept in RUN_DIR/checkpoints
+    eval: TrainEval = field(default_factory=TrainEval)  # the bound while training ([training.eval])
 
     def __post_init__(self) -> None:
         _positive(self, ("steps", "batch_size", "log_every", "ckpt_every", "keep_last"))
@@ -231,7 +251,8 @@ def _positive(cfg: Any, names: tuple[str, ...]) -> None:
 SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "training": TrainConfig, "evaluation": EvalConfig}
 # Keys a resumed training run may change: they do not change the parameters a step produces
 # (a trailing dot covers a whole table).
-RESUMABLE_KEYS = ("training.steps", "training.log_every", "training.ckpt_every", "training.keep_last", "evaluation.")
+RESUMABLE_KEYS = ("training.steps", "training.log_every", "training.ckpt_every", "training.keep_last", "training.eval",
+                  "evaluation.")
 
 
 @dataclass(frozen=True)
@@ -295,6 +316,10 @@ def _section(cls: type, values: dict, section: str, origin: str) -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"{origin}: '{section}.{key}' must be a table [{section}.{key}]")
             kwargs[key] = _stage(hints[key], value, f"{section}.{key}", origin)
+        elif is_dataclass(hints[key]):  # a table of its own, such as [training.eval]
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: '{section}.{key}' must be a table [{section}.{key}]")
+            kwargs[key] = _section(hints[key], value, f"{section}.{key}", origin)
         else:
             kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", origin)
     return _construct(cls, kwargs, section, origin)
@@ -353,8 +378,10 @@ def config_from_dict(data: dict, origin: str, overrides: list[str] = ()) -> RunC
                               f"{', '.join(SECTIONS)}, or evaluation.STAGE.KEY)")
         table = data.setdefault(path[0], {})
         if len(path) == 3:
-            stage = typing.get_type_hints(EvalConfig).get(path[1]) if path[0] == "evaluation" else None
-            if stage not in STAGES or path[2] not in stage_keys(stage):
+            table_type = typing.get_type_hints(SECTIONS[path[0]]).get(path[1])
+            known = stage_keys(table_type) if table_type in STAGES else \
+                {f.name for f in fields(table_type)} if is_dataclass(table_type) else set()
+            if path[2] not in known:
                 raise ConfigError(f"--set {item}: unknown key '{'.'.join(path)}'")
             table = table.setdefault(path[1], {})
             table = table if isinstance(table, dict) else {}

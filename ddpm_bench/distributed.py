@@ -36,8 +36,23 @@ def launch_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+_local_only = False  # within `local_only()`: this process's own work, no collective
+
+
 def is_initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    return not _local_only and dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def local_only():
+    """Work of this process alone (an evaluation in memory, or rank 0's bound during training): every helper
+    here acts as for one process, so no collective waits for ranks that do not take part."""
+    global _local_only
+    before, _local_only = _local_only, True
+    try:
+        yield
+    finally:
+        _local_only = before
 
 
 def rank() -> int:
@@ -69,7 +84,7 @@ def timeout_seconds() -> float:
 
 def init(device: torch.device) -> None:
     """Join the process group of a torchrun launch (no-op otherwise): NCCL for CUDA, gloo for the CPU."""
-    if not launched_by_torchrun() or is_initialized():
+    if not launched_by_torchrun() or _local_only or dist.is_initialized():
         return
     timeout = datetime.timedelta(seconds=timeout_seconds())
     if device.type == "cuda":
@@ -82,6 +97,13 @@ def init(device: torch.device) -> None:
 def teardown() -> None:
     if is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group_or_local(device: torch.device, local: bool):
+    """`local_only()` for work of this process alone, else `process_group(device)`."""
+    with local_only() if local else process_group(device):
+        yield
 
 
 @contextlib.contextmanager

@@ -231,10 +231,9 @@ def run_fid(job: FidJob) -> FidMetrics | None:
     (metrics/feature_shards.py); rank 0 computes the statistics and metrics from the merged features and
     returns the result (other ranks return None)."""
     dev = distributed.process_device(resolve_device(job.device))
-    if job.run.out is None:
-        with tempfile.TemporaryDirectory(prefix="ddpm-bench-fid-") as tmp:
-            with distributed.process_group(dev):
-                return _run_fid(replace(job, run=replace(job.run, out=tmp)), dev)
+    if job.run.out is None:  # in memory: this process's own work, its feature shards in a temporary folder
+        with tempfile.TemporaryDirectory(prefix="ddpm-bench-fid-") as tmp, distributed.local_only():
+            return _run_fid(replace(job, run=replace(job.run, out=tmp)), dev)
     with distributed.process_group(dev):
         return _run_fid(job, dev)
 

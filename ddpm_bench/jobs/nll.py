@@ -87,7 +87,7 @@ def run_nll(job: NllJob) -> NllOutput | None:
     estimator = make_estimator(job.options)
     device = job.model.device if isinstance(job.model, Network) else \
         distributed.process_device(Network.device_of(job.execution))
-    with distributed.process_group(device):
+    with distributed.process_group_or_local(device, local=job.run.out is None):  # in memory: this process's own
         return _run_nll(job, estimator)
 
 

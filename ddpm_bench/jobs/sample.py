@@ -168,7 +168,7 @@ def run_sample(job: SampleJob) -> SampleResult | None:
     ranks and dry runs return None). Without `job.run.out` the samples are made in memory, in the same
     shards and batches."""
     device = job.model.device if isinstance(job.model, Network) else Network.device_of(job.execution)
-    with distributed.process_group(device):
+    with distributed.process_group_or_local(device, local=job.run.out is None):  # in memory: this process's own
         return _run_sample(job)
 
 
