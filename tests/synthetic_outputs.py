@@ -72,7 +72,8 @@ def write_nll_dir(path: Path, n: int = 6, T: int = 20, seed: int = 0, data: str 
         drawn[:, [0, T]] = 1
         for j in range(n):
             drawn[j, 1 + rng.choice(T - 1, size=terms_per_image, replace=False)] = 1
-        terms = np.where(drawn > 0, terms * np.where(np.arange(T + 1) % T == 0, 1, (T - 1) / terms_per_image), 0.0)
+        weight = np.where(np.arange(T + 1) % T == 0, 1.0, (T - 1) / terms_per_image)  # 1/(K q(k)), q uniform
+        terms = np.where(drawn > 0, terms * weight, 0.0)
         mse = np.where(drawn[:, :T] > 0, mse, np.nan)
     total = terms.sum(axis=1)
     run_id = hashlib.sha256(f"{path.name}{n}{T}{seed}{data}{sha256}{terms_per_image}".encode()).hexdigest()
@@ -105,7 +106,8 @@ def write_samples_manifest(path: Path, model: dict, num: int = 100, shard_size: 
     if pngs:
         rng = np.random.default_rng(num)
         write_png(path / SampleManifest.GRID, rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8))
-        write_png(path / SampleManifest.PROGRESSIVE_PNG, rng.integers(0, 256, size=(10, 40, 3), dtype=np.uint8))
+        write_png(path / SampleManifest.PROGRESSIVE_PNG,
+                  rng.integers(0, 256, size=(10, 40, 3), dtype=np.uint8))
     num_shards = -(-num // shard_size)
     SampleManifest(format=SampleManifest.FORMAT, run_id=hashlib.sha256(f"samples{path}".encode()).hexdigest(),
                    model=model, seed=0, num=num, shard_size=shard_size, num_shards=num_shards, image_shape=[3, 8, 8],
@@ -167,7 +169,8 @@ def write_run_dir(path: Path, objective: str = "L_simple", var_type: str = "fixe
     write_nll_dir(layout.nll_train, seed=1, data=f"{split}:train", n=50_000 if paper_protocol else 6, **kw)
     write_nll_dir(layout.nll_test, seed=2, data=f"{split}:test", n=10_000 if paper_protocol else 6, **kw)
     if gap_images:
-        write_nll_dir(layout.gap_nll_train, seed=3, data=f"{split}:train", n=gap_images, terms_per_image=4, **kw)
+        write_nll_dir(layout.gap_nll_train, seed=3, data=f"{split}:train", n=gap_images, terms_per_image=4,
+                      **kw)
         write_nll_dir(layout.gap_nll_test, seed=4, data=f"{split}:test", n=gap_images, terms_per_image=4,
                       shift_bpd=gap_shift_bpd, **kw)
     write_gap(path, max_gap)
@@ -176,5 +179,6 @@ def write_run_dir(path: Path, objective: str = "L_simple", var_type: str = "fixe
         write_samples_manifest(layout.samples, model, pngs=sample_pngs)
         write_fid_dir(layout.fid, fid=fid_value, ref=fid_ref or data, samples_model=model,
                       n_samples=50_000 if paper_protocol else 100, comparable=paper_protocol,
-                      **({} if is_reason is None else {"is_mean": None, "is_std": None, "is_reason": is_reason}))
+                      **({} if is_reason is None else
+                         {"is_mean": None, "is_std": None, "is_reason": is_reason}))
     return path

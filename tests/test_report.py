@@ -384,7 +384,8 @@ def _section(text: str, start: str, end: str = "\n## ") -> str:
 def test_table1_nll_is_the_most_precise_output_so_its_difference_is_the_gap(tmp_path):
     """The 500-image importance-sampled bounds of `gap_terms`, not the few-image exact ones: Table 1's
     test - train is gap.json's gap, and its cell, CSV and sources name the image count and estimator."""
-    run = write_run_dir(tmp_path / "run", data="embedded:train", gap_images=50, gap_shift_bpd=0.4, max_gap=0.1)
+    run = write_run_dir(tmp_path / "run", data="embedded:train", gap_images=50, gap_shift_bpd=0.4,
+                        max_gap=0.1)
     out = tmp_path / "out"
     build_report([run], out)
     row = _measured(out / "table1.csv")[0]
@@ -397,7 +398,8 @@ def test_table1_nll_is_the_most_precise_output_so_its_difference_is_the_gap(tmp_
     gap = json.loads((run / "gap.json").read_text())
     assert float(row[C.NLL_TEST]) - float(row[C.NLL_TRAIN]) == pytest.approx(gap["gap_bpd"], abs=1e-12)
     md = next(r for r in _md_rows(out / "table1.md") if r["Model"].startswith("run ["))
-    assert md["NLL Test (Train)"] == f"≤ {test.total_bpd:.2f} ± {test.total_bpd_stderr:.2f} ({train.total_bpd:.2f})"
+    assert md["NLL Test (Train)"] == \
+        f"≤ {test.total_bpd:.2f} ± {test.total_bpd_stderr:.2f} ({train.total_bpd:.2f})"
     assert "test from `gap_nll_test/`, 50 images, estimator importance" in \
         (out / "table1.md").read_text().replace("\n  ", " ")
     cells = json.loads((out / "table1.sources.json").read_text())["cells"]
@@ -434,8 +436,8 @@ def test_a_likelihood_is_never_shown_in_the_bounds_cell(tmp_path):
 
 
 @pytest.mark.parametrize("shift, max_gap, words", [
-    (0.4, 0.1, "overfits: the test-minus-train gap {gap} bits/dim (95% interval {lo}..{hi}, 50 test and 50 train "
-               "images) lies above max_gap 0.1"),
+    (0.4, 0.1, "overfits: the test-minus-train gap {gap} bits/dim (95% interval {lo}..{hi}, 50 test and 50 "
+               "train images) lies above max_gap 0.1"),
     (0.0, 0.5, "no overfitting beyond max_gap 0.5: the test-minus-train gap {gap} bits/dim (95% interval "
                "{lo}..{hi}, 50 test and 50 train images) lies below it"),
 ])
@@ -460,7 +462,8 @@ def test_gap_verdict_in_plain_words(tmp_path, capsys, shift, max_gap, words):
 def test_no_overfitting_claim_across_two_data_sets(tmp_path):
     """gap.json of a train split of one data set and a test split of another: its `exceeds` is no verdict on
     overfitting, and the report says why."""
-    run = write_run_dir(tmp_path / "run", data="embedded:train", gap_images=50, gap_shift_bpd=0.4, max_gap=0.1)
+    run = write_run_dir(tmp_path / "run", data="embedded:train", gap_images=50, gap_shift_bpd=0.4,
+                        max_gap=0.1)
     gap = json.loads((run / "gap.json").read_text())
     assert gap["exceeds"] is True
     (run / "gap.json").write_text(json.dumps({**gap, "train": "cifar10:train"}))
@@ -524,7 +527,8 @@ def test_tables_1_and_2_say_cifar10_only_for_cifar10_runs_and_table3_only_when_m
     cifar = write_run_dir(tmp_path / "cifar", data="cifar10:train")
     build_report([cifar], tmp_path / "out2")
     index = (tmp_path / "out2" / "report.md").read_text()
-    assert "## Table 1: CIFAR-10 results\n" in index and "## Table 2: CIFAR-10 ablation (IS and FID)\n" in index
+    assert "## Table 1: CIFAR-10 results\n" in index
+    assert "## Table 2: CIFAR-10 ablation (IS and FID)\n" in index
     assert "### " not in (tmp_path / "out2" / "table1.md").read_text()
 
 
@@ -556,7 +560,8 @@ def test_measured_rows_are_one_compact_table_and_notes_are_said_once(tmp_path):
     assert len(table) == 3 and "run [" in table[2] and "s = 20 … 2" in table[2]  # header, rule, one line
     assert not [line for line in measured.splitlines() if line.startswith("- ") and "reverse_time" in line]
     t1 = _section(index, "## Table 1")
-    rows = [line for line in t1[t1.index("Measured cells in full"):].splitlines() if line.startswith("| run [")]
+    measured = t1[t1.index("Measured cells in full"):]
+    rows = [line for line in measured.splitlines() if line.startswith("| run [")]
     assert len(rows) == 3  # FID, NLL test, NLL train: one line each, with n, estimator or tool and file
     assert any("50 images of cifar10:test" in r and "importance" in r and "gap_nll_test/summary.json" in r
                for r in rows)
@@ -600,7 +605,8 @@ def test_no_absolute_paths_in_the_report(tmp_path):
     fid = write_fid_dir(tmp_path / "lsun_fid", fid=9.5, ref=str(tmp_path / "data" / "lsun_bedroom_256.npz"))
     out = tmp_path / "out"
     build_report([run.resolve(), fid.resolve()], out.resolve())
-    written = sorted(p for p in out.iterdir() if p.suffix in (".md", ".csv", ".json") and p.name != "run.json")
+    written = sorted(p for p in out.iterdir()
+                     if p.suffix in (".md", ".csv", ".json") and p.name != "run.json")
     assert {p.name for p in written} >= {"report.md", "report.json", "table1.csv", "table3.sources.json"}
     for path in written:
         text = path.read_text()
@@ -623,7 +629,8 @@ def _segments_hit(box, points: np.ndarray, steps: int = 20) -> bool:
     a, b = pts[:-1], pts[1:]
     f = np.linspace(0.0, 1.0, steps)[:, None, None]
     dense = (a[None] + f * (b - a)[None]).reshape(-1, 2) if len(pts) > 1 else pts
-    inside = (dense[:, 0] >= box.x0) & (dense[:, 0] <= box.x1) & (dense[:, 1] >= box.y0) & (dense[:, 1] <= box.y1)
+    x, y = dense[:, 0], dense[:, 1]
+    inside = (x >= box.x0) & (x <= box.x1) & (y >= box.y0) & (y <= box.y1)
     return bool(inside.any())
 
 

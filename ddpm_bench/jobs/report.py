@@ -80,7 +80,7 @@ from ddpm_bench.version import __version__
 
 REPORT_COMMAND, REPORT_INDEX, REPORT_MANIFEST = ReportFiles.COMMAND, ReportFiles.INDEX, ReportFiles.MANIFEST
 FIGURE5_STEM = ReportFiles.FIGURE5
-SAMPLES_GRID, PROGRESSIVE = "samples_grid", "progressive"  # .png: a sample directory's grid.png, progressive.png
+SAMPLES_GRID, PROGRESSIVE = "samples_grid", "progressive"  # .png: a sample dir's grid.png, progressive.png
 
 
 def curve_of(run: RunInputs, where: RelativeTo) -> tuple[RateDistortionCurve, dict] | None:
@@ -89,7 +89,8 @@ def curve_of(run: RunInputs, where: RelativeTo) -> tuple[RateDistortionCurve, di
     if run.rate_distortion is not None:
         rd = run.rate_distortion
         s = rd.output
-        origin = {"run_dir": where.path(run.path), "file": where.path(rd.folder / RateDistortionSummary.CURVE),
+        origin = {"run_dir": where.path(run.path),
+                  "file": where.path(rd.folder / RateDistortionSummary.CURVE),
                   "produced_by": "ddpm-bench rate-distortion", "nll_run_id": s.nll_run_id,
                   **model_source(rd.identity, where), "n_images": s.n_images, "data": where.text(s.data),
                   "seed": s.seed, "draws": s.draws, "T": s.T, "clip": s.clip, "decoder_cdf": s.decoder_cdf}
@@ -115,7 +116,8 @@ def _count(origin: dict) -> str:
     if origin.get("n_images") is not None:
         return f"{origin['n_images']:,} images of {origin.get('data')}"
     if origin.get("n_samples") is not None:
-        return f"{origin['n_samples']:,} samples; reference {origin.get('n_ref'):,} images of {origin.get('ref')}"
+        return (f"{origin['n_samples']:,} samples; reference {origin.get('n_ref'):,} images of "
+                f"{origin.get('ref')}")
     return ""
 
 
@@ -169,7 +171,7 @@ def measured_markdown(table: Table) -> str:
     return to_markdown(pd.DataFrame(rows))
 
 
-# -- report.md ------------------------------------------------------------------------------------------------
+# -- report.md ----------------------------------------------------------------------------------------------
 
 def run_inventory(run: RunInputs, where: RelativeTo) -> str:
     have = {RunConfigFile.FILE: run.config is not None, **{n: getattr(run, n) is not None for n in PARTS}}
@@ -185,7 +187,8 @@ def run_inventory(run: RunInputs, where: RelativeTo) -> str:
     if run.split_from > 1:
         line += f"; this directory holds outputs of {run.split_from} models, each its own row"
     if run.nll_unknown_split and run.nll_test is not None:
-        line += f"; its data `{where.text(run.nll_test.output.data)}` is no :train/:test split and is shown as test"
+        data = where.text(run.nll_test.output.data)
+        line += f"; its data `{data}` is no :train/:test split and is shown as test"
     if run.gap is not None:
         line += f"\n  - gap (`{where.path(run.gap.file)}`): {gap_verdict(run.gap.output)}"
     return line
@@ -215,8 +218,8 @@ def samples_markdown(samples: list[tuple[RunInputs, list[tuple[str, str]]]], whe
         steps = m.sampler.get("steps")
         out += ["", f"### {short_label(run)}", "",
                 f"{m.count:,} samples (seed {m.seed}" + (f", {steps} steps" if steps else "") +
-                f") in `{where.path(run.samples.folder)}`: the first 64, and (with `--progressive-every`) the "
-                "x0 prediction along the reverse process of the first 8, left to right."]
+                f") in `{where.path(run.samples.folder)}`: the first 64, and (with `--progressive-every`) "
+                "the x0 prediction along the reverse process of the first 8, left to right."]
         for what, name in names:
             alt = short_label(run).replace("[", "(").replace("]", ")")
             out += ["", f"![{what} of {alt}]({name})"]
@@ -232,8 +235,8 @@ def report_markdown(runs: list[RunInputs], tables: list[Table], curves: list, bi
     out = ["# ddpm-bench report", "",
            f"Measured values beside Ho, Jain, Abbeel (2020), *Denoising Diffusion Probabilistic Models* "
            f"(paper values from `{PAPER_VALUES_NAME}`), ddpm-bench {__version__}. Empty cells were not measured "
-           "(or, in paper rows, not reported); `delta_*` columns are measured minus paper. Paths are relative to "
-           "this file.", "", "## Inputs", ""]
+           "(or, in paper rows, not reported); `delta_*` columns are measured minus paper. Paths are "
+           "relative to this file.", "", "## Inputs", ""]
     out += [run_inventory(r, where) for r in runs]
     for t in tables:
         out += table_markdown(t)
@@ -244,17 +247,18 @@ def report_markdown(runs: list[RunInputs], tables: list[Table], curves: list, bi
     else:
         out += [f"![Figure 5]({FIGURE5_STEM}.png)", "",
                 f"Files: [{FIGURE5_STEM}.png]({FIGURE5_STEM}.png), [{FIGURE5_STEM}.pdf]({FIGURE5_STEM}.pdf). "
-                "Red circles: the paper's Table 4 (CIFAR-10, drawn only for T = 1000). One curve per model:", ""]
-        out += [f"- {short_label(run)}: {origin['n_images']:,} images of {origin.get('data')}, T = {curve.T}, "
-                f"from `{origin.get('file')}`" for run, curve, origin in curves]
+                "Red circles: the paper's Table 4 (CIFAR-10, drawn only for T = 1000). One curve per model:",
+                ""]
+        out += [f"- {short_label(run)}: {origin['n_images']:,} images of {origin.get('data')}, "
+                f"T = {curve.T}, from `{origin.get('file')}`" for run, curve, origin in curves]
     stem = ReportFiles.BITS_BY_T
     out += ["", "## Where the bits go: L_t against t", ""]
     if not bits:
         out.append("Not drawn: no input has an exact nll_test/per_image.npz.")
     else:
         out += [f"![Where the bits go]({stem}.png)", "", f"Files: [{stem}.png]({stem}.png), [{stem}.pdf]({stem}.pdf). "
-                "The mean of each term over the images (log scale) and the share of the bound in L_0..L_t, as "
-                "improved DDPM's Figure 2 (Nichol and Dhariwal 2021). One pair of curves per model:", ""]
+                "The mean of each term over the images (log scale) and the share of the bound in L_0..L_t, "
+                "as improved DDPM's Figure 2 (Nichol and Dhariwal 2021). One pair of curves per model:", ""]
         out += [f"- {short_label(run)}: {nll.summary.n_images:,} images of {nll.summary.data}, from "
                 f"`{where.path(nll.path)}`" for run, nll in bits]
     return "\n".join(out) + "\n"
@@ -320,8 +324,8 @@ def _write_report(runs: list[RunInputs], curves: list, out: Path, where: Relativ
         files += [Path(p).name for p in save_figure(fig, out / FIGURE5_STEM)]
     bits = [(run, nll) for run in runs if (nll := exact_nll_test(run)) is not None]
     if bits:
-        title = "Where the bits go: " + ", ".join(
-            f"{short_label(run)} ({dataset_name(nll.summary.data)}, {nll.summary.n_images} images)" for run, nll in bits)
+        title = "Where the bits go: " + ", ".join(f"{short_label(run)} ({dataset_name(nll.summary.data)}, "
+                                                  f"{nll.summary.n_images} images)" for run, nll in bits)
         fig = bits_by_t_models([(short_label(run), nll.per_image.terms) for run, nll in bits], title=title)
         files += [Path(p).name for p in save_figure(fig, out / ReportFiles.BITS_BY_T)]
     samples = copy_samples(runs, out)
@@ -339,7 +343,8 @@ def print_table1(t: Table, runs: list[RunInputs], out: Path) -> None:
     """What `report` did: where the report is, Table 1's measured rows beside the paper's own model, and
     each run's gap verdict."""
     display = table1_display(t.frame)
-    show = display[t.frame[C.ORIGIN].eq(C.ORIGIN_MEASURED).to_numpy() | t.frame[C.MODEL].str.startswith("Ours").to_numpy()]
+    shown = t.frame[C.ORIGIN].eq(C.ORIGIN_MEASURED) | t.frame[C.MODEL].str.startswith("Ours")
+    show = display[shown.to_numpy()]
     print(f"report: {out / REPORT_INDEX} (Tables 1-4, Figure 5); Table 1:")
     for line in to_markdown(show).splitlines():
         print(f"  {line}")

@@ -110,7 +110,8 @@ def bits_by_t_models(models: Sequence[tuple[str, np.ndarray]], title: str | None
         reached = [int(np.searchsorted(share, frac)) for frac in SHARES]
         words = ", ".join(f"{frac:.0%} by t = {k} ({name})"
                           for frac, k, (_, name) in zip(SHARES, reached, SHARE_MARKERS, strict=True))
-        share_ax.plot(t, share, color=color[1], lw=1.2, label=f"share of the bound in L_0..L_t ({label}):\n{words}")
+        share_ax.plot(t, share, color=color[1], lw=1.2,
+                      label=f"share of the bound in L_0..L_t ({label}):\n{words}")
         for k, (marker, _) in zip(reached, SHARE_MARKERS, strict=True):
             share_ax.plot([k], [share[k]], marker=marker, ms=6, mfc="none", color=color[1], ls="none")
     ax.set_xlabel("diffusion step t (0: decoder L_0, T: prior L_T)")
@@ -121,7 +122,7 @@ def bits_by_t_models(models: Sequence[tuple[str, np.ndarray]], title: str | None
     lines = ax.get_legend_handles_labels()[0] + share_ax.get_legend_handles_labels()[0]
     fig.legend(lines, [h.get_label() for h in lines], loc="outside lower center", ncols=1, fontsize=8,
                frameon=False)
-    default = f"Where the bits go: {totals[0]:.3f} bits/dim in all" if len(models) == 1 else "Where the bits go"
+    default = "Where the bits go" + (f": {totals[0]:.3f} bits/dim in all" if len(models) == 1 else "")
     ax.set_title(title or default, fontsize=10)
     return fig
 

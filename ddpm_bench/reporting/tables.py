@@ -158,16 +158,17 @@ def nll_source(run: RunInputs, nll: Part[NllSummary], where: RelativeTo) -> dict
     bound = {k: getattr(s, k, None) for k in ("draws", "clip", "decoder_cdf")}  # the bound's settings
     return {"run_dir": where.path(run.path), "file": where.path(nll.file), "produced_by": "ddpm-bench nll",
             "run_id": s.run_id, **model_source(nll.identity, where), "estimator": s.estimator,
-            "quantity": s.quantity, "n_images": s.n_images, "data": where.text(s.data), "split": split_of(s.data),
-            "seed": s.seed, **bound, "T": s.T, "precision": s.precision}
+            "quantity": s.quantity, "n_images": s.n_images, "data": where.text(s.data),
+            "split": split_of(s.data), "seed": s.seed, **bound, "T": s.T, "precision": s.precision}
 
 
 def fid_source(run: RunInputs, where: RelativeTo) -> dict:
     m = run.fid.output
     fe_name, fe_sha256 = feature_extractor_of(m)
-    return {"run_dir": where.path(run.path), "file": where.path(run.fid.file), "produced_by": "ddpm-bench fid",
-            "run_id": m.run_id, **model_source(run.fid.identity, where), "n_samples": m.n_samples,
-            "n_ref": m.n_ref, "ref": where.text(m.ref), "split": split_of(m.ref), "backend": m.backend,
+    return {"run_dir": where.path(run.path), "file": where.path(run.fid.file),
+            "produced_by": "ddpm-bench fid", "run_id": m.run_id, **model_source(run.fid.identity, where),
+            "n_samples": m.n_samples, "n_ref": m.n_ref, "ref": where.text(m.ref), "split": split_of(m.ref),
+            "backend": m.backend,
             "feature_extractor": fe_name, "feature_extractor_sha256": fe_sha256}
 
 
@@ -188,7 +189,7 @@ def _frame(rows: list[dict], cols: tuple[str, ...]) -> pd.DataFrame:
 
 
 def once(notes: list[tuple[str, str]], labelled: bool) -> list[str]:
-    """(row label, note) pairs as a list with each note once; with `labelled`, the rows it is about after it."""
+    """(row label, note) pairs as a list of each note once; with `labelled`, the rows it is about after it."""
     rows: dict[str, list[str]] = {}
     for label, note in notes:
         rows.setdefault(note, [])
@@ -253,7 +254,8 @@ class NllQuantity:
 
 NLL_QUANTITIES = (
     NllQuantity("bound", C.SHOW_NLL_BOUND, "≤ ", "the variational bound, an upper bound",
-                NllColumns(C.NLL_TEST, C.NLL_TEST_STDERR, C.NLL_TEST_N, C.NLL_TEST_ESTIMATOR, C.DELTA_NLL_TEST),
+                NllColumns(C.NLL_TEST, C.NLL_TEST_STDERR, C.NLL_TEST_N, C.NLL_TEST_ESTIMATOR,
+                           C.DELTA_NLL_TEST),
                 NllColumns(C.NLL_TRAIN, C.NLL_TRAIN_STDERR, C.NLL_TRAIN_N, C.NLL_TRAIN_ESTIMATOR,
                            C.DELTA_NLL_TRAIN)),
 )
@@ -261,7 +263,8 @@ PAPER_NLL = NLL_QUANTITIES[0]  # the paper's NLL columns hold its bounds (and ot
 NLL_COUNT_COLUMNS = tuple(c.n for q in NLL_QUANTITIES for _, c in q.splits())
 
 
-def _nll_cells(run: RunInputs, q: NllQuantity, where: RelativeTo) -> tuple[dict, list[tuple[dict, dict]], str | None]:
+def _nll_cells(run: RunInputs, q: NllQuantity,
+               where: RelativeTo) -> tuple[dict, list[tuple[dict, dict]], str | None]:
     """The row's columns of quantity `q`, their cells with provenance, and a note naming what they show."""
     row, cells, shown = {}, [], []
     for split, cols in q.splits():
@@ -271,7 +274,8 @@ def _nll_cells(run: RunInputs, q: NllQuantity, where: RelativeTo) -> tuple[dict,
         s = part.output
         row.update({cols.value: s.total_bpd, cols.stderr: number(s.total_bpd_stderr), cols.n: s.n_images,
                     cols.estimator: s.estimator})
-        cells.append(({cols.value: row[cols.value], cols.stderr: row[cols.stderr]}, nll_source(run, part, where)))
+        cells.append(({cols.value: row[cols.value], cols.stderr: row[cols.stderr]},
+                      nll_source(run, part, where)))
         of = len([p for p in run.nll_outputs(split) if p.output.quantity == q.quantity])
         shown.append(f"{split} from `{part.folder.name}/`, {s.n_images:,} images, estimator {s.estimator}"
                      + (f" (the most precise of its {of})" if of > 1 else ""))
@@ -296,11 +300,13 @@ def table1(runs: list[RunInputs], values: dict | None = None, where: RelativeTo 
     paper_by_model = {r["model"]: r for r in paper_rows if not r["conditional"]}
     rows, cells, notes, why = [], [], {}, []
     for r in paper_rows:
-        rows.append({C.MODEL: r["model"], C.ORIGIN: C.ORIGIN_PAPER, C.DATA: CIFAR10, C.CONDITIONAL: r["conditional"],
-                     C.IS: number(r["IS"]), C.IS_STD: number(r["IS_std"]), C.FID: number(r["FID"]),
-                     C.NLL_TEST: number(r["NLL_test"]), C.NLL_TRAIN: number(r["NLL_train"]), C.SOURCE: PAPER_SOURCE})
-    shown = [run for run in runs if (run.fid is not None or run.nll_outputs("test") or run.nll_outputs("train"))
-             and _table3_column(run) is None]  # an LSUN / CelebA-HQ run belongs to Table 3
+        rows.append({C.MODEL: r["model"], C.ORIGIN: C.ORIGIN_PAPER, C.DATA: CIFAR10,
+                     C.CONDITIONAL: r["conditional"], C.IS: number(r["IS"]), C.IS_STD: number(r["IS_std"]),
+                     C.FID: number(r["FID"]), C.NLL_TEST: number(r["NLL_test"]),
+                     C.NLL_TRAIN: number(r["NLL_train"]), C.SOURCE: PAPER_SOURCE})
+    shown = [run for run in runs  # an LSUN / CelebA-HQ run belongs to Table 3
+             if (run.fid is not None or run.nll_outputs("test") or run.nll_outputs("train"))
+             and _table3_column(run) is None]
     for run in shown:
         fid = run.fid.output if run.fid else None
         label = short_label(run)
@@ -317,7 +323,8 @@ def table1(runs: list[RunInputs], values: dict | None = None, where: RelativeTo 
         test, train = run.best_nll("test", PAPER_NLL.quantity), run.best_nll("train", PAPER_NLL.quantity)
         row[C.SOURCE] = _files_used(run, where, *(p.file for p in (run.fid, test, train) if p))
         if run.nll_unknown_split and run.nll_test is not None:
-            row[C.SOURCE] += f" (data {where.text(run.nll_test.output.data)} is no :train/:test split; shown as test)"
+            data = where.text(run.nll_test.output.data)
+            row[C.SOURCE] += f" (data {data} is no :train/:test split; shown as test)"
         paper_name = None
         if is_cifar10(run) and run.mean_type in (None, "eps"):
             paper_name = TABLE1_PAPER_ROWS.get((run.objective, var_group(run.var_type)))
@@ -348,10 +355,11 @@ def table1(runs: list[RunInputs], values: dict | None = None, where: RelativeTo 
             _add_cells(cells, i, row[C.MODEL], values_, origin)
     note = ("NLL in bits/dim with standard errors over images: the run's most precise output of each split, "
             "its image count and estimator in the CSV (`NLL_test_n`, `NLL_test_estimator`); \"≤\": an upper "
-            "bound (the variational bound). IS_std is the std over splits. The paper's rows are CIFAR-10, its "
-            "FID against the training set with 50,000 samples. delta_* = measured - paper row `paper_row`, only "
-            "where the protocol matches the paper's (CIFAR-10, whole splits, 50,000 samples, the standard "
-            "Inception, the paper row's training choices); otherwise `comparison` says why not.")
+            "bound (the variational bound). IS_std is the std over splits. The paper's rows are CIFAR-10, "
+            "its FID against the training set with 50,000 samples. delta_* = measured - paper row "
+            "`paper_row`, only where the protocol matches the paper's (CIFAR-10, whole splits, 50,000 "
+            "samples, the standard Inception, the paper row's training choices); otherwise `comparison` says "
+            "why not.")
     frame = _frame(rows, C.TABLE1_COLUMNS)
     for col in NLL_COUNT_COLUMNS:
         frame[col] = frame[col].astype("Int64")
@@ -367,7 +375,10 @@ def _dataset_blocks(frame: pd.DataFrame, display: pd.DataFrame, notes: dict[int,
     runs, and one block per other data set (its runs only); and the table's title ("NAME: ... WHAT ...
     TAIL"), which says CIFAR-10 only for CIFAR-10 runs. `paper_only`: display columns a block without
     paper rows leaves out."""
-    measured = frame[C.ORIGIN].eq(C.ORIGIN_MEASURED) if C.ORIGIN in frame else frame[C.SOURCE].ne(PAPER_SOURCE)
+    if C.ORIGIN in frame:
+        measured = frame[C.ORIGIN].eq(C.ORIGIN_MEASURED)
+    else:
+        measured = frame[C.SOURCE].ne(PAPER_SOURCE)
     data = frame[C.DATA].where(measured, None)
     others: dict[str, list[int]] = {}
     for i, d in data.items():
@@ -379,7 +390,8 @@ def _dataset_blocks(frame: pd.DataFrame, display: pd.DataFrame, notes: dict[int,
 
     def block(heading: str | None, idx: list[int], drop: list[str] | None = None) -> Block:
         shown = display.loc[idx].reset_index(drop=True)
-        return Block(heading, shown.drop(columns=drop) if drop else shown, [n for i in idx for n in notes.get(i, [])])
+        return Block(heading, shown.drop(columns=drop) if drop else shown,
+                     [n for i in idx for n in notes.get(i, [])])
 
     if not others:
         return [block(None, cifar)], f"{name}: CIFAR-10 {what}{tail}"
@@ -416,7 +428,8 @@ def _fmt(v: float, digits: int = 2) -> str:
 
 def _nll_text(r: dict, q: NllQuantity, prefix: str) -> str:
     """"≤ 3.76 ± 0.03 (3.35)": test ± its standard error, train in brackets; "" when neither is there."""
-    test, se, train = r.get(q.test.value, math.nan), r.get(q.test.stderr, math.nan), r.get(q.train.value, math.nan)
+    test, se = r.get(q.test.value, math.nan), r.get(q.test.stderr, math.nan)
+    train = r.get(q.train.value, math.nan)
     text = ""
     if np.isfinite(test):
         text = f"{prefix}{_fmt(test)}" + (f" ± {_fmt(se)}" if np.isfinite(se) else "")
@@ -443,7 +456,8 @@ def table1_display(frame: pd.DataFrame) -> pd.DataFrame:
             deltas = [f"{name} {r[col]:+.2f}" for name, col in (("IS", C.DELTA_IS), ("FID", C.DELTA_FID),
                                                                  ("NLL", C.DELTA_NLL_TEST)) if np.isfinite(r[col])]
             versus = ", ".join(deltas) if deltas else "not comparable"
-        rows.append({C.SHOW_MODEL: model, C.SHOW_IS: is_, C.SHOW_FID: _fmt(r[C.FID]), **nll, C.SHOW_VERSUS: versus})
+        rows.append({C.SHOW_MODEL: model, C.SHOW_IS: is_, C.SHOW_FID: _fmt(r[C.FID]), **nll,
+                     C.SHOW_VERSUS: versus})
     return pd.DataFrame(rows, columns=list(C.TABLE1_DISPLAY))
 
 
@@ -503,9 +517,9 @@ def table2(runs: list[RunInputs], values: dict | None = None, where: RelativeTo 
         if id(run) not in matched:
             add(measured_row(run, None), run)
     note = ("Ablation of the reverse-process parameterisation (the paper's on CIFAR-10). var_type groups "
-            "fixed-large and fixed-small as the paper's \"fixed\"; var_type_run is the run's own. Empty paper "
-            "cells were unstable to train in the paper; empty measured cells were not measured. Runs without a "
-            "FID or without config.json (no training objective) are not in this table.")
+            "fixed-large and fixed-small as the paper's \"fixed\"; var_type_run is the run's own. Empty "
+            "paper cells were unstable to train in the paper; empty measured cells were not measured. Runs "
+            "without a FID or without config.json (no training objective) are not in this table.")
     frame = _frame(rows, C.TABLE2_COLUMNS)
 
     def with_std(a: pd.Series, b: pd.Series) -> list[str]:
@@ -514,15 +528,16 @@ def table2(runs: list[RunInputs], values: dict | None = None, where: RelativeTo 
     display = pd.DataFrame({
         "Objective": [f"{m}, {o}, {v}" + (f" ({vr})" if isinstance(vr, str) and vr else "") +
                       (f": {names[i]}" if i in names else "") for i, (m, o, v, vr) in
-                      enumerate(zip(frame[C.MEAN_TYPE], frame[C.OBJECTIVE], frame[C.VAR_TYPE], frame[C.VAR_TYPE_RUN],
-                                    strict=True))],
+                      enumerate(zip(frame[C.MEAN_TYPE], frame[C.OBJECTIVE], frame[C.VAR_TYPE],
+                                    frame[C.VAR_TYPE_RUN], strict=True))],
         "IS": with_std(frame[C.IS], frame[C.IS_STD]),
         "FID": [_fmt(v) for v in frame[C.FID]],
         "paper IS": with_std(frame[C.PAPER_IS], frame[C.PAPER_IS_STD]),
         "paper FID": [_fmt(v) for v in frame[C.PAPER_FID]]})
     blocks, title = _dataset_blocks(frame, display, notes, "Table 2", "ablation", " (IS and FID)",
                                     paper_only=["paper IS", "paper FID"])
-    return Table("table2", title, frame, cells, note, blocks=blocks, notes=once(why, labelled=len(grid_runs) > 1))
+    return Table("table2", title, frame, cells, note, blocks=blocks,
+                 notes=once(why, labelled=len(grid_runs) > 1))
 
 
 # -- Table 3 ------------------------------------------------------------------------------------------------
@@ -569,10 +584,10 @@ def table3(runs: list[RunInputs], values: dict | None = None, where: RelativeTo 
     display[C.MODEL] = display[C.MODEL].str.removeprefix("ddpm-bench: ")
     for col in C.TABLE3_DATASETS:
         display[col] = [_fmt(v) for v in frame[col]]
-    left_out = None if cells else ("Table 3 (FID on LSUN and CelebA-HQ) is left out: no input measured those data "
-                                   "sets (table3.csv holds the paper's values).")
-    return Table("table3", "Table 3: FID on LSUN and CelebA-HQ", frame, cells, note, blocks=[Block(None, display)],
-                 left_out=left_out)
+    left_out = None if cells else ("Table 3 (FID on LSUN and CelebA-HQ) is left out: no input measured those "
+                                   "data sets (table3.csv holds the paper's values).")
+    return Table("table3", "Table 3: FID on LSUN and CelebA-HQ", frame, cells, note,
+                 blocks=[Block(None, display)], left_out=left_out)
 
 
 # -- Table 4 ------------------------------------------------------------------------------------------------
@@ -591,7 +606,8 @@ def table4_comparison(data: str | None, n_images: int | None, T: int) -> list[st
     return why
 
 
-def table4_frame(curve: RateDistortionCurve, data: str | None = None, n_images: int | None = None) -> pd.DataFrame:
+def table4_frame(curve: RateDistortionCurve, data: str | None = None,
+                 n_images: int | None = None) -> pd.DataFrame:
     """Table 4 of one curve: reverse times T, 0.9T, ..., 0.1T; the paper's columns filled when T = 1000, for
     context; the deltas only when `table4_comparison` of the curve's data, image count and T is empty."""
     rows = table4_rows(curve)
@@ -610,7 +626,8 @@ def curve_frame(curve: RateDistortionCurve) -> pd.DataFrame:
                          C.RMSE: curve.rmse, C.RMSE_PER_IMAGE: curve.rmse_per_image})[list(C.CURVE_COLUMNS)]
 
 
-def table4(curves: list[tuple[RunInputs, RateDistortionCurve, dict]], where: RelativeTo | None = None) -> Table:
+def table4(curves: list[tuple[RunInputs, RateDistortionCurve, dict]],
+           where: RelativeTo | None = None) -> Table:
     """Table 4 of every run with a rate-distortion curve, stacked; `source` names the run and file, the cells'
     provenance the model identity. `origin` (of each curve) names its data and image count."""
     where = where or RelativeTo(Path.cwd())
@@ -630,12 +647,13 @@ def table4(curves: list[tuple[RunInputs, RateDistortionCurve, dict]], where: Rel
         models += [short_label(run)] * len(df)
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(C.TABLE4_REPORT_COLUMNS))
     note = ("Rate L_T + sum_{k=t}^{T-1} L_k (bits/dim) and distortion RMSE of x0_hat(x_t) on [0, 255] at reverse "
-            "time s = T - t + 1 (paper §4.3). Paper columns only for T = 1000 (CIFAR-10 test set), for context; "
-            "deltas only for a bound on the whole CIFAR-10 test set with T = 1000.")
+            "time s = T - t + 1 (paper §4.3). Paper columns only for T = 1000 (CIFAR-10 test set), for "
+            "context; deltas only for a bound on the whole CIFAR-10 test set with T = 1000.")
     frame = frame[list(C.TABLE4_REPORT_COLUMNS)]
 
     def with_paper(a: pd.Series, b: pd.Series) -> list[str]:
-        return [_fmt(x, 3) + (f" [{_fmt(y, 3)}]" if np.isfinite(y) else "") for x, y in zip(a, b, strict=True)]
+        return [_fmt(x, 3) + (f" [{_fmt(y, 3)}]" if np.isfinite(y) else "")
+                for x, y in zip(a, b, strict=True)]
 
     display = pd.DataFrame({
         "Reverse process steps (T - t)": [str(int(v)) for v in frame[C.REVERSE_TIME]],

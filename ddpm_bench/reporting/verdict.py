@@ -28,8 +28,8 @@ def gap_verdict(gap: GapResult) -> str:
     what = (f"the test-minus-train gap {_bpd(gap.gap_bpd)} bits/dim (95% interval {_bpd(lo)}..{_bpd(hi)}, "
             f"{gap.n_test:,} test and {gap.n_train:,} train images)")
     if not same_dataset(gap.train, gap.test):
-        return (f"no overfitting verdict: {what} compares two data sets ({dataset_name(gap.train)} for train, "
-                f"{dataset_name(gap.test)} for test), not a training set with its own test split")
+        return (f"no overfitting verdict: {what} compares two data sets ({dataset_name(gap.train)} for "
+                f"train, {dataset_name(gap.test)} for test), not a training set with its own test split")
     if gap.exceeds:
         return f"overfits: {what} lies above max_gap {gap.max_gap:g}"
     if hi <= gap.max_gap:
