@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import ddpm_bench.jobs.report as report_job
 from ddpm_bench.cli import main
-from ddpm_bench.estimators import read_summary
+from ddpm_bench.estimators import read_output, read_summary
 from ddpm_bench.jobs.report import build_report
+from ddpm_bench.rate_distortion_curve import rate_distortion_curve
 from ddpm_bench.reporting import columns as C
-from tests.synthetic_outputs import model_entry, write_fid_dir, write_nll_dir, write_run_dir
+from ddpm_bench.reporting import tables
+from ddpm_bench.reporting.figures import bits_by_t_figure
+from tests.synthetic_outputs import model_entry, per_image_arrays, write_fid_dir, write_nll_dir, write_run_dir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PDF_MAGIC = b"%PDF-"
@@ -76,7 +82,8 @@ def test_report_tables_blanks_deltas_and_provenance(tmp_path, runs, capsys):
     assert float(row_a[C.DELTA_NLL_TRAIN]) == pytest.approx(train_a["total_bpd"] - 3.72, abs=1e-12)
     assert row_a[C.COMPARISON] == "comparable"
     md_a = next(r for r in _md_rows(out / "table1.md") if "cifar_simple" in r["Model"])
-    assert md_a["FID"] == "4.00" and md_a["NLL Test (Train)"] == f"≤ {test_a['total_bpd']:.2f} ({train_a['total_bpd']:.2f})"
+    assert md_a["FID"] == "4.00" and md_a["NLL Test (Train)"] == \
+        f"≤ {test_a['total_bpd']:.2f} ± {test_a['total_bpd_stderr']:.2f} ({train_a['total_bpd']:.2f})"
     assert "FID +0.83, NLL " in md_a["vs paper"]
     row_nll = next(r for m, r in mine.items() if "plain_nll" in m)
     assert row_nll[C.NLL_TRAIN] == "" and row_nll[C.FID] == ""
@@ -286,6 +293,7 @@ _DELETE = object()
     ("nll_test/summary.json", "model.identity.strong", "yes"),
     ("fid/metrics.json", "fid", "4.0"),
     ("fid/metrics.json", "run_id", _DELETE),
+    ("fid/metrics.json", "is_reason", 5),
     ("fid/metrics.json", "samples_model.identity.sha256", "abc"),
     ("samples/manifest.json", "num", "100"),
     ("gap.json", "gap_bpd", None),
@@ -362,3 +370,293 @@ def test_config_and_model_diffusion_disagree_warns_and_uses_the_model(tmp_path, 
     assert len(warnings) == 1 and "var_type 'fixed-large' -> 'fixed-small'" in warnings[0], warnings
     t2 = pd.read_csv(tmp_path / "out" / "table2.csv", keep_default_na=False)
     assert list(t2[t2[C.SOURCE].str.contains("run:")][C.VAR_TYPE_RUN]) == ["fixed-small"]
+
+
+# -- what a researcher sees, round two -----------------------------------------------------------------------
+
+def _section(text: str, start: str, end: str = "\n## ") -> str:
+    """The part of report.md from the line `start` to the next section."""
+    head = text.index(start)
+    stop = text.find(end, head + len(start))
+    return text[head:] if stop < 0 else text[head:stop]
+
+
+def test_table1_nll_is_the_most_precise_output_so_its_difference_is_the_gap(tmp_path):
+    """The 500-image importance-sampled bounds of `gap_terms`, not the few-image exact ones: Table 1's
+    test - train is gap.json's gap, and its cell, CSV and sources name the image count and estimator."""
+    run = write_run_dir(tmp_path / "run", data="embedded:train", gap_images=50, gap_shift_bpd=0.4,
+                        max_gap=0.1)
+    out = tmp_path / "out"
+    build_report([run], out)
+    row = _measured(out / "table1.csv")[0]
+    test, train = read_summary(run / "gap_nll_test"), read_summary(run / "gap_nll_train")
+    assert test.total_bpd_stderr < read_summary(run / "nll_test").total_bpd_stderr  # what makes it the choice
+    assert float(row[C.NLL_TEST]) == test.total_bpd and float(row[C.NLL_TRAIN]) == train.total_bpd
+    assert float(row[C.NLL_TEST_STDERR]) == test.total_bpd_stderr
+    assert (row[C.NLL_TEST_N], row[C.NLL_TEST_ESTIMATOR]) == ("50", "importance")
+    assert (row[C.NLL_TRAIN_N], row[C.NLL_TRAIN_ESTIMATOR]) == ("50", "importance")
+    gap = json.loads((run / "gap.json").read_text())
+    assert float(row[C.NLL_TEST]) - float(row[C.NLL_TRAIN]) == pytest.approx(gap["gap_bpd"], abs=1e-12)
+    md = next(r for r in _md_rows(out / "table1.md") if r["Model"].startswith("run ["))
+    assert md["NLL Test (Train)"] == \
+        f"≤ {test.total_bpd:.2f} ± {test.total_bpd_stderr:.2f} ({train.total_bpd:.2f})"
+    assert "test from `gap_nll_test/`, 50 images, estimator importance" in \
+        (out / "table1.md").read_text().replace("\n  ", " ")
+    cells = json.loads((out / "table1.sources.json").read_text())["cells"]
+    nll = {c["column"]: c["from"] for c in cells if c["column"] in (C.NLL_TEST, C.NLL_TRAIN)}
+    assert nll[C.NLL_TEST]["file"].endswith("gap_nll_test/summary.json")
+    assert nll[C.NLL_TRAIN]["file"].endswith("gap_nll_train/summary.json")
+    assert nll[C.NLL_TEST]["estimator"] == "importance" and nll[C.NLL_TEST]["n_images"] == 50
+
+
+def test_an_output_without_standard_error_ranks_last(tmp_path):
+    """A 1-image output has no standard error: any output with one is more precise, however large."""
+    run = write_run_dir(tmp_path / "run", data="embedded:train")
+    shutil.rmtree(run / "nll_test")
+    write_nll_dir(run / "nll_test", n=1, seed=2, data="embedded:test")
+    write_nll_dir(run / "gap_nll_test", n=2, seed=4, data="embedded:test", terms_per_image=2)
+    assert read_summary(run / "nll_test").total_bpd_stderr is None
+    build_report([run], tmp_path / "out")
+    row = _measured(tmp_path / "out" / "table1.csv")[0]
+    assert float(row[C.NLL_TEST]) == read_summary(run / "gap_nll_test").total_bpd
+    assert row[C.NLL_TEST_N] == "2"
+
+
+def test_a_likelihood_is_never_shown_in_the_bounds_cell(tmp_path):
+    """An nll output whose summary says quantity "likelihood" (a probability-flow ODE estimate, later) has
+    columns of its own, not those of the bound: here none yet, so it is not shown, and a note says so."""
+    nll = write_nll_dir(tmp_path / "ode_nll", n=6, data="embedded:test", quantity="likelihood")
+    build_report([nll], tmp_path / "out")
+    row = _measured(tmp_path / "out" / "table1.csv")[0]
+    assert row[C.NLL_TEST] == "" and row[C.NLL_TEST_STDERR] == "" and row[C.NLL_TEST_N] == ""
+    assert not [c for c in json.loads((tmp_path / "out" / "table1.sources.json").read_text())["cells"]
+                if c["column"].startswith("NLL")]
+    assert "holds a 'likelihood' (exact), which Table 1 has no column for: not shown" in \
+        (tmp_path / "out" / "table1.md").read_text()
+
+
+@pytest.mark.parametrize("shift, max_gap, words", [
+    (0.4, 0.1, "overfits: the test-minus-train gap {gap} bits/dim (95% interval {lo}..{hi}, 50 test and 50 "
+               "train images) lies above max_gap 0.1"),
+    (0.0, 0.5, "no overfitting beyond max_gap 0.5: the test-minus-train gap {gap} bits/dim (95% interval "
+               "{lo}..{hi}, 50 test and 50 train images) lies below it"),
+])
+def test_gap_verdict_in_plain_words(tmp_path, capsys, shift, max_gap, words):
+    run = write_run_dir(tmp_path / "run", data="embedded:train", gap_images=50, gap_shift_bpd=shift,
+                        max_gap=max_gap)
+    build_report([run], tmp_path / "out")
+    gap = json.loads((run / "gap.json").read_text())
+    assert gap["exceeds"] is (shift > 0)
+
+    def fmt(v):
+        return f"{v:.2f}" if abs(v) >= 0.1 else f"{v:.2g}"
+
+    sentence = words.format(gap=fmt(gap["gap_bpd"]), lo=fmt(gap["ci95"][0]), hi=fmt(gap["ci95"][1]))
+    index = (tmp_path / "out" / "report.md").read_text()
+    assert sentence in _section(index, "## Inputs")
+    table1 = _section(index, "## Table 1").replace("\n  ", " ")  # the notes' lines, unwrapped
+    assert sentence in table1
+    assert sentence in capsys.readouterr().out
+
+
+def test_no_overfitting_claim_across_two_data_sets(tmp_path):
+    """gap.json of a train split of one data set and a test split of another: its `exceeds` is no verdict on
+    overfitting, and the report says why."""
+    run = write_run_dir(tmp_path / "run", data="embedded:train", gap_images=50, gap_shift_bpd=0.4,
+                        max_gap=0.1)
+    gap = json.loads((run / "gap.json").read_text())
+    assert gap["exceeds"] is True
+    (run / "gap.json").write_text(json.dumps({**gap, "train": "cifar10:train"}))
+    build_report([run], tmp_path / "out")
+    index = (tmp_path / "out" / "report.md").read_text()
+    assert "overfit" not in index.replace("no overfitting verdict", "")
+    assert "no overfitting verdict" in _section(index, "## Inputs")
+    assert "compares two data sets (CIFAR-10 for train, embedded for test)" in index.replace("\n  ", " ")
+
+
+def test_rate_distortion_and_report_share_the_table4_delta_rule(tmp_path, capsys, monkeypatch):
+    """One function says when Table 4's deltas to the paper are shown, for `rate-distortion`'s table4.csv/.md
+    and for the report: the bound on the whole CIFAR-10 test set with T = 1000."""
+    run = write_run_dir(tmp_path / "run", T=1000, data="embedded:train", fid=False)
+    per_image = read_output(run / "nll_test").per_image
+    curve = rate_distortion_curve(per_image.terms, per_image.mse)
+    assert tables.table4_comparison("cifar10:test", 10_000, 1000) == []
+    assert tables.table4_frame(curve, "cifar10:test", 10_000)[C.DELTA_RMSE].notna().all()
+    for data, n, T in (("embedded:test", 6, 1000), ("cifar10:test", 6, 1000), ("cifar10:train", 10_000, 1000),
+                       ("cifar10:test", 10_000, 20)):
+        assert tables.table4_comparison(data, n, T), (data, n, T)
+    assert tables.table4_frame(curve, "embedded:test", 6)[C.DELTA_RMSE].isna().all()
+
+    def deltas(rd_dir, report_dir):
+        assert main(["rate-distortion", str(run / "nll_test"), "--out", str(rd_dir)]) == 0
+        build_report([run], report_dir)
+        rd = pd.read_csv(rd_dir / "table4.csv")
+        rep = pd.read_csv(report_dir / "table4.csv")
+        return rd[C.DELTA_RATE_BPD].notna().all(), rep[C.DELTA_RATE_BPD].notna().all()
+
+    assert deltas(tmp_path / "rd1", tmp_path / "rep1") == (False, False)  # 6 embedded images: no deltas
+    monkeypatch.setattr(tables, "table4_comparison", lambda data, n_images, T: [])  # the rule, changed once
+    assert deltas(tmp_path / "rd2", tmp_path / "rep2") == (True, True)
+
+
+def test_tables_1_and_2_say_cifar10_only_for_cifar10_runs_and_table3_only_when_measured(tmp_path):
+    run = write_run_dir(tmp_path / "emb", data="embedded:train", fid_value=20.0)
+    out = tmp_path / "out"
+    build_report([run], out)
+    index = (out / "report.md").read_text()
+    titles = [line for line in index.splitlines() if line.startswith("## Table")]
+    assert titles == ["## Table 1: results on embedded, beside the paper's CIFAR-10 results",
+                      "## Table 2: ablation on embedded, beside the paper's CIFAR-10 ablation (IS and FID)",
+                      "## Table 4: rate and distortion along the reverse process"]
+    assert "Table 3 (FID on LSUN and CelebA-HQ) is left out: no input measured those data sets" in index
+    for name, mine in (("table1", "| emb ["), ("table2", ": emb [")):
+        md = (out / f"{name}.md").read_text()
+        blocks = md.split("### ")[1:]
+        assert len(blocks) == 2
+        ours = next(b for b in blocks if mine in b)
+        assert ours.startswith("Measured on embedded (not CIFAR-10") and "Ours (L_simple)" not in ours
+        assert "paper IS" not in ours and "paper FID" not in ours  # Table 2: no paper values beside it
+        paper = next(b for b in blocks if mine not in b)
+        assert paper.startswith("The paper's CIFAR-10") and "for context" in paper.splitlines()[0]
+        assert json.loads((out / f"{name}.sources.json").read_text())["title"].startswith(
+            ("Table 1: results on embedded", "Table 2: ablation on embedded"))
+    t2 = pd.read_csv(out / "table2.csv", keep_default_na=False)
+    ours = t2[t2[C.DATA] == "embedded:train"]
+    assert len(ours) == 1 and float(ours[C.FID].iloc[0]) == 20.0 and ours[C.PAPER_FID].iloc[0] == ""
+    # a CIFAR-10 run: the paper's table, titled CIFAR-10, its row among the paper's
+    cifar = write_run_dir(tmp_path / "cifar", data="cifar10:train")
+    build_report([cifar], tmp_path / "out2")
+    index = (tmp_path / "out2" / "report.md").read_text()
+    assert "## Table 1: CIFAR-10 results\n" in index
+    assert "## Table 2: CIFAR-10 ablation (IS and FID)\n" in index
+    assert "### " not in (tmp_path / "out2" / "table1.md").read_text()
+
+
+def test_report_shows_the_samples_and_why_is_is_empty(tmp_path):
+    reason = "feature extractor packaged has no logits (pool3 features only)"
+    run = write_run_dir(tmp_path / "run", data="embedded:train", sample_pngs=True, is_reason=reason)
+    out = tmp_path / "out"
+    manifest = build_report([run], out)
+    for src, name in (("grid.png", "samples_grid.png"), ("progressive.png", "progressive.png")):
+        assert (out / name).read_bytes() == (run / "samples" / src).read_bytes() and name in manifest["files"]
+    lines = (out / "report.md").read_text().splitlines()
+    samples = [line for line in lines if line.startswith("![")]
+    assert any(line.endswith("(samples_grid.png)") for line in samples)
+    assert any(line.endswith("(progressive.png)") for line in samples)
+    assert f"IS is empty: {reason}" in lines  # a line of its own under the samples
+    assert any(line.startswith("- run [") and line.endswith(f"IS is empty: {reason}")
+               for line in (out / "table1.md").read_text().replace("\n  ", " ").splitlines())
+
+
+def test_measured_rows_are_one_compact_table_and_notes_are_said_once(tmp_path):
+    run = write_run_dir(tmp_path / "run", data="cifar10:train", gap_images=50)
+    assert main(["rate-distortion", str(run / "nll_test"), "--out", str(run / "rate_distortion")]) == 0
+    build_report([run], tmp_path / "out")
+    index = (tmp_path / "out" / "report.md").read_text()
+    assert "Measured rows in full" not in index and "What produced each measured cell" not in index
+    t4 = _section(index, "## Table 4")
+    measured = t4[t4.index("Measured cells in full"):]
+    table = [line for line in measured.splitlines() if line.startswith("|")]
+    assert len(table) == 3 and "run [" in table[2] and "s = 20 … 2" in table[2]  # header, rule, one line
+    assert not [line for line in measured.splitlines() if line.startswith("- ") and "reverse_time" in line]
+    t1 = _section(index, "## Table 1")
+    measured = t1[t1.index("Measured cells in full"):]
+    rows = [line for line in measured.splitlines() if line.startswith("| run [")]
+    assert len(rows) == 3  # FID, NLL test, NLL train: one line each, with n, estimator or tool and file
+    assert any("50 images of cifar10:test" in r and "importance" in r and "gap_nll_test/summary.json" in r
+               for r in rows)
+    notes = t1[t1.index("Not comparable with the paper:"):].replace("\n  ", " ")
+    assert notes.count("50,000 samples") == 1  # the FID tool's warning, not ours again
+    assert "not comparable to the paper" not in notes
+
+
+def test_figures_show_every_model_labelled(tmp_path, monkeypatch):
+    drawn = {}
+    save = report_job.save_figure
+
+    def keep(fig, stem):
+        drawn[Path(stem).name] = fig
+        return save(fig, stem)
+
+    monkeypatch.setattr(report_job, "save_figure", keep)
+    a = write_run_dir(tmp_path / "alpha", data="embedded:train", fid=False)
+    b = write_run_dir(tmp_path / "beta", data="embedded:train", fid=False, sha256="cd" * 32)
+    build_report([a, b], tmp_path / "out")
+    assert set(drawn) == {"figure5", "bits_by_t"}
+    for fig in drawn.values():
+        texts = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+        lines = [ln for ax in fig.axes for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+        for name in ("alpha [", "beta ["):
+            assert any(name in t for t in texts), (name, texts)
+        assert len({ln.get_color() for ln in lines}) >= 2  # one colour per model
+
+
+def _absolute_strings(obj) -> list[str]:
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in _absolute_strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _absolute_strings(v)]
+    return [obj] if isinstance(obj, str) and obj.startswith("/") else []
+
+
+def test_no_absolute_paths_in_the_report(tmp_path):
+    run = write_run_dir(tmp_path / "run", data="embedded:train", gap_images=20, sample_pngs=True)
+    assert main(["rate-distortion", str(run / "nll_test"), "--out", str(run / "rate_distortion")]) == 0
+    fid = write_fid_dir(tmp_path / "lsun_fid", fid=9.5, ref=str(tmp_path / "data" / "lsun_bedroom_256.npz"))
+    out = tmp_path / "out"
+    build_report([run.resolve(), fid.resolve()], out.resolve())
+    written = sorted(p for p in out.iterdir()
+                     if p.suffix in (".md", ".csv", ".json") and p.name != "run.json")
+    assert {p.name for p in written} >= {"report.md", "report.json", "table1.csv", "table3.sources.json"}
+    for path in written:
+        text = path.read_text()
+        assert str(tmp_path) not in text, path.name
+        assert not re.search(r"(^|[\s`(\"',:])/(runs|tmp|work)/", text), path.name  # the model's origin too
+        if path.suffix == ".json":
+            assert _absolute_strings(json.loads(text)) == [], path.name
+    report = json.loads((out / "report.json").read_text())
+    assert report["run_dirs"] == ["../run", "../lsun_fid"]
+    cell = json.loads((out / "table3.sources.json").read_text())["cells"][0]["from"]
+    assert cell["file"] == "../lsun_fid/metrics.json" and cell["ref"] == "../data/lsun_bedroom_256.npz"
+    assert "[Figure 5](figure5.png)" in (out / "report.md").read_text()
+
+
+def _segments_hit(box, points: np.ndarray, steps: int = 20) -> bool:
+    """Whether the polyline through `points` (display coordinates) passes through `box`."""
+    pts = points[np.all(np.isfinite(points), axis=1)]
+    if len(pts) == 0:
+        return False
+    a, b = pts[:-1], pts[1:]
+    f = np.linspace(0.0, 1.0, steps)[:, None, None]
+    dense = (a[None] + f * (b - a)[None]).reshape(-1, 2) if len(pts) > 1 else pts
+    x, y = dense[:, 0], dense[:, 1]
+    inside = (x >= box.x0) & (x <= box.x1) & (y >= box.y0) & (y <= box.y1)
+    return bool(inside.any())
+
+
+@pytest.mark.parametrize("decoder_share", ["embedded", "small"])
+def test_where_the_bits_go_labels_never_on_a_curve(decoder_share):
+    """Every text of the figure (labels, annotations, legend) is drawn where no curve passes: checked with
+    matplotlib's renderer, the text boxes against the curves' points in display coordinates."""
+    terms, _ = per_image_arrays(n=4, T=1000, seed=0)
+    if decoder_share == "embedded":  # as the packaged model: L_0 2.07 of 3.70 bits/dim, L_t falling fast
+        w = np.arange(1, 1000) ** -1.5
+        terms[:, 0], terms[:, 1:1000] = 2.07, 1.63 * w / w.sum()
+    else:  # the 50% and 90% steps away from t = 0
+        terms[:, 0] = 0.01
+        terms[:, 1:1000] *= 50
+    fig = bits_by_t_figure(terms, label="embedded [0b7e522fb705]", title="Where the bits go")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    curves = [ln for ax in fig.axes for ln in ax.get_lines() if len(ln.get_xydata()) > 1]
+    assert len(curves) == 2
+    texts = [t for ax in fig.axes for t in ax.texts] + [t for lg in fig.legends for t in lg.get_texts()]
+    texts += [t for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    boxes = [t.get_window_extent(renderer) for t in texts if t.get_visible() and t.get_text()]
+    boxes += [lg.get_window_extent(renderer) for lg in fig.legends]
+    boxes += [ax.get_legend().get_window_extent(renderer) for ax in fig.axes if ax.get_legend()]
+    assert any("50%" in t.get_text() for t in texts) and any("90%" in t.get_text() for t in texts)
+    for line in curves:
+        points = line.get_transform().transform(line.get_xydata())
+        for box in boxes:
+            assert not _segments_hit(box, points), (line.get_label(), box)

@@ -1,8 +1,9 @@
 """The inputs of `report`, read only through the typed outputs of `ddpm_bench.outputs`.
 
 A `report` input is one of
-- a `reproduce` run directory (`outputs.ReproduceLayout`): its config.json, nll_train/, nll_test/, gap.json,
-  rate_distortion/, fid/ and samples/, whichever exist. An nll or rate-distortion directory without its
+- a `reproduce` run directory (`outputs.ReproduceLayout`): its config.json, nll_train/, nll_test/,
+  gap_nll_train/, gap_nll_test/ (the importance-sampled bounds of `gap_terms`), gap.json, rate_distortion/,
+  fid/ and samples/, whichever exist. An nll or rate-distortion directory without its
   summary, fid/ without its metrics and samples/ without its manifest are unfinished and count as absent;
 - a plain `nll`, `fid` or `rate-distortion` output.
 Every file that is there is read and checked in full: a missing, garbage or wrongly typed field is an
@@ -100,7 +101,10 @@ class Part(Generic[Out]):
 
 
 # the measured parts of an input, in the order the warnings name them
-PARTS = ("nll_train", "nll_test", "gap", "rate_distortion", "samples", "fid")
+PARTS = ("nll_train", "nll_test", "gap_nll_train", "gap_nll_test", "gap", "rate_distortion", "samples", "fid")
+OPTIONAL_PARTS = ("gap_nll_train", "gap_nll_test")  # a run without `gap_terms` lacks nothing without them
+# the nll outputs of each split a run may hold (Table 1 shows the most precise of them)
+NLL_PARTS = {"test": ("nll_test", "gap_nll_test"), "train": ("nll_train", "gap_nll_train")}
 
 
 def _nll(name: str, folder: Path) -> Part[NllSummary]:
@@ -113,6 +117,7 @@ def _read_part(name: str, cls, folder: Path) -> Part:
     o = cls.read(folder)
     file = folder / cls.FILE
     if isinstance(o, FidMetrics):
+        is_reason(o, file)  # checked now, before --out is claimed
         ident = None if o.samples_model is None else identity_of(o.samples_model, file, "samples_model")
     else:
         ident = identity_of(o.model, file)
@@ -124,6 +129,24 @@ def _if_there(name: str, cls, folder: Path) -> Part | None:
     if not (folder / cls.FILE).is_file():
         return None
     return _nll(name, folder) if cls is NllSummary else _read_part(name, cls, folder)
+
+
+def is_reason(metrics: FidMetrics, file: Path) -> str | None:
+    """Why `metrics.json` has no Inception Score (its `is_reason`); None when it has one or says nothing."""
+    reason = metrics.extra.get("is_reason")
+    if reason is not None and not isinstance(reason, str):
+        raise OutputFileError(f"{file}: field 'is_reason' is {type(reason).__name__}, expected str or null")
+    return reason
+
+
+def most_precise(parts: list[Part[NllSummary]]) -> Part[NllSummary] | None:
+    """The output with the smallest `total_bpd_stderr` (one without a standard error, a single image, last;
+    among equals the one of more images, then the first)."""
+    def rank(p: Part[NllSummary]) -> tuple:
+        se = p.output.total_bpd_stderr
+        return (se is None, 0.0 if se is None else se, -p.output.n_images)
+
+    return min(parts, key=rank) if parts else None
 
 
 def read_curve(folder: Path) -> RateDistortionCurve:
@@ -160,6 +183,8 @@ class RunInputs:
     config: RunConfigFile | None = None
     nll_train: Part[NllSummary] | None = None
     nll_test: Part[NllSummary] | None = None
+    gap_nll_train: Part[NllSummary] | None = None  # the importance-sampled bounds of `gap_terms`
+    gap_nll_test: Part[NllSummary] | None = None
     nll_unknown_split: bool = False  # a plain nll dir whose data is not a :train / :test split
     gap: Part[GapResult] | None = None
     rate_distortion: Part[RateDistortionSummary] | None = None
@@ -176,6 +201,14 @@ class RunInputs:
         if self.config is not None:
             keys.add(f"config:{self.config.sha256}")
         return keys
+
+    def nll_outputs(self, split: str) -> list[Part[NllSummary]]:
+        """Every nll output of `split` ("test" or "train") the input holds, of any quantity."""
+        return [p for p in (getattr(self, n) for n in NLL_PARTS[split]) if p is not None]
+
+    def best_nll(self, split: str, quantity: str) -> Part[NllSummary] | None:
+        """The most precise nll output of `split` whose summary's `quantity` is `quantity`."""
+        return most_precise([p for p in self.nll_outputs(split) if p.output.quantity == quantity])
 
     @property
     def model(self) -> ModelIdentity | None:
@@ -245,6 +278,22 @@ def split_of(data: str | None) -> str | None:
     return None
 
 
+DATASET_NAMES = {"cifar10": "CIFAR-10", "lsun_bedroom": "LSUN Bedroom", "lsun_church": "LSUN Church",
+                 "lsun_cat": "LSUN Cat", "celebahq": "CelebA-HQ"}
+
+
+def dataset_name(data: str | None) -> str | None:
+    """The data set a data source is of, as a report names it: the paper's name for the paper's data sets
+    ("CIFAR-10"), else the source without its ":train"/":test" split (a file or folder by its name alone)."""
+    if not data:
+        return None
+    known = dataset_of(data)
+    if known is not None:
+        return DATASET_NAMES[known]
+    base = data.rsplit(":", 1)[0] if split_of(data) else data
+    return Path(base).name if os.path.isabs(base) else base
+
+
 def dataset_of(data: str | None) -> str | None:
     """The paper's data set a data source names: "cifar10", "lsun_bedroom", "lsun_church", "lsun_cat",
     "celebahq", or None."""
@@ -289,6 +338,8 @@ def read_run(path: str | Path) -> RunInputs:
         config=RunConfigFile.read(path) if layout.config.is_file() else None,
         nll_train=_if_there("nll_train", NllSummary, layout.nll_train),
         nll_test=_if_there("nll_test", NllSummary, layout.nll_test),
+        gap_nll_train=_if_there("gap_nll_train", NllSummary, layout.gap_nll_train),
+        gap_nll_test=_if_there("gap_nll_test", NllSummary, layout.gap_nll_test),
         gap=_if_there("gap", GapResult, layout.gap.parent),
         rate_distortion=_if_there("rate_distortion", RateDistortionSummary, layout.rate_distortion),
         samples=_if_there("samples", SampleManifest, layout.samples),
