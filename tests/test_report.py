@@ -271,6 +271,8 @@ def test_a_run_shared_by_two_inputs_is_kept_in_the_first(tmp_path, capsys):
 
 
 def _set(path, dotted, value):
+    """A field written wrongly by a writer (its content hash written with it: the field's type is checked, not
+    the file's integrity, which tests/test_faults.py checks)."""
     obj = json.loads(path.read_text())
     *parents, last = dotted.split(".")
     d = obj
@@ -280,7 +282,13 @@ def _set(path, dotted, value):
         del d[last]
     else:
         d[last] = value
-    path.write_text(json.dumps(obj))
+    path.write_text(json.dumps(rehashed(obj)))
+
+
+def rehashed(obj: dict) -> dict:
+    from ddpm_bench.shards import CONTENT, json_sha256
+
+    return {**obj, CONTENT: json_sha256(obj)} if CONTENT in obj else obj
 
 
 _DELETE = object()
@@ -423,16 +431,18 @@ def test_an_output_without_standard_error_ranks_last(tmp_path):
 
 
 def test_a_likelihood_is_never_shown_in_the_bounds_cell(tmp_path):
-    """An nll output whose summary says quantity "likelihood" (a probability-flow ODE estimate, later) has
-    columns of its own, not those of the bound: here none yet, so it is not shown, and a note says so."""
+    """An nll output whose summary says quantity "likelihood" (a probability-flow ODE estimate) has columns
+    of its own, not those of the bound, and is shown without "≤"."""
     nll = write_nll_dir(tmp_path / "ode_nll", n=6, data="embedded:test", quantity="likelihood")
     build_report([nll], tmp_path / "out")
     row = _measured(tmp_path / "out" / "table1.csv")[0]
     assert row[C.NLL_TEST] == "" and row[C.NLL_TEST_STDERR] == "" and row[C.NLL_TEST_N] == ""
-    assert not [c for c in json.loads((tmp_path / "out" / "table1.sources.json").read_text())["cells"]
-                if c["column"].startswith("NLL")]
-    assert "holds a 'likelihood' (exact), which Table 1 has no column for: not shown" in \
-        (tmp_path / "out" / "table1.md").read_text()
+    assert row[C.NLL_ODE_TEST] != "" and row[C.NLL_ODE_TEST_N] == "6"
+    cells = [c["column"] for c in json.loads((tmp_path / "out" / "table1.sources.json").read_text())["cells"]
+             if c["column"].startswith("NLL")]
+    assert cells and all(c.startswith("NLL_ODE") for c in cells)
+    md = (tmp_path / "out" / "table1.md").read_text()
+    assert "NLL (ODE) Test (Train)" in md and f"| {float(row[C.NLL_ODE_TEST]):.2f} ±" in md
 
 
 @pytest.mark.parametrize("shift, max_gap, words", [
@@ -466,7 +476,7 @@ def test_no_overfitting_claim_across_two_data_sets(tmp_path):
                         max_gap=0.1)
     gap = json.loads((run / "gap.json").read_text())
     assert gap["exceeds"] is True
-    (run / "gap.json").write_text(json.dumps({**gap, "train": "cifar10:train"}))
+    (run / "gap.json").write_text(json.dumps(rehashed({**gap, "train": "cifar10:train"})))
     build_report([run], tmp_path / "out")
     index = (tmp_path / "out" / "report.md").read_text()
     assert "overfit" not in index.replace("no overfitting verdict", "")

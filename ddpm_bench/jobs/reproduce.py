@@ -44,6 +44,7 @@ from ddpm_bench.outputs import (
     TrainLayout,
 )
 from ddpm_bench.provenance import environment
+from ddpm_bench.reporting.verdict import gap_verdict, same_dataset
 from ddpm_bench.run_dir import SettingsChanged
 from ddpm_bench.shards import atomic_write_json
 from ddpm_bench.variational_bound import ImportanceOptions
@@ -222,10 +223,9 @@ def headline(root: Path) -> tuple[list[str], bool]:
     exceeds = False
     if layout.gap.is_file():
         g = GapResult.read(layout.root)
-        exceeds = g.exceeds
-        verdict = (f"the model overfits: the gap lies above max_gap {g.max_gap:g}" if g.exceeds else
-                   f"within max_gap {g.max_gap:g}")
-        lines.append(f"gap {g.gap_bpd:+.3f} bits/dim (95% interval {g.ci95[0]:+.3f}..{g.ci95[1]:+.3f}): {verdict}")
+        exceeds = g.exceeds and same_dataset(g.train, g.test)
+        verdict = gap_verdict(g)
+        lines.append("the model " + verdict if verdict.startswith("overfits") else verdict)
     if (layout.fid / FidMetrics.FILE).is_file():
         m = FidMetrics.read(layout.fid)
         lines.append(f"FID {m.fid:.2f} ({m.n_samples} samples against {m.ref})"

@@ -101,10 +101,12 @@ class Part(Generic[Out]):
 
 
 # the measured parts of an input, in the order the warnings name them
-PARTS = ("nll_train", "nll_test", "gap_nll_train", "gap_nll_test", "gap", "rate_distortion", "samples", "fid")
-OPTIONAL_PARTS = ("gap_nll_train", "gap_nll_test")  # a run without `gap_terms` lacks nothing without them
+PARTS = ("nll_train", "nll_test", "gap_nll_train", "gap_nll_test", "ode_train", "ode_test", "gap", "rate_distortion",
+         "samples", "fid")
+# a run without `gap_terms` or `[evaluation.ode]` lacks nothing without them
+OPTIONAL_PARTS = ("gap_nll_train", "gap_nll_test", "ode_train", "ode_test")
 # the nll outputs of each split a run may hold (Table 1 shows the most precise of them)
-NLL_PARTS = {"test": ("nll_test", "gap_nll_test"), "train": ("nll_train", "gap_nll_train")}
+NLL_PARTS = {"test": ("nll_test", "gap_nll_test", "ode_test"), "train": ("nll_train", "gap_nll_train", "ode_train")}
 
 
 def _nll(name: str, folder: Path) -> Part[NllSummary]:
@@ -185,6 +187,8 @@ class RunInputs:
     nll_test: Part[NllSummary] | None = None
     gap_nll_train: Part[NllSummary] | None = None  # the importance-sampled bounds of `gap_terms`
     gap_nll_test: Part[NllSummary] | None = None
+    ode_train: Part[NllSummary] | None = None  # the probability-flow ODE likelihoods of `[evaluation.ode]`
+    ode_test: Part[NllSummary] | None = None
     nll_unknown_split: bool = False  # a plain nll dir whose data is not a :train / :test split
     gap: Part[GapResult] | None = None
     rate_distortion: Part[RateDistortionSummary] | None = None
@@ -340,6 +344,8 @@ def read_run(path: str | Path) -> RunInputs:
         nll_test=_if_there("nll_test", NllSummary, layout.nll_test),
         gap_nll_train=_if_there("gap_nll_train", NllSummary, layout.gap_nll_train),
         gap_nll_test=_if_there("gap_nll_test", NllSummary, layout.gap_nll_test),
+        ode_train=_if_there("ode_train", NllSummary, layout.ode_train),
+        ode_test=_if_there("ode_test", NllSummary, layout.ode_test),
         gap=_if_there("gap", GapResult, layout.gap.parent),
         rate_distortion=_if_there("rate_distortion", RateDistortionSummary, layout.rate_distortion),
         samples=_if_there("samples", SampleManifest, layout.samples),
