@@ -321,3 +321,35 @@ def test_a_run_started_before_settings_were_added_resumes_as_the_same_run(recipe
     for key in ("model", "ema", "optimizer"):
         assert_same_state(a[key], b[key])
     assert train(recipe, old, "training.steps=4", "model.norm_groups=16") == 2  # a real difference still refused
+
+
+def test_the_bound_logged_while_training_is_the_commands_on_that_checkpoint(tmp_path, capsys):
+    """[training.eval]: every 2 steps the EMA weights' `nll --terms K` of the first images of a held-out set,
+    in eval.csv; the same number as the command on the checkpoint of that step, images and seed."""
+    import csv
+    import json
+
+    rng = np.random.default_rng(0)
+    data, held_out = tmp_path / "d.npz", tmp_path / "h.npz"
+    np.savez(data, rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8))
+    np.savez(held_out, rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(TINY.format(data=data))
+    run = tmp_path / "run"
+    sets = ["training.steps=4", "training.ckpt_every=2", "training.keep_last=5", "training.eval.every=2",
+            f"training.eval.data={held_out}", "training.eval.images=5", "training.eval.terms=3", "training.eval.seed=7"]
+    assert train(recipe, run, *sets) == 0
+    rows = list(csv.DictReader(open(run / "eval.csv")))
+    assert [int(r["step"]) for r in rows] == [2, 4] and all(r["n_images"] == "5" and r["terms"] == "3" for r in rows)
+    assert "step 4: bound ~" in capsys.readouterr().err
+    for r in rows:
+        out = tmp_path / f"nll{r['step']}"
+        ckpt = run / "checkpoints" / f"ckpt_{int(r['step']):07d}.pt"
+        assert main(["nll", "--ckpt", str(ckpt), "--data", str(held_out), "--num-images", "5", "--terms", "3",
+                     "--seed", "7", "--no-progress", "--out", str(out)]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert float(r["bpd"]) == summary["total_bpd"] and float(r["bpd_stderr"]) == summary["total_bpd_stderr"]
+    # a resume from step 2 evaluates step 4 again, not twice
+    (run / "checkpoints" / "ckpt_0000004.pt").unlink()
+    assert train(recipe, run, *sets) == 0
+    assert [int(r["step"]) for r in csv.DictReader(open(run / "eval.csv"))] == [2, 4]

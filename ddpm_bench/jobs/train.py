@@ -24,6 +24,7 @@ from ddpm_bench.checkpoint import load_checkpoint, save_checkpoint
 from ddpm_bench.config import RESUMABLE_KEYS, RunConfig, load_recipe
 from ddpm_bench.data import load_images
 from ddpm_bench.errors import CheckpointError, ConfigError, UserError
+from ddpm_bench.jobs.train_eval import TrainingBound, timed_evaluation
 from ddpm_bench.network import resolve_device
 from ddpm_bench.outputs import TrainLayout
 from ddpm_bench.provenance import environment
@@ -156,6 +157,7 @@ def run_train(recipe: str | None, overrides: list[str], out: str, device: str = 
     run_dir = Path(out)
     images, data = load_training_images(cfg, origin)
     resuming = claim_run_dir(run_dir, config, data, force, main=main).resumed
+    bound = TrainingBound(cfg, config, run_dir, origin) if main else None
 
     with distributed.process_group(dev):
         rank, world = distributed.rank(), distributed.world_size()
@@ -172,9 +174,10 @@ def run_train(recipe: str | None, overrides: list[str], out: str, device: str = 
                 trainer.model, device_ids=[dev.index] if dev.type == "cuda" else None)
         if rank == 0:
             trim_log(run_dir, trainer.step)
+            bound.trim(trainer.step)
             if resuming:
                 print(f"ddpm-bench train: resuming {run_dir} at step {trainer.step}", file=sys.stderr)
-        _loop(trainer, cfg, config, data, run_dir, rank, world, progress)
+        _loop(trainer, cfg, config, data, run_dir, rank, world, progress, bound)
     return 0
 
 
@@ -189,13 +192,13 @@ def _save(trainer: Trainer, config: dict, data: dict, run_dir: Path, keep_last: 
 
 
 def _loop(trainer: Trainer, cfg: RunConfig, config: dict, data: dict, run_dir: Path, rank: int, world: int,
-          progress: bool) -> None:
+          progress: bool, bound: TrainingBound | None) -> None:
     from tqdm import tqdm
 
     tc = cfg.training
     bar = tqdm(total=tc.steps, initial=trainer.step, disable=not progress or rank != 0, desc="train",
                unit="step", dynamic_ncols=True)
-    window, t0, start = [], time.perf_counter(), trainer.step
+    window, t0, start, shown = [], time.perf_counter(), trainer.step, {}
     with bar:
         while trainer.step < tc.steps:
             loss, grad_norm, lr = trainer.train_step()
@@ -218,10 +221,14 @@ def _loop(trainer: Trainer, cfg: RunConfig, config: dict, data: dict, run_dir: P
                 rate = len(window) / (now - t0)
                 with open(TrainLayout(run_dir).log, "a") as f:
                     f.write(f"{trainer.step},{sum(window) / len(window):.6g},{norm_value:.6g},{lr:.6g},{rate:.4g}\n")
-                bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
+                shown = {**shown, "loss": f"{sum(window) / len(window):.4f}"}
+                bar.set_postfix(shown)
                 window, t0 = [], now
             if rank == 0 and (trainer.step % tc.ckpt_every == 0 or done):
                 _save(trainer, config, data, run_dir, tc.keep_last)
+            if rank == 0 and bound.due(trainer.step, done):  # this process's own work: the others wait
+                shown = {**shown, "bound": timed_evaluation(bound, trainer)}
+                bar.set_postfix(shown)
     if rank == 0:
         last = TrainLayout(run_dir).checkpoint(trainer.step)
         if start == tc.steps:

@@ -1,0 +1,98 @@
+"""The bound while training (`[training.eval]`): every `every` steps, and at the end, rank 0 evaluates the
+EMA weights with the importance-sampled bound (`nll --terms K`, the pilot included) on a fixed subset of a
+held-out split, in memory, and logs it to RUN_DIR/eval.csv beside the loss. The weights, identity,
+estimator, images and noise are those of `ddpm-bench nll --ckpt CHECKPOINT --terms K --seed S --data D
+--num-images N` on the checkpoint of that step, so the curve is the command's numbers, not another's."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from pathlib import Path
+
+from ddpm_bench.config import RunConfig
+from ddpm_bench.data import DataSpec, ImageSet
+from ddpm_bench.errors import ConfigError
+from ddpm_bench.identity import model_identity, state_dict_sha256
+from ddpm_bench.jobs.nll import NllJob, run_nll
+from ddpm_bench.models.loaded import LoadedModel
+from ddpm_bench.network import Execution, Network
+from ddpm_bench.outputs import NllOutput
+from ddpm_bench.run_dir import RunOptions
+from ddpm_bench.shards import atomic_write_text
+from ddpm_bench.training import Trainer
+from ddpm_bench.variational_bound import ImportanceOptions
+
+EVAL_LOG = "eval.csv"
+EVAL_HEADER = "step,bpd,bpd_stderr,n_images,terms,network_evals,seconds"
+
+
+class TrainingBound:
+    """The held-out images and the settings of `[training.eval]`; `due(step)` and `evaluate`."""
+
+    def __init__(self, cfg: RunConfig, config: dict, run_dir: Path, origin: str):
+        te = cfg.training.eval
+        self.cfg, self.config, self.every = cfg, config, te.every
+        self.path = Path(run_dir) / EVAL_LOG
+        self.options = ImportanceOptions(terms=te.terms, seed=te.seed)
+        source = te.data or cfg.evaluation.test_data
+        self.images: ImageSet | None = None
+        if self.every:
+            self.images = DataSpec(source, cfg.training.data_root or None, te.images).load()
+            m = cfg.model
+            if self.images.shape != (m.in_channels, m.image_size, m.image_size):
+                raise ConfigError(f"{origin}: training.eval.data {source} holds images of shape (C, H, W) = "
+                                  f"{self.images.shape}, but the model takes {(m.in_channels, m.image_size, m.image_size)}")
+
+    def due(self, step: int, done: bool) -> bool:
+        return bool(self.every) and (step % self.every == 0 or done)
+
+    def evaluate(self, trainer: Trainer) -> NllOutput:
+        """The bound of the EMA weights at the trainer's step (a copy: training is untouched)."""
+        ema = copy.deepcopy(trainer.ema.model)
+        mcfg = self.config["model"]
+        ident = model_identity("ckpt", "ema", state_dict_sha256(ema.state_dict()), self.cfg.diffusion, mcfg,
+                               f"training step {trainer.step}")
+        model = LoadedModel(backbone=ema, diffusion=self.cfg.diffusion, identity=ident,
+                            provenance={"kind": "ckpt", "weights": "ema", "training_step": trainer.step},
+                            image_shape=(mcfg["in_channels"], mcfg["image_size"], mcfg["image_size"]), module=ema,
+                            config=self.config)
+        network = Network(model, Execution(device=str(trainer.device)))
+        return run_nll(NllJob(network, self.images, self.options, run=RunOptions(progress=False)))
+
+    def log(self, step: int, output: NllOutput, seconds: float) -> str:
+        s = output.summary
+        se = "" if s.total_bpd_stderr is None else f"{s.total_bpd_stderr:.17g}"
+        with open(self.path, "a") as f:
+            f.write(f"{step},{s.total_bpd:.17g},{se},{s.n_images},{self.options.terms},{s.network_evals},"
+                    f"{seconds:.4g}\n")
+        shown = f"{s.total_bpd:.4f}" + (f" +- {s.total_bpd_stderr:.4f}" if s.total_bpd_stderr is not None else "")
+        line = (f"ddpm-bench train: step {step}: bound ~{shown} bits/dim on {s.n_images} images of {s.data} "
+                f"(--terms {self.options.terms}, EMA weights)")
+        print(line, file=sys.stderr)
+        return shown
+
+    def trim(self, step: int) -> None:
+        """Keep the rows up to `step` (those after the checkpoint a run resumes from are evaluated again)."""
+        if not self.every:
+            return
+        rows = self.path.read_text(errors="replace").splitlines()[1:] if self.path.is_file() else []
+        keep = [r for r in rows if _step(r) is not None and _step(r) <= step]
+        atomic_write_text(self.path, "\n".join([EVAL_HEADER, *keep]) + "\n")
+
+
+def _step(row: str) -> int | None:
+    parts = row.split(",")
+    if len(parts) != len(EVAL_HEADER.split(",")):
+        return None
+    try:
+        return int(parts[0])
+    except ValueError:
+        return None
+
+
+def timed_evaluation(bound: TrainingBound, trainer: Trainer) -> str:
+    t0 = time.perf_counter()
+    output = bound.evaluate(trainer)
+    return bound.log(trainer.step, output, time.perf_counter() - t0)
