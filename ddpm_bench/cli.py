@@ -8,6 +8,8 @@ import sys
 import traceback
 from pathlib import Path
 
+import torch
+
 from ddpm_bench import allocator, api
 from ddpm_bench.cli_args import (
     DATA_HELP,
@@ -325,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.commands[args.command].error(f"unknown flag {', '.join(flags)}" if flags else
                                             f"unexpected argument {' '.join(unknown)}")
     allocator.keep_freed_memory()
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            parser.commands[args.command].error(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
     try:
         status = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed stdout fails here, inside the try (see ddpm_bench.failures)

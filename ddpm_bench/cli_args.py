@@ -97,6 +97,9 @@ DEVICE_HELP = "cpu, cuda, cuda:N, or auto (the first GPU, else the CPU); under t
 
 def add_device_arg(g) -> None:
     g.add_argument("--device", default="auto", help=DEVICE_HELP)
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads of this process (default: torch's, one per core; recorded in every output as "
+                        "environment.machine.torch_threads)")
 
 
 def add_progress_arg(g) -> None:

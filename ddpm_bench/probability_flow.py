@@ -1,4 +1,4 @@
-"""The exact log-likelihood of a DDPM under its probability-flow ODE (SPEC section 7), in float64.
+"""The exact log-likelihood of a DDPM under its probability-flow ODE (docs/likelihood.md), in float64.
 
 Song et al. 2021, "Score-based generative modeling through stochastic differential equations": the
 probability-flow ODE (Eq. 13) shares the marginals of the diffusion, and the instantaneous change of
@@ -45,7 +45,7 @@ PROBE_KINDS = ("rademacher", "gaussian")
 # sampling uses steps >= 0, so these keys never meet theirs
 PURPOSE_DEQUANTIZATION = -2
 PURPOSE_DIVERGENCE_PROBE = -3
-# per-image output parts in bits/dim (SPEC section 7, per_image.npz and summary.json), summing to "bpd"
+# per-image output parts in bits/dim (docs/likelihood.md, per_image.npz and summary.json), summing to "bpd"
 BPD, PRIOR_BPD, DIVERGENCE_BPD, DEQUANTIZATION_BPD = "bpd", "prior_bpd", "divergence_bpd", "dequantization_bpd"
 MAX_STEPS = 100_000  # attempted steps per image before the solve is declared stuck
 
@@ -55,7 +55,7 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (N, C, H, W),
 # ---------------------------------------------------------------------------------------------- noise levels
 
 def noise_levels(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """(T,) float64 sigma_i = sqrt((1 - abar_i) / abar_i) of network index i (SPEC section 7).
+    """(T,) float64 sigma_i = sqrt((1 - abar_i) / abar_i) of network index i (docs/likelihood.md).
 
     Raises ValueError unless they are finite, positive and strictly increasing (a schedule whose last
     alpha-bar is 0, such as `jsd`, has sigma_max = inf and no probability-flow likelihood).
@@ -131,7 +131,7 @@ def eps_from_prediction(mean_type: str, output: torch.Tensor, x: torch.Tensor, a
 # ---------------------------------------------------------------------------------------------- dequantization
 
 def dequantize(v: torch.Tensor, u: torch.Tensor, convention: str = "ddpm-bench") -> torch.Tensor:
-    """Continuous data x_0 (N, C, H, W) float64 from uint8 values v and uniform noise u in [0, 1) (SPEC section 7).
+    """Continuous data x_0 (N, C, H, W) float64 from uint8 values v and uniform noise u in [0, 1) (docs/likelihood.md).
 
     `ddpm-bench`: x_0 = (v - 0.5 + u) / 127.5 - 1, the bins of width 1/127.5 around v / 127.5 - 1;
     `score-sde`: x_0 = 2 (v + u) / 256 - 1 (Song et al. 2021's code; bins of width 1/128).
@@ -343,7 +343,7 @@ def _vector_field(eps_fn: EpsFn, sigmas: torch.Tensor, shape: tuple[int, ...], p
 def ode_log_likelihood(eps_fn: EpsFn, x0: torch.Tensor, sigmas: torch.Tensor, *, probe: torch.Tensor | None = None,
                        rtol: float = 1e-5, atol: float = 1e-5, network_dtype: torch.dtype = torch.float32,
                        max_steps: int = MAX_STEPS) -> OdeResult:
-    """log p(x_0) per image under the probability-flow ODE (Song et al. 2021, Eq. 39-40; SPEC section 7).
+    """log p(x_0) per image under the probability-flow ODE (Song et al. 2021, Eq. 39-40; docs/likelihood.md).
 
     eps_fn(x (N, C, H, W) `network_dtype`, s (N,) float64 fractional network index) -> eps (N, C, H, W):
     the model's eps prediction (convert x0 and v predictions with `eps_from_prediction`), evaluated with
@@ -377,7 +377,7 @@ def ode_log_likelihood(eps_fn: EpsFn, x0: torch.Tensor, sigmas: torch.Tensor, *,
 
 
 def bits_per_dim_parts(result: OdeResult, D: int, convention: str = "ddpm-bench") -> dict[str, torch.Tensor]:
-    """Per-image bits/dim of the integer data and its parts, (N,) float64 each (SPEC section 7 outputs):
+    """Per-image bits/dim of the integer data and its parts, (N,) float64 each (docs/likelihood.md outputs):
     prior_bpd = -prior_logp / (D ln 2), divergence_bpd = -divergence / (D ln 2), dequantization_bpd = the
     bin-width offset (`bits_per_dim_offset`), and bpd = their sum = -log p(x_0) / (D ln 2) + offset."""
     offset = bits_per_dim_offset(convention)

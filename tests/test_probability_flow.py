@@ -1,4 +1,4 @@
-"""The probability-flow ODE likelihood (SPEC section 7) against closed forms, and its invariances.
+"""The probability-flow ODE likelihood (docs/likelihood.md) against closed forms, and its invariances.
 
 Closed form: data N(mu, s^2) per dimension; its exact eps prediction makes the ODE map Gaussians to
 Gaussians, y(sigma) - mu = (x_0 - mu) sqrt((s^2 + sigma^2) / (s^2 + sigma_min^2)), with divergence
@@ -67,7 +67,7 @@ def gaussian_oracle(sigmas, mean_type="eps"):
 
 
 def closed_form(x0, sigmas):
-    """(log p, prior_logp, divergence) of the Gaussian oracle's ODE, per image (SPEC section 7)."""
+    """(log p, prior_logp, divergence) of the Gaussian oracle's ODE, per image (docs/likelihood.md)."""
     D = x0[0].numel()
     smin, smax = sigmas[0], sigmas[-1]
     y1 = MU + (x0 - MU) * torch.sqrt((S**2 + smax**2) / (S**2 + smin**2))
