@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate reports/: the README's main job (the packaged model, `--ckpt embedded`, evaluated with
 # recipes/embedded.toml on the embedded data set), then copy its report (Tables 1-4, Figure 5, where the
-# bits go) and sample grids into reports/. Run from the repository root, with PYTHON set to the
+# bits go, the samples) into reports/. Run from the repository root, with PYTHON set to the
 # interpreter that has ddpm-bench installed (default python3).
 set -euo pipefail
 run=${1:-runs/embedded}
@@ -9,7 +9,4 @@ run=${1:-runs/embedded}
 rm -rf reports && mkdir -p reports
 cp "$run"/report/* reports/
 rm -f reports/run.json
-cp "$run"/samples/grid.png reports/samples_grid.png
-cp "$run"/samples/progressive.png reports/progressive.png
-cp "$run"/reproduce.json reports/reproduce.json
 echo "reports/ regenerated from $run"
