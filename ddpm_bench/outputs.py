@@ -94,9 +94,12 @@ class JsonOutput:
         for f in fields(cls):
             if f.name == "extra":
                 continue
-            if f.name not in obj:
+            if f.name not in obj:  # a field added since the file was written takes its default
                 if f.default is not MISSING:
                     values[f.name] = f.default
+                    continue
+                if f.default_factory is not MISSING:
+                    values[f.name] = f.default_factory()
                     continue
                 raise OutputFileError(f"{path}: field '{f.name}' is missing")
             try:

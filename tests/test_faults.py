@@ -430,3 +430,17 @@ def test_a_garbage_standard_inception_weights_file(tmp_path):
     p = run("fid", "--samples", images, "--ref", images, "--inception-weights", tmp_path / "w.pth",
             "--allow-few-samples", "--out", tmp_path / "f")
     assert p.returncode == 2 and "w.pth" in one_line(p) and "is not that of" in one_line(p)
+
+
+def test_a_finished_output_of_ddpm_bench_0_2_is_still_read(npz, tmp_path):
+    """0.2 wrote no content hashes, no `files` record and no `quantity`: its outputs are read as they are."""
+    import ddpm_bench
+
+    out = tmp_path / "o"
+    assert nll(npz, out) == 0
+    obj = json.loads((out / "summary.json").read_text())
+    for key in ("content_sha256", "files", "quantity"):
+        obj.pop(key)
+    (out / "summary.json").write_text(json.dumps(obj))
+    result = ddpm_bench.read_output(out)
+    assert result.summary.quantity == "bound" and result.summary.files == {} and result.per_image.terms.shape[0] == 4
