@@ -5,13 +5,15 @@ typed summary. It declares:
 - `NAME` (how `nll --estimator` and outputs name it), `QUANTITY` ("bound": an upper bound on -log p in
   bits/dim; "likelihood": -log p itself; two quantities are never compared or shown as one another),
   `OPTIONS` (its frozen options dataclass: every field is a setting of its runs, `nll` flag and recipe
-  key), `SELECT` (the option whose value on the command line chooses it, e.g. `terms` for `--terms K`),
-  `SHARD_KEYS` (the per-image arrays of a shard), `RATE_DISTORTION` (whether it gives every term);
+  key), `SELECT` (the option whose value on the command line chooses it, e.g. `terms` for `--terms K`)
+  or `FLAG` (a flag that chooses it, e.g. `--ode`), `SHARD_KEYS` (the per-image arrays of a shard),
+  `RATE_DISTORTION` (whether it gives every term), `PROGRESS_UNIT` (what its progress counts);
 - `prepare` (before the run is claimed: what of its inputs belongs to the run's identity, e.g. where a
   proposal comes from) and `setup` (after: state every process needs, e.g. the proposal, kept in the run
   directory so a resume does not compute it again);
-- `compute` (one shard's images -> its arrays), `evaluations_per_image` and `setup_evaluations` (its
-  cost, for `--dry-run` and `network_evals`);
+- `compute` (one shard's images -> its arrays); its cost: `evaluations_per_image`, `setup_evaluations`,
+  `network_evals` (what it made), `cost` and `alternative` (for `--dry-run`), `probe_cost` (a dry run's
+  timing of the estimate itself, when the engine's per-evaluation probe cannot tell);
 - `finish` (the merged arrays -> the typed `NllOutput`: per-image parts and summary) and `comparable`
   (what two outputs must share for `gap` to compare them).
 The run lifecycle, shards, resume, torchrun and identity are `ddpm_bench.jobs.nll`'s, the same for all.
