@@ -85,8 +85,7 @@ def run_nll(job: NllJob) -> NllOutput | None:
     rank 0 returns the output (other ranks and dry runs return None). With `job.run.out` None nothing is
     written and the output lives in memory."""
     estimator = make_estimator(job.options)
-    device = job.model.device if isinstance(job.model, Network) else \
-        distributed.process_device(Network.device_of(job.execution))
+    device = job.model.device if isinstance(job.model, Network) else Network.device_of(job.execution)
     with distributed.process_group_or_local(device, local=job.run.out is None):  # in memory: this process's own
         return _run_nll(job, estimator)
 
