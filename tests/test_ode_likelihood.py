@@ -138,3 +138,15 @@ def test_dry_run_gives_the_cost_from_a_probe_solve(small, tmp_path, capsys):
     assert ode(ORACLE, small, tmp_path / "o", "--dry-run") == 0
     out = capsys.readouterr().out
     assert "ODE solve" in out and "network evaluations" in out and "ETA" in out and not (tmp_path / "o").exists()
+
+
+def test_a_report_of_an_ode_output_shows_the_likelihood_and_no_rate_distortion(small, tmp_path):
+    assert ode(ORACLE, small, tmp_path / "ode") == 0
+    assert main(["report", str(tmp_path / "ode"), "--out", str(tmp_path / "r")]) == 0
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "| NLL (ODE) Test (Train)" in report and "8.30 ± 0.04" in report  # the likelihood, in its own column
+    assert "Table 4 (rate and distortion) is left out" in report  # a likelihood has no terms
+    import pandas as pd
+
+    row = pd.read_csv(tmp_path / "r" / "table1.csv").query("origin == 'measured'").iloc[0]
+    assert math.isnan(row["NLL_test"]) and row["NLL_ODE_test_estimator"] == "ode"  # never shown as a bound

@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from ddpm_bench import run_dir
-from ddpm_bench.estimators import read_output
+from ddpm_bench.estimators import ESTIMATORS, read_output
 from ddpm_bench.outputs import (
     NllOutput,
     PerImage,
@@ -103,11 +103,13 @@ def curve_of(run: RunInputs, where: RelativeTo) -> tuple[RateDistortionCurve, di
 
 
 def exact_nll_test(run: RunInputs) -> NllOutput | None:
-    """The run's nll_test output with its per_image.npz, when it holds every term (not `--terms K`)."""
-    if run.nll_test is None or not (run.nll_test.folder / PerImage.FILE).is_file():
+    """The run's nll_test output with its per_image.npz, when its estimator gives every term (the rule of
+    `rate-distortion`: not `--terms K`, not `--ode`)."""
+    if run.nll_test is None or not ESTIMATORS[run.nll_test.output.estimator].RATE_DISTORTION:
         return None
-    nll = read_output(run.nll_test.folder)  # per_image.npz checked against its summary
-    return nll if nll.per_image.exact else None
+    if not (run.nll_test.folder / PerImage.FILE).is_file():
+        return None
+    return read_output(run.nll_test.folder)  # per_image.npz checked against its summary
 
 
 # -- what produced each measured cell: one compact table per report table ----------------------------------

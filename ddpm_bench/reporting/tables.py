@@ -669,7 +669,10 @@ def table4(curves: list[tuple[RunInputs, RateDistortionCurve, dict]],
         "Model": models})
     return Table("table4", "Table 4: rate and distortion along the reverse process", frame, cells,
                  note + " The Markdown shows the paper's value in brackets.", blocks=[Block(None, display)],
-                 notes=once(why, labelled=len(curves) > 1))
+                 notes=once(why, labelled=len(curves) > 1),
+                 left_out=None if curves else (
+                     "Table 4 (rate and distortion) is left out: no input holds every term of a test-split bound "
+                     "(a rate-distortion output, or an nll output without --terms or --ode)."))
 
 
 # -- writing ------------------------------------------------------------------------------------------------
