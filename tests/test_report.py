@@ -16,6 +16,7 @@ import ddpm_bench.jobs.report as report_job
 from ddpm_bench.cli import main
 from ddpm_bench.estimators import read_output, read_summary
 from ddpm_bench.jobs.report import build_report
+from ddpm_bench.jobs.reproduce import headline
 from ddpm_bench.rate_distortion_curve import rate_distortion_curve
 from ddpm_bench.reporting import columns as C
 from ddpm_bench.reporting import tables
@@ -470,8 +471,8 @@ def test_gap_verdict_in_plain_words(tmp_path, capsys, shift, max_gap, words):
 
 
 def test_no_overfitting_claim_across_two_data_sets(tmp_path):
-    """gap.json of a train split of one data set and a test split of another: its `exceeds` is no verdict on
-    overfitting, and the report says why."""
+    """gap.json (without `splits`, as 0.2 wrote it) of a train split of one data set and a test split of
+    another: its `exceeds` is no verdict on overfitting, and the report says why."""
     run = write_run_dir(tmp_path / "run", data="embedded:train", gap_images=50, gap_shift_bpd=0.4,
                         max_gap=0.1)
     gap = json.loads((run / "gap.json").read_text())
@@ -482,6 +483,22 @@ def test_no_overfitting_claim_across_two_data_sets(tmp_path):
     assert "overfit" not in index.replace("no overfitting verdict", "")
     assert "no overfitting verdict" in _section(index, "## Inputs")
     assert "compares two data sets (CIFAR-10 for train, embedded for test)" in index.replace("\n  ", " ")
+
+
+@pytest.mark.parametrize("train, test, splits", [
+    ("cifar10:train", "embedded:test", "cifar10:train and embedded:test, declared one distribution "
+                                       "(--same-distribution)"),  # what gap.json records of the user's word
+    ("/data/a.npz", "/data/b.npz", None),  # two files, no `splits` (0.2): one distribution, as `gap` judges it
+])
+def test_gap_report_and_reproduce_give_one_verdict(tmp_path, train, test, splits):
+    run = write_run_dir(tmp_path / "run", data="embedded:train", gap_images=50, gap_shift_bpd=0.4, max_gap=0.1)
+    gap = {k: v for k, v in json.loads((run / "gap.json").read_text()).items() if k != "splits"}
+    (run / "gap.json").write_text(json.dumps(rehashed({**gap, "train": train, "test": test,
+                                                       **({"splits": splits} if splits else {})})))
+    build_report([run], tmp_path / "out")
+    assert "overfits: the test-minus-train gap" in _section((tmp_path / "out" / "report.md").read_text(), "## Inputs")
+    lines, exceeds = headline(run)
+    assert exceeds and any(line.startswith("the model overfits") for line in lines)
 
 
 def test_rate_distortion_and_report_share_the_table4_delta_rule(tmp_path, capsys, monkeypatch):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import ddpm_bench
 from ddpm_bench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,9 +35,10 @@ def test_committed_reports_are_complete_and_well_formed():
     for png in ("samples_grid.png", "progressive.png"):
         assert (d / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (d / "bits_by_t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    record = json.loads((d / "reproduce.json").read_text())
-    assert record["recipe"].endswith("embedded.toml") and record["checkpoint"] == "embedded"
-    assert set(record["seconds"]) >= {"sample", "nll_test", "gap_nll_test", "fid"}
+    assert json.loads((d / "report.json").read_text())["ddpm_bench_version"] == ddpm_bench.__version__
+    cells = json.loads((d / "table1.sources.json").read_text())["cells"]  # every measured cell: the packaged model
+    assert {c["column"] for c in cells} >= {"FID", "NLL_test", "NLL_train"}
+    assert {c["from"]["model"] for c in cells} == {"ddpm_bench/models/embedded/embedded.pt"}
     measured = [r for r in csv.DictReader(open(d / "table1.csv")) if r["origin"] == "measured"]
     assert len(measured) == 1 and float(measured[0]["NLL_test"]) < 5.0  # the packaged model, trained
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_bench.data import source_data_set, source_split
+from ddpm_bench.data import one_distribution, source_split
 from ddpm_bench.errors import UserError
 from ddpm_bench.estimators import ESTIMATORS, read_output
 from ddpm_bench.outputs import GapResult, NllOutput
@@ -41,14 +41,8 @@ def check_comparable(train: NllOutput, test: NllOutput, same_distribution: bool 
         if split is not None and split != want:
             raise UserError(f"{arg} {output.path or ''} holds the bound of {output.summary.data}, a {split} split; "
                             "give the train split's output first and the test split's second")
-    sa, sb = source_data_set(a.data), source_data_set(b.data)
-    if sa == sb and sa is not None:
-        relation = f"two splits of {sa}"
-    elif same_distribution:
-        relation = f"{a.data} and {b.data}, declared one distribution (--same-distribution)"
-    elif sa is None and sb is None:
-        relation = f"{a.data} and {b.data} (files: one distribution as far as ddpm-bench can tell)"
-    else:
+    relation = one_distribution(a.data, b.data, same_distribution)
+    if relation is None:
         raise UserError(f"{where} are bounds on two data sets ({a.data}, {b.data}): their difference is no "
                         "train/test gap; give --same-distribution if they are one distribution")
     if a.run_id == b.run_id:

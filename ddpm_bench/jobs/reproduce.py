@@ -44,7 +44,7 @@ from ddpm_bench.outputs import (
     TrainLayout,
 )
 from ddpm_bench.provenance import environment
-from ddpm_bench.reporting.verdict import gap_verdict, same_dataset
+from ddpm_bench.reporting.verdict import gap_verdict, overfits
 from ddpm_bench.run_dir import SettingsChanged
 from ddpm_bench.shards import atomic_write_json
 from ddpm_bench.variational_bound import ImportanceOptions
@@ -223,7 +223,7 @@ def headline(root: Path) -> tuple[list[str], bool]:
     exceeds = False
     if layout.gap.is_file():
         g = GapResult.read(layout.root)
-        exceeds = g.exceeds and same_dataset(g.train, g.test)
+        exceeds = overfits(g)
         verdict = gap_verdict(g)
         lines.append("the model " + verdict if verdict.startswith("overfits") else verdict)
     if (layout.fid / FidMetrics.FILE).is_file():

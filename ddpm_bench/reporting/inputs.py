@@ -30,6 +30,7 @@ from typing import Generic, TypeVar
 import numpy as np
 import pandas as pd
 
+from ddpm_bench.data import source_split
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import UserError
 from ddpm_bench.estimators import read_summary
@@ -273,15 +274,6 @@ class RunInputs:
         return self.name + (f" [model {m.short()}]" if m is not None else "")
 
 
-def split_of(data: str | None) -> str | None:
-    """"train" / "test" for a `name:split` data source, None otherwise."""
-    if data and ":" in data:
-        split = data.rsplit(":", 1)[1]
-        if split in ("train", "test"):
-            return split
-    return None
-
-
 DATASET_NAMES = {"cifar10": "CIFAR-10", "lsun_bedroom": "LSUN Bedroom", "lsun_church": "LSUN Church",
                  "lsun_cat": "LSUN Cat", "celebahq": "CelebA-HQ"}
 
@@ -294,7 +286,7 @@ def dataset_name(data: str | None) -> str | None:
     known = dataset_of(data)
     if known is not None:
         return DATASET_NAMES[known]
-    base = data.rsplit(":", 1)[0] if split_of(data) else data
+    base = data.rsplit(":", 1)[0] if source_split(data) else data
     return Path(base).name if os.path.isabs(base) else base
 
 
@@ -329,7 +321,7 @@ def read_run(path: str | Path) -> RunInputs:
                          nll_test=_nll_of_rate_distortion(rd))
     if (path / NllSummary.FILE).is_file():
         nll = _nll("nll", path)
-        split = split_of(nll.output.data)
+        split = source_split(nll.output.data)
         if split == "train":
             return RunInputs(path=path, name=name, kind="nll", nll_train=replace(nll, name="nll_train"))
         return RunInputs(path=path, name=name, kind="nll", nll_test=replace(nll, name="nll_test"),

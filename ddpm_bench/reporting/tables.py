@@ -29,11 +29,12 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from ddpm_bench.data import source_split
 from ddpm_bench.identity import ModelIdentity
 from ddpm_bench.outputs import FidMetrics, NllSummary, RunConfigFile, feature_extractor_of
 from ddpm_bench.rate_distortion_curve import RateDistortionCurve, table4_rows
 from ddpm_bench.reporting import columns as C
-from ddpm_bench.reporting.inputs import Part, RunInputs, dataset_name, dataset_of, is_reason, split_of
+from ddpm_bench.reporting.inputs import Part, RunInputs, dataset_name, dataset_of, is_reason
 from ddpm_bench.reporting.paper import (
     PAPER_T,
     PAPER_VALUES_NAME,
@@ -159,7 +160,7 @@ def nll_source(run: RunInputs, nll: Part[NllSummary], where: RelativeTo) -> dict
     return {"run_dir": where.path(run.path), "file": where.path(nll.file), "produced_by": "ddpm-bench nll",
             "run_id": s.run_id, **model_source(nll.identity, where), "estimator": s.estimator,
             "quantity": s.quantity, "n_images": s.n_images, "data": where.text(s.data),
-            "split": split_of(s.data), "seed": s.seed, **bound, "T": s.T, "precision": s.precision}
+            "split": source_split(s.data), "seed": s.seed, **bound, "T": s.T, "precision": s.precision}
 
 
 def fid_source(run: RunInputs, where: RelativeTo) -> dict:
@@ -167,7 +168,7 @@ def fid_source(run: RunInputs, where: RelativeTo) -> dict:
     fe_name, fe_sha256 = feature_extractor_of(m)
     return {"run_dir": where.path(run.path), "file": where.path(run.fid.file),
             "produced_by": "ddpm-bench fid", "run_id": m.run_id, **model_source(run.fid.identity, where),
-            "n_samples": m.n_samples, "n_ref": m.n_ref, "ref": where.text(m.ref), "split": split_of(m.ref),
+            "n_samples": m.n_samples, "n_ref": m.n_ref, "ref": where.text(m.ref), "split": source_split(m.ref),
             "backend": m.backend,
             "feature_extractor": fe_name, "feature_extractor_sha256": fe_sha256}
 
@@ -606,7 +607,7 @@ def table4_comparison(data: str | None, n_images: int | None, T: int) -> list[st
     why = []
     if T != PAPER_T:
         why.append(f"T = {T}, not {PAPER_T}")
-    if dataset_of(data) != CIFAR10 or split_of(data) != "test":
+    if dataset_of(data) != CIFAR10 or source_split(data) != "test":
         why.append(f"data {data}, not the CIFAR-10 test set")
     elif n_images != CIFAR10_SPLITS["test"]:
         why.append(f"{n_images:,} images, not the whole CIFAR-10 test set ({CIFAR10_SPLITS['test']:,})")
