@@ -2,7 +2,7 @@
 
     import ddpm_bench
     model = ddpm_bench.load_model("embedded")                 # anything --ckpt takes, or a module in memory
-    result = ddpm_bench.variational_bound(model, "embedded:test", terms=10)  # or uint8 images, NHWC array / NCHW tensor
+    result = ddpm_bench.bound(model, "embedded:test", terms=10)  # or uint8 images, NHWC array / NCHW tensor
     result.summary.total_bpd, result.summary.total_bpd_stderr, result.per_image.totals
 
 Every function takes the same settings as its command and gives the same bits for the same inputs: the

@@ -143,7 +143,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise UserError("give exactly one of --ckpt PATH and --recipe PATH")
     if args.ckpt is not None and args.set:
         raise UserError("--set changes a recipe; a checkpoint's config is what it was trained with")
-    return run_inspect(args.ckpt, args.recipe, args.set)
+    if args.flags is not None and args.ckpt is None:
+        raise UserError("--flags describes an improved-diffusion checkpoint: give it with --ckpt FILE.pt")
+    return run_inspect(args.ckpt, args.recipe, args.set, flags=args.flags)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -269,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _parser(sub, "inspect", "print what a model or recipe holds (parameters, identity, config) as JSON")
     p.add_argument("--ckpt", default=None, help="anything --ckpt takes: a checkpoint, a run directory, `embedded`, a "
                                                 "diffusers directory")
+    p.add_argument("--flags", default=None, metavar="\"MODEL_FLAGS DIFFUSION_FLAGS\"",
+                   help="an improved-diffusion checkpoint's flags, as its README writes them (with --ckpt FILE.pt)")
     p.add_argument("--recipe", default=None, help="TOML recipe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     p.set_defaults(func=cmd_inspect)

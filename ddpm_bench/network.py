@@ -38,6 +38,7 @@ from ddpm_bench.models.loaded import LoadedModel
 from ddpm_bench.models.plugin_guard import describe_value, plugin_error
 from ddpm_bench.models.spec import ModelSpec
 from ddpm_bench.noise import counter_normal
+from ddpm_bench.probability_flow import eps_from_prediction
 from ddpm_bench.run_dir import Fingerprint
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -229,21 +230,13 @@ class Network:
 
     def predict_eps(self, x: torch.Tensor, i: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
         """The eps the mean part of the output implies at x_t = x (float64), for alpha-bar `abar` (N,) at the
-        (possibly fractional) network index i: x0 predictions give (x - sqrt(abar) x0) / sqrt(1 - abar), v
-        predictions sqrt(abar) v + sqrt(1 - abar) x; a mu model predicts the mean of one discrete step and
-        has no eps at a fractional step (refused)."""
-        out = self(x, i)[:, : x.shape[1]].to(torch.float64)
-        x = x.to(torch.float64)
-        a = abar.to(torch.float64).reshape(-1, *([1] * (x.ndim - 1)))
+        (possibly fractional) network index i (`probability_flow.eps_from_prediction`); a mu model predicts
+        the mean of one discrete step and has no eps at a fractional step (refused)."""
         kind = self.diffusion.mean_type
-        if kind == "eps":
-            return out
-        if kind == "x0":
-            return (x - a.sqrt() * out) / (1.0 - a).sqrt()
-        if kind == "v":
-            return a.sqrt() * out + (1.0 - a).sqrt() * x
-        raise UserError(f"model {self.model.identity.origin}: mean type {kind!r} predicts the mean of one discrete "
-                        "step; it has no eps at a continuous noise level")
+        if kind == "mu":
+            raise UserError(f"model {self.model.identity.origin}: mean type {kind!r} predicts the mean of one "
+                            "discrete step; it has no eps at a continuous noise level")
+        return eps_from_prediction(kind, self(x, i)[:, : x.shape[1]], x, abar)
 
     # -- execution choices ------------------------------------------------------------------------------------
 

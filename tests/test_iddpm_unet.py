@@ -87,12 +87,12 @@ def test_network_output_is_improved_diffusions(name, one_thread):
 @pytest.mark.parametrize("name", MODELS)
 def test_reverse_process_is_improved_diffusions_p_mean_variance(name, one_thread):
     flags, state, io = load(name)
-    net = iddpm_model(flags, state)  # called with step indices, rescaled as the flags say
+    unet = iddpm_model(flags, state)
     cfg = DiffusionConfig(**flags.diffusion)
     schedule = cfg.schedule()
     x, i = torch.from_numpy(io["x"]), torch.from_numpy(io["t"])
     with torch.no_grad():
-        output = net(x, i)
+        output = unet(x, timestep_input(i, flags.T, flags.rescale_timesteps))  # step indices, rescaled as the flags say
     step = p_mean_logvar(cfg, schedule, output, x.to(torch.float64), i, clip=False)
     assert rel_diff(step.mean.numpy(), io["mean"]) < RTOL
     assert rel_diff(step.logvar.expand_as(step.mean).numpy(), io["log_variance"]) < RTOL

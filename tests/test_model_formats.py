@@ -56,6 +56,11 @@ def test_nll_and_sample_of_the_fixture_models_from_the_command_line(name, tmp_pa
     assert main(["sample", "--ckpt", str(d / f"{name}.pt"), "--flags", flags, "--num", "2", "--steps", "5",
                  "--no-progress", "--out", str(tmp_path / "s")]) == 0
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["count"] == 2
+    capsys.readouterr()
+    assert main(["inspect", "--ckpt", str(d / f"{name}.pt"), "--flags", flags]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "improved-diffusion" and info["model_identity"] == ident["sha256"]
+    assert info["params"] == sum(v.numel() for v in torch.load(d / f"{name}.pt", weights_only=True).values())
 
 
 def test_the_identity_is_the_weights_and_the_flags_that_change_the_function(tmp_path):

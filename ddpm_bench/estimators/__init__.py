@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ddpm_bench.errors import UserError
 from ddpm_bench.estimators.base import Estimator
 from ddpm_bench.estimators.exact import Exact
 from ddpm_bench.estimators.importance import Importance
@@ -37,12 +36,6 @@ for _row in (Exact, Importance, Ode):
     register(_row)
 
 
-def estimator_class(name: str) -> type[Estimator]:
-    if name not in ESTIMATORS:
-        raise UserError(f"--estimator {name}: choose from {', '.join(ESTIMATORS)}")
-    return ESTIMATORS[name]
-
-
 def make_estimator(options) -> Estimator:
     """The estimator whose options dataclass `options` is."""
     for cls in ESTIMATORS.values():
@@ -56,20 +49,20 @@ def read_output(folder: str | Path) -> NllOutput:
     folder = Path(folder)
     if not folder.is_dir():
         raise OutputFileError(f"{folder}: not a directory (expected a finished `ddpm-bench nll` output)")
-    path = folder / NllSummary.FILE
-    obj = read_json_object(path)
-    name = obj.get("estimator", Exact.NAME)
-    if name not in ESTIMATORS:
-        raise OutputFileError(f"{path}: field 'estimator' is {name!r}, which this version does not know "
-                              f"({', '.join(ESTIMATORS)})")
-    return ESTIMATORS[name].read(folder, obj)
+    obj = read_json_object(folder / NllSummary.FILE)
+    return _estimator_of(folder / NllSummary.FILE, obj).read(folder, obj)
 
 
 def read_summary(folder: str | Path) -> NllSummary:
     """summary.json of a finished nll output, typed by its estimator (without reading per_image.npz)."""
     path = Path(folder) / NllSummary.FILE
     obj = read_json_object(path)
+    return _estimator_of(path, obj).SUMMARY.from_dict(obj, path)
+
+
+def _estimator_of(path: Path, obj: dict) -> type[Estimator]:
     name = obj.get("estimator", Exact.NAME)
     if name not in ESTIMATORS:
-        raise OutputFileError(f"{path}: field 'estimator' is {name!r}, which this version does not know")
-    return ESTIMATORS[name].SUMMARY.from_dict(obj, path)
+        raise OutputFileError(f"{path}: field 'estimator' is {name!r}, which this version does not know "
+                              f"({', '.join(ESTIMATORS)})")
+    return ESTIMATORS[name]

@@ -1,5 +1,6 @@
 """`ddpm-bench inspect`: what a model or a recipe holds, as one JSON object on stdout. `--ckpt` takes
-everything the other commands take (a checkpoint, a run directory, `embedded`, a diffusers directory):
+everything the other commands take (a checkpoint, a run directory, `embedded`, a diffusers directory, a Hub
+id, an improved-diffusion checkpoint with its `--flags`):
 its format says what it can (a ddpm-bench checkpoint: its step and both weights' identities), and every
 model gives its parameter count, identity and diffusion settings."""
 
@@ -41,7 +42,7 @@ def inspect_model(spec: ModelSpec) -> dict:
             "image_shape": list(model.image_shape) if model.image_shape else None, "config": model.config}
 
 
-def run_inspect(ckpt: str | None, recipe: str | None, overrides: list[str] = ()) -> int:
-    info = inspect_model(ModelSpec(ckpt=ckpt)) if ckpt is not None else inspect_recipe(recipe, overrides)
+def run_inspect(ckpt: str | None, recipe: str | None, overrides: list[str] = (), flags: str | None = None) -> int:
+    info = inspect_model(ModelSpec(ckpt=ckpt, flags=flags)) if ckpt is not None else inspect_recipe(recipe, overrides)
     print(to_json(info), end="")
     return 0

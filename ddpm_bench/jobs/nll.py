@@ -1,4 +1,4 @@
-"""`ddpm-bench nll` and `ddpm_bench.variational_bound`: a likelihood estimator over a data set, in resumable shards.
+"""`ddpm-bench nll` and `ddpm_bench.bound`: a likelihood estimator over a data set, in resumable shards.
 
 One lifecycle for every estimator (ddpm_bench/estimators): load the network and the images, let the
 estimator say what of its inputs is part of the run's identity, claim `--out` (ddpm_bench.run_dir), let it

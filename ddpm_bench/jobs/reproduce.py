@@ -22,7 +22,7 @@ from ddpm_bench import run_dir
 from ddpm_bench.config import RunConfig, load_recipe
 from ddpm_bench.data import DataSpec
 from ddpm_bench.errors import OutputDirError, UserError
-from ddpm_bench.estimators import read_output
+from ddpm_bench.estimators import read_summary
 from ddpm_bench.jobs.fid import FidJob, run_fid
 from ddpm_bench.jobs.gap import compute_gap
 from ddpm_bench.jobs.nll import NllJob, run_nll
@@ -37,6 +37,7 @@ from ddpm_bench.models.spec import ModelSpec
 from ddpm_bench.outputs import (
     FidMetrics,
     GapResult,
+    NllSummary,
     OutputFileError,
     ReportFiles,
     ReproduceLayout,
@@ -211,13 +212,13 @@ def headline(root: Path) -> tuple[list[str], bool]:
     lines = []
     for name, folder in (("test", layout.gap_nll_test), ("test", layout.nll_test), ("train", layout.gap_nll_train),
                          ("train", layout.nll_train)):
-        if (folder / "summary.json").is_file() and not any(line.startswith(f"NLL {name}") for line in lines):
-            s = read_output(folder).summary
+        if (folder / NllSummary.FILE).is_file() and not any(line.startswith(f"NLL {name}") for line in lines):
+            s = read_summary(folder)
             se = f" +- {s.total_bpd_stderr:.3f}" if s.total_bpd_stderr is not None else ""
             lines.append(f"NLL {name} {s.total_bpd:.3f}{se} bits/dim ({s.estimator}, {s.n_images} images of {s.data})")
     for name, folder in (("test", layout.ode_test), ("train", layout.ode_train)):
-        if (folder / "summary.json").is_file():
-            s = read_output(folder).summary
+        if (folder / NllSummary.FILE).is_file():
+            s = read_summary(folder)
             se = f" +- {s.total_bpd_stderr:.3f}" if s.total_bpd_stderr is not None else ""
             lines.append(f"ODE likelihood {name} {s.total_bpd:.3f}{se} bits/dim ({s.n_images} images of {s.data})")
     exceeds = False

@@ -139,18 +139,6 @@ def timestep_input(i: torch.Tensor, T: int, rescale: bool) -> torch.Tensor:
     return t * (1000.0 / T) if rescale else t
 
 
-class IddpmNet(nn.Module):
-    """The project's network interface net(x, i) over an `IddpmUNet`: i are step indices 0..T-1 (N,), mapped
-    by `timestep_input`; `y` are class labels (N,) for a class-conditional model."""
-
-    def __init__(self, unet: IddpmUNet, T: int, rescale_timesteps: bool):
-        super().__init__()
-        self.unet, self.T, self.rescale_timesteps = unet, T, rescale_timesteps
-
-    def forward(self, x: torch.Tensor, i: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.unet(x, timestep_input(i, self.T, self.rescale_timesteps), y)
-
-
 def _tokens(flags: str | Sequence[str]) -> list[str]:
     if not isinstance(flags, str):
         return [str(tok) for tok in flags]
@@ -339,10 +327,10 @@ def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor]) -> No
                                   f"has{_hint(key)}")
 
 
-def iddpm_model(flags: IddpmFlags, state: Mapping[str, torch.Tensor]) -> IddpmNet:
-    """The network of `flags` with the weights of `state` (checked by `check_state_dict`), in eval mode,
-    called as net(x, i) with step indices i."""
+def iddpm_model(flags: IddpmFlags, state: Mapping[str, torch.Tensor]) -> IddpmUNet:
+    """The network of `flags` with the weights of `state` (checked by `check_state_dict`), in eval mode;
+    called with improved-diffusion's timesteps (`timestep_input` of the step indices)."""
     unet = IddpmUNet(**flags.model)
     check_state_dict(unet, state)
     unet.load_state_dict(state, strict=True)
-    return IddpmNet(unet, flags.T, flags.rescale_timesteps).eval()
+    return unet.eval()

@@ -42,8 +42,3 @@ class ModelSpec:
         if unknown:
             raise UserError(f"unknown diffusion setting(s) {', '.join(sorted(unknown))}; known: "
                             f"{', '.join(DIFFUSION_FLAGS)}")
-
-    @property
-    def given_diffusion(self) -> dict:
-        """The diffusion flags that were given."""
-        return {k: v for k, v in self.diffusion_flags.items() if v is not None}

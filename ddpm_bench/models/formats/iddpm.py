@@ -45,12 +45,11 @@ def load(spec: ModelSpec) -> LoadedModel:
         raise CheckpointError(f"--ckpt {path}: a ddpm-bench checkpoint, which stores its own settings: leave out "
                               "--flags")
     try:
-        net = iddpm_model(flags, state)
+        unet = iddpm_model(flags, state)
     except CheckpointError as e:
         raise CheckpointError(f"--ckpt {path} with these --flags: {e}") from None
     diffusion = flags.diffusion_config()
     check_flags_match(diffusion, spec.diffusion_flags, f"--flags {spec.flags!r}")
-    unet = net.unet
     function_flags = {k: v for k, v in flags.values.items() if k not in IGNORED_FLAGS}
     architecture = {"improved_diffusion_flags": function_flags}
     ident = model_identity(NAME, None, state_dict_sha256(unet.state_dict()), diffusion, architecture, str(path))
@@ -61,9 +60,3 @@ def load(spec: ModelSpec) -> LoadedModel:
                        config={"improved_diffusion_flags": function_flags},
                        timestep_input=partial(timestep_input, T=flags.T, rescale=flags.rescale_timesteps))
 
-
-def inspect(spec: ModelSpec) -> dict:
-    model = load(spec)
-    return {"ckpt": spec.ckpt, "kind": NAME, "params": sum(p.numel() for p in model.module.parameters()),
-            "model_identity": model.identity.sha256, "provenance": model.provenance,
-            "diffusion": model.identity.diffusion, "config": model.config}
