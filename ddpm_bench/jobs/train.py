@@ -30,7 +30,8 @@ from ddpm_bench.outputs import TrainLayout
 from ddpm_bench.provenance import environment
 from ddpm_bench.run_dir import RunDir
 from ddpm_bench.schedule import prior_warning
-from ddpm_bench.shards import atomic_write_json, atomic_write_text, to_json
+from ddpm_bench.shards import atomic_write_json, to_json
+from ddpm_bench.step_log import trim_step_log
 from ddpm_bench.training import Trainer
 
 COMMAND = "train"
@@ -95,35 +96,6 @@ def check_checkpoint_belongs(path: Path, ckpt: dict, config: dict, data: dict) -
                               f"{data['sha256'][:12]}); refused; move it away or use --force")
 
 
-def trim_log(run_dir: Path, step: int) -> None:
-    """Keep the log rows up to `step` (rows written after the checkpoint we resume from are redone)."""
-    path = TrainLayout(run_dir).log
-    if not path.exists():
-        atomic_write_text(path, LOG_HEADER + "\n")
-        return
-    try:
-        rows = path.read_text(errors="replace").splitlines()[1:]
-    except OSError as e:
-        raise UserError(f"{path}: unreadable training log ({e.strerror}); move it away to start a new one") from None
-    keep = [r for r in rows if _log_step(r) is not None and _log_step(r) <= step]
-    if len(keep) < sum(1 for r in rows if r.strip()) and any(_log_step(r) is None for r in rows if r.strip()):
-        print(f"ddpm-bench train: warning: {path}: dropped rows that are cut off or not a log row", file=sys.stderr)
-    atomic_write_text(path, "\n".join([LOG_HEADER, *keep]) + "\n")
-
-
-def _log_step(row: str) -> int | None:
-    """The step of a whole log row (`step,loss,grad_norm,lr,steps_per_s`, all numbers), else None."""
-    parts = row.split(",")
-    if len(parts) != len(LOG_HEADER.split(",")):
-        return None
-    try:
-        step = int(parts[0])
-        [float(p) for p in parts[1:]]
-    except ValueError:
-        return None
-    return step if step >= 0 else None
-
-
 def load_training_images(cfg: RunConfig, origin: str) -> tuple[torch.Tensor, dict]:
     """The training set as a uint8 (N, C, H, W) tensor, checked against the model's image shape."""
     tc, mc = cfg.training, cfg.model
@@ -173,7 +145,7 @@ def run_train(recipe: str | None, overrides: list[str], out: str, device: str = 
             trainer.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 trainer.model, device_ids=[dev.index] if dev.type == "cuda" else None)
         if rank == 0:
-            trim_log(run_dir, trainer.step)
+            trim_step_log(TrainLayout(run_dir).log, LOG_HEADER, trainer.step)
             bound.trim(trainer.step)
             if resuming:
                 print(f"ddpm-bench train: resuming {run_dir} at step {trainer.step}", file=sys.stderr)

@@ -20,7 +20,7 @@ from ddpm_bench.models.loaded import LoadedModel
 from ddpm_bench.network import Execution, Network
 from ddpm_bench.outputs import NllOutput
 from ddpm_bench.run_dir import RunOptions
-from ddpm_bench.shards import atomic_write_text
+from ddpm_bench.step_log import trim_step_log
 from ddpm_bench.training import Trainer
 from ddpm_bench.variational_bound import ImportanceOptions
 
@@ -75,21 +75,8 @@ class TrainingBound:
 
     def trim(self, step: int) -> None:
         """Keep the rows up to `step` (those after the checkpoint a run resumes from are evaluated again)."""
-        if not self.every:
-            return
-        rows = self.path.read_text(errors="replace").splitlines()[1:] if self.path.is_file() else []
-        keep = [r for r in rows if _step(r) is not None and _step(r) <= step]
-        atomic_write_text(self.path, "\n".join([EVAL_HEADER, *keep]) + "\n")
-
-
-def _step(row: str) -> int | None:
-    parts = row.split(",")
-    if len(parts) != len(EVAL_HEADER.split(",")):
-        return None
-    try:
-        return int(parts[0])
-    except ValueError:
-        return None
+        if self.every:
+            trim_step_log(self.path, EVAL_HEADER, step)
 
 
 def timed_evaluation(bound: TrainingBound, trainer: Trainer) -> str:
