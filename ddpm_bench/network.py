@@ -32,10 +32,9 @@ import torch
 from ddpm_bench import distributed
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import ModelOutputError, UserError
-from ddpm_bench.failures import is_out_of_memory
 from ddpm_bench.models.formats import load_model
 from ddpm_bench.models.loaded import LoadedModel
-from ddpm_bench.models.plugin_guard import describe_value, plugin_error
+from ddpm_bench.models.plugin_guard import describe_value, guarded_call
 from ddpm_bench.models.spec import ModelSpec
 from ddpm_bench.noise import counter_normal
 from ddpm_bench.probability_flow import eps_from_prediction
@@ -186,14 +185,7 @@ class Network:
         backbone = backbone or self._backbone
         if self.model.plugin is None:
             return backbone(x, t)
-        try:
-            return backbone(x, t)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as e:  # noqa: BLE001 - anything raised in the user's code is the plug-in's error
-            if is_out_of_memory(e):  # not the plug-in's fault: ddpm_bench.failures names the batch size
-                raise
-            raise plugin_error(self.model.plugin, e) from e
+        return guarded_call(self.model.plugin, backbone, x, t)
 
     def fingerprint(self, image_shape: tuple[int, int, int]) -> list[float]:
         """What the network computes, in a few numbers: its outputs on a fixed probe (FINGERPRINT_INPUTS

@@ -44,16 +44,18 @@ def _inside_library(filename: str) -> bool:
     return path.is_relative_to(PACKAGE_DIR) or "site-packages" in path.parts or filename.startswith("<")
 
 
-def call_factory(spec: str, factory: Callable):
-    """CALLABLE(), with anything it raises but KeyboardInterrupt reported as the plug-in's error."""
+def guarded_call(spec: str, fn: Callable, *args):
+    """fn(*args), the plug-in `spec`'s code (its factory, or its forward f(x, t)), with anything it raises but
+    KeyboardInterrupt and running out of memory reported as the plug-in's error; an error of the factory
+    (called without arguments) with no frame in the user's code names where the factory is defined."""
     try:
-        return factory()
+        return fn(*args)
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # noqa: BLE001 - SystemExit too: the plug-in cannot end the command
-        if is_out_of_memory(e):
+        if is_out_of_memory(e):  # not the plug-in's fault: ddpm_bench.failures names the batch size
             raise
-        raise plugin_error(spec, e, factory) from e
+        raise plugin_error(spec, e, None if args else fn) from e
 
 
 def describe_value(value) -> str:

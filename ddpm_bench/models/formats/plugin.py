@@ -72,7 +72,7 @@ def source_file(factory: Callable) -> Path | None:
 def load(spec: ModelSpec) -> LoadedModel:
     name = spec.model
     factory = import_callable(name)
-    net = plugin_guard.call_factory(name, factory)  # anything raised in it is the plug-in's error (exit 1)
+    net = plugin_guard.guarded_call(name, factory)  # anything raised in it is the plug-in's error (exit 1)
     if not callable(net):
         raise UserError(f"--model {name}: returned {type(net).__name__}, not a module or callable")
     module = net if isinstance(net, torch.nn.Module) else None
