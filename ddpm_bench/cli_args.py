@@ -124,11 +124,9 @@ def add_execution_args(p: argparse.ArgumentParser) -> None:
                         "on by default on a CPU, where it is faster, off on a GPU")
 
 
-def add_run_args(p: argparse.ArgumentParser, batch_help: str, shard_help: str, dry_run: bool = True,
-                 out_help: str = "output directory (resumed when it holds an unfinished run with the same settings)"
-                 ) -> None:
+def add_run_args(p: argparse.ArgumentParser, batch_help: str, shard_help: str, dry_run: bool = True) -> None:
     g = p.add_argument_group("the run")
-    add_out_args(g, out_help)
+    add_out_args(g, "output directory (resumed when it holds an unfinished run with the same settings)")
     g.add_argument("--batch-size", type=int, default=None, help=batch_help)
     g.add_argument("--shard-size", type=int, default=None, help=shard_help)
     if dry_run:
@@ -154,14 +152,14 @@ def add_estimator_args(p: argparse.ArgumentParser, estimators: tuple[type[Estima
     if len(estimators) > 1:
         g.add_argument("--estimator", choices=[c.NAME for c in estimators], default=None,
                        help="which estimator (default: the one whose option is given, else exact)")
-    seen: dict[str, object] = {}
+    seen: set[str] = set()
     for cls in estimators:
         hints = typing.get_type_hints(cls.OPTIONS)
         for f in fields(cls.OPTIONS):
             flag = _flag(f)
             if flag in seen:
                 continue
-            seen[flag] = f
+            seen.add(flag)
             hint = hints[f.name]
             default = f.default if f.default is not MISSING else None
             help_text = f.metadata.get("help", "")

@@ -242,10 +242,9 @@ def stage_to_dict(stage: Any) -> dict:
 
 
 def _positive(cfg: Any, names: tuple[str, ...]) -> None:
-    section = "training"
     for name in names:
         if getattr(cfg, name) < 1:
-            raise ValueError(f"{section}.{name} must be >= 1, got {getattr(cfg, name)}")
+            raise ValueError(f"training.{name} must be >= 1, got {getattr(cfg, name)}")
 
 
 SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "training": TrainConfig, "evaluation": EvalConfig}

@@ -26,6 +26,15 @@ def check_seed(seed: int, name: str = "--seed") -> None:
         raise UserError(f"{name} {seed}: must be an integer in 0..2**63-1")
 
 
+MAX_DRAWS = 10_000  # noise draws per image (and drawn terms of the importance-sampled bound)
+
+
+def check_draws(draws: int, name: str = "--draws") -> None:
+    """A count of draws is an integer in 1..MAX_DRAWS (a UserError naming the flag otherwise)."""
+    if isinstance(draws, bool) or not isinstance(draws, int) or not 1 <= draws <= MAX_DRAWS:
+        raise UserError(f"{name} must lie in 1..{MAX_DRAWS}, got {draws}")
+
+
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9

@@ -38,7 +38,7 @@ from ddpm_bench.gaussian import (
     normal_kl_of_gap,
 )
 from ddpm_bench.network import Network
-from ddpm_bench.noise import check_seed, counter_normal
+from ddpm_bench.noise import MAX_DRAWS, check_draws, check_seed, counter_normal
 from ddpm_bench.schedule import Schedule
 
 LN2 = math.log(2.0)
@@ -53,14 +53,6 @@ PAIRS_PER_CALL_DIMS = 3 * 32 * 32
 def default_pairs_per_call(device: torch.device, image_shape: tuple[int, ...] = (3, 32, 32)) -> int:
     dims = math.prod(image_shape)
     return max(1, PAIRS_PER_CALL.get(device.type, 256) * PAIRS_PER_CALL_DIMS // dims)
-
-
-MAX_DRAWS = 10_000
-
-
-def _check_draws(draws: int) -> None:
-    if isinstance(draws, bool) or not isinstance(draws, int) or not 1 <= draws <= MAX_DRAWS:
-        raise UserError(f"--draws must lie in 1..{MAX_DRAWS}, got {draws}")
 
 
 def _check_decoder_cdf(decoder_cdf: str) -> None:
@@ -85,7 +77,7 @@ class BoundOptions:
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
-        _check_draws(self.draws)
+        check_draws(self.draws)
         _check_decoder_cdf(self.decoder_cdf)
 
 

@@ -25,7 +25,7 @@ from ddpm_bench.data import ImageSet
 from ddpm_bench.errors import UserError
 from ddpm_bench.estimators.base import Estimator, Progress
 from ddpm_bench.network import Network
-from ddpm_bench.noise import check_seed
+from ddpm_bench.noise import check_draws, check_seed
 from ddpm_bench.outputs import NllOutput, NllSummary, OutputFileError, stderr_of_mean
 from ddpm_bench.probability_flow import (
     BPD,
@@ -67,8 +67,7 @@ class OdeOptions:
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
-        if isinstance(self.draws, bool) or not isinstance(self.draws, int) or not 1 <= self.draws <= 10_000:
-            raise UserError(f"--draws must lie in 1..10000, got {self.draws}")
+        check_draws(self.draws)
         for name in ("rtol", "atol"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
