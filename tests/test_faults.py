@@ -330,6 +330,7 @@ def test_a_file_name_longer_than_the_file_system_allows_is_one_line(tmp_path, np
     else:
         p = run("gap", *two, "--out", tmp_path / f"{LONG}.json")
     assert p.returncode == 2 and ("too long" in one_line(p) or "no such file" in one_line(p))
+    assert ".tmp" not in one_line(p)  # the name given, not a temporary one
 
 
 def test_gap_out_under_a_regular_file_is_one_line(tmp_path, two):
