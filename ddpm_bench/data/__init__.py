@@ -51,8 +51,8 @@ def source_data_set(source: str | None) -> str | None:
 def one_distribution(train: str, test: str, same_distribution: bool = False) -> str | None:
     """What makes two data sources one distribution, in words (gap.json's `splits`): two splits of one named
     data set, the user's word (`--same-distribution`), or two files or folders (ddpm-bench cannot tell);
-    None: two data sets (two named ones, or a named one and a file), whose difference is no train/test gap. The one rule of `gap`, the report's
-    verdict and `reproduce`."""
+    None: two data sets (two named ones, or a named one and a file), whose difference is no train/test
+    gap. The one rule of `gap`, the report's verdict and `reproduce`."""
     sa, sb = source_data_set(train), source_data_set(test)
     if sa == sb and sa is not None:
         return f"two splits of {sa}"
