@@ -253,19 +253,8 @@ class PerImage:
     def read(cls, folder: str | Path, summary: BoundSummary | None = None) -> PerImage:
         """Read and check shapes, dtypes and finiteness; with `summary`, that both belong to one run."""
         path = Path(folder) / cls.FILE
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                missing = [k for k in ("terms", "mse", "index", "run_id") if k not in z.files]
-                if missing:
-                    raise OutputFileError(f"{path}: field '{missing[0]}' is missing")
-                terms, mse, index, run_id = z["terms"], z["mse"], z["index"], str(z["run_id"])
-                drawn = z["drawn"] if "drawn" in z.files else None
-        except OutputFileError:
-            raise
-        except FileNotFoundError:
-            raise OutputFileError(f"{path}: missing") from None
-        except Exception as e:
-            raise OutputFileError(f"{path}: unreadable or cut off ({type(e).__name__}: {e})") from None
+        z = read_npz(path, ("terms", "mse", "index", "run_id"), optional=("drawn",))
+        terms, mse, index, run_id, drawn = z["terms"], z["mse"], z["index"], str(z["run_id"]), z.get("drawn")
         if terms.dtype != np.float64 or terms.ndim != 2 or terms.shape[0] < 1 or terms.shape[1] < 2:
             raise OutputFileError(f"{path}: field 'terms' must be float64 (N, T+1), got {terms.dtype} {terms.shape}")
         n, T = terms.shape[0], terms.shape[1] - 1
@@ -291,6 +280,23 @@ class PerImage:
                 raise OutputFileError(f"{path}: field 'terms' is ({n}, {T}+1) but {NllSummary.FILE} says "
                                       f"n_images = {summary.n_images}, T = {summary.T}")
         return cls(terms=terms, mse=mse, index=index, run_id=run_id, drawn=drawn)
+
+
+def read_npz(path: Path, fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The arrays `fields` (and those of `optional` that are there) of an .npz output; OutputFileError naming
+    the file and the first missing field, or the file as missing or unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in fields if k not in z.files]
+            if missing:
+                raise OutputFileError(f"{path}: field '{missing[0]}' is missing")
+            return {k: z[k] for k in (*fields, *optional) if k in z.files}
+    except OutputFileError:
+        raise
+    except FileNotFoundError:
+        raise OutputFileError(f"{path}: missing") from None
+    except Exception as e:
+        raise OutputFileError(f"{path}: unreadable or cut off ({type(e).__name__}: {e})") from None
 
 
 def stderr_of_mean(x: np.ndarray) -> float | None:

@@ -26,7 +26,7 @@ from ddpm_bench.errors import UserError
 from ddpm_bench.estimators.base import Estimator, Progress
 from ddpm_bench.network import Network
 from ddpm_bench.noise import check_draws, check_seed
-from ddpm_bench.outputs import NllOutput, NllSummary, OutputFileError, stderr_of_mean
+from ddpm_bench.outputs import NllOutput, NllSummary, OutputFileError, read_npz, stderr_of_mean
 from ddpm_bench.probability_flow import (
     BPD,
     DEQUANTIZATIONS,
@@ -118,19 +118,8 @@ class OdePerImage:
     @classmethod
     def read(cls, folder: str | Path, summary: NllSummary | None = None) -> OdePerImage:
         path = Path(folder) / cls.FILE
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                missing = [k for k in (*cls.KEYS, "index", "run_id") if k not in z.files]
-                if missing:
-                    raise OutputFileError(f"{path}: field '{missing[0]}' is missing")
-                got = {k: z[k] for k in (*cls.KEYS, "index")}
-                run_id = str(z["run_id"])
-        except OutputFileError:
-            raise
-        except FileNotFoundError:
-            raise OutputFileError(f"{path}: missing") from None
-        except Exception as e:
-            raise OutputFileError(f"{path}: unreadable or cut off ({type(e).__name__}: {e})") from None
+        got = read_npz(path, (*cls.KEYS, "index", "run_id"))
+        run_id = str(got.pop("run_id"))
         n = got["bpd"].shape[0] if got["bpd"].ndim == 1 else -1
         for k in (*cls.KEYS, "index"):
             kind = np.int64 if k in ("nfe", "index") else np.float64
