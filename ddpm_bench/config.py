@@ -22,6 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from ddpm_bench.defaults import MAX_GAP
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import ConfigError, UserError
 from ddpm_bench.estimators.ode import OdeOptions
@@ -199,7 +200,7 @@ class EvalConfig:
     its command's flags."""
 
     test_data: str = "cifar10:test"
-    max_gap: float = 0.03
+    max_gap: float = MAX_GAP
     nll: NllStage = field(default_factory=NllStage)
     ode: OdeStage = field(default_factory=OdeStage)
     sample: SampleStage = field(default_factory=SampleStage)

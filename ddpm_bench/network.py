@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ddpm_bench import distributed
+from ddpm_bench.arguments import given
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import ModelOutputError, UserError
 from ddpm_bench.models.formats import load_model
@@ -60,12 +61,15 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device}: not a device (cpu, cuda, cuda:N or auto)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    except (RuntimeError, TypeError):
+        raise UserError(f"{given('device', device)}: not a device (cpu, cuda, cuda:N or auto)") from None
     if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {device}: ddpm-bench runs on cpu or cuda")
+        raise UserError(f"{given('device', device)}: ddpm-bench runs on cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{given('device', device)}: CUDA is not available on this machine; use "
+                        f"{given('device', 'cpu')} (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"{given('device', device)}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -79,10 +83,15 @@ class Execution:
     compile: str | None = None  # torch.compile mode, None: not compiled
 
     def __post_init__(self) -> None:
+        if not isinstance(self.device, (str, torch.device)):
+            raise UserError(f"{given('device', self.device)}: a device name (cpu, cuda, cuda:N or auto)")
         if self.precision not in PRECISIONS:
-            raise UserError(f"--precision {self.precision}: choose from {', '.join(PRECISIONS)}")
+            raise UserError(f"{given('precision', self.precision)}: choose from {', '.join(PRECISIONS)}")
         if self.compile is not None and self.compile not in COMPILE_MODES:
-            raise UserError(f"--compile {self.compile}: choose from {', '.join(COMPILE_MODES)}")
+            raise UserError(f"{given('compile', self.compile)}: choose from {', '.join(COMPILE_MODES)}")
+        if self.channels_last is not None and not isinstance(self.channels_last, bool):
+            raise UserError(f"{given('channels_last', self.channels_last)}: True, False or None (the device's "
+                            "default)")
 
 
 @contextlib.contextmanager
@@ -102,7 +111,14 @@ def network_precision(precision: str, device: torch.device):
 
 class Network:
     """A loaded model run with an `Execution`: `net(x, i)` takes float (N, C, H, W) model-scale inputs and
-    (N,) network indices and returns the float32 output (N, C or 2C, H, W)."""
+    (N,) network indices and returns the float32 output (N, C or 2C, H, W).
+
+    A module the caller gave in memory (`LoadedModel.borrowed`) is left as it was found: each use
+    (`in_use`, around every API call, and around a direct call outside one) moves it to the device and
+    memory format this Network runs in and puts it in eval mode, and afterwards gives it back its device,
+    memory format, modes (every submodule's `training`) and torch's random state; `requires_grad` is never
+    touched. Its identity follows its weights: a training loop's module is identified anew when they
+    changed since the last use."""
 
     def __init__(self, model: LoadedModel, execution: Execution = Execution(),
                  image_shape: tuple[int, int, int] | None = None):
@@ -110,7 +126,7 @@ class Network:
         self.execution = execution
         self.device = self.device_of(execution)
         self.image_shape = tuple(model.image_shape or image_shape or ()) or None
-        if model.module is not None:
+        if model.module is not None and not model.borrowed:
             model.module.to(self.device).eval()
         self.channels_last: bool | None = None  # decided now, or at the first call (a plug-in's probe needs a shape)
         if not self._needs_probe():
@@ -118,9 +134,54 @@ class Network:
         elif self.image_shape is not None:
             self._set_memory_format(self._probe_channels_last(self.image_shape))
         self._backbone = model.backbone
+        self._using = False
+        self._weights_seen = _weights_state(model.module) if model.borrowed and model.module is not None else None
         if execution.compile is not None:
             compiled = torch.compile(model.backbone, mode=None if execution.compile == "default" else execution.compile)
             self._backbone = _new_graph_step_per_call(compiled) if execution.compile in CUDA_GRAPH_MODES else compiled
+
+    def __repr__(self) -> str:
+        d, ex = self.diffusion, self.execution
+        cl = ", channels-last" if self.channels_last else ""
+        compiled = f", compiled ({ex.compile})" if ex.compile else ""
+        return (f"<Network {self.identity.short()} {self.identity.origin}: T={d.T} {d.beta_schedule}, {d.mean_type}, "
+                f"{d.var_type}; {self.device} {ex.precision}{cl}{compiled}>")
+
+    def with_execution(self, execution: Execution) -> Network:
+        """The same model run another way (this Network when `execution` is its own)."""
+        return self if execution == self.execution else Network(self.model, execution, self.image_shape)
+
+    @contextlib.contextmanager
+    def in_use(self):
+        """Around one computation with this network (see the class docstring); nothing for a model
+        ddpm-bench loaded itself, and nothing more inside another `in_use`."""
+        module = self.model.module
+        if module is None or not self.model.borrowed or self._using:
+            yield self
+            return
+        if _weights_state(module) != self._weights_seen and self.model.reidentify is not None:
+            self.model.identity = self.model.reidentify()
+        self._using = True
+        modes = [(m, m.training) for m in module.modules()]
+        home = module_device(module, self.device)
+        layouts = [(t, t.is_contiguous()) for t in (*module.parameters(), *module.buffers()) if t.dim() == 4]
+        cpu_rng = torch.random.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        try:
+            module.to(self.device, memory_format=self.memory_format).eval()
+            yield self
+        finally:
+            module.to(home)
+            for t, contiguous in layouts:  # the tensors are the caller's own objects: their data goes back
+                if contiguous and not t.is_contiguous():
+                    t.data = t.data.contiguous()
+            for m, training in modes:
+                m.training = training
+            torch.random.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+            self._weights_seen = _weights_state(module)
+            self._using = False
 
     @staticmethod
     def device_of(execution: Execution) -> torch.device:
@@ -159,6 +220,9 @@ class Network:
 
     def __call__(self, x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """The backbone's output for inputs x (N, C, H, W) at network indices i (N,), float32."""
+        if self.model.borrowed and not self._using:  # called directly, outside an API call
+            with self.in_use():
+                return self(x, i)
         if i.is_floating_point() and not self.model.fractional_steps:
             raise UserError(f"model {self.model.identity.origin}: takes only integer network indices, not the "
                             "fractional ones this computation needs")
@@ -238,7 +302,8 @@ class Network:
                 and CHANNELS_LAST_BY_DEVICE.get(self.device.type, False))
 
     def _default_channels_last(self) -> bool:
-        """The flag, or the device's default for a torch module (a plain callable gets its input as given)."""
+        """The flag, or the device's default for a torch module (a plain callable gets its input as given;
+        the caller's module in memory runs channels-last only for the time of each use)."""
         if self.execution.channels_last is not None:
             return self.execution.channels_last
         return self.model.module is not None and CHANNELS_LAST_BY_DEVICE.get(self.device.type, False)
@@ -261,8 +326,20 @@ class Network:
     def _set_memory_format(self, channels_last: bool) -> None:
         self.channels_last = channels_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if self.model.module is not None:
+        if self.model.module is not None and not self.model.borrowed:
             self.model.module.to(memory_format=self.memory_format)
+
+
+def module_device(module: torch.nn.Module, default: torch.device) -> torch.device:
+    """Where a module's parameters (else buffers) are; `default` for a module with neither."""
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return default
+
+
+def _weights_state(module: torch.nn.Module) -> tuple:
+    """What changes when a module's weights do: each tensor's storage and in-place version counter."""
+    return tuple((t.data_ptr(), t._version) for t in module.state_dict(keep_vars=True).values())
 
 
 def load_network(model: ModelSpec | Network, execution: Execution = Execution()) -> Network:

@@ -15,24 +15,26 @@ import math
 
 import torch
 
+from ddpm_bench.arguments import given, named
 from ddpm_bench.errors import UserError
 
 MAX_SEED = 2**63 - 1  # seeds key the noise as int64
 
 
-def check_seed(seed: int, name: str = "--seed") -> None:
-    """A seed is an integer in 0..2**63-1 (a UserError naming the flag otherwise)."""
+def check_seed(seed: int, name: str | None = None) -> None:
+    """A seed is an integer in 0..2**63-1 (a UserError naming the argument, or `name`, otherwise)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise UserError(f"{name} {seed}: must be an integer in 0..2**63-1")
+        what = f"{name} {seed}" if name else given("seed", seed)
+        raise UserError(f"{what}: must be an integer in 0..2**63-1")
 
 
 MAX_DRAWS = 10_000  # noise draws per image (and drawn terms of the importance-sampled bound)
 
 
-def check_draws(draws: int, name: str = "--draws") -> None:
-    """A count of draws is an integer in 1..MAX_DRAWS (a UserError naming the flag otherwise)."""
+def check_draws(draws: int) -> None:
+    """A count of draws is an integer in 1..MAX_DRAWS (a UserError naming the argument otherwise)."""
     if isinstance(draws, bool) or not isinstance(draws, int) or not 1 <= draws <= MAX_DRAWS:
-        raise UserError(f"{name} must lie in 1..{MAX_DRAWS}, got {draws}")
+        raise UserError(f"{named('draws')} must lie in 1..{MAX_DRAWS}, got {draws!r}")
 
 
 _MASK64 = (1 << 64) - 1

@@ -18,10 +18,11 @@ import math
 import typing
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from ddpm_bench.data_sources import one_distribution
 from ddpm_bench.errors import UserError
 from ddpm_bench.identity import ModelIdentity, sha256_json
 from ddpm_bench.shards import (
@@ -321,15 +322,68 @@ def terms_csv(terms: np.ndarray, mse: np.ndarray, drawn: np.ndarray | None) -> s
     return buf.getvalue()
 
 
+class PerImageParts(Protocol):
+    """What every estimator's per-image parts give (`PerImage` of the bound, `OdePerImage` of the ODE):
+    named arrays with one row per image."""
+
+    index: np.ndarray  # (N,) int64 data-set indices
+    run_id: str
+
+    @property
+    def totals(self) -> np.ndarray:  # (N,) each image's estimate, bits/dim
+        ...
+
+    def write(self, folder: str | Path) -> list[str]:
+        ...
+
+
 @dataclass(frozen=True)
 class NllOutput:
     """A finished nll output: its summary and per-image parts, checked to belong together (read by
-    `ddpm_bench.estimators.read_output`; `path` is None for a result that lives only in memory)."""
+    `ddpm_bench.estimators.read_output`; `path` is None for a result that lives only in memory). Its
+    headline numbers read off the result itself (`total_bpd`, `total_bpd_stderr`, `n_images`, `identity`);
+    `summary` holds every field of summary.json, `per_image` the estimator's named arrays."""
 
     path: Path | None
     summary: NllSummary
-    per_image: Any  # the estimator's per-image parts (PerImage for the bound), with `index` and `totals`
+    per_image: PerImageParts  # PerImage for the bound, OdePerImage for the ODE likelihood
     complete_before: bool = False  # read from a run that was already complete, not computed now
+
+    @property
+    def total_bpd(self) -> float:
+        """The estimate, bits/dim, averaged over images (a bound or a likelihood: `quantity`)."""
+        return self.summary.total_bpd
+
+    @property
+    def total_bpd_stderr(self) -> float | None:
+        """Its standard error over images (every estimate's own noise included; None for one image)."""
+        return self.summary.total_bpd_stderr
+
+    @property
+    def n_images(self) -> int:
+        return self.summary.n_images
+
+    @property
+    def estimator(self) -> str:
+        return self.summary.estimator
+
+    @property
+    def quantity(self) -> str:
+        """"bound" (an upper bound on -log p) or "likelihood"."""
+        return self.summary.quantity
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """The identity of the model it was computed with."""
+        return ModelIdentity.from_dict(self.summary.model["identity"])
+
+    def __repr__(self) -> str:
+        s = self.summary
+        se = f" +- {s.total_bpd_stderr:.5f}" if s.total_bpd_stderr is not None else ""
+        where = f"; {self.path}" if self.path is not None else "; in memory"
+        return (f"<NllOutput {s.data}: {s.quantity} {s.total_bpd:.5f}{se} bits/dim over {s.n_images:,} images "
+                f"({s.estimator} estimator, T={s.T}, model {s.model_sha256[:12]}), {s.network_evals:,} network "
+                f"evaluations in {s.seconds:.1f} s{where}>")
 
     def write(self, folder: str | Path) -> NllOutput:
         """per_image.npz (and the estimator's other files) first, then summary.json with their sha256 (its
@@ -338,7 +392,6 @@ class NllOutput:
         summary = replace(self.summary, files=record_files(folder, names))
         summary.write(folder)
         return replace(self, path=Path(folder), summary=summary)
-
 
 
 # -- sample ---------------------------------------------------------------------------------------------------
@@ -350,7 +403,9 @@ class SampleManifest(OfModel, JsonOutput):
     FILE: ClassVar[str] = "manifest.json"
     FORMAT: ClassVar[str] = "ddpm-bench-samples/2"  # shards carry their content hash
     LEGACY_FORMAT: ClassVar[str] = "ddpm-bench-samples/1"  # ddpm-bench 0.2: shards without one
-    GRID: ClassVar[str] = "grid.png"  # the first 64 samples beside it
+    GRID: ClassVar[str] = "grid.png"  # the first GRID_SAMPLES samples beside it
+    GRID_SAMPLES: ClassVar[int] = 64  # 8 x 8
+    PROGRESSIVE_ROWS: ClassVar[int] = 8  # samples whose x0 predictions progressive.* show
     PROGRESSIVE_NPZ: ClassVar[str] = "progressive.npz"  # x0 predictions along the chain (paper Figure 6)
     PROGRESSIVE_PNG: ClassVar[str] = "progressive.png"
 
@@ -367,6 +422,9 @@ class SampleManifest(OfModel, JsonOutput):
     shards: list
     sampler: dict
     files: dict = field(default_factory=dict)  # {name: sha256} of grid.png and the progressive files
+    outputs: list = field(default_factory=lambda: ["grid.png"])  # the files beside the shards
+    network_evals: int = 0  # by the run that wrote the manifest last (a resumed run: its own part)
+    seconds: float = 0.0  # its wall time
     extra: dict = field(default_factory=dict)
 
     def check(self, path: Path) -> None:
@@ -387,9 +445,17 @@ def sample_shard_name(s: int) -> str:
 
 @dataclass(frozen=True)
 class FidMetrics(JsonOutput):
-    """`metrics.json` of `fid`."""
+    """`metrics.json` of `fid`. Its `fid` and `is_mean` are FID and IS only when the features are those of
+    the FID Inception (`INCEPTION`: the standard weights, or the packaged TF port of the same network);
+    another extractor's (the test network's) are a Frechet distance and a classifier score of its own
+    features, which no FID or IS column shows (`scores_are_fid_is`, `label`)."""
 
     FILE: ClassVar[str] = "metrics.json"
+    INCEPTION: ClassVar[tuple[str, ...]] = ("inception-v3-compat", "packaged")  # metrics.extractors' names
+    # decimals of a FID that reproduce: its features pass through float32 convolutions whose rounding
+    # depends on the machine's kernels and threads (the README's 197.08 came out 197.09 in a fresh clone on
+    # another day); metrics.json keeps every digit
+    SHOWN_DIGITS: ClassVar[int] = 1
 
     run_id: str
     fid: float
@@ -405,15 +471,38 @@ class FidMetrics(JsonOutput):
     warnings: list
     comparable_to_paper: bool
     samples_model: dict | None  # the `model` of the samples' manifest (with its identity), None for plain images
+    is_reason: str | None = None  # why is_mean is null (None: it is not)
     extra: dict = field(default_factory=dict)
 
     @property
     def model_sha256(self) -> str | None:
         return None if self.samples_model is None else self.samples_model["identity"]["sha256"]
 
+    @property
+    def extractor_name(self) -> str | None:
+        name = self.feature_extractor.get("name")
+        return name if isinstance(name, str) else None
+
+    @property
+    def scores_are_fid_is(self) -> bool:
+        """Whether `fid` is a FID and `is_mean` an IS: the features are the FID Inception's."""
+        return self.extractor_name in self.INCEPTION
+
+    @property
+    def label(self) -> str:
+        """What `fid` is: "FID", or "Frechet distance of NAME features" for another extractor."""
+        return "FID" if self.scores_are_fid_is else f"Frechet distance of {self.extractor_name} features (not FID)"
+
     def check(self, path: Path) -> None:
         if self.samples_model is not None:
             model_sha256_of(self.samples_model, path, "samples_model")
+
+    def __repr__(self) -> str:
+        score = f", IS {self.is_mean:.3f} +- {self.is_std:.3f}" if self.is_mean is not None and \
+            self.scores_are_fid_is else ""
+        note = "" if self.comparable_to_paper else ", not comparable to the paper's"
+        return (f"<FidMetrics {self.label} {self.fid:.4f}{score} of {self.n_samples:,} samples against {self.n_ref:,} "
+                f"images of {self.ref} ({self.backend}){note}>")
 
 
 # -- rate-distortion ------------------------------------------------------------------------------------------
@@ -453,9 +542,25 @@ class RateDistortionSummary(OfModel, JsonOutput):
 
 # -- gap ------------------------------------------------------------------------------------------------------
 
+GAP_VERDICTS = ("below", "undecided", "above")  # the gap's 95% interval against max_gap
+
+
+def gap_verdict_of(ci95: list, max_gap: float) -> str:
+    """The one answer of `gap`, `reproduce` and the report: "above" when the whole 95% interval of the
+    test-minus-train gap lies above `max_gap` (the model overfits; exit 1), "below" when it lies at or below
+    it, "undecided" when it includes it (more images would narrow it)."""
+    low, high = ci95
+    if low > max_gap:
+        return "above"
+    return "below" if high <= max_gap else "undecided"
+
+
 @dataclass(frozen=True)
 class GapResult(OfModel, JsonOutput):
-    """The test-minus-train gap of two nll outputs of one model (`gap.json` in a reproduce run)."""
+    """The test-minus-train gap of two nll outputs of one model (`gap.json` in a reproduce run, or `gap --out
+    FILE`): the gap with its standard error and 95% interval, the `verdict` against `max_gap`
+    (`GAP_VERDICTS`; `exceeds` is verdict == "above") and what made the two outputs one distribution
+    (`splits`, `data.one_distribution`)."""
 
     FILE: ClassVar[str] = "gap.json"
 
@@ -473,12 +578,47 @@ class GapResult(OfModel, JsonOutput):
     train_run_id: str
     test_run_id: str
     model: dict
+    verdict: str | None = None  # None only while a file of 0.3 or earlier is read (then filled from ci95)
+    splits: str | None = None  # None: two data sets (no overfitting verdict), or a file of 0.2
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, obj: dict, path: Path | str = "<memory>") -> GapResult:
+        out = super().from_dict(obj, path)
+        if out.verdict is None:  # written before the verdict was a field: it follows from the numbers
+            out = replace(out, verdict=gap_verdict_of(out.ci95, out.max_gap))
+        if "splits" not in obj:  # a file of 0.2: judged again (without --same-distribution)
+            out = replace(out, splits=one_distribution(out.train, out.test))
+        return out
 
     def check(self, path: Path) -> None:
         model_sha256_of(self.model, path)
         if len(self.ci95) != 2 or not all(type_ok(v, float) for v in self.ci95):
             raise OutputFileError(f"{path}: field 'ci95' must be [low, high]")
+        if self.verdict is not None and self.verdict != gap_verdict_of(self.ci95, self.max_gap):
+            raise OutputFileError(f"{path}: field 'verdict' is {self.verdict!r}, but ci95 and max_gap say "
+                                  f"{gap_verdict_of(self.ci95, self.max_gap)!r}")
+        if self.exceeds != (gap_verdict_of(self.ci95, self.max_gap) == "above"):
+            raise OutputFileError(f"{path}: field 'exceeds' does not follow from ci95 and max_gap")
+
+    def write(self, target: str | Path) -> Path:
+        """gap.json in the folder `target`, or the file `target` itself when it names a .json file (as
+        `gap --out FILE` takes it)."""
+        target = Path(target)
+        path = target if target.suffix == ".json" else target / self.FILE
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    def __repr__(self) -> str:
+        lo, hi = self.ci95
+        return (f"<GapResult {self.verdict}: test-minus-train gap {self.gap_bpd:+.4f} bits/dim, 95% interval "
+                f"[{lo:+.4f}, {hi:+.4f}] against max_gap {self.max_gap:g} ({self.n_test:,} images of {self.test}, "
+                f"{self.n_train:,} of {self.train})>")
+
+    @property
+    def overfits(self) -> bool:
+        """The verdict `gap` and `reproduce` exit 1 on: above max_gap, for two outputs of one distribution."""
+        return self.verdict == "above" and self.splits is not None
 
 
 # -- reproduce ------------------------------------------------------------------------------------------------

@@ -39,6 +39,10 @@ class RateDistortionCurve:
     def T(self) -> int:
         return int(self.t.shape[0])
 
+    def __repr__(self) -> str:
+        return (f"<RateDistortionCurve T={self.T}: rate at t = T {self.rate_bpd[0]:.4f} bits/dim (RMSE "
+                f"{self.rmse[0]:.2f}), at t = 1 {self.rate_bpd[-1]:.4f} bits/dim (RMSE {self.rmse[-1]:.2f}, 0..255)>")
+
 
 def check_terms(terms: np.ndarray) -> np.ndarray:
     """`terms` as float64 (N, T+1) with N >= 1, T >= 1 and finite values; ValueError naming the problem."""

@@ -25,7 +25,6 @@ import fcntl
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,8 +34,10 @@ from typing import Any
 import numpy as np
 
 from ddpm_bench import distributed
+from ddpm_bench.arguments import given, named, switch
 from ddpm_bench.errors import OutputDirError, UserError
 from ddpm_bench.identity import sha256_json
+from ddpm_bench.messages import warn
 from ddpm_bench.shards import CONTENT, arrays_sha256, atomic_write_json, atomic_write_npz, read_json, to_json
 from ddpm_bench.version import __version__
 
@@ -47,6 +48,7 @@ RUN_ID = "run_id"  # the key of the run identity inside every shard file
 INDEX = "index"  # the item numbers inside every shard file
 
 _held: dict[tuple[int, int], int] = {}  # (device, inode) of a lock file this process holds -> its fd
+_lock_paths: dict[tuple[int, int], Path] = {}  # the same keys -> where the lock file is
 
 
 class SettingsChanged(OutputDirError):
@@ -54,8 +56,8 @@ class SettingsChanged(OutputDirError):
 
     def __init__(self, out: Path, differences: str):
         self.out, self.differences = out, differences
-        super().__init__(f"--out {out}: holds a run with other settings ({differences}); use another directory "
-                         "or --force")
+        super().__init__(f"{given('out', out)}: holds a run with other settings ({differences}); use another "
+                         f"directory or {switch('force')}")
 
 
 class ModelChanged(OutputDirError):
@@ -119,8 +121,8 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         if self.out is not None and not str(self.out).strip():
-            raise OutputDirError("--out: empty")
-        for flag, value in (("--batch-size", self.batch_size), ("--shard-size", self.shard_size)):
+            raise OutputDirError(f"{named('out')}: empty")
+        for flag, value in ((named("batch_size"), self.batch_size), (named("shard_size"), self.shard_size)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise UserError(f"{flag} must be at least 1, got {value}")
 
@@ -144,40 +146,71 @@ def lock_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise OutputDirError(f"--out {out}: exists and is not a directory") from None
+        raise OutputDirError(f"{given('out', out)}: exists and is not a directory") from None
     except NotADirectoryError:
-        raise OutputDirError(f"--out {out}: a parent of it is a file, not a directory") from None
+        raise OutputDirError(f"{given('out', out)}: a parent of it is a file, not a directory") from None
     if not out.is_dir():
-        raise OutputDirError(f"--out {out}: exists and is not a directory")
+        raise OutputDirError(f"{given('out', out)}: exists and is not a directory")
     lock_path = out / LOCK
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    st = os.fstat(fd)
-    key = (st.st_dev, st.st_ino)
-    if key in _held:  # already ours (re-entrant within one process, also after a move of the directory)
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        if key in _held:  # already ours (re-entrant within one process, also after a move of the directory)
+            os.close(fd)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise OutputDirError(f"{given('out', out)}: in use by another ddpm-bench process ({_holder(lock_path)}); "
+                                     "wait for it to finish or use another directory") from None
+            raise
+        try:  # the file locked is still the one at lock_path (a releasing holder removes it: then try again)
+            same = os.stat(lock_path).st_ino == st.st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
         os.close(fd)
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise OutputDirError(f"--out {out}: in use by another ddpm-bench process ({_holder(lock_path)}); "
-                                 "wait for it to finish or use another directory") from None
-        raise
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()}\n".encode())
     _held[key] = fd
+    _lock_paths[key] = lock_path
 
 
 def release(out: str | Path) -> None:
-    """Give up this process's lock of `out` (tests, and commands that end before the process does)."""
+    """Give up this process's lock of `out` and remove its lock file (a finished run leaves none behind)."""
     try:
         st = os.stat(Path(out) / LOCK)
     except OSError:
         return
-    fd = _held.pop((st.st_dev, st.st_ino), None)
-    if fd is not None:
-        os.close(fd)
+    _release((st.st_dev, st.st_ino))
+
+
+def _release(key: tuple[int, int]) -> None:
+    fd = _held.pop(key, None)
+    path = _lock_paths.pop(key, None)
+    if fd is None:
+        return
+    if path is not None:  # removed while still held: whoever opened it meanwhile sees it gone and opens anew
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == key[1]:
+                os.unlink(path)
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def released_after():
+    """Every lock this process takes inside is given up (and its file removed) when the block ends: a
+    library call leaves no directory locked behind it (a notebook's process lives on)."""
+    before = set(_held)
+    try:
+        yield
+    finally:
+        for key in [k for k in _held if k not in before]:
+            _release(key)
 
 
 # -- the directory -------------------------------------------------------------------------------------------
@@ -209,7 +242,7 @@ class RunDir:
             return True
         except ShardError as e:
             if say:
-                print(f"ddpm-bench {self.command}: warning: {e.problem}; computing it again", file=sys.stderr)
+                warn(f"{e.problem}; computing it again")
             return False
 
 
@@ -282,7 +315,7 @@ def claim(out: str | Path, command: str, identity: dict, *, force: bool = False,
         except (OSError, ValueError, AttributeError):
             other = None  # an unreadable manifest: --force may start over
         if isinstance(other, str) and other != command:
-            raise OutputDirError(f"--out {out}: holds a '{other}' run; --force empties only a '{command}' run's "
+            raise OutputDirError(f"{given('out', out)}: holds a '{other}' run; {switch('force')} empties only a '{command}' run's "
                                  "directory, never another command's: use another directory")
     if content and force:
         for p in content:
@@ -290,23 +323,22 @@ def claim(out: str | Path, command: str, identity: dict, *, force: bool = False,
         content = []
     if content:
         if not manifest.is_file():
-            raise OutputDirError(f"--out {out}: directory exists and is not empty; use another directory or --force")
+            raise OutputDirError(f"{given('out', out)}: directory exists and is not empty; use another directory or "
+                                 f"{switch('force')}")
         old = read_manifest(out)
         if old["run_id"] == run_id:
             _check_fingerprint(out, old, fingerprint)
             remove_stale_temporaries(out)
             if old.get("ddpm_bench_version") != __version__:
-                print(f"ddpm-bench {command}: warning: {out / MANIFEST} was written by ddpm-bench "
-                      f"{old.get('ddpm_bench_version')}, this is {__version__}; resuming its shards (same identity)",
-                      file=sys.stderr)
+                warn(f"{out / MANIFEST} was written by ddpm-bench {old.get('ddpm_bench_version')}, this is "
+                     f"{__version__}; resuming its shards (same identity)")
             return RunDir(out, command, run_id, resumed=True)
         if old["command"] != command:
-            raise OutputDirError(f"--out {out}: holds a '{old['command']}' run, not '{command}'; "
-                                 "use another directory or --force")
+            raise OutputDirError(f"{given('out', out)}: holds a '{old['command']}' run, not '{command}'; "
+                                 f"use another directory or {switch('force')}")
         if upgrade is not None and normalise(upgrade(old["identity"])) == identity:
-            print(f"ddpm-bench {command}: warning: {out / MANIFEST} was written by ddpm-bench "
-                  f"{old.get('ddpm_bench_version')}; the settings added since take their defaults "
-                  f"({describe_differences(old['identity'], identity)}); resuming it", file=sys.stderr)
+            warn(f"{out / MANIFEST} was written by ddpm-bench {old.get('ddpm_bench_version')}; the settings added "
+                 f"since take their defaults ({describe_differences(old['identity'], identity)}); resuming it")
             remove_stale_temporaries(out)
             write_manifest(out, command, run_id, identity, fingerprint)
             return RunDir(out, command, run_id, resumed=True)
@@ -334,10 +366,10 @@ def _check_fingerprint(out: Path, old: dict, fingerprint: Fingerprint | None) ->
         return
     diff = fingerprint.differs(stored, fingerprint.values)
     if diff is not None:
-        raise ModelChanged(f"--out {out}: the model computes something else than when this run started (its outputs "
+        raise ModelChanged(f"{given('out', out)}: the model computes something else than when this run started (its outputs "
                            f"on a fixed probe differ by {diff:.3g} of their scale, more than rounding), although its "
                            "weights and settings are the same: its code or what it reads changed; refused, nothing "
-                           "mixed; use another directory or --force")
+                           f"mixed; use another directory or {switch('force')}")
 
 
 def remove_stale_temporaries(out: Path) -> None:
@@ -355,16 +387,18 @@ def read_manifest(out: Path) -> dict:
     try:
         m = read_json(path)
     except (OSError, ValueError) as e:
-        raise OutputDirError(f"{path}: unreadable ({type(e).__name__}: {e}); use another directory or --force") from None
+        raise OutputDirError(f"{path}: unreadable ({type(e).__name__}: {e}); use another directory or "
+                             f"{switch('force')}") from None
     if not isinstance(m, dict):
-        raise OutputDirError(f"{path}: expected a JSON object, got {type(m).__name__}; use --force to start over")
+        raise OutputDirError(f"{path}: expected a JSON object, got {type(m).__name__}; use {switch('force')} to start "
+                             "over")
     for key, kind in (("command", str), ("run_id", str), ("identity", dict)):
         if not isinstance(m.get(key), kind):
             raise OutputDirError(f"{path}: field '{key}' is missing or not a {kind.__name__} (written by another "
-                                 "version?); use another directory or --force")
+                                 f"version?); use another directory or {switch('force')}")
     if m.get("format") != MANIFEST_FORMAT or run_id_of(m["command"], m["identity"]) != m["run_id"]:
         raise OutputDirError(f"{path}: field 'run_id' does not match its identity, or format is not "
-                             f"{MANIFEST_FORMAT!r}; use another directory or --force")
+                             f"{MANIFEST_FORMAT!r}; use another directory or {switch('force')}")
     return m
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ddpm_bench.arguments import given, named
 from ddpm_bench.diffusion import DiffusionConfig, p_mean_logvar, predict_x0
 from ddpm_bench.errors import ModelOutputError, UserError
 from ddpm_bench.network import Network
@@ -52,13 +53,14 @@ class SamplerOptions:
         check_seed(self.seed)
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
                                        or self.steps < 1):
-            raise UserError(f"--steps must be at least 1, got {self.steps}")
+            raise UserError(f"{named('steps')} must be at least 1, got {self.steps!r}")
         if self.sampler not in SAMPLERS:
-            raise UserError(f"--sampler {self.sampler}: choose from {', '.join(SAMPLERS)}")
+            raise UserError(f"{given('sampler', self.sampler)}: choose from {', '.join(SAMPLERS)}")
         if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0 <= self.eta < float("inf"):
-            raise UserError(f"--eta must be a finite number >= 0, got {self.eta!r}")
+            raise UserError(f"{named('eta')} must be a finite number >= 0, got {self.eta!r}")
         if self.eta and self.sampler != "ddim":
-            raise UserError("--eta goes with --sampler ddim (the ancestral sampler has the model's variance)")
+            raise UserError(f"{named('eta')} goes with {given('sampler', 'ddim')} (the ancestral sampler has the model's "
+                            "variance)")
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def sampling_process(cfg: DiffusionConfig, steps: int | None = None) -> Sampling
     if steps is None or steps == cfg.T:
         return SamplingProcess(cfg, full, torch.arange(cfg.T, dtype=torch.int64))
     if cfg.mean_type == "mu":
-        raise ValueError("--steps: respaced sampling needs an eps or x0 model; a mu model predicts the mean of "
+        raise ValueError("respaced sampling needs an eps or x0 model; a mu model predicts the mean of "
                          "one step of the full process, which the respaced process does not have")
     use = space_timesteps(cfg.T, steps)
     respaced = schedule_from_betas(respace_betas(full.alphas_cumprod.numpy(), use))

@@ -113,7 +113,7 @@ def space_timesteps(T: int, steps: int) -> list[int]:
     """Evenly strided subset of `steps` network indices out of 0..T-1 (improved DDPM's `space_timesteps`
     with one section), always keeping 0 and the spacing as even as integer steps allow."""
     if not 1 <= steps <= T:
-        raise ValueError(f"--steps must be between 1 and T={T}, got {steps}")
+        raise ValueError(f"must be between 1 and T={T}")
     if steps == T:
         return list(range(T))
     if steps == 1:

@@ -15,12 +15,14 @@ timesteps shares a call, so small data sets and the last partial batch still fil
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from ddpm_bench.arguments import given, named
 from ddpm_bench.diffusion import (
     DiffusionConfig,
     extract,
@@ -39,6 +41,7 @@ from ddpm_bench.gaussian import (
 )
 from ddpm_bench.network import Network
 from ddpm_bench.noise import MAX_DRAWS, check_draws, check_seed, counter_normal
+from ddpm_bench.outputs import NllOutput
 from ddpm_bench.schedule import Schedule
 
 LN2 = math.log(2.0)
@@ -57,7 +60,7 @@ def default_pairs_per_call(device: torch.device, image_shape: tuple[int, ...] = 
 
 def _check_decoder_cdf(decoder_cdf: str) -> None:
     if decoder_cdf not in DECODER_CDF_MODES:
-        raise UserError(f"--decoder-cdf {decoder_cdf}: choose from {', '.join(DECODER_CDF_MODES)}")
+        raise UserError(f"{given('decoder_cdf', decoder_cdf)}: choose from {', '.join(DECODER_CDF_MODES)}")
 
 
 @dataclass(frozen=True)
@@ -92,14 +95,20 @@ class ImportanceOptions:
     seed: int = 0
     clip: bool = True
     decoder_cdf: str = "exact"
-    proposal: str | None = field(default=None, metadata={
+    proposal: str | NllOutput | None = field(default=None, metadata={
         "metavar": "NLL_DIR", "help": "an exact nll output of the same model whose per-term root-mean-square sets "
                                       "q (default: an exact pilot on the first 4 images, counted in network_evals)"})
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
+        if self.proposal is not None and not isinstance(self.proposal, (str, NllOutput)):
+            if isinstance(self.proposal, os.PathLike):
+                object.__setattr__(self, "proposal", os.fspath(self.proposal))
+            else:
+                raise UserError(f"{named('proposal')} must be an exact nll output (its directory, or the result in "
+                                f"memory), got {type(self.proposal).__name__}")
         if isinstance(self.terms, bool) or not isinstance(self.terms, int) or not 1 <= self.terms <= MAX_DRAWS:
-            raise UserError(f"--terms must lie in 1..{MAX_DRAWS} (and below T), got {self.terms}")
+            raise UserError(f"{named('terms')} must lie in 1..{MAX_DRAWS} (and below T), got {self.terms!r}")
         _check_decoder_cdf(self.decoder_cdf)
 
     @property

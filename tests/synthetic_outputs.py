@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_bench.config import RunConfig, TrainConfig
+from ddpm_bench.data_sources import one_distribution
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.estimators import read_output
 from ddpm_bench.identity import model_identity
@@ -25,6 +26,7 @@ from ddpm_bench.outputs import (
     PerImage,
     ReproduceLayout,
     SampleManifest,
+    gap_verdict_of,
     stderr_of_mean,
 )
 from ddpm_bench.schedule import make_betas
@@ -128,7 +130,7 @@ def write_fid_dir(path: Path, fid: float = 12.5, is_mean: float | None = 7.1, is
                by_backend={"torch-fidelity": {"fid": fid}},
                warnings=[] if comparable else ["fewer than 50,000 samples (100): not comparable to the paper"],
                comparable_to_paper=comparable,
-               samples_model=samples_model, extra={"is_reason": is_reason}).write(path)
+               samples_model=samples_model, is_reason=is_reason).write(path)
     return path
 
 
@@ -140,7 +142,9 @@ def write_gap(run: Path, max_gap: float = 0.03) -> Path:
     train, test = (read_output(layout.gap_nll_train), read_output(layout.gap_nll_test)) if gap_dirs else \
         (read_output(layout.nll_train), read_output(layout.nll_test))
     stats = gap_statistics(train.per_image.terms.sum(1), test.per_image.terms.sum(1))
-    GapResult(**stats, max_gap=max_gap, exceeds=bool(stats["ci95"][0] > max_gap), train=train.summary.data,
+    verdict = gap_verdict_of(stats["ci95"], max_gap)
+    GapResult(**stats, max_gap=max_gap, exceeds=verdict == "above", verdict=verdict,
+              splits=one_distribution(train.summary.data, test.summary.data), train=train.summary.data,
               test=test.summary.data, train_run_id=train.summary.run_id, test_run_id=test.summary.run_id,
               model=test.summary.model).write(run)
     return layout.gap

@@ -118,7 +118,7 @@ def test_environment_variable_and_load_images(isolated, monkeypatch):
     monkeypatch.setenv("DDPM_BENCH_SKIP_CIFAR_MD5", "1")
     s = load_images("cifar10:train", num_images=7)
     assert s.source == "cifar10:train" and s.images.shape == (7, 32, 32, 3) and s.index.tolist() == list(range(7))
-    with pytest.raises(DataError, match="--num-images 21 is larger than cifar10:train, which holds 20"):
+    with pytest.raises(DataError, match="num_images=21 is larger than cifar10:train, which holds 20"):
         load_images("cifar10:train", num_images=21)
 
 
@@ -130,7 +130,7 @@ def test_missing_file_is_named(isolated):
         cifar10.load_cifar10("train", isolated / "root", verify=False)
     msg = str(e.value)
     assert "data_batch_3 not found" in msg and str(folder) in msg and cifar10.URL in msg
-    assert "--data-root" in msg and "DDPM_BENCH_DATA" in msg and "\n" not in msg
+    assert "data_root='DIR'" in msg and "DDPM_BENCH_DATA" in msg and "\n" not in msg
     assert not (isolated / "cache" / "ddpm-bench" / "cifar-10-batches-py").exists()  # offline: no download
 
 

@@ -66,7 +66,7 @@ def test_truncated_file(tmp_path):
 
 def test_select_more_than_the_set(tmp_path):
     images = np.zeros((3, 4, 4, 1), np.uint8)
-    with pytest.raises(DataError, match="--num-images 4 is larger than src, which holds 3 images"):
+    with pytest.raises(DataError, match="num_images=4 is larger than src, which holds 3 images"):
         select(images, np.arange(3), "src", 4)
     with pytest.raises(DataError, match="at least 1"):
         select(images, np.arange(3), "src", 0)

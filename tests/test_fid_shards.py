@@ -11,6 +11,7 @@ import pytest
 
 from ddpm_bench.cli import main
 from ddpm_bench.errors import UserError
+from ddpm_bench.messages import DdpmBenchWarning
 from ddpm_bench.metrics import feature_shards, torch_fidelity_backend
 from ddpm_bench.metrics.extractors import TINY_TEST
 
@@ -57,19 +58,21 @@ def test_shards_merge_to_the_features_of_one_pass_and_resume_only_what_is_missin
                                             progress=False).extracted == 0  # all there: no extraction
 
 
-def test_a_shard_that_does_not_belong_is_extracted_again_and_refused_at_merge(tmp_path, capsys):
+def test_a_shard_that_does_not_belong_is_extracted_again_and_refused_at_merge(tmp_path):
     images = _images(0, 10)
     want = feature_shards.extract_in_shards(images, _features, tmp_path, 5, 8, "x", RUN, progress=False).features
     other = images.copy()
     other[7, 0, 0, 0] ^= 1
-    got = feature_shards.extract_in_shards(other, Counting(), tmp_path, 5, 8, "x", RUN, progress=False)
-    assert got.extracted == 5 and "features_000001.npz: was extracted from other images" in capsys.readouterr().err
+    with pytest.warns(DdpmBenchWarning, match="features_000001.npz: was extracted from other images"):
+        got = feature_shards.extract_in_shards(other, Counting(), tmp_path, 5, 8, "x", RUN, progress=False)
+    assert got.extracted == 5
     (tmp_path / "features_000000.npz").write_bytes(b"PK\x03\x04 cut short")
     feature_shards.extract_in_shards(images, _features, tmp_path / "other", 5, 8, "x", "another run", progress=False)
     shutil.copy(tmp_path / "other" / "features_000001.npz", tmp_path / "features_000001.npz")
     again = Counting()
-    got = feature_shards.extract_in_shards(images, again, tmp_path, 5, 8, "x", RUN, progress=False)
-    err = capsys.readouterr().err
+    with pytest.warns(DdpmBenchWarning) as caught:
+        got = feature_shards.extract_in_shards(images, again, tmp_path, 5, 8, "x", RUN, progress=False)
+    err = "\n".join(str(w.message) for w in caught)
     assert again.calls == [5, 5] and "features_000000.npz: unreadable or cut-off shard" in err
     assert "features_000001.npz: belongs to another run" in err
     for layer in want:

@@ -104,7 +104,7 @@ def test_bad_model_output_exits_2_naming_the_problem(npz, tmp_path, capsys, plug
     assert not (out / "summary.json").exists() and not list((out / "shards").glob("*.npz"))
 
 
-@pytest.mark.parametrize("content,needle", [(b"PK\x03\x04 truncated", "truncated or corrupt"), (None, "not a ddpm-bench checkpoint")])
+@pytest.mark.parametrize("content,needle", [(b"PK\x03\x04 truncated", "truncated or corrupt"), (None, "a bare state_dict (1 tensors")])
 def test_bad_checkpoints_exit_2(npz, tmp_path, capsys, content, needle):
     ckpt = tmp_path / "model.pt"
     if content is None:
@@ -151,7 +151,7 @@ def test_gap_reports_interval_and_fails_beyond_max_gap(tmp_path, capsys):
     capsys.readouterr()
     assert main(["gap", str(tmp_path / "tr"), str(tmp_path / "te"), "--max-gap", str(result["ci95"][0] - 1)]) == 1
     err = capsys.readouterr().err  # exit 1 says it, stderr says why, on one line
-    assert err.count("\n") == 1 and "lies above --max-gap" in err
+    assert err.count("\n") == 1 and "overfits:" in err and "lies above max_gap" in err
 
 
 def test_console_entry_exits_2_on_bad_input(tmp_path):

@@ -139,7 +139,7 @@ def test_report_uses_rate_distortion_output_and_paper_table4(tmp_path, capsys):
     run = write_run_dir(tmp_path / "run", T=1000, data="cifar10:train")
     assert main(["rate-distortion", str(run / "nll_test"), "--out", str(run / "rate_distortion")]) == 0
     manifest = build_report([run], tmp_path / "out")
-    assert "figure5.png" in manifest["files"] and "report.md" in manifest["files"]
+    assert "figure5.png" in manifest.files and "report.md" in manifest.files
     t4 = pd.read_csv(tmp_path / "out" / "table4.csv")
     rd4 = pd.read_csv(run / "rate_distortion" / "table4.csv")
     np.testing.assert_allclose(t4[C.RATE_BPD], rd4[C.RATE_BPD], rtol=1e-15)
@@ -455,9 +455,9 @@ def test_a_likelihood_is_never_shown_in_the_bounds_cell(tmp_path):
 def test_gap_verdict_in_plain_words(tmp_path, capsys, shift, max_gap, words):
     run = write_run_dir(tmp_path / "run", data="embedded:train", gap_images=50, gap_shift_bpd=shift,
                         max_gap=max_gap)
-    build_report([run], tmp_path / "out")
+    result = build_report([run], tmp_path / "out")
     gap = json.loads((run / "gap.json").read_text())
-    assert gap["exceeds"] is (shift > 0)
+    assert gap["exceeds"] is (shift > 0) and gap["verdict"] == ("above" if shift > 0 else "below")
 
     def fmt(v):
         return f"{v:.2f}" if abs(v) >= 0.1 else f"{v:.2g}"
@@ -467,6 +467,8 @@ def test_gap_verdict_in_plain_words(tmp_path, capsys, shift, max_gap, words):
     assert sentence in _section(index, "## Inputs")
     table1 = _section(index, "## Table 1").replace("\n  ", " ")  # the notes' lines, unwrapped
     assert sentence in table1
+    assert sentence in "\n".join(result.lines())
+    assert main(["report", str(run), "--out", str(tmp_path / "out2")]) == 0
     assert sentence in capsys.readouterr().out
 
 
@@ -477,7 +479,8 @@ def test_no_overfitting_claim_across_two_data_sets(tmp_path):
                         max_gap=0.1)
     gap = json.loads((run / "gap.json").read_text())
     assert gap["exceeds"] is True
-    (run / "gap.json").write_text(json.dumps(rehashed({**gap, "train": "cifar10:train"})))
+    old = {k: v for k, v in gap.items() if k not in ("splits", "verdict")}
+    (run / "gap.json").write_text(json.dumps(rehashed({**old, "train": "cifar10:train"})))
     build_report([run], tmp_path / "out")
     index = (tmp_path / "out" / "report.md").read_text()
     assert "overfit" not in index.replace("no overfitting verdict", "")
@@ -565,7 +568,7 @@ def test_report_shows_the_samples_and_why_is_is_empty(tmp_path):
     out = tmp_path / "out"
     manifest = build_report([run], out)
     for src, name in (("grid.png", "samples_grid.png"), ("progressive.png", "progressive.png")):
-        assert (out / name).read_bytes() == (run / "samples" / src).read_bytes() and name in manifest["files"]
+        assert (out / name).read_bytes() == (run / "samples" / src).read_bytes() and name in manifest.files
     lines = (out / "report.md").read_text().splitlines()
     samples = [line for line in lines if line.startswith("![")]
     assert any(line.endswith("(samples_grid.png)") for line in samples)

@@ -38,7 +38,7 @@ def test_writes_shards_manifest_and_grids(tmp_path):
     out = tmp_path / "s"
     assert sample(out, "--num", "10", "--batch-size", "3", "--shard-size", "4", "--progressive-every", "5") == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == [".lock", "grid.png", "manifest.json", "progressive.npz", "progressive.png", "run.json",
+    assert names == ["grid.png", "manifest.json", "progressive.npz", "progressive.png", "run.json",
                      "samples_000000.npz", "samples_000001.npz", "samples_000002.npz"]
     for s, n in enumerate((4, 4, 2)):
         with np.load(out / f"samples_{s:06d}.npz") as z:

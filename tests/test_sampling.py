@@ -269,5 +269,5 @@ def test_ddim_eta_0_is_deterministic_given_x_T_and_differs_from_ancestral():
     b = draw(net, proc, torch.arange(4), 5, (3, 8, 8), sampler="ddim", eta=0.0)
     c = draw(net, proc, torch.arange(4), 5, (3, 8, 8))
     assert torch.equal(a.x0, b.x0) and not torch.equal(a.x0, c.x0)
-    with pytest.raises(UserError, match="--eta goes with --sampler ddim"):
+    with pytest.raises(UserError, match="eta= goes with sampler='ddim'"):
         SamplerOptions(eta=0.5)

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm_bench.arguments import given, named
 from ddpm_bench.data.cifar10 import cifar10_notes
 from ddpm_bench.data.images import ImageSet, select, validate_images
+from ddpm_bench.data_sources import NAMED_SOURCES, one_distribution, source_data_set, source_split
 from ddpm_bench.errors import DataError
 
-__all__ = ["DataSpec", "ImageSet", "load_images", "select", "validate_images"]
+__all__ = ["NAMED_SOURCES", "DataSpec", "ImageSet", "load_images", "one_distribution", "select", "source_data_set",
+           "source_split", "validate_images"]
 
 
 @dataclass(frozen=True)
@@ -25,42 +28,12 @@ class DataSpec:
 
     def __post_init__(self) -> None:
         if not self.source or not str(self.source).strip():
-            raise DataError("--data: empty (give cifar10:train|test, embedded:train|test, PATH.npz or a PNG folder)")
+            raise DataError(f"{named('images')}: empty (give cifar10:train|test, embedded:train|test, PATH.npz or a PNG folder)")
         if self.num_images is not None and self.num_images < 1:
-            raise DataError(f"--num-images must be at least 1, got {self.num_images}")
+            raise DataError(f"{named('num_images')} must be at least 1, got {self.num_images}")
 
     def load(self) -> ImageSet:
         return load_images(self.source, self.data_root, self.num_images)
-
-
-NAMED_SOURCES = ("cifar10", "embedded")  # `NAME:SPLIT` data sources
-
-
-def source_split(source: str | None) -> str | None:
-    """"train" or "test" of a named source (`cifar10:test`), None for files and folders (unknown)."""
-    name, sep, split = (source or "").partition(":")
-    return split if sep and name in NAMED_SOURCES and split in ("train", "test") else None
-
-
-def source_data_set(source: str | None) -> str | None:
-    """The data set a named source is a split of (`cifar10`), None for files and folders (unknown)."""
-    name, sep, _ = (source or "").partition(":")
-    return name if sep and name in NAMED_SOURCES else None
-
-
-def one_distribution(train: str, test: str, same_distribution: bool = False) -> str | None:
-    """What makes two data sources one distribution, in words (gap.json's `splits`): two splits of one named
-    data set, the user's word (`--same-distribution`), or two files or folders (ddpm-bench cannot tell);
-    None: two data sets (two named ones, or a named one and a file), whose difference is no train/test
-    gap. The one rule of `gap`, the report's verdict and `reproduce`."""
-    sa, sb = source_data_set(train), source_data_set(test)
-    if sa == sb and sa is not None:
-        return f"two splits of {sa}"
-    if same_distribution:
-        return f"{train} and {test}, declared one distribution (--same-distribution)"
-    if sa is None and sb is None:
-        return f"{train} and {test} (files: one distribution as far as ddpm-bench can tell)"
-    return None
 
 
 def sample_dir_manifest() -> str:
@@ -73,7 +46,7 @@ def sample_dir_manifest() -> str:
 def load_images(src: str, data_root: str | None = None, num_images: int | None = None) -> ImageSet:
     """Load a data source by name (see the module docstring)."""
     if not src.strip():  # Path("") is the current directory: never what an empty --data meant
-        raise DataError(f"--data: empty{'' if src == '' else f' ({src!r})'}; give a data source, e.g. embedded:test")
+        raise DataError(f"{named('images')}: empty{'' if src == '' else f' ({src!r})'}; give a data source, e.g. embedded:test")
     if src.startswith("cifar10:"):
         from ddpm_bench.data.cifar10 import load_cifar10
 
@@ -87,7 +60,7 @@ def load_images(src: str, data_root: str | None = None, num_images: int | None =
         return select(images, np.arange(len(images)), src, num_images)
     path = Path(src)
     if not path.exists():
-        raise DataError(f"--data {src}: no such file or directory")
+        raise DataError(f"{given('images', src)}: no such file or directory")
     if path.is_file() and path.suffix == ".npz":
         from ddpm_bench.data.npz import load_npz
 
@@ -101,6 +74,6 @@ def load_images(src: str, data_root: str | None = None, num_images: int | None =
 
         images = load_png_folder(path)
     else:
-        raise DataError(f"--data {src}: not a .npz file, a folder of PNG files or a known name "
+        raise DataError(f"{given('images', src)}: not a .npz file, a folder of PNG files or a known name "
                         "(cifar10:train, cifar10:test, embedded:train, embedded:test)")
     return select(images, np.arange(len(images)), str(path.resolve()), num_images)

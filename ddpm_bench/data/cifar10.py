@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm_bench.arguments import given
 from ddpm_bench.data.images import validate_images
 from ddpm_bench.errors import DataError
 from ddpm_bench.provenance import file_digest
@@ -134,7 +135,7 @@ def missing_message(split: str, names: list[str], roots: list[Path]) -> str:
     places = ", ".join(str(f) for f in folders)
     return (f"cifar10:{split}: file {missing} not found (looked in {places}); download {URL} "
             f"(md5 {ARCHIVE_MD5}), extract it into a folder DIR so that DIR/{FOLDER}/{missing} exists, "
-            f"and pass --data-root DIR or set ${ENV_DATA}=DIR")
+            f"and pass {given('data_root', 'DIR')} or set ${ENV_DATA}=DIR")
 
 
 def locate(split: str, data_root: str | Path | None, fetch: Fetch | None) -> Path:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ddpm_bench.arguments import given, named
 from ddpm_bench.errors import DataError
 
 
@@ -56,9 +57,9 @@ def select(images: np.ndarray, index: np.ndarray, source: str, num_images: int |
 
     if num_images is not None:
         if num_images < 1:
-            raise DataError(f"--num-images must be at least 1, got {num_images}")
+            raise DataError(f"{named('num_images')} must be at least 1, got {num_images}")
         if num_images > len(images):
-            raise DataError(f"--num-images {num_images} is larger than {source}, which holds {len(images)} images")
+            raise DataError(f"{given('num_images', num_images)} is larger than {source}, which holds {len(images)} images")
         images, index = images[:num_images], index[:num_images]
     images = np.ascontiguousarray(images)
     return ImageSet(images=images, index=np.asarray(index, dtype=np.int64), source=source,

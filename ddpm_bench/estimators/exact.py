@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import numpy as np
@@ -93,8 +93,19 @@ def bound_output(merged: dict[str, np.ndarray], common: dict, options: Any, summ
         draws=options.draws,
         clip=options.clip,
         decoder_cdf=options.decoder_cdf,
-        bound=asdict(options),
+        bound=options_record(options),
         **fields,
     )
     return NllOutput(None, summary, per_image)
 
+
+def options_record(options) -> dict:
+    """The options as summary.json records them: a proposal given in memory by where it is (its path, or
+    its run id), since its content is identified by its run id already."""
+    out = {}
+    for f in dataclass_fields(options):
+        value = getattr(options, f.name)
+        if isinstance(value, NllOutput):
+            value = str(value.path) if value.path is not None else f"in memory (run_id {value.summary.run_id})"
+        out[f.name] = value
+    return out

@@ -1,18 +1,20 @@
 """The importance-sampled bound (`nll --terms K`): per image L_T in closed form, L_0 evaluated, and K of the
 T - 1 KL terms drawn from a proposal q fixed before the run, each weighted by 1 / (K q(k)): an unbiased
 estimate of the exact bound's expectation (ddpm_bench.variational_bound.estimate_bound). q comes from an exact nll
-output of the same model (`--proposal`), else from an exact pilot on the first PILOT_IMAGES images, kept in
+output with the same T (`--proposal`; of this model or another), else from an exact pilot on the first PILOT_IMAGES images, kept in
 OUT/proposal.npz so that a resume does not run it again; its cost is counted in `network_evals` and
 `seconds`."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import fields
 
 import numpy as np
 import torch
 
 from ddpm_bench import distributed, run_dir
+from ddpm_bench.arguments import given, named
 from ddpm_bench.data import ImageSet
 from ddpm_bench.errors import UserError
 from ddpm_bench.estimators.base import Progress
@@ -52,30 +54,35 @@ class Importance(Exact):
     def check(self, network: Network, images: ImageSet) -> None:
         T = network.diffusion.T
         if self.options.terms > T - 1:
-            raise UserError(f"--terms {self.options.terms}: more than the T - 1 = {T - 1} KL terms; leave --terms "
-                            "out for every term")
+            raise UserError(f"{given('terms', self.options.terms)}: more than the T - 1 = {T - 1} KL terms; leave "
+                            f"{named('terms')} out for every term")
 
     def prepare(self, network: Network, images: ImageSet) -> dict:
-        """Where q comes from: an exact nll output of the same model (by its run id), or the exact pilot on
-        the first images (q is then a pure function of the model, the images and the seed)."""
+        """Where q comes from: an exact nll output with the same T (by its run id; of this model, or of another,
+        such as an earlier checkpoint of a training run: any q mixed with the uniform keeps the estimate
+        unbiased, only its variance depends on q), or the exact pilot on the first images (q is then a pure
+        function of the model, the images and the seed)."""
         T = self._T = network.diffusion.T
         if self.options.proposal is None:
             n = min(PILOT_IMAGES, len(images))
             self.source = {"from": "pilot", "images": images.index[:n].tolist(), "seed": self.options.seed}
             return {"proposal": self.source}
-        prior = Exact.read(self.options.proposal)
-        if prior.summary.model_sha256 != network.identity.sha256:
-            raise UserError(f"--proposal {self.options.proposal}: computed with another model "
-                            f"({prior.summary.model_sha256[:12]}, not {network.identity.sha256[:12]})")
+        proposal = self.options.proposal
+        prior = proposal if isinstance(proposal, NllOutput) else Exact.read(proposal)
+        what = given("proposal", proposal if isinstance(proposal, str) else prior)
+        if prior.summary.estimator != Exact.NAME or not prior.per_image.exact:
+            raise UserError(f"{what}: is an output of the {prior.summary.estimator!r} estimator; the proposal comes "
+                            "from an exact bound (every term of every image)")
         if prior.summary.T != T:
-            raise UserError(f"--proposal {self.options.proposal}: needs an exact nll output (every term) with T = {T}")
+            raise UserError(f"{what}: needs an exact nll output (every term) with T = {T}")
         self.prior = prior
-        self.source = {"from": "nll output", "run_id": prior.summary.run_id, "n_images": prior.summary.n_images}
+        self.source = {"from": "nll output", "run_id": prior.summary.run_id, "n_images": prior.summary.n_images,
+                       "model": prior.summary.model_sha256}
         return {"proposal": self.source}
 
     def identity(self) -> dict:
-        """The options without the --proposal path (its run id is in `prepare`'s part)."""
-        return {k: v for k, v in super().identity().items() if k != "proposal"}
+        """The options without the proposal (its run id is in `prepare`'s part)."""
+        return {f.name: getattr(self.options, f.name) for f in fields(self.options) if f.name != "proposal"}
 
     def setup(self, network: Network, images: ImageSet, run, batch_size: int) -> None:
         """q, the same bytes on every rank: from the --proposal output, else the pilot's, computed by rank 0

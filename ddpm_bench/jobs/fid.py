@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -23,6 +22,7 @@ from ddpm_bench import distributed, run_dir
 from ddpm_bench.data import ImageSet, load_images
 from ddpm_bench.data.sample_dir import read_manifest
 from ddpm_bench.errors import DataError, UserError
+from ddpm_bench.messages import note, warn
 from ddpm_bench.metrics import clean_fid_backend, protocol, reference_cache, torch_fidelity_backend
 from ddpm_bench.metrics.extractors import PACKAGED, STANDARD, TINY_TEST, Extractor, resolve_extractor
 from ddpm_bench.metrics.feature_shards import extract_in_shards
@@ -220,7 +220,7 @@ def finished_metrics(rd: RunDir) -> FidMetrics | None:
     try:
         metrics = FidMetrics.read(rd.path)
     except OutputFileError as e:
-        print(f"ddpm-bench fid: {e}; computing the metrics again", file=sys.stderr)
+        note(f"{e}; computing the metrics again")
         return None
     return metrics if metrics.run_id == rd.run_id else None
 
@@ -278,8 +278,7 @@ def _run_fid(job: FidJob, dev) -> FidMetrics | None:
                      for b, lib in libs.items()}
     if distributed.broadcast(done is not None if main else None):
         if main:
-            print(f"ddpm-bench fid: {rd.path / FidMetrics.FILE} is complete for these settings; nothing to do",
-                  file=sys.stderr)
+            note(f"{rd.path / FidMetrics.FILE} is complete for these settings; nothing to do")
         return done
 
     # every rank: features of the samples, and of the reference where no statistics are known yet
@@ -315,9 +314,8 @@ def _run_fid(job: FidJob, dev) -> FidMetrics | None:
                 path = str(reference_cache.store(cache, key, feats, stats))
             except OSError as e:  # a cache that cannot be written: the metrics do not need it
                 path = None
-                print(f"ddpm-bench fid: warning: the reference statistics were not cached: cannot write {cache} "
-                      f"({e.strerror or type(e).__name__}); set --cache-dir or $DDPM_BENCH_CACHE to keep them",
-                      file=sys.stderr)
+                warn(f"the reference statistics were not cached: cannot write {cache} "
+                      f"({e.strerror or type(e).__name__}); set --cache-dir or $DDPM_BENCH_CACHE to keep them")
             references[b] = {"from": "computed", "path": path, "key": key.as_dict(), "seconds": seconds,
                              "images_extracted": got.extracted,
                              "images_per_second": got.extracted / seconds if got.extracted else None}
@@ -339,7 +337,6 @@ def _run_fid(job: FidJob, dev) -> FidMetrics | None:
         is_mean = is_std = None
         is_reason = f"feature extractor {extractor.name} has no logits (pool3 features only)"
     extra = {
-        "is_reason": is_reason,
         "undefined": {b: u for b, u in undefined.items() if u},  # metrics that came out NaN or inf: null
         "options": asdict(opts),
         "paper": protocol.paper_values(),
@@ -365,7 +362,7 @@ def _run_fid(job: FidJob, dev) -> FidMetrics | None:
                         n_samples=len(sample_set), n_ref=n_ref, ref=ref_name, samples=sample_set.source,
                         backend=opts.backend, feature_extractor=extractor.describe(), by_backend=by_backend,
                         warnings=warnings, comparable_to_paper=not warnings and extractor.name == STANDARD,
-                        samples_model=manifest.model if manifest else None, extra=extra)
+                        samples_model=manifest.model if manifest else None, is_reason=is_reason, extra=extra)
     result.write(rd.path)
     shutil.rmtree(features, ignore_errors=True)
     return result
@@ -373,14 +370,16 @@ def _run_fid(job: FidJob, dev) -> FidMetrics | None:
 
 def summary_line(metrics: FidMetrics) -> str:
     result = metrics.to_dict()
-    parts = [f"FID {result['fid']:.4f}"]
+    parts = [f"{metrics.label} {result['fid']:.4f}"]
     if result["is_mean"] is not None:
-        parts.append(f"IS {result['is_mean']:.3f} ± {result['is_std']:.3f}")
+        parts.append(f"IS {result['is_mean']:.3f} ± {result['is_std']:.3f}" if metrics.scores_are_fid_is else
+                     f"classifier score {result['is_mean']:.3f} ± {result['is_std']:.3f} (not IS)")
     else:
         parts.append(f"IS null ({result['is_reason']})")
+    kind = "FID" if metrics.scores_are_fid_is else "FD"
     for name, b in result["by_backend"].items():
         extra = f" [{b['mode']}]" if name == "clean-fid" else ""
-        parts.append(f"{name}{extra}: FID {b['fid']:.4f}")
+        parts.append(f"{name}{extra}: {kind} {b['fid']:.4f}")
     if "backend_difference" in result:
         parts.append(f"difference {result['backend_difference']['fid_clean_fid_minus_torch_fidelity']:+.4g}")
     parts.append(f"{result['n_samples']} samples vs {result['n_ref']} {result['ref']}")

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from ddpm_bench.arguments import given, switch
 from ddpm_bench.data import one_distribution, source_split
+from ddpm_bench.defaults import MAX_GAP
 from ddpm_bench.errors import UserError
 from ddpm_bench.estimators import ESTIMATORS, read_output
-from ddpm_bench.outputs import GapResult, NllOutput
+from ddpm_bench.outputs import GapResult, NllOutput, gap_verdict_of
 from ddpm_bench.run_dir import describe_differences
 
 Z95 = 1.959963984540054
@@ -36,15 +36,15 @@ def check_comparable(train: NllOutput, test: NllOutput, same_distribution: bool 
     makes them one distribution, for the verdict."""
     a, b = train.summary, test.summary
     where = f"{train.path or 'the train result'} and {test.path or 'the test result'}"
-    for output, want, arg in ((train, "train", "TRAIN_DIR"), (test, "test", "TEST_DIR")):
+    for output, want in ((train, "train"), (test, "test")):
         split = source_split(output.summary.data)
         if split is not None and split != want:
-            raise UserError(f"{arg} {output.path or ''} holds the bound of {output.summary.data}, a {split} split; "
-                            "give the train split's output first and the test split's second")
+            raise UserError(f"{given(want, output.path or output)} holds the bound of {output.summary.data}, a {split} "
+                            "split; give the train split's output first and the test split's second")
     relation = one_distribution(a.data, b.data, same_distribution)
     if relation is None:
         raise UserError(f"{where} are bounds on two data sets ({a.data}, {b.data}): their difference is no "
-                        "train/test gap; give --same-distribution if they are one distribution")
+                        f"train/test gap; give {switch('same_distribution')} if they are one distribution")
     if a.run_id == b.run_id:
         raise UserError(f"{where} are the same nll run (run_id {a.run_id[:12]}); give a train and a test output")
     if a.data_sha256 == b.data_sha256:
@@ -68,39 +68,24 @@ def _model_fields(identity: dict) -> dict:
     return {k: identity.get(k) for k in ("weights", "weights_sha256", "diffusion", "kind", "sha256")}
 
 
-def compute_gap(train_dir: str | Path, test_dir: str | Path, max_gap: float = 0.03,
+def compute_gap(train_dir: str | Path, test_dir: str | Path, max_gap: float = MAX_GAP,
                 same_distribution: bool = False) -> GapResult:
-    """The gap between two nll outputs of the same model and settings; `exceeds` when the whole 95%
-    interval lies above `max_gap`."""
+    """The gap between two nll outputs of the same model and settings, with its verdict against `max_gap`."""
     return gap_of(read_output(train_dir), read_output(test_dir), max_gap, same_distribution)
 
 
-def gap_of(train: NllOutput, test: NllOutput, max_gap: float = 0.03, same_distribution: bool = False) -> GapResult:
+def gap_of(train: NllOutput, test: NllOutput, max_gap: float = MAX_GAP,
+           same_distribution: bool = False) -> GapResult:
     """The gap between two nll results (read from files or computed in memory)."""
     check_max_gap(max_gap)
     relation = check_comparable(train, test, same_distribution)
     stats = gap_statistics(train.per_image.totals, test.per_image.totals)
-    return GapResult(**stats, max_gap=max_gap, exceeds=bool(stats["ci95"][0] > max_gap), train=train.summary.data,
-                     test=test.summary.data, train_run_id=train.summary.run_id, test_run_id=test.summary.run_id,
-                     model=test.summary.model, extra={"splits": relation})
+    verdict = gap_verdict_of(stats["ci95"], max_gap)
+    return GapResult(**stats, max_gap=float(max_gap), exceeds=verdict == "above", verdict=verdict, splits=relation,
+                     train=train.summary.data, test=test.summary.data, train_run_id=train.summary.run_id,
+                     test_run_id=test.summary.run_id, model=test.summary.model)
 
 
 def check_max_gap(max_gap: float) -> None:
     if isinstance(max_gap, bool) or not isinstance(max_gap, (int, float)) or not math.isfinite(max_gap):
-        raise UserError(f"--max-gap {max_gap}: must be a finite number of bits/dim (the check could never fire)")
-
-
-def run_gap(train_dir: str, test_dir: str, max_gap: float = 0.03, out: str | None = None,
-            same_distribution: bool = False) -> int:
-    result = compute_gap(train_dir, test_dir, max_gap, same_distribution)
-    if out is not None:
-        from ddpm_bench.shards import atomic_write_json
-
-        atomic_write_json(out, result.to_dict())
-    print(json.dumps(result.to_dict(), indent=2))
-    if result.exceeds:  # exit 1 says it, and this line says why
-        lo, hi = result.ci95
-        print(f"ddpm-bench gap: the test-minus-train gap {result.gap_bpd:.4f} bits/dim (95% interval {lo:.4f} .. "
-              f"{hi:.4f}) lies above --max-gap {max_gap:g}: the model fits its training images better than unseen "
-              f"ones ({result.extra['splits']})", file=sys.stderr)
-    return 1 if result.exceeds else 0
+        raise UserError(f"{given('max_gap', max_gap)}: must be a finite number of bits/dim (the check could never fire)")

@@ -15,7 +15,6 @@ from ddpm_bench.config import load_recipe
 from ddpm_bench.models.formats import format_of
 from ddpm_bench.models.registry import build_model
 from ddpm_bench.models.spec import ModelSpec
-from ddpm_bench.shards import to_json
 
 
 def count_params(model_config: dict) -> int:
@@ -40,9 +39,3 @@ def inspect_model(spec: ModelSpec) -> dict:
     return {"ckpt": spec.ckpt, "kind": fmt.NAME, "params": params, "model_identity": model.identity.sha256,
             "provenance": model.provenance, "diffusion": asdict(model.diffusion),
             "image_shape": list(model.image_shape) if model.image_shape else None, "config": model.config}
-
-
-def run_inspect(ckpt: str | None, recipe: str | None, overrides: list[str] = (), flags: str | None = None) -> int:
-    info = inspect_model(ModelSpec(ckpt=ckpt, flags=flags)) if ckpt is not None else inspect_recipe(recipe, overrides)
-    print(to_json(info), end="")
-    return 0

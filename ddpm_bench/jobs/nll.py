@@ -21,10 +21,13 @@ import numpy as np
 import torch
 
 from ddpm_bench import distributed, run_dir
+from ddpm_bench.arguments import given, switch
 from ddpm_bench.data import DataSpec, ImageSet
+from ddpm_bench.dry_run import DryRun, DryRunStage
 from ddpm_bench.errors import UserError
 from ddpm_bench.estimators import ESTIMATORS, make_estimator
 from ddpm_bench.estimators.base import Estimator
+from ddpm_bench.messages import note, warn
 from ddpm_bench.models.spec import ModelSpec
 from ddpm_bench.network import Execution, Network, load_network
 from ddpm_bench.outputs import NllOutput, OutputFileError
@@ -68,7 +71,7 @@ def load_data(data: DataSpec | ImageSet) -> ImageSet:
 
 def check_image_shape(network: Network, data: ImageSet) -> None:
     if network.image_shape is not None and tuple(network.image_shape) != tuple(data.shape):
-        raise UserError(f"--data {data.source}: images are (C, H, W) = {data.shape}, but the model expects "
+        raise UserError(f"{given('images', data.source)}: images are (C, H, W) = {data.shape}, but the model expects "
                         f"{tuple(network.image_shape)}")
 
 
@@ -80,35 +83,33 @@ def nll_identity(network: Network, data: ImageSet, estimator: Estimator, prepare
             "estimator": estimator.NAME, "options": estimator.identity(), **prepared, "shard_size": shard_size}
 
 
-def run_nll(job: NllJob) -> NllOutput | None:
+def run_nll(job: NllJob) -> NllOutput | DryRun | None:
     """The estimate of `job`, in one process or in each process of a torchrun launch (ddpm_bench.distributed):
-    rank 0 returns the output (other ranks and dry runs return None). With `job.run.out` None nothing is
-    written and the output lives in memory."""
+    rank 0 returns the output, or with `job.run.dry_run` what the run would cost (other ranks return None).
+    With `job.run.out` None nothing is written and the output lives in memory."""
     estimator = make_estimator(job.options)
     device = job.model.device if isinstance(job.model, Network) else Network.device_of(job.execution)
     with distributed.process_group_or_local(device, local=job.run.out is None):  # in memory: this process's own
         return _run_nll(job, estimator)
 
 
-def _run_nll(job: NllJob, estimator: Estimator) -> NllOutput | None:
+def _run_nll(job: NllJob, estimator: Estimator) -> NllOutput | DryRun | None:
     main, run = distributed.is_main(), job.run
     rd = None
     with run_dir.phase():  # every rank: inputs and the estimator's part of the identity; rank 0 claims --out
         network = load_network(job.model, job.execution)
         if main and (w := prior_warning(network.diffusion.schedule())):
-            print(f"ddpm-bench {COMMAND}: warning: {w}", file=sys.stderr)
+            warn(w)
         images = load_data(job.data)
         check_image_shape(network, images)
         batch_size = run.batch_size or default_pairs_per_call(network.device, images.shape)
         estimator.check(network, images)
         if run.dry_run:
-            dry_run(network, images, estimator, batch_size)
-            return None
+            return dry_run(network, images, estimator, batch_size)
         identity = nll_identity(network, images, estimator, estimator.prepare(network, images), job.shard_size)
         evals, what = estimator.cost(len(images), network.diffusion.T)
         if main and evals >= LARGE_RUN_EVALS:  # a long run says what it will cost before it starts
-            print(f"ddpm-bench {COMMAND}: {len(images)} images x {what} = {evals:,} network evaluations; "
-                  "--dry-run gives an ETA", file=sys.stderr)
+            note(f"{len(images)} images x {what} = {evals:,} network evaluations; {switch('dry_run')} gives an ETA")
         if run.out is not None:
             rd = run_dir.claim_collective(run.out, COMMAND, identity, force=run.force,
                                           fingerprint=network.run_fingerprint(images.shape) if main else None)
@@ -191,7 +192,7 @@ def finished_output(rd: RunDir, plan: ShardPlan, estimator: Estimator) -> NllOut
     try:
         output = estimator.read(rd.path)
     except OutputFileError as e:
-        print(f"ddpm-bench {COMMAND}: {e}; merging the shards again", file=sys.stderr)
+        note(f"{e}; merging the shards again")
         return None
     if output.summary.run_id != rd.run_id:
         return None
@@ -216,28 +217,32 @@ def probe_seconds_per_eval(network: Network, data: ImageSet, batch_size: int, re
     return timed(lambda: bound_pairs(network, s, x0_all, index, n, d, k), device, repeats) / batch_size
 
 
-def dry_run(network: Network, images: ImageSet, estimator: Estimator, batch_size: int) -> None:
-    """Print the network evaluations of this estimate and of the other bound estimators, with ETAs from a
-    timed probe of the engine's step."""
+def dry_run(network: Network, images: ImageSet, estimator: Estimator, batch_size: int) -> DryRun | None:
+    """The network evaluations of this estimate and of the other bound estimators, with ETAs from a timed
+    probe of the engine's step (rank 0; None on the others)."""
     if not distributed.is_main():
-        return
+        return None
     world = distributed.world_size()
     procs = f" in {world} processes" if world > 1 else ""
     N, T = len(images), network.diffusion.T
+    evals, what = estimator.cost(N, T)
     per_image = estimator.probe_cost(network, images, batch_size)
     if per_image is not None:  # an estimate whose cost only a probe of itself can tell
-        evals, what = estimator.cost(N, T)
-        print(f"{COMMAND}: {N} images x {what} = {evals} network evaluations; ~{per_image:.3g} s per image on "
-              f"{network.device} (a solve of the first images) -> ETA {N * per_image / world / 60:.1f} min{procs}")
-        return
+        eta = N * per_image / world
+        line = (f"{COMMAND}: {N} images x {what} = {evals} network evaluations; ~{per_image:.3g} s per image on "
+                f"{network.device} (a solve of the first images) -> ETA {eta / 60:.1f} min{procs}")
+        return DryRun(COMMAND, str(network.device), (DryRunStage(estimator.NAME, what, evals, eta),), (line,))
     sec = probe_seconds_per_eval(network, images, batch_size)
-    evals, what = estimator.cost(N, T)
-    print(f"{COMMAND}: {N} images x {what} = {evals} network evaluations; ~{sec * 1e3:.3g} ms each on "
-          f"{network.device} (noise, network and terms, batches of {batch_size}) -> ETA "
-          f"{evals * sec / world / 60:.1f} min{procs}")
+    stage = DryRunStage(estimator.NAME, what, evals, evals * sec / world)
+    lines = [f"{COMMAND}: {N} images x {what} = {evals} network evaluations; ~{sec * 1e3:.3g} ms each on "
+             f"{network.device} (noise, network and terms, batches of {batch_size}) -> ETA "
+             f"{stage.seconds / 60:.1f} min{procs}"]
+    alternatives = []
     for cls in ESTIMATORS.values():
         other = cls.alternative(T) if cls.QUANTITY == estimator.QUANTITY and cls is not type(estimator) else None
         if other is not None:
-            evals, _ = other.cost(N, T)
-            print(f"{COMMAND}: {other.label()} would be {evals} network evaluations -> ETA "
-                  f"{evals * sec / world / 60:.1f} min{procs}")
+            evals, what = other.cost(N, T)
+            alternatives.append(DryRunStage(other.label(), what, evals, evals * sec / world))
+            lines.append(f"{COMMAND}: {other.label()} would be {evals} network evaluations -> ETA "
+                         f"{evals * sec / world / 60:.1f} min{procs}")
+    return DryRun(COMMAND, str(network.device), (stage,), tuple(lines), tuple(alternatives))

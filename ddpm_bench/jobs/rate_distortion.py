@@ -9,7 +9,6 @@ the paper's columns for T = 1000 and its deltas only where `report` shows them
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,9 +16,11 @@ import numpy as np
 import pandas as pd
 
 from ddpm_bench import distributed, run_dir
+from ddpm_bench.arguments import given, say
 from ddpm_bench.errors import UserError
 from ddpm_bench.estimators import ESTIMATORS, make_estimator, read_output
 from ddpm_bench.jobs.nll import NllJob, run_nll
+from ddpm_bench.messages import warn
 from ddpm_bench.outputs import NllOutput, RateDistortionSummary, record_files
 from ddpm_bench.provenance import environment
 from ddpm_bench.rate_distortion_curve import distortion_bpd, rate_distortion_curve
@@ -41,7 +42,8 @@ def check_every_term(output: NllOutput, origin: str) -> None:
     cls = ESTIMATORS[output.summary.estimator]
     if not cls.RATE_DISTORTION:
         raise UserError(f"{origin}: rate and distortion need every term of every image, which an nll output of the "
-                        f"{cls.NAME!r} estimator does not give: run nll without --terms or --ode")
+                        f"{cls.NAME!r} estimator does not give: " + say("run nll without --terms or --ode",
+                                                                       "compute it with bound(...) without terms= or options="))
 
 
 def run_rate_distortion(out: str | Path, source: str | Path | NllJob, force: bool = False) -> RateDistortionSummary | None:
@@ -56,7 +58,8 @@ def run_rate_distortion(out: str | Path, source: str | Path | NllJob, force: boo
             run_nll(job)
             return None
         if not make_estimator(job.options).RATE_DISTORTION:
-            raise UserError("rate-distortion needs the exact bound: leave out --terms and --ode")
+            raise UserError("rate-distortion needs the exact bound: " + say("leave out --terms and --ode",
+                                                                            "leave out terms= and options="))
         if distributed.launch_rank() == 0:  # before the process group exists; the identity of this run is that of the bound in OUT/nll (its own run.json)
             run_dir.claim(out, COMMAND, {"nll": NLL_SUBDIR}, force=force)
         nll = run_nll(job)
@@ -64,7 +67,7 @@ def run_rate_distortion(out: str | Path, source: str | Path | NllJob, force: boo
             return None
         return write_rate_distortion(nll, out)
     nll = read_output(source)  # refuse bad input before touching --out
-    check_every_term(nll, f"NLL_DIR {source}")
+    check_every_term(nll, given("nll_dir", source))
     run_dir.claim(out, COMMAND, {"nll_run_id": nll.summary.run_id}, force=force)
     return write_rate_distortion(nll, out)
 
@@ -81,7 +84,7 @@ def write_rate_distortion(source: NllOutput, out: Path) -> RateDistortionSummary
         warnings.append(f"rate at t = 1 from per_image.npz ({rate_t1:.8f}) differs from {source.path / summary.FILE} "
                         f"rate_bpd ({summary.rate_bpd:.8f})")
     for w in warnings:
-        print(f"ddpm-bench rate-distortion: warning: {w}", file=sys.stderr)
+        warn(w)
 
     atomic_write_text(out / RateDistortionSummary.CURVE, to_csv(curve_frame(curve)))
     table4 = table4_frame(curve, summary.data, n)  # deltas to the paper by the report's rule
@@ -123,21 +126,25 @@ def write_rate_distortion(source: NllOutput, out: Path) -> RateDistortionSummary
         },
     )
     result.write(out)
-    print_table4(table4, out, title)
     return result
 
 
-def print_table4(table: pd.DataFrame, out: Path, title: str) -> None:
-    """What `rate-distortion` did: Table 4's rows (beside the paper's where T = 1000) and where the files are."""
+def table4_lines(out: str | Path) -> list[str]:
+    """What `rate-distortion` did, from the files it wrote in `out`: Table 4's rows (beside the paper's where
+    T = 1000) and where the files are."""
+    out = Path(out)
+    s = RateDistortionSummary.read(out)
+    table = pd.read_csv(out / f"{RateDistortionSummary.TABLE4}.csv")
+    title = f"{s.data}, T = {s.T}, {s.n_images} images"
     paper = table[C.PAPER_RATE_BPD].notna().any()
-    print(f"rate-distortion: {title}; Table 4 (rate = L_1..L_t in bits/dim, distortion = RMSE on 0..255)"
-          + (", paper in brackets" if paper else ""))
-    print(f"  {'reverse time':>12}  {'rate':>16}  {'RMSE':>16}")
+    lines = [f"rate-distortion: {title}; Table 4 (rate = L_1..L_t in bits/dim, distortion = RMSE on 0..255)"
+             + (", paper in brackets" if paper else ""), f"  {'reverse time':>12}  {'rate':>16}  {'RMSE':>16}"]
     for _, r in table.iterrows():
         rate, rmse = f"{r[C.RATE_BPD]:.3f}", f"{r[C.RMSE]:.3f}"
         if paper:
             rate, rmse = f"{rate} [{r[C.PAPER_RATE_BPD]:.3f}]", f"{rmse} [{r[C.PAPER_RMSE]:.3f}]"
-        print(f"  {int(r[C.REVERSE_TIME]):>12}  {rate:>16}  {rmse:>16}")
-    print(f"  written to {out}: {RateDistortionSummary.CURVE}, {RateDistortionSummary.TABLE4}.csv/.md, "
-          f"{RateDistortionSummary.FIGURE5}.png/.pdf, {RateDistortionSummary.BITS_BY_T}.png/.pdf, "
-          f"{RateDistortionSummary.FILE}")
+        lines.append(f"  {int(r[C.REVERSE_TIME]):>12}  {rate:>16}  {rmse:>16}")
+    lines.append(f"  written to {out}: {RateDistortionSummary.CURVE}, {RateDistortionSummary.TABLE4}.csv/.md, "
+                 f"{RateDistortionSummary.FIGURE5}.png/.pdf, {RateDistortionSummary.BITS_BY_T}.png/.pdf, "
+                 f"{RateDistortionSummary.FILE}")
+    return lines

@@ -28,6 +28,7 @@ are refused without --force.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -220,8 +221,9 @@ def samples_markdown(samples: list[tuple[RunInputs, list[tuple[str, str]]]], whe
         steps = m.sampler.get("steps")
         out += ["", f"### {short_label(run)}", "",
                 f"{m.count:,} samples (seed {m.seed}" + (f", {steps} steps" if steps else "") +
-                f") in `{where.path(run.samples.folder)}`: the first 64, and (with `--progressive-every`) "
-                "the x0 prediction along the reverse process of the first 8, left to right."]
+                f") in `{where.path(run.samples.folder)}`: the first {min(SampleManifest.GRID_SAMPLES, m.count):,}, and "
+                "(with `--progressive-every`) the x0 prediction along the reverse process of the first "
+                f"{min(SampleManifest.PROGRESSIVE_ROWS, m.count)}, left to right."]
         for what, name in names:
             alt = short_label(run).replace("[", "(").replace("]", ")")
             out += ["", f"![{what} of {alt}]({name})"]
@@ -268,9 +270,32 @@ def report_markdown(runs: list[RunInputs], tables: list[Table], curves: list, bi
 
 # -- building it ---------------------------------------------------------------------------------------------
 
-def build_report(run_dirs: list[str | Path], out_dir: str | Path, force: bool = False) -> dict:
-    """Write the report of `run_dirs` into `out_dir`; returns the manifest (the files written and inputs).
-    Every input is read and checked before `out_dir` is claimed."""
+@dataclass(frozen=True)
+class ReportResult:
+    """A written report: its folder, the files in it, Table 1 as a person reads it (`table1`, a DataFrame:
+    the paper's own model beside the measured rows) and each run's gap verdict in words (`verdicts`)."""
+
+    path: Path
+    files: tuple[str, ...]
+    table1: pd.DataFrame
+    verdicts: tuple[str, ...]
+
+    @property
+    def index(self) -> Path:
+        return self.path / REPORT_INDEX
+
+    def lines(self) -> list[str]:
+        """What `report` prints: where the report is, Table 1's rows, the verdicts."""
+        return ([f"report: {self.index} (Tables 1-4, Figure 5); Table 1:"]
+                + [f"  {line}" for line in to_markdown(self.table1).splitlines()] + [f"  {v}" for v in self.verdicts])
+
+    def __repr__(self) -> str:
+        return "<ReportResult " + "\n".join(self.lines()) + ">"
+
+
+def build_report(run_dirs: list[str | Path], out_dir: str | Path, force: bool = False) -> ReportResult:
+    """Write the report of `run_dirs` into `out_dir`. Every input is read and checked before `out_dir` is
+    claimed; the lock is given up (and its file removed) once the report is written or refused."""
     runs = read_inputs(run_dirs)
     out = Path(out_dir)
     where = RelativeTo(out)
@@ -279,7 +304,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, force: bool = 
         run_dir.claim(out, REPORT_COMMAND, report_identity(runs), force=force)
         return _write_report(runs, curves, out, where)
     finally:
-        run_dir.release(out)  # the report is written (or refused): the lock is not held past it
+        run_dir.release(out)
 
 
 def report_identity(runs: list[RunInputs]) -> dict:
@@ -321,7 +346,8 @@ def _write_report(runs: list[RunInputs], curves: list, out: Path, where: Relativ
     for t in tables:
         files += [Path(p).name for p in write_table(t, out)]
     if curves:
-        title = "Figure 5: " + ", ".join(f"{short_label(run)} (T = {curve.T})" for run, curve, _ in curves)
+        title = "Figure 5: " + ", ".join(f"{short_label(run)} (T = {curve.T}, {origin['n_images']:,} images)"
+                                         for run, curve, origin in curves)
         fig = figure5_models([(short_label(run), curve) for run, curve, _ in curves], title=title)
         files += [Path(p).name for p in save_figure(fig, out / FIGURE5_STEM)]
     bits = [(run, nll) for run in runs if (nll := exact_nll_test(run)) is not None]
@@ -337,19 +363,7 @@ def _write_report(runs: list[RunInputs], curves: list, out: Path, where: Relativ
     manifest = {"command": REPORT_COMMAND, "run_dirs": list(dict.fromkeys(where.path(r.path) for r in runs)),
                 "files": files, "ddpm_bench_version": __version__, "environment": where.json(environment())}
     atomic_write_json(out / REPORT_MANIFEST, manifest)
-    print_table1(tables[0], runs, out)
-    return manifest
-
-
-def print_table1(t: Table, runs: list[RunInputs], out: Path) -> None:
-    """What `report` did: where the report is, Table 1's measured rows beside the paper's own model, and
-    each run's gap verdict."""
-    display = table1_display(t.frame)
+    t = tables[0]
     shown = t.frame[C.ORIGIN].eq(C.ORIGIN_MEASURED) | t.frame[C.MODEL].str.startswith("Ours")
-    show = display[shown.to_numpy()]
-    print(f"report: {out / REPORT_INDEX} (Tables 1-4, Figure 5); Table 1:")
-    for line in to_markdown(show).splitlines():
-        print(f"  {line}")
-    for run in runs:
-        if run.gap is not None:
-            print(f"  {short_label(run)}: {gap_verdict(run.gap.output)}")
+    verdicts = tuple(f"{short_label(run)}: {gap_verdict(run.gap.output)}" for run in runs if run.gap is not None)
+    return ReportResult(out, tuple(files), table1_display(t.frame)[shown.to_numpy()].reset_index(drop=True), verdicts)

@@ -13,14 +13,14 @@ shape of the model is checked against every data set of the recipe before any st
 
 from __future__ import annotations
 
-import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ddpm_bench import run_dir
 from ddpm_bench.config import RunConfig, load_recipe
 from ddpm_bench.data import DataSpec
+from ddpm_bench.dry_run import DryRun
 from ddpm_bench.errors import OutputDirError, UserError
 from ddpm_bench.estimators import read_summary
 from ddpm_bench.jobs.fid import FidJob, run_fid
@@ -28,8 +28,10 @@ from ddpm_bench.jobs.gap import compute_gap
 from ddpm_bench.jobs.nll import NllJob, run_nll
 from ddpm_bench.jobs.rate_distortion import run_rate_distortion
 from ddpm_bench.jobs.report import build_report
+from ddpm_bench.jobs.reproduce_eta import reproduce_eta
 from ddpm_bench.jobs.sample import SampleJob, run_sample
 from ddpm_bench.jobs.train import run_train
+from ddpm_bench.messages import note
 from ddpm_bench.metrics.reference_cache import is_statistics_file
 from ddpm_bench.models.formats import load_model
 from ddpm_bench.models.loaded import LoadedModel
@@ -45,7 +47,7 @@ from ddpm_bench.outputs import (
     TrainLayout,
 )
 from ddpm_bench.provenance import environment
-from ddpm_bench.reporting.verdict import gap_verdict, overfits
+from ddpm_bench.reporting.verdict import gap_verdict
 from ddpm_bench.run_dir import SettingsChanged
 from ddpm_bench.shards import atomic_write_json
 from ddpm_bench.variational_bound import ImportanceOptions
@@ -56,7 +58,30 @@ STAGES = ("train", "sample", "nll_train", "nll_test", "gap_nll_train", "gap_nll_
 
 
 def _say(msg: str) -> None:
-    print(f"[reproduce] {msg}", file=sys.stderr, flush=True)
+    note(msg)
+
+
+@dataclass(frozen=True)
+class ReproduceResult:
+    """A finished (or resumed) `reproduce` run: its directory, what ran (`record`), the headline numbers in a
+    few lines, and the gap's verdict (`gap`, None when it has none); `overfits` is what the command exits 1
+    on."""
+
+    path: Path
+    record: ReproduceRecord
+    lines: tuple[str, ...]
+    gap: GapResult | None
+
+    @property
+    def overfits(self) -> bool:
+        return self.gap is not None and self.gap.overfits
+
+    @property
+    def report(self) -> Path:
+        return ReproduceLayout(self.path).report / ReportFiles.INDEX
+
+    def __repr__(self) -> str:
+        return f"<ReproduceResult {self.path}:\n  " + "\n  ".join(self.lines) + ">"
 
 
 def final_checkpoint(run: Path) -> Path:
@@ -97,14 +122,13 @@ def checkpoint_config(source: LoadedModel, cfg: RunConfig) -> dict:
 
 
 def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None = None, device: str = "auto",
-                  data_root: str | None = None, force: bool = False, dry: bool = False, progress: bool = True) -> dict:
+                  data_root: str | None = None, force: bool = False, dry: bool = False,
+                  progress: bool = True) -> ReproduceResult | DryRun:
+    """Every stage of the recipe into `out` (or, with `dry`, what each would cost)."""
     cfg = load_recipe(recipe, overrides)
     ev = cfg.evaluation
     if dry:
-        from ddpm_bench.jobs.reproduce_eta import print_eta
-
-        print_eta(cfg, ckpt, device, data_root)
-        return {}
+        return reproduce_eta(cfg, ckpt, device, data_root)
     layout = ReproduceLayout(Path(out))
     specs = data_specs(cfg, data_root)
     timings: dict[str, float] = {}
@@ -166,8 +190,8 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
     def gap(force: bool) -> None:
         result = compute_gap(*gap_dirs, ev.max_gap)
         result.write(layout.root)
-        _say(f"gap {result.gap_bpd:+.4f} bits/dim, 95% interval [{result.ci95[0]:+.4f}, {result.ci95[1]:+.4f}]"
-             + (f" exceeds max_gap {ev.max_gap}" if result.exceeds else ""))
+        _say(f"gap {result.gap_bpd:+.4f} bits/dim, 95% interval [{result.ci95[0]:+.4f}, {result.ci95[1]:+.4f}]: "
+             f"{result.verdict} max_gap {ev.max_gap:g}")
 
     def fid(force: bool) -> None:
         opts = ev.fid.options
@@ -202,7 +226,9 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
                              stages=list(STAGES), seconds=seconds, extra={"environment": environment()})
     record.write(layout.root)
     _say(f"report: {layout.report / ReportFiles.INDEX}")
-    return record.to_dict()
+    lines, _ = headline(layout.root)
+    gap_result = GapResult.read(layout.root) if layout.gap.is_file() else None
+    return ReproduceResult(layout.root, record, tuple(lines), gap_result)
 
 
 def headline(root: Path) -> tuple[list[str], bool]:
@@ -224,11 +250,11 @@ def headline(root: Path) -> tuple[list[str], bool]:
     exceeds = False
     if layout.gap.is_file():
         g = GapResult.read(layout.root)
-        exceeds = overfits(g)
+        exceeds = g.overfits
         verdict = gap_verdict(g)
-        lines.append("the model " + verdict if verdict.startswith("overfits") else verdict)
+        lines.append("the model " + verdict if g.overfits else verdict)
     if (layout.fid / FidMetrics.FILE).is_file():
         m = FidMetrics.read(layout.fid)
-        lines.append(f"FID {m.fid:.2f} ({m.n_samples} samples against {m.ref})"
+        lines.append(f"{m.label} {m.fid:.{FidMetrics.SHOWN_DIGITS}f} ({m.n_samples} samples against {m.ref})"
                      + ("" if m.comparable_to_paper else ", not comparable to the paper's"))
     return lines, exceeds

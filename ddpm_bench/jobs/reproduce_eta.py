@@ -18,6 +18,7 @@ import torch
 
 from ddpm_bench.config import RunConfig
 from ddpm_bench.data import ImageSet, load_images
+from ddpm_bench.dry_run import DryRun, DryRunStage
 from ddpm_bench.errors import UserError
 from ddpm_bench.estimators.ode import Ode
 from ddpm_bench.identity import model_identity
@@ -87,9 +88,9 @@ def _fid_batch_seconds(name: str, batch: int, shape: tuple[int, int, int], devic
     return timed(lambda: extract_features(images, extractor, device, batch, "probe", network=fe), device)
 
 
-def print_eta(cfg: RunConfig, ckpt: str | None, device: str, data_root: str | None = None) -> float:
-    """Print every stage's work and probe ETA, in the order the run does them; returns the total ETA in
-    seconds."""
+def reproduce_eta(cfg: RunConfig, ckpt: str | None, device: str, data_root: str | None = None) -> DryRun:
+    """Every stage's work and probe ETA, in the order the run does them (UserError when a stage could not
+    run: the real run would fail there, after the stages before it)."""
     ev, T = cfg.evaluation, cfg.diffusion.T
     steps = ev.sample.options.steps or T
     num, sample_batch = ev.sample.num, ev.sample.execution.batch_size or SAMPLE_BATCH_SIZE
@@ -166,13 +167,14 @@ def print_eta(cfg: RunConfig, ckpt: str | None, device: str, data_root: str | No
         unable.append(f"stage fid cannot run: {e}")
     total = sum(r[2] for r in rows if r[2] is not None)
     origin = f"checkpoint {ckpt}" if ckpt else "the recipe's network, freshly initialised"
-    print(f"dry run on {device} ({origin}; probes: median of {REPEATS} calls after a warm-up):")
-    for stage, what, eta in rows:
-        print(f"  {stage:10s} {what}" + (f" -> ETA {_duration(eta)}" if eta is not None else ""))
-    print(f"  total ETA {_duration(total)} (stages without an ETA not included)")
+    lines = [f"dry run on {device} ({origin}; probes: median of {REPEATS} calls after a warm-up):"]
+    lines += [f"  {stage:10s} {what}" + (f" -> ETA {_duration(eta)}" if eta is not None else "")
+              for stage, what, eta in rows]
+    lines.append(f"  total ETA {_duration(total)} (stages without an ETA not included)")
     if unable:  # the real run would fail there, after the stages before it: say so now
         raise UserError("; ".join(unable))
-    return total
+    return DryRun("reproduce", str(device), tuple(DryRunStage(stage, what, None, eta) for stage, what, eta in rows),
+                  tuple(lines))
 
 
 def _duration(seconds: float) -> str:

@@ -21,7 +21,10 @@ import numpy as np
 import torch
 
 from ddpm_bench import distributed, run_dir
+from ddpm_bench.arguments import given, named
+from ddpm_bench.dry_run import DryRun, DryRunStage
 from ddpm_bench.errors import UserError
+from ddpm_bench.messages import note, warn
 from ddpm_bench.models.spec import ModelSpec
 from ddpm_bench.network import Execution, Network, load_network
 from ddpm_bench.outputs import OutputFileError, SampleManifest, record_files, sample_shard_name, verify_files
@@ -45,8 +48,8 @@ DEFAULT_BATCH_SIZE = 128  # samples per network call when none is given
 DEFAULT_SHARD_SIZE = 500  # samples per shard file
 SHARD_KEYS = ("arr_0",)
 GRID, PROGRESSIVE_NPZ, PROGRESSIVE_PNG = SampleManifest.GRID, SampleManifest.PROGRESSIVE_NPZ, SampleManifest.PROGRESSIVE_PNG
-GRID_SAMPLES = 64  # 8 x 8
-PROGRESSIVE_ROWS = 8
+GRID_SAMPLES = SampleManifest.GRID_SAMPLES
+PROGRESSIVE_ROWS = SampleManifest.PROGRESSIVE_ROWS
 shard_name = sample_shard_name
 
 
@@ -92,9 +95,9 @@ class SampleJob:
 
     def __post_init__(self) -> None:
         if isinstance(self.num, bool) or not isinstance(self.num, int) or self.num < 1:
-            raise UserError(f"--num must be at least 1, got {self.num}")
+            raise UserError(f"{named('num')} must be at least 1, got {self.num}")
         if self.progressive_every is not None and self.progressive_every < 1:
-            raise UserError(f"--progressive-every must be at least 1, got {self.progressive_every}")
+            raise UserError(f"{named('progressive_every')} must be at least 1, got {self.progressive_every}")
 
     @property
     def shard_size(self) -> int:
@@ -116,6 +119,14 @@ class SampleResult:
     progressive: np.ndarray | None = None  # (rows, P, H, W, C) uint8
     complete_before: bool = False  # the directory held this complete run already
 
+    def __repr__(self) -> str:
+        m = self.manifest
+        where = f"in {self.path}" if self.path is not None else "in memory"
+        c, h, w = m.image_shape
+        return (f"<SampleResult {m.count:,} of {m.num:,} samples ({h}x{w}x{c} uint8), {m.sampler.get('algorithm')}, "
+                f"{m.sampler.get('steps')} steps, seed {m.seed}, model {m.model_sha256[:12]}, {m.network_evals:,} "
+                f"network evaluations in {m.seconds:.1f} s; {where}>")
+
     @property
     def samples(self) -> np.ndarray:
         """(num, H, W, C) uint8 in sample order (read from the directory's checked shards)."""
@@ -130,14 +141,14 @@ def image_shape_of(network: Network, image_size: int | None, channels: int | Non
     if network.image_shape is not None:
         C, H, W = network.image_shape
         if image_size is not None and image_size != H:
-            raise UserError(f"--image-size {image_size} contradicts the model, which makes {H}x{W} images")
+            raise UserError(f"{given('image_size', image_size)} contradicts the model, which makes {H}x{W} images")
         if channels is not None and channels != C:
-            raise UserError(f"--channels {channels} contradicts the model, which makes {C}-channel images")
+            raise UserError(f"{given('channels', channels)} contradicts the model, which makes {C}-channel images")
         return (C, H, W)
     size = 32 if image_size is None else image_size
     C = 3 if channels is None else channels
     if size < 1 or C < 1:
-        raise UserError(f"--image-size and --channels must be positive, got {size} and {C}")
+        raise UserError(f"{named('image_size')} and {named('channels')} must be positive, got {size} and {C}")
     return (C, size, size)
 
 
@@ -161,11 +172,11 @@ def sample_identity(network: Network, sampler: SamplerOptions, process: Sampling
             "shard_size": shard_size}
 
 
-def run_sample(job: SampleJob) -> SampleResult | None:
+def run_sample(job: SampleJob) -> SampleResult | DryRun | None:
     """Sample `job.num` images, in one process or in each process of a torchrun launch (see
     ddpm_bench.distributed): rank r samples the missing shards s with s % world == r; rank 0 claims the
-    directory, writes manifest.json, grid.png and the progressive files, and returns the result (other
-    ranks and dry runs return None). Without `job.run.out` the samples are made in memory, in the same
+    directory, writes manifest.json, grid.png and the progressive files, and returns the result (or, with
+    `job.run.dry_run`, what the run would cost; other ranks return None). Without `job.run.out` the samples are made in memory, in the same
     shards and batches."""
     device = job.model.device if isinstance(job.model, Network) else Network.device_of(job.execution)
     with distributed.process_group_or_local(device, local=job.run.out is None):  # in memory: this process's own
@@ -194,7 +205,7 @@ def _is_complete(rd: RunDir, plan: ShardPlan, progressive_every: int | None) -> 
         manifest = SampleManifest.read(rd.path)
         verify_files(rd.path, manifest.files, str(rd.path / SampleManifest.FILE))
     except OutputFileError as e:
-        print(f"ddpm-bench {COMMAND}: {e}; writing it again", file=sys.stderr)
+        note(f"{e}; writing it again")
         return False
     if manifest.run_id != rd.run_id or not manifest.complete:
         return False
@@ -243,17 +254,17 @@ class _Sampling:
         return np.stack([self.progressive[j] for j in range(self.rows)])
 
 
-def _run_sample(job: SampleJob) -> SampleResult | None:
+def _run_sample(job: SampleJob) -> SampleResult | DryRun | None:
     main, world, run = distributed.is_main(), distributed.world_size(), job.run
     rd = None
     with run_dir.phase():  # every rank: inputs; rank 0 claims --out
         network = load_network(job.model, job.execution)
         if main and (w := prior_warning(network.diffusion.schedule())):
-            print(f"ddpm-bench {COMMAND}: warning: {w}", file=sys.stderr)
+            warn(w)
         try:
             process = sampling_process(network.diffusion, job.options.steps)
         except ValueError as e:
-            raise UserError(str(e)) from None
+            raise UserError(f"{given('steps', job.options.steps)}: {e}") from None
         shape = image_shape_of(network, job.image_size, job.channels)
         identity = sample_identity(network, job.options, process, shape, job.num, job.shard_size)
         if run.out is not None and not run.dry_run:
@@ -262,9 +273,8 @@ def _run_sample(job: SampleJob) -> SampleResult | None:
     work = _Sampling(job, network, process, shape)
     plan = work.plan
     if run.dry_run:
-        if main:
-            _dry_run(network, shape, job.num, min(job.batch_size, job.num), process.steps, job.options.seed)
-        return None
+        return _dry_run(network, shape, job.num, min(job.batch_size, job.num), process.steps,
+                        job.options.seed) if main else None
     if rd is None:
         return _sample_in_memory(work, identity)
 
@@ -308,8 +318,7 @@ def _run_sample(job: SampleJob) -> SampleResult | None:
     final = _recount(manifest, plan, present, network_evals=sum(len(plan.items(s)) for s in missing) * process.steps,
                      seconds=time.perf_counter() - start)
     outputs = [GRID] + ([PROGRESSIVE_NPZ, PROGRESSIVE_PNG] if job.progressive_every else [])
-    final.extra["outputs"] = outputs
-    final = replace(final, files=record_files(rd.path, outputs))
+    final = replace(final, outputs=outputs, files=record_files(rd.path, outputs))
     final.write(rd.path)
     return SampleResult(final, rd.path, None, progressive)
 
@@ -323,25 +332,16 @@ def _sample_in_memory(work: _Sampling, identity: dict) -> SampleResult:
     run_id = run_dir.run_id_of(COMMAND, run_dir.normalise(identity))
     manifest = _manifest(run_id, False, work.network, work.process, job, work.shape, plan,
                          list(range(plan.num_shards)), 1)
-    manifest.extra.update(network_evals=job.num * work.process.steps, seconds=time.perf_counter() - start)
+    manifest = replace(manifest, network_evals=job.num * work.process.steps, seconds=time.perf_counter() - start)
     return SampleResult(manifest, None, samples, work.progressive_array() if work.rows else None)
 
 
-def _recount(manifest: SampleManifest, plan: ShardPlan, present: list[int], **extra) -> SampleManifest:
-    """The manifest with its count, shards and completeness from the shards `present`."""
+def _recount(manifest: SampleManifest, plan: ShardPlan, present: list[int], **statistics) -> SampleManifest:
+    """The manifest with its count, shards and completeness from the shards `present` (and `statistics`:
+    network_evals, seconds)."""
     return replace(manifest, count=int(sum(len(plan.items(s)) for s in present)),
                    shards=[shard_name(s) for s in sorted(present)], complete=len(present) == plan.num_shards,
-                   extra={**manifest.extra, **extra})
-
-
-def print_manifest(m: SampleManifest, out: str | Path) -> None:
-    """What `sample` did: how many samples of which model, with what sampler, and where the grids are."""
-    out = Path(out)
-    grids = ", ".join(str(out / name) for name in m.extra.get("outputs", [GRID]) if name.endswith(".png"))
-    seconds = m.extra.get("seconds")
-    took = f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
-    print(f"sample: {m.count} of {m.num} samples ({m.sampler.get('steps')} steps, seed {m.seed}, model "
-          f"{m.model_sha256[:12]}) in {out}{took}; grid: {grids}")
+                   **statistics)
 
 
 def _manifest(run_id: str, resumed: bool, network: Network, process: SamplingProcess, job: SampleJob, shape,
@@ -356,8 +356,6 @@ def _manifest(run_id: str, resumed: bool, network: Network, process: SamplingPro
         "device": str(network.device),
         "batch_size": job.batch_size,
         "network_execution": network.describe_execution(),
-        "network_evals": 0,
-        "seconds": 0.0,
         "environment": environment(),
     }
     if world > 1:
@@ -432,8 +430,8 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="img", desc="sample", disable=not enabled or total == 0, file=sys.stderr)
 
 
-def _dry_run(net: Network, shape, num: int, batch: int, K: int, seed: int) -> None:
-    """Print the number of network evaluations and an ETA from one batch at one timestep (median of 3)."""
+def _dry_run(net: Network, shape, num: int, batch: int, K: int, seed: int) -> DryRun:
+    """The number of network evaluations and an ETA from one batch at one timestep (median of 3)."""
     dev, T = net.device, net.diffusion.T
     x = torch.zeros((batch, *shape), dtype=torch.float32, device=dev)
     i = torch.full((batch,), T - 1, dtype=torch.int64, device=dev)
@@ -442,6 +440,7 @@ def _dry_run(net: Network, shape, num: int, batch: int, K: int, seed: int) -> No
         per_step = timed(lambda: (net(x, i), sample_noise(seed, idx, T - 1, PURPOSE_STEP, shape)), dev)
     batches = math.ceil(num / batch)
     eta = per_step * batches * K
-    print(f"dry run: {num} samples x {K} steps = {num * K} network evaluations "
-          f"({batches} batches of up to {batch} on {dev}); one batch at one timestep took {per_step:.4f} s "
-          f"-> ETA {eta:.0f} s ({eta / 3600:.2f} h)")
+    line = (f"dry run: {num} samples x {K} steps = {num * K} network evaluations "
+            f"({batches} batches of up to {batch} on {dev}); one batch at one timestep took {per_step:.4f} s "
+            f"-> ETA {eta:.0f} s ({eta / 3600:.2f} h)")
+    return DryRun(COMMAND, str(dev), (DryRunStage(COMMAND, f"{num} samples x {K} steps", num * K, eta),), (line,))

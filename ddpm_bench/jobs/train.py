@@ -11,8 +11,8 @@ DistributedDataParallel (NCCL on GPUs, gloo on CPU); only rank 0 writes files.
 from __future__ import annotations
 
 import json
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from ddpm_bench.config import RESUMABLE_KEYS, RunConfig, load_recipe
 from ddpm_bench.data import load_images
 from ddpm_bench.errors import CheckpointError, ConfigError, UserError
 from ddpm_bench.jobs.train_eval import TrainingBound, timed_evaluation
+from ddpm_bench.messages import note, warn
 from ddpm_bench.network import resolve_device
 from ddpm_bench.outputs import TrainLayout
 from ddpm_bench.provenance import environment
@@ -110,8 +111,21 @@ def load_training_images(cfg: RunConfig, origin: str) -> tuple[torch.Tensor, dic
     return torch.from_numpy(images.images).permute(0, 3, 1, 2).contiguous(), data
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    """A training run after `train`: its directory, the step it reached and its latest checkpoint
+    (`ddpm_bench.load_model(result.path)` evaluates it)."""
+
+    path: Path
+    step: int
+    checkpoint: Path | None
+
+    def __repr__(self) -> str:
+        return f"<TrainResult {self.path}: step {self.step:,}, checkpoint {self.checkpoint}>"
+
+
 def run_train(recipe: str | None, overrides: list[str], out: str, device: str = "auto", force: bool = False,
-              progress: bool = True, data_root: str | None = None) -> int:
+              progress: bool = True, data_root: str | None = None) -> TrainResult:
     """Train on `recipe`, or (None) go on with the run in `out` from its own config.json; `data_root` is
     `training.data_root` (a path, not part of the run's identity)."""
     dev = distributed.process_device(resolve_device(device))
@@ -124,7 +138,7 @@ def run_train(recipe: str | None, overrides: list[str], out: str, device: str = 
     cfg = load_recipe(recipe, overrides)
     main = distributed.launch_rank() == 0  # before the process group exists
     if main and (w := prior_warning(cfg.diffusion.schedule())):
-        print(f"ddpm-bench {COMMAND}: warning: {w}", file=sys.stderr)
+        warn(w)
     config = cfg.to_dict()
     run_dir = Path(out)
     images, data = load_training_images(cfg, origin)
@@ -148,9 +162,10 @@ def run_train(recipe: str | None, overrides: list[str], out: str, device: str = 
             trim_step_log(TrainLayout(run_dir).log, LOG_HEADER, trainer.step)
             bound.trim(trainer.step)
             if resuming:
-                print(f"ddpm-bench train: resuming {run_dir} at step {trainer.step}", file=sys.stderr)
+                note(f"resuming {run_dir} at step {trainer.step}")
         _loop(trainer, cfg, config, data, run_dir, rank, world, progress, bound)
-    return 0
+    ckpts = TrainLayout(run_dir).list_checkpoints()
+    return TrainResult(run_dir, trainer.step, ckpts[-1] if ckpts else None)
 
 
 def _save(trainer: Trainer, config: dict, data: dict, run_dir: Path, keep_last: int) -> None:
@@ -204,5 +219,4 @@ def _loop(trainer: Trainer, cfg: RunConfig, config: dict, data: dict, run_dir: P
     if rank == 0:
         last = TrainLayout(run_dir).checkpoint(trainer.step)
         if start == tc.steps:
-            print(f"ddpm-bench train: {run_dir} is already at step {tc.steps}; nothing to do", file=sys.stderr)
-        print(to_json({"run_dir": str(run_dir), "step": trainer.step, "checkpoint": str(last)}), end="")
+            note(f"{run_dir} is already at step {tc.steps}; nothing to do")

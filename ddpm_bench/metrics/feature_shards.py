@@ -23,6 +23,7 @@ import numpy as np
 
 from ddpm_bench import distributed
 from ddpm_bench.errors import DataError
+from ddpm_bench.messages import warn
 from ddpm_bench.run_dir import ShardError, ShardPlan, read_shard, write_shard
 
 Extract = Callable[[np.ndarray], dict[str, np.ndarray]]  # uint8 (n, H, W, C) -> {layer: (n, D) float32}
@@ -62,7 +63,7 @@ def _is_done(path: Path, run_id: str, index: np.ndarray, images: np.ndarray) -> 
         return True
     except (ShardError, DataError) as e:
         problem = e.problem if isinstance(e, ShardError) else str(e).split("; delete it")[0]
-        print(f"ddpm-bench fid: warning: {problem}; extracting it again", file=sys.stderr)
+        warn(f"{problem}; extracting it again")
         path.unlink(missing_ok=True)
         return False
 

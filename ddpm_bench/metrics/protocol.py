@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ddpm_bench.defaults import FEATURE_EXTRACTOR, FID_BACKEND, FID_REF
 from ddpm_bench.errors import UserError
 from ddpm_bench.reporting.paper import paper_table_rows
 
 PAPER_NUM_SAMPLES = 50_000
-PAPER_REF = "cifar10:train"
+PAPER_REF = FID_REF
 IS_SPLITS = 10
 NOT_COMPARABLE = "not comparable to the paper"
 BACKENDS = ("torch-fidelity", "clean-fid", "both")
@@ -27,9 +28,9 @@ class FidOptions:
     data_root: str | None = None  # folder with cifar-10-batches-py
     num_samples: int | None = None  # the first N samples (None = all)
     num_ref: int | None = None  # the first N reference images (None = all)
-    backend: str = "torch-fidelity"  # or "clean-fid", "both"
+    backend: str = FID_BACKEND  # or "clean-fid", "both"
     clean_fid_mode: str = "legacy_tensorflow"  # or "clean"
-    feature_extractor: str = "inception-v3-compat"  # or "packaged", "tiny-test"
+    feature_extractor: str = FEATURE_EXTRACTOR  # or "packaged", "tiny-test"
     inception_weights: str | None = None  # local file of the standard weights
     cache_dir: str | None = None  # reference statistics cache
     allow_few_samples: bool = False  # FID below the feature dimension, marked as not comparable

@@ -14,13 +14,13 @@ import hashlib
 import json
 import os
 import re
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ddpm_bench.errors import DataError, UserError
+from ddpm_bench.messages import note, warn
 from ddpm_bench.shards import atomic_write_npz
 
 FORMAT = "ddpm-bench/reference-statistics/1"
@@ -122,10 +122,10 @@ def lookup(cache_dir: str | Path, key: ReferenceKey) -> tuple[np.ndarray, dict] 
     try:
         meta, features, stats = read_entry(path)
     except DataError as e:
-        print(f"ddpm-bench fid: warning: cache entry unusable, recomputing and overwriting it: {e}", file=sys.stderr)
+        warn(f"cache entry unusable, recomputing and overwriting it: {e}")
         return None
     if meta["key"] != key.as_dict():
-        print(f"ddpm-bench fid: cache entry {path} was built for another key, recomputing", file=sys.stderr)
+        note(f"cache entry {path} was built for another key, recomputing")
         return None
     return features, stats
 

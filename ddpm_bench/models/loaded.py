@@ -31,6 +31,10 @@ class LoadedModel:
     timestep_input: Callable[[torch.Tensor], torch.Tensor] = network_index  # network index -> backbone input
     fractional_steps: bool = True  # whether the backbone takes a fractional network index (the ODE needs it)
     plugin: str | None = None  # MODULE:CALLABLE of a user's plug-in: what goes wrong in it is its own error
+    # the caller's own object (given to the Python API in memory): `Network` leaves it as it found it, and
+    # `reidentify` gives its identity anew when its weights changed since (a training loop's module)
+    borrowed: bool = False
+    reidentify: Callable[[], ModelIdentity] | None = None
 
     def describe(self) -> dict:
         """The `model` entry of every output: where it came from and its identity."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ddpm_bench.arguments import named, say
 from ddpm_bench.errors import UserError
 
 # flag name on the command line -> DiffusionConfig field
@@ -33,11 +34,13 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if (self.ckpt is None) == (self.model is None):
-            raise UserError("give exactly one of --ckpt PATH and --model MODULE:CALLABLE")
+            raise UserError(say("give exactly one of --ckpt PATH and --model MODULE:CALLABLE",
+                                "give exactly one model: a path (or 'embedded', 'hf:ORG/NAME') or plugin='FILE.py:make'"))
         if self.weights not in WEIGHTS:
-            raise UserError(f"--weights must be 'ema' or 'raw', got {self.weights!r}")
+            raise UserError(f"{named('weights')} must be 'ema' or 'raw', got {self.weights!r}")
         if self.flags is not None and self.ckpt is None:
-            raise UserError("--flags describes an improved-diffusion checkpoint given with --ckpt FILE.pt")
+            raise UserError(f"{named('flags')} describes an improved-diffusion checkpoint given with " +
+                            say("--ckpt FILE.pt", "its file, load_model('FILE.pt', flags=...)"))
         unknown = set(self.diffusion_flags) - set(DIFFUSION_FLAGS)
         if unknown:
             raise UserError(f"unknown diffusion setting(s) {', '.join(sorted(unknown))}; known: "

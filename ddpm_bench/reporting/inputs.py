@@ -22,7 +22,6 @@ a FID of images that are no ddpm-bench samples has none). `read_inputs` then
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -35,6 +34,7 @@ from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import UserError
 from ddpm_bench.estimators import read_summary
 from ddpm_bench.identity import ModelIdentity
+from ddpm_bench.messages import warn
 from ddpm_bench.outputs import (
     FidMetrics,
     GapResult,
@@ -49,17 +49,11 @@ from ddpm_bench.outputs import (
 from ddpm_bench.rate_distortion_curve import RateDistortionCurve
 from ddpm_bench.reporting import columns as C
 
-WARNING = "ddpm-bench report: warning:"
-
 Out = TypeVar("Out")
 
 
 class ReportInputError(UserError):
     """A `report` argument that is no directory, or holds none of the outputs `report` reads."""
-
-
-def warn(message: str) -> None:
-    print(f"{WARNING} {message}", file=sys.stderr)
 
 
 def short(sha256: str | None) -> str:
@@ -120,7 +114,6 @@ def _read_part(name: str, cls, folder: Path) -> Part:
     o = cls.read(folder)
     file = folder / cls.FILE
     if isinstance(o, FidMetrics):
-        is_reason(o, file)  # checked now, before --out is claimed
         ident = None if o.samples_model is None else identity_of(o.samples_model, file, "samples_model")
     else:
         ident = identity_of(o.model, file)
@@ -128,18 +121,13 @@ def _read_part(name: str, cls, folder: Path) -> Part:
 
 
 def _if_there(name: str, cls, folder: Path) -> Part | None:
-    """The part in `folder` when its file is there (a finished run), None otherwise."""
+    """The part in `folder` when its file is there (a finished run), None otherwise; a folder where its
+    file should be is refused by name (never passed over as a part not yet measured)."""
+    if (folder / cls.FILE).is_dir():
+        raise ReportInputError(f"{folder / cls.FILE}: a folder, where {name}'s file {cls.FILE} should be")
     if not (folder / cls.FILE).is_file():
         return None
     return _nll(name, folder) if cls is NllSummary else _read_part(name, cls, folder)
-
-
-def is_reason(metrics: FidMetrics, file: Path) -> str | None:
-    """Why `metrics.json` has no Inception Score (its `is_reason`); None when it has one or says nothing."""
-    reason = metrics.extra.get("is_reason")
-    if reason is not None and not isinstance(reason, str):
-        raise OutputFileError(f"{file}: field 'is_reason' is {type(reason).__name__}, expected str or null")
-    return reason
 
 
 def most_precise(parts: list[Part[NllSummary]]) -> Part[NllSummary] | None:

@@ -34,7 +34,7 @@ from ddpm_bench.identity import ModelIdentity
 from ddpm_bench.outputs import FidMetrics, NllSummary, RunConfigFile, feature_extractor_of
 from ddpm_bench.rate_distortion_curve import RateDistortionCurve, table4_rows
 from ddpm_bench.reporting import columns as C
-from ddpm_bench.reporting.inputs import Part, RunInputs, dataset_name, dataset_of, is_reason
+from ddpm_bench.reporting.inputs import Part, RunInputs, dataset_name, dataset_of
 from ddpm_bench.reporting.paper import (
     PAPER_T,
     PAPER_VALUES_NAME,
@@ -215,12 +215,29 @@ def fid_protocol(fid: FidMetrics) -> list[str]:
     return list(dict.fromkeys(why))
 
 
+def inception_fid(run: RunInputs) -> FidMetrics | None:
+    """The run's metrics when they are FID and IS (the FID Inception's features); None otherwise: another
+    extractor's scores never stand in a FID or IS column (`other_features_note` shows them)."""
+    return run.fid.output if run.fid is not None and run.fid.output.scores_are_fid_is else None
+
+
+def other_features_note(run: RunInputs) -> str | None:
+    """The scores of a run whose features are not the FID Inception's, with what they are (None otherwise)."""
+    if run.fid is None or run.fid.output.scores_are_fid_is:
+        return None
+    m = run.fid.output
+    score = f" and classifier score {m.is_mean:.2f}" if m.is_mean is not None else ""
+    return (f"FID and IS are empty: {run.fid.file.name} holds the Frechet distance {m.fid:.2f}{score} of "
+            f"{m.extractor_name} features (a test network, not the Inception of FID and IS), which are not "
+            "FID or IS and are never compared with the paper's")
+
+
 def is_note(run: RunInputs) -> str | None:
     """Why the IS cell of a run with a FID is empty (metrics.json's `is_reason`); None when it has an IS."""
-    if run.fid is None or run.fid.output.is_mean is not None:
+    fid = inception_fid(run)
+    if fid is None or fid.is_mean is not None:
         return None
-    reason = is_reason(run.fid.output, run.fid.file) or f"{run.fid.file.name} gives no Inception Score"
-    return f"IS is empty: {reason}"
+    return f"IS is empty: {fid.is_reason or f'{run.fid.file.name} gives no Inception Score'}"
 
 
 # -- Table 1 ------------------------------------------------------------------------------------------------
@@ -259,7 +276,9 @@ NLL_QUANTITIES = (
                            C.DELTA_NLL_TEST),
                 NllColumns(C.NLL_TRAIN, C.NLL_TRAIN_STDERR, C.NLL_TRAIN_N, C.NLL_TRAIN_ESTIMATOR,
                            C.DELTA_NLL_TRAIN)),
-    NllQuantity("likelihood", C.SHOW_NLL_ODE, "", "the probability-flow ODE likelihood (exact, not a bound)",
+    NllQuantity("likelihood", C.SHOW_NLL_ODE, "", "the probability-flow ODE likelihood (not the variational bound: "
+                "an estimate, by probe and solver, of the dequantized density, itself an upper bound on the "
+                "discrete data's -log P)",
                 NllColumns(C.NLL_ODE_TEST, C.NLL_ODE_TEST_STDERR, C.NLL_ODE_TEST_N, C.NLL_ODE_TEST_ESTIMATOR, None),
                 NllColumns(C.NLL_ODE_TRAIN, C.NLL_ODE_TRAIN_STDERR, C.NLL_ODE_TRAIN_N, C.NLL_ODE_TRAIN_ESTIMATOR,
                            None)),
@@ -313,7 +332,7 @@ def table1(runs: list[RunInputs], values: dict | None = None, where: RelativeTo 
              if (run.fid is not None or run.nll_outputs("test") or run.nll_outputs("train"))
              and _table3_column(run) is None]
     for run in shown:
-        fid = run.fid.output if run.fid else None
+        fid = inception_fid(run)
         label = short_label(run)
         row = {C.MODEL: run_label(run), C.ORIGIN: C.ORIGIN_MEASURED, C.DATA: where.text(run.data),
                C.CONDITIONAL: False, C.IS: number(fid and fid.is_mean), C.IS_STD: number(fid and fid.is_std),
@@ -346,14 +365,13 @@ def table1(runs: list[RunInputs], values: dict | None = None, where: RelativeTo 
         reasons = list(dict.fromkeys(why_nll + why_fid))
         row[C.COMPARISON] = "comparable" if not reasons else "not comparable: " + "; ".join(reasons)
         why += [(label, r) for r in reasons]
-        if (note := is_note(run)) is not None:
-            row_notes.append(note)
+        row_notes += [n for n in (is_note(run), other_features_note(run)) if n is not None]
         if run.gap is not None:
             row_notes.append(f"gap: {gap_verdict(run.gap.output)}")
         notes[len(rows)] = [f"{label}: {n}" for n in row_notes]
         i = len(rows)
         rows.append(row)
-        if run.fid is not None:
+        if fid is not None:
             _add_cells(cells, i, row[C.MODEL], {C.IS: row[C.IS], C.IS_STD: row[C.IS_STD], C.FID: row[C.FID]},
                        fid_source(run, where))
         for values_, origin in nll_cells:
@@ -479,11 +497,11 @@ def table2(runs: list[RunInputs], values: dict | None = None, where: RelativeTo 
     where = where or RelativeTo(Path.cwd())
     paper_rows = paper_table_rows("table2_ablation", values)
     key = (C.MEAN_TYPE, C.OBJECTIVE, C.VAR_TYPE)
-    grid_runs = [r for r in runs if r.objective is not None and r.fid is not None]
+    grid_runs = [r for r in runs if r.objective is not None and inception_fid(r) is not None]
     rows, cells, notes, why, names = [], [], {}, [], {}
 
     def measured_row(run: RunInputs, paper: dict | None) -> dict:
-        fid = run.fid.output
+        fid = inception_fid(run)
         row = {C.MEAN_TYPE: run.mean_type, C.OBJECTIVE: run.objective, C.VAR_TYPE: var_group(run.var_type),
                C.VAR_TYPE_RUN: run.var_type, C.DATA: where.text(run.data), C.IS: number(fid.is_mean),
                C.IS_STD: number(fid.is_std), C.FID: number(fid.fid),
@@ -527,7 +545,8 @@ def table2(runs: list[RunInputs], values: dict | None = None, where: RelativeTo 
     note = ("Ablation of the reverse-process parameterisation (the paper's on CIFAR-10). var_type groups "
             "fixed-large and fixed-small as the paper's \"fixed\"; var_type_run is the run's own. Empty "
             "paper cells were unstable to train in the paper; empty measured cells were not measured. Runs "
-            "without a FID or without config.json (no training objective) are not in this table.")
+            "without a FID (of the FID Inception's features) or without config.json (no training objective) are "
+            "not in this table.")
     frame = _frame(rows, C.TABLE2_COLUMNS)
 
     def with_std(a: pd.Series, b: pd.Series) -> list[str]:
@@ -572,12 +591,11 @@ def table3(runs: list[RunInputs], values: dict | None = None, where: RelativeTo 
         rows.append(row)
     paper_ours = next(r for r in rows if r[C.MODEL] == TABLE3_PAPER_ROW)
     for run in runs:
-        if run.fid is None:
-            continue
-        column = _table3_column(run)
+        fid = inception_fid(run)
+        column = None if fid is None else _table3_column(run)
         if column is None:
             continue
-        row = {C.MODEL: run_label(run), C.ORIGIN: C.ORIGIN_MEASURED, column: number(run.fid.output.fid),
+        row = {C.MODEL: run_label(run), C.ORIGIN: C.ORIGIN_MEASURED, column: number(fid.fid),
                C.SOURCE: _files_used(run, where, run.fid.file)}
         if run.objective == "L_simple":
             row[C.PAPER_ROW] = TABLE3_PAPER_ROW

@@ -35,6 +35,17 @@ def _check_table(formats: tuple[ModuleType, ...]) -> None:
 _check_table(FORMATS)
 
 
+def register(fmt) -> object:
+    """Add a format (a module or object with `NAME`, `detect(spec)` and `load(spec) -> LoadedModel`) to the
+    table, ahead of the built-in rows (a format of one's own is more specific than "any other file is a
+    checkpoint"); a duplicate name or a row without detect/load is refused."""
+    global FORMATS
+    table = (fmt, *FORMATS)
+    _check_table(table)
+    FORMATS = table
+    return fmt
+
+
 def format_of(spec: ModelSpec) -> ModuleType:
     """The first format of the table that detects `spec`."""
     for f in FORMATS:

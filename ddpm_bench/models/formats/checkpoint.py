@@ -4,16 +4,17 @@ settings; `--weights ema|raw` chooses the weights; the identity is their sha256 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 
+from ddpm_bench.arguments import given
 from ddpm_bench.checkpoint import load_checkpoint
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import CheckpointError
 from ddpm_bench.identity import model_identity, state_dict_sha256
+from ddpm_bench.messages import note
 from ddpm_bench.models.formats.common import check_flags_match
 from ddpm_bench.models.loaded import LoadedModel
 from ddpm_bench.models.registry import build_model
@@ -38,8 +39,8 @@ def checkpoint_file(ckpt: str | Path) -> Path:
     if path.is_dir():
         latest = sorted((path / CHECKPOINTS).glob("ckpt_*.pt"))
         if not latest:
-            raise CheckpointError(f"--ckpt {path}: a training run without checkpoints yet")
-        print(f"ddpm-bench: --ckpt {path}: a training run; using its latest checkpoint {latest[-1]}", file=sys.stderr)
+            raise CheckpointError(f"{given('source', path)}: a training run without checkpoints yet")
+        note(f"{given('source', path)}: a training run; using its latest checkpoint {latest[-1]}")
         return latest[-1]
     return path
 
@@ -61,13 +62,13 @@ def load_file(path: Path, spec: ModelSpec, packaged: str | None = None) -> Loade
         diffusion = stored_diffusion(config)
         module = build_model(config["model"])
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"--ckpt {path}: invalid stored config: {e}") from None
-    check_flags_match(diffusion, spec.diffusion_flags, f"--ckpt {packaged or path}")
+        raise CheckpointError(f"{given('source', path)}: invalid stored config: {e}") from None
+    check_flags_match(diffusion, spec.diffusion_flags, f"{given('source', packaged or path)}")
     state = ckpt["ema"] if spec.weights == "ema" else ckpt["model"]
     try:
         module.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"--ckpt {path}: {spec.weights} weights do not fit the stored architecture: "
+        raise CheckpointError(f"{given('source', path)}: {spec.weights} weights do not fit the stored architecture: "
                               f"{str(e).splitlines()[0]}") from None
     module.eval()
     mcfg = config["model"]
@@ -75,7 +76,7 @@ def load_file(path: Path, spec: ModelSpec, packaged: str | None = None) -> Loade
         if "in_channels" in mcfg and "image_size" in mcfg else None
     step = ckpt["step"]
     if isinstance(step, bool) or not isinstance(step, int):
-        raise CheckpointError(f"--ckpt {path}: field 'step' is {type(step).__name__} {step!r}, not an integer")
+        raise CheckpointError(f"{given('source', path)}: field 'step' is {type(step).__name__} {step!r}, not an integer")
     prov = {"kind": NAME, "path": str(path.resolve()), "sha256": sha256_file(path), "weights": spec.weights,
             "step": step, **({"packaged": packaged} if packaged else {})}
     ident = model_identity(NAME, spec.weights, state_dict_sha256(state), diffusion, mcfg, str(path))
@@ -94,7 +95,7 @@ def inspect(spec: ModelSpec) -> dict:
         with torch.device("meta"):
             params = sum(p.numel() for p in build_model(ckpt["config"]["model"]).parameters())
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"--ckpt {path}: invalid stored model config: {e}") from None
+        raise CheckpointError(f"{given('source', path)}: invalid stored model config: {e}") from None
     stored = sum(v.numel() for v in ckpt["model"].values()) if isinstance(ckpt["model"], dict) else None
     return {"ckpt": str(path.resolve()), "kind": NAME, "format": ckpt["format"], "step": ckpt["step"],
             "sha256": sha256_file(path), "params": params, "stored_tensor_elements": stored,

@@ -146,13 +146,12 @@ def load_directory(path: str | Path, diffusion_flags: dict, origin: str | None =
             "weights_files": sorted(f.name for f in files),
             "scheduler_config": str(sched_path.resolve()) if sched_path else None,
             "diffusers": diffusers.__version__}
-    return from_module(unet, diffusion, prov, origin or str(path))
+    return from_module(unet.eval(), diffusion, prov, origin or str(path))
 
 
 def from_module(unet, diffusion: DiffusionConfig, provenance: dict, origin: str) -> LoadedModel:
-    """A UNet2DModel in memory (loaded from a directory, or a user's) with its diffusion settings; its output
-    channels must fit the variance type."""
-    unet.eval()
+    """A UNet2DModel in memory (loaded from a directory, or a user's, which it leaves as it is) with its
+    diffusion settings; its output channels must fit the variance type."""
     c_in = int(unet.config.in_channels)
     size = unet.config.sample_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)

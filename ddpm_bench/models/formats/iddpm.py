@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ddpm_bench.arguments import given, named
 from ddpm_bench.errors import CheckpointError, UserError
 from ddpm_bench.identity import model_identity, state_dict_sha256
 from ddpm_bench.models.formats.common import check_flags_match
@@ -32,24 +33,24 @@ def load(spec: ModelSpec) -> LoadedModel:
     path = Path(spec.ckpt)
     flags = parse_flags(spec.flags)
     if flags.model["num_classes"] is not None:
-        raise UserError("--flags --class_cond True: class-conditional models are not evaluated yet (their "
+        raise UserError(f"{named('flags')} with --class_cond True: class-conditional models are not evaluated yet (their "
                         "likelihood needs a class per image); give an unconditional model")
     if not path.is_file():
-        raise CheckpointError(f"--ckpt {path}: no such file")
+        raise CheckpointError(f"{given('source', path)}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupt, or a pickle of something else
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"--ckpt {path}: not a readable state dict (truncated or corrupt?): {first}") from None
+        raise CheckpointError(f"{given('source', path)}: not a readable state dict (truncated or corrupt?): {first}") from None
     if isinstance(state, dict) and "format" in state and "config" in state:
-        raise CheckpointError(f"--ckpt {path}: a ddpm-bench checkpoint, which stores its own settings: leave out "
-                              "--flags")
+        raise CheckpointError(f"{given('source', path)}: a ddpm-bench checkpoint, which stores its own settings: "
+                              f"leave out {named('flags')}")
     try:
         unet = iddpm_model(flags, state)
     except CheckpointError as e:
-        raise CheckpointError(f"--ckpt {path} with these --flags: {e}") from None
+        raise CheckpointError(f"{given('source', path)} with these {named('flags')}: {e}") from None
     diffusion = flags.diffusion_config()
-    check_flags_match(diffusion, spec.diffusion_flags, f"--flags {spec.flags!r}")
+    check_flags_match(diffusion, spec.diffusion_flags, f"{named('flags')} {spec.flags!r}")
     function_flags = {k: v for k, v in flags.values.items() if k not in IGNORED_FLAGS}
     architecture = {"improved_diffusion_flags": function_flags}
     ident = model_identity(NAME, None, state_dict_sha256(unet.state_dict()), diffusion, architecture, str(path))

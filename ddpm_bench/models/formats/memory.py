@@ -6,15 +6,16 @@ weights is identified by its code alone (weak), as a `--model` plug-in."""
 from __future__ import annotations
 
 import inspect as pyinspect
-import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import UserError
-from ddpm_bench.identity import model_identity, state_dict_sha256
+from ddpm_bench.identity import ModelIdentity, model_identity, state_dict_sha256
+from ddpm_bench.messages import warn
 from ddpm_bench.models.formats import diffusers_dir
 from ddpm_bench.models.formats.common import diffusion_from_flags
 from ddpm_bench.models.loaded import LoadedModel
@@ -40,13 +41,16 @@ def from_object(obj: Callable, diffusion: DiffusionConfig | dict | None = None, 
                 image_shape: tuple[int, int, int] | None = None) -> LoadedModel:
     """A LoadedModel of an object in memory (see the module docstring)."""
     if is_diffusers_unet(obj):
+        check_module_parameters(obj, f"{type(obj).__name__} (in memory)")
         if scheduler is not None:
             config = dict(getattr(scheduler, "config", scheduler))
             diffusion = diffusers_dir.diffusion_from_scheduler(config, f"scheduler {type(scheduler).__name__}")
         elif not isinstance(diffusion, DiffusionConfig):
             diffusion = _diffusion(diffusion)
-        return diffusers_dir.from_module(obj, diffusion, {"kind": diffusers_dir.NAME, "in_memory": True},
-                                         f"{type(obj).__name__} (in memory)")
+        loaded = diffusers_dir.from_module(obj, diffusion, {"kind": diffusers_dir.NAME, "in_memory": True},
+                                           f"{type(obj).__name__} (in memory)")
+        again = lambda: diffusers_dir.from_module(obj, diffusion, loaded.provenance, loaded.identity.origin).identity  # noqa: E731
+        return replace(loaded, borrowed=True, reidentify=again)
     if scheduler is not None:
         raise UserError("scheduler= goes with a diffusers UNet2DModel; give a torch module's settings as diffusion=")
     if not callable(obj):
@@ -54,19 +58,43 @@ def from_object(obj: Callable, diffusion: DiffusionConfig | dict | None = None, 
     diffusion = diffusion if isinstance(diffusion, DiffusionConfig) else _diffusion(diffusion)
     module = obj if isinstance(obj, torch.nn.Module) else None
     name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    if module is not None:
+        check_module_parameters(module, f"{name} (in memory)")
     file = _defining_file(obj)
     architecture = {"callable": name, "source_sha256": sha256_file(file) if file else None}
-    state = module.state_dict() if module is not None else {}
-    weights = state_dict_sha256(state) if state else None
-    if weights is None:
-        print(f"ddpm-bench: warning: {name} has no weights: its identity is its code only, so a change in what "
-              "it reads is not detected", file=sys.stderr)
     origin = f"{name} (in memory)"
-    ident = model_identity(NAME, None, weights, diffusion, architecture, origin)
+
+    def identity() -> ModelIdentity:
+        state = module.state_dict() if module is not None else {}
+        return model_identity(NAME, None, state_dict_sha256(state) if state else None, diffusion, architecture,
+                              origin)
+
+    ident = identity()
+    if ident.weights_sha256 is None:
+        warn(f"{name} has no weights: its identity is its code only, so a change in what it reads is not detected")
     prov = {"kind": NAME, "callable": name, "source_file": str(file) if file else None}
     return LoadedModel(backbone=obj, diffusion=diffusion, identity=ident, provenance=prov, image_shape=image_shape,
-                       module=module, fractional_steps=getattr(obj, "fractional_steps", False) is True)
+                       module=module, fractional_steps=getattr(obj, "fractional_steps", False) is True,
+                       borrowed=True, reidentify=identity)
 
 
 def _diffusion(settings: dict | None) -> DiffusionConfig:
     return diffusion_from_flags(dict(settings or {}))
+
+
+def check_module_parameters(module: torch.nn.Module, origin: str) -> None:
+    """A module given in memory holds float32 weights on one real device: anything else is one UserError that
+    says what to do (instead of torch's error at the first call)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if any(t.is_meta for t in tensors):
+        raise UserError(f"model {origin}: its parameters are on the meta device and hold no weights; load them "
+                        "first (module.to_empty(device='cpu'), then module.load_state_dict(...))")
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise UserError(f"model {origin}: its parameters are on several devices ({', '.join(map(str, devices))}); "
+                        "move it to one (module.to(device))")
+    dtypes = {t.dtype for t in module.parameters() if t.is_floating_point()}
+    if dtypes & {torch.float16, torch.bfloat16}:
+        raise UserError(f"model {origin}: its parameters are {', '.join(sorted(map(str, dtypes)))}; ddpm-bench runs "
+                        "the network with float32 weights (precision='bf16' or 'tf32' for lower precision inside): "
+                        "give a float32 copy (copy.deepcopy(module).float())")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ddpm_bench.arguments import given
 from ddpm_bench.errors import CheckpointError
 from ddpm_bench.models.formats import checkpoint
 from ddpm_bench.models.loaded import LoadedModel
@@ -29,11 +30,11 @@ def packaged_file(name: str) -> Path:
     """The checked file of the packaged model `name`."""
     path, sha256 = PACKAGED[name]
     if not path.is_file():
-        raise CheckpointError(f"--ckpt {name}: the packaged model is missing from this installation ({path}); "
+        raise CheckpointError(f"{given('source', name)}: the packaged model is missing from this installation ({path}); "
                               "reinstall ddpm-bench")
     got = sha256_file(path)
     if got != sha256:
-        raise CheckpointError(f"--ckpt {name}: {path} is damaged (sha256 {got[:12]}..., expected "
+        raise CheckpointError(f"{given('source', name)}: {path} is damaged (sha256 {got[:12]}..., expected "
                               f"{sha256[:12]}...); reinstall ddpm-bench")
     return path
 

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
+from ddpm_bench.arguments import given
 from ddpm_bench.errors import UserError
 from ddpm_bench.identity import model_identity, state_dict_sha256
+from ddpm_bench.messages import warn
 from ddpm_bench.models import plugin_guard
 from ddpm_bench.models.formats.common import diffusion_from_flags
 from ddpm_bench.models.loaded import LoadedModel
@@ -33,13 +35,13 @@ def detect(spec: ModelSpec) -> bool:
 def import_callable(spec: str) -> Callable:
     """MODULE:CALLABLE, where MODULE is an importable module name or a path to a .py file."""
     if ":" not in spec:
-        raise UserError(f"--model {spec}: expected MODULE:CALLABLE")
+        raise UserError(f"{given('plugin', spec)}: expected MODULE:CALLABLE")
     mod_name, _, attr = spec.rpartition(":")
     try:
         if mod_name.endswith(".py"):
             file = Path(mod_name)
             if not file.is_file():
-                raise UserError(f"--model {spec}: no such file {file}")
+                raise UserError(f"{given('plugin', spec)}: no such file {file}")
             folder = str(file.resolve().parent)  # its own folder, for the modules beside it
             if folder not in sys.path:
                 sys.path.insert(0, folder)
@@ -55,10 +57,10 @@ def import_callable(spec: str) -> Callable:
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # noqa: BLE001 - its import runs the user's code, SystemExit included
-        raise UserError(f"--model {spec}: cannot import {mod_name}: {type(e).__name__}: {e}") from None
+        raise UserError(f"{given('plugin', spec)}: cannot import {mod_name}: {type(e).__name__}: {e}") from None
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
-        raise UserError(f"--model {spec}: {mod_name} has no callable {attr!r}")
+        raise UserError(f"{given('plugin', spec)}: {mod_name} has no callable {attr!r}")
     return fn
 
 
@@ -74,11 +76,11 @@ def load(spec: ModelSpec) -> LoadedModel:
     factory = import_callable(name)
     net = plugin_guard.guarded_call(name, factory)  # anything raised in it is the plug-in's error (exit 1)
     if not callable(net):
-        raise UserError(f"--model {name}: returned {type(net).__name__}, not a module or callable")
+        raise UserError(f"{given('plugin', name)}: returned {type(net).__name__}, not a module or callable")
     module = net if isinstance(net, torch.nn.Module) else None
     file = source_file(factory)
     if file is None:
-        raise UserError(f"--model {name}: the file that defines it cannot be found (its code is part of its "
+        raise UserError(f"{given('plugin', name)}: the file that defines it cannot be found (its code is part of its "
                         "identity); define it in a .py file")
     prov = {"kind": NAME, "callable": name, "sha256": sha256_file(file)}
     diffusion = diffusion_from_flags(spec.diffusion_flags)
@@ -88,9 +90,9 @@ def load(spec: ModelSpec) -> LoadedModel:
     weights_sha256 = state_dict_sha256(state) if state else None
     if weights_sha256 is None:
         what = "a plain function" if module is None else "a module without weights"
-        print(f"ddpm-bench: warning: --model {name} returned {what}: its identity is the hash of "
-              f"{file.name} only, so a change in what it reads (weights files, globals) is not detected; "
-              "return a torch.nn.Module that holds its weights for an identity by its weights", file=sys.stderr)
+        warn(f"{given('plugin', name)} returned {what}: its identity is the hash of {file.name} only, so a change in "
+             "what it reads (weights files, globals) is not detected; return a torch.nn.Module that holds its "
+             "weights for an identity by its weights")
     ident = model_identity(NAME, None, weights_sha256, diffusion, architecture, name)
     return LoadedModel(backbone=net, diffusion=diffusion, identity=ident, provenance=prov, module=module,
                        fractional_steps=getattr(net, "fractional_steps", False) is True, plugin=name)

@@ -1,0 +1,235 @@
+"""What a notebook user meets: the API leaves the caller's objects as it found them, results read
+themselves, arguments are checked and named as the caller wrote them, and the gap has one three-state
+verdict."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import ddpm_bench
+from ddpm_bench import UserError
+from ddpm_bench.cli import main
+from tests.synthetic_outputs import write_nll_dir
+
+DIFFUSION = {"T": 20, "beta_end": 0.3}
+
+
+class DropoutDenoiser(torch.nn.Module):
+    """A small eps network with dropout (so its train and eval modes differ) and a conv (a 4-D weight)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(20, 3)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.drop = torch.nn.Dropout(0.5)
+        self.out = torch.nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x, t):
+        return self.out(self.drop(torch.relu(self.conv(x + self.embed(t)[:, :, None, None]))))
+
+
+def images(n: int = 4, size: int = 8) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)  # NHWC
+
+
+def module_state(m: torch.nn.Module) -> dict:
+    return {"modes": [x.training for x in m.modules()], "devices": {p.device for p in m.parameters()},
+            "contiguous": [p.is_contiguous() for p in m.parameters()],
+            "requires_grad": [p.requires_grad for p in m.parameters()],
+            "rng": torch.random.get_rng_state().clone()}
+
+
+def same_state(a: dict, b: dict) -> bool:
+    return all(a[k] == b[k] for k in ("modes", "devices", "contiguous", "requires_grad")) and \
+        torch.equal(a["rng"], b["rng"])
+
+
+def test_a_training_loop_with_dropout_keeps_training_across_bound_calls():
+    """Each bound call leaves the module in train mode with its memory format, device, requires_grad and
+    torch's random state as they were; the identity follows the weights as they train; a proposal from an
+    exact result in memory costs no pilot."""
+    torch.manual_seed(0)
+    net = DropoutDenoiser()
+    net.out.weight.requires_grad_(False)  # a frozen part stays frozen
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-2)
+    data = torch.from_numpy(images(8)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    model = ddpm_bench.load_model(net, diffusion=DIFFUSION)
+    exact = ddpm_bench.bound(model, images(2))  # the proposal, once
+    identities, totals = [], []
+    for step in range(6):
+        net.train()
+        loss = net(data, torch.randint(0, 20, (8,))).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 2 == 1:
+            before = module_state(net)
+            r = ddpm_bench.bound(model, images(2), terms=3, proposal=exact)
+            assert same_state(before, module_state(net)), "bound changed the caller's module"
+            assert net.training and net.drop.training
+            assert r.summary.network_evals == 2 * 4  # (1 + 3 drawn) per image, no pilot
+            identities.append(r.identity.sha256)
+            totals.append(r.total_bpd)
+    assert len(set(identities)) == 3, "the identity must follow the weights as they train"
+    assert net.drop(torch.ones(1000)).eq(0).any(), "dropout must still drop after the calls"
+    assert np.all(np.isfinite(totals))
+
+
+def test_the_module_runs_in_eval_mode_and_channels_last_only_inside_the_call():
+    seen = {}
+
+    class Spy(DropoutDenoiser):
+        def forward(self, x, t):
+            seen.setdefault("training", self.training)
+            seen.setdefault("channels_last", self.conv.weight.is_contiguous(memory_format=torch.channels_last))
+            return super().forward(x, t)
+
+    torch.manual_seed(0)
+    net = Spy().train()
+    ddpm_bench.bound(ddpm_bench.load_model(net, diffusion=DIFFUSION, channels_last=True), images(1))
+    assert seen == {"training": False, "channels_last": True}
+    assert net.training and net.conv.weight.is_contiguous()
+
+
+def test_a_direct_call_of_the_network_leaves_the_module_too():
+    torch.manual_seed(0)
+    net = DropoutDenoiser().train()
+    model = ddpm_bench.load_model(net, diffusion=DIFFUSION)
+    out = model(torch.zeros(2, 3, 8, 8), torch.tensor([0, 19]))
+    assert out.shape == (2, 3, 8, 8) and net.training
+
+
+def test_load_model_of_a_network_takes_new_execution_settings_and_refuses_load_settings():
+    model = ddpm_bench.load_model(DropoutDenoiser(), diffusion=DIFFUSION)
+    bf16 = ddpm_bench.load_model(model, precision="bf16")
+    assert bf16.execution.precision == "bf16" and model.execution.precision == "fp32"
+    assert ddpm_bench.load_model(model) is model
+    with pytest.raises(UserError, match=r"^load_model: flags= describes a model to load"):
+        ddpm_bench.load_model(model, flags="--image_size 32")
+    with pytest.raises(UserError, match=r"^load_model: flags= describes a checkpoint file"):
+        ddpm_bench.load_model(DropoutDenoiser(), flags="--image_size 32")
+    with pytest.raises(UserError, match=r"give execution= or device="):
+        ddpm_bench.load_model("embedded", execution=ddpm_bench.Execution(), device="cpu")
+
+
+def test_half_precision_and_meta_modules_are_one_line_saying_what_to_do():
+    with pytest.raises(UserError, match=r"torch.float16; .* give a float32 copy \(copy.deepcopy\(module\).float\(\)\)"):
+        ddpm_bench.load_model(DropoutDenoiser().half(), diffusion=DIFFUSION)
+    with torch.device("meta"):
+        meta = DropoutDenoiser()
+    with pytest.raises(UserError, match=r"meta device and hold no weights; load them first"):
+        ddpm_bench.load_model(meta, diffusion=DIFFUSION)
+
+
+def test_results_read_themselves():
+    torch.manual_seed(0)
+    r = ddpm_bench.bound(ddpm_bench.load_model(DropoutDenoiser(), diffusion=DIFFUSION), images())
+    assert r.total_bpd == r.summary.total_bpd and r.total_bpd_stderr == r.summary.total_bpd_stderr
+    assert r.n_images == 4 and r.estimator == "exact" and r.quantity == "bound"
+    assert r.identity.sha256 == r.summary.model["identity"]["sha256"]
+    assert r.per_image.totals.shape == (4,)
+    text = repr(r)
+    assert len(text) < 300 and f"{r.total_bpd:.5f}" in text and "in memory" in text
+    model = ddpm_bench.load_model("embedded")
+    assert repr(model).startswith(f"<Network {model.identity.short()} ") and "T=1000" in repr(model)
+    dry = ddpm_bench.bound(model, "embedded:test", num_images=2, dry_run=True)
+    assert isinstance(dry, ddpm_bench.DryRun) and dry.network_evals == 2000 and dry.seconds > 0
+    assert dry.alternatives and "nll: 2 images x 1000 terms" in dry.lines[0]
+
+
+def test_the_public_names_are_exported():
+    for name in ("OdeOptions", "FidMetrics", "GapResult", "RateDistortionCurve", "DryRun", "TrainResult",
+                 "ReportResult", "ReproduceResult", "train", "report", "reproduce", "inspect", "EstimatorOptions"):
+        assert hasattr(ddpm_bench, name), name
+    assert callable(ddpm_bench.estimators.register) and callable(ddpm_bench.formats.register)
+    assert "ode" in ddpm_bench.estimators.ESTIMATORS
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: ddpm_bench.bound(m, "embedded:test", num_images=5000),
+     r"^num_images=5000 is larger than embedded:test, which holds 500 images"),
+    (lambda m: ddpm_bench.bound(m, "embedded:test", num_images=True), r"^num_images=True: must be a whole number"),
+    (lambda m: ddpm_bench.bound(m, "embedded:test", num_images="2"), r"^num_images='2': must be a whole number"),
+    (lambda m: ddpm_bench.bound(m, "embedded:test", num_images=2.5), r"^num_images=2.5: must be a whole number"),
+    (lambda m: ddpm_bench.bound(m, None), r"^images= None: give a data source"),
+    (lambda m: ddpm_bench.bound(m, images(2, 32), index=[0.5, 1.5]), r"^index=: data-set indices must be whole"),
+    (lambda m: ddpm_bench.bound(m, images(2, 32), index=[-1, 1]), r"^index=: data-set indices must lie in 0..2\*\*62"),
+    (lambda m: ddpm_bench.bound(m, images(2, 32), index=[2**63, 1]), r"^index=: data-set indices must lie in"),
+    (lambda m: ddpm_bench.bound(m, "embedded:test", terms=5, options=ddpm_bench.OdeOptions()),
+     r"^terms=5 beside options=OdeOptions\(...\)"),
+    (lambda m: ddpm_bench.bound(m, "embedded:test", draws=3, options=ddpm_bench.OdeOptions()),
+     r"^draws=3 beside options=OdeOptions"),
+    (lambda m: ddpm_bench.bound(m, "embedded:test", draws=3, terms=4), r"^draws=3 does not go with terms="),
+    (lambda m: ddpm_bench.bound(m, "embedded:test", proposal="x"), r"^proposal= goes with terms="),
+    (lambda m: ddpm_bench.bound(m, torch.zeros((2, 32, 32, 3), dtype=torch.uint8)),
+     r"^images= a tensor of shape \(2, 32, 32, 3\) looks NHWC; .*images.permute\(0, 3, 1, 2\)"),
+    (lambda m: ddpm_bench.bound(m, np.zeros((2, 3, 32, 32), np.uint8)),
+     r"^images= an array of shape \(2, 3, 32, 32\) looks NCHW; .*images.transpose\(0, 2, 3, 1\)"),
+    (lambda m: ddpm_bench.bound(m, torch.rand(2, 3, 32, 32) * 2 - 1),
+     r"^images= a torch.float32 tensor with values in \[-\d.*; give uint8 values 0..255"),
+    (lambda m: ddpm_bench.sample(m, 10**12), r"^num=1000000000000: must be 1..10,000,000"),
+    (lambda m: ddpm_bench.sample(m, 2, image_size=10**6), r"^image_size=1000000: must be 1..4,096"),
+    (lambda m: ddpm_bench.gap(42, "x"), r"^train= is a int: give an nll result"),
+    (lambda m: ddpm_bench.load_model("embedded", device="cuda:7" if not torch.cuda.is_available() else "mps"),
+     r"^device='(cuda:7|mps)': "),
+])
+def test_arguments_are_checked_and_named_as_the_caller_wrote_them(call, message):
+    model = ddpm_bench.load_model("embedded")
+    with pytest.raises(UserError, match=message):
+        call(model)
+
+
+def test_the_command_line_keeps_its_flags(capsys, tmp_path):
+    assert main(["nll", "--ckpt", "embedded", "--data", "embedded:test", "--num-images", "5000", "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "--num-images 5000 is larger than embedded:test" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("features, ref, message", [
+    (np.zeros((1, 4)), np.zeros((5, 4)), r"^features=: 1 row\(s\); a Frechet distance"),
+    (np.zeros((5, 4)), np.zeros((5, 3)), r"^features= has 4 features per image and ref_features= 3"),
+    (np.zeros(5), np.zeros((5, 4)), r"^features=: expected features \(N, D\)"),
+])
+def test_fid_from_features_checks_its_inputs(features, ref, message):
+    with pytest.raises(UserError, match=message):
+        ddpm_bench.fid_from_features(features, ref)
+
+
+@pytest.mark.parametrize("shift, max_gap, verdict", [(0.0, 10.0, "below"), (0.4, 0.1, "above"),
+                                                     (0.4, 0.4, "undecided")])
+def test_the_gap_has_one_three_state_verdict(tmp_path, capsys, shift, max_gap, verdict):
+    write_nll_dir(tmp_path / "train", data="embedded:train", seed=1, n=40)
+    write_nll_dir(tmp_path / "test", data="embedded:test", seed=2, shift_bpd=shift, n=40)
+    result = ddpm_bench.gap(tmp_path / "train", tmp_path / "test", max_gap=max_gap, out=tmp_path / "gap.json")
+    assert result.verdict == verdict and result.overfits == (verdict == "above")
+    assert verdict in repr(result)
+    assert ddpm_bench.outputs.GapResult.from_dict(
+        __import__("json").loads((tmp_path / "gap.json").read_text())).verdict == verdict  # a file, not a folder
+    status = main(["gap", str(tmp_path / "train"), str(tmp_path / "test"), "--max-gap", str(max_gap)])
+    assert status == (1 if verdict == "above" else 0)
+    err = capsys.readouterr().err
+    assert {"below": "no overfitting beyond", "above": "overfits:", "undecided": "undecided:"}[verdict] in err
+
+
+def test_a_gap_written_to_a_folder_goes_inside_it(tmp_path):
+    write_nll_dir(tmp_path / "train", data="embedded:train", seed=1, n=40)
+    write_nll_dir(tmp_path / "test", data="embedded:test", seed=2)
+    (tmp_path / "run").mkdir()
+    ddpm_bench.gap(tmp_path / "train", tmp_path / "test", out=tmp_path / "run")
+    assert (tmp_path / "run" / "gap.json").is_file()
+
+
+def test_warnings_and_notes_are_not_printed(capsys, caplog):
+    torch.manual_seed(0)
+    with pytest.warns(ddpm_bench.DdpmBenchWarning, match="has no weights"):
+        ddpm_bench.load_model(lambda x, t: x * 0, diffusion=DIFFUSION)
+    with caplog.at_level(logging.INFO, logger="ddpm_bench"), warnings.catch_warnings():
+        warnings.simplefilter("error", ddpm_bench.DdpmBenchWarning)
+        ddpm_bench.bound(ddpm_bench.load_model(DropoutDenoiser(), diffusion={"T": 20, "beta_end": 0.9}), images(1))
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
