@@ -10,11 +10,13 @@ import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 
 import numpy as np
 
 import ddpm_bench
 from benchmarks.gpu.network_speed import network_rate
+from benchmarks.gpu.timing import guarded
 from ddpm_bench.network import CHANNELS_LAST_BY_DEVICE
 from ddpm_bench.variational_bound import default_pairs_per_call
 
@@ -54,18 +56,18 @@ def exact_bound(ctx, setting: dict, n_images: int):
     return ctx.cache[key]
 
 
-def _speed_row(ctx, name: str, setting: dict, n_images: int) -> dict:
+def _speed_row(ctx, setting: dict, n_images: int) -> dict:
     s = resolve(ctx, setting)
     result, net = exact_bound(ctx, setting, n_images)
     summary = result.summary
     engine = summary.network_evals / summary.seconds
     alone = network_rate(ctx, net, s["batch"])["per_s"]
-    return {"setting": name, **s, "channels_last_from": "flag" if setting.get("channels_last") is not None
+    return {**s, "channels_last_from": "flag" if setting.get("channels_last") is not None
             else f"default for {ctx.device.type}", "batch_from": "flag" if setting.get("batch") else "default",
             "images": n_images, "T": summary.T, "network_evals": summary.network_evals, "seconds": summary.seconds,
             "evals_per_s": engine, "network_alone_evals_per_s": alone,
             # the engine's own work (noise, float64 terms, checks, the host waiting) per unit of network time
-            "engine_share": alone / engine - 1.0, "total_bpd": summary.total_bpd, "status": "ok"}
+            "engine_share": alone / engine - 1.0, "total_bpd": summary.total_bpd}
 
 
 def bound_speed(ctx) -> dict:
@@ -87,7 +89,7 @@ def bound_speed(ctx) -> dict:
         if ctx.left() < 2.0:
             rows.append({"setting": name, **setting, "status": "skipped: the section's budget was spent"})
             continue
-        rows.append(_speed_row(ctx, name, setting, ctx.plan.bound_images))
+        rows.append(guarded({"setting": name, **setting}, partial(_speed_row, ctx, setting, ctx.plan.bound_images)))
     return dict(out)
 
 
@@ -104,6 +106,10 @@ def paired_difference(ref: np.ndarray, var: np.ndarray) -> dict:
             "max_abs_term_diff": float(per_term.max()), "term_of_max": int(per_term.argmax()),
             "terms_differing": int(len(differing)), "first_terms_differing": differing[:10].tolist(),
             "identical": bool(np.array_equal(ref, var))}
+
+
+def _variant_cost(ctx, setting: dict, ref_terms: np.ndarray) -> dict:
+    return paired_difference(ref_terms, exact_bound(ctx, setting, ctx.plan.bound_images)[0].per_image.terms)
 
 
 PRECISION_VARIANTS = (
@@ -131,8 +137,7 @@ def precision_cost(ctx) -> dict:
         elif (s["compile"] and not compiled_ready and ctx.left() < plan.compile_min_left_s) or ctx.left() < 2.0:
             rows.append({"variant": name, "status": "skipped: the section's budget was spent"})
         else:
-            var = exact_bound(ctx, setting, plan.bound_images)[0]
-            rows.append({"variant": name, **s, **paired_difference(ref_terms, var.per_image.terms), "status": "ok"})
+            rows.append(guarded({"variant": name, **s}, partial(_variant_cost, ctx, setting, ref_terms)))
     return dict(out)
 
 

@@ -16,8 +16,7 @@ import torch
 import torchvision
 
 import ddpm_bench
-from benchmarks.gpu.report import one_line
-from benchmarks.gpu.timing import sync
+from benchmarks.gpu.timing import one_line, sync
 from ddpm_bench.metrics.extractors import to_inception_input
 
 BACKENDS = ("torch-fidelity", "clean-fid")

@@ -7,7 +7,10 @@ the 1000-step ancestral and the 100-step DDIM sampler follows from the seconds p
 
 from __future__ import annotations
 
+from functools import partial
+
 import ddpm_bench
+from benchmarks.gpu.timing import guarded
 from ddpm_bench.estimators.ode import OdeOptions
 
 ANCESTRAL_STEPS, DDIM_STEPS = 1000, 100
@@ -16,6 +19,12 @@ ANCESTRAL_STEPS, DDIM_STEPS = 1000, 100
 def _sample_seconds(net, batch: int, steps: int, sampler: str) -> float:
     result = ddpm_bench.sample(net, batch, steps=steps, sampler=sampler, batch_size=batch)
     return float(result.manifest.extra["seconds"])
+
+
+def _sampler_rate(net, batch: int, sampler: str, steps: int, plan) -> dict:
+    _sample_seconds(net, batch, 1, sampler)  # warm-up at this batch shape
+    per_step = _sample_seconds(net, batch, plan.sampler_steps, sampler) / plan.sampler_steps
+    return {"seconds_per_step": per_step, "evals_per_s": batch / per_step, "samples_per_s": batch / (steps * per_step)}
 
 
 def sampler_speed(ctx) -> dict:
@@ -38,10 +47,7 @@ def sampler_speed(ctx) -> dict:
                 if ctx.left() < 1.0:
                     rows.append({**row, "status": "skipped: the section's budget was spent"})
                     continue
-                _sample_seconds(net, batch, 1, sampler)  # warm-up at this batch shape
-                per_step = _sample_seconds(net, batch, plan.sampler_steps, sampler) / plan.sampler_steps
-                rows.append({**row, "seconds_per_step": per_step, "evals_per_s": batch / per_step,
-                             "samples_per_s": batch / (steps * per_step), "status": "ok"})
+                rows.append(guarded(row, partial(_sampler_rate, net, batch, sampler, steps, plan)))
     return dict(out)
 
 
@@ -52,9 +58,9 @@ def _ode_row(ctx, net, batch: int, n_images: int, images=None) -> dict:
                               batch_size=batch)
     s = result.summary
     per_image = s.seconds / s.n_images
-    return {"batch": batch, "images": s.n_images, "rtol": options.rtol, "atol": options.atol, "nfe_mean": s.nfe_mean,
-            "seconds": s.seconds, "seconds_per_image": per_image, "seconds_per_nfe_per_image": per_image / s.nfe_mean,
-            "total_bpd": s.total_bpd, "status": "ok"}
+    return {"rtol": options.rtol, "atol": options.atol, "nfe_mean": s.nfe_mean, "seconds": s.seconds,
+            "seconds_per_image": per_image, "seconds_per_nfe_per_image": per_image / s.nfe_mean,
+            "total_bpd": s.total_bpd}
 
 
 def ode_cost(ctx) -> dict:
@@ -65,13 +71,14 @@ def ode_cost(ctx) -> dict:
                    "evaluations of one image (each a forward and a backward)")
     trained = ddpm_bench.load_model("embedded", device=str(ctx.device))
     images = ctx.images(plan.ode_trained_images)
-    out["trained_model"] = {"model": "embedded (packaged, 1.1M parameters, trained)",
-                            **_ode_row(ctx, trained, plan.ode_trained_images, plan.ode_trained_images, images)}
+    n = plan.ode_trained_images
+    out["trained_model"] = guarded({"model": "embedded (packaged, 1.1M parameters, trained)", "batch": n,
+                                    "images": n}, partial(_ode_row, ctx, trained, n, n, images))
     rows = out["rows"] = []
     net = ctx.models.network()
     for batch, n_images in sorted(plan.ode_batches.items(), reverse=True):
         if ctx.left() < 2.0:
             rows.append({"batch": batch, "images": n_images, "status": "skipped: the section's budget was spent"})
             continue
-        rows.append(_ode_row(ctx, net, batch, n_images))
+        rows.append(guarded({"batch": batch, "images": n_images}, partial(_ode_row, ctx, net, batch, n_images)))
     return dict(out)

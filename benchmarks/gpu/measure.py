@@ -29,8 +29,7 @@ import torch
 from benchmarks.gpu import engine, fid_speed, generation, network_speed, projection, report, trainer_speed
 from benchmarks.gpu.model import Models, recipe_config, write_checkpoint
 from benchmarks.gpu.plan import GRACE_S, PLANS, SECTION_OVERRUN_EXIT, SECTIONS, Plan
-from benchmarks.gpu.report import one_line
-from benchmarks.gpu.timing import describe_machine
+from benchmarks.gpu.timing import describe_machine, one_line
 from ddpm_bench.config import RunConfig
 from ddpm_bench.data import DataSpec, ImageSet
 from ddpm_bench.shards import atomic_write_text
@@ -102,6 +101,15 @@ def clean(obj):
     return obj
 
 
+def overall(rows: list[dict], status: str) -> str:
+    """A section none of whose measurements succeeded is not "ok": it failed (first failure) or was skipped."""
+    if not rows or any(r.get("status") == "ok" for r in rows):
+        return status
+    failed = [r["status"] for r in rows if str(r.get("status", "")).startswith("failed")]
+    return f"failed: every measurement; the first: {failed[0]}" if failed else \
+        f"skipped: every measurement: {rows[0].get('status', '?').removeprefix('skipped: ')}"
+
+
 def snapshot(partial: dict) -> dict:
     """A copy of a section's result so far, taken while the section may still be adding to it."""
     for _ in range(5):
@@ -162,9 +170,7 @@ def run_section(name: str, ctx: Context, writer: Writer, deadline: float) -> Non
     print(f"measure: {name} (budget {soft:.0f} s)", flush=True)
     try:
         result, status = SECTION_FUNCTIONS[name](ctx), "ok"
-        rows = result.get("rows")
-        if rows and all(str(r.get("status", "")).startswith("skipped") for r in rows):
-            status = f"skipped: every measurement: {rows[0]['status'].removeprefix('skipped: ')}"
+        status = overall(result.get("rows") or [], status)
     except Exception as e:  # noqa: BLE001 - one section's failure must never stop the others
         traceback.print_exc()
         result, status = dict(ctx.partial), f"failed: {one_line(e)}"

@@ -6,11 +6,13 @@ fraction of the device's bf16 peak (datasheet) and of a measured bf16 matmul."""
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.gpu.timing import bf16_peak, matmul_tflops, throughput
+from benchmarks.gpu.timing import bf16_peak, guarded, matmul_tflops, throughput
+from ddpm_bench.variational_bound import default_pairs_per_call
 
 MAX_COMPILE_BATCH = 1024
 
@@ -45,7 +47,7 @@ def flops_per_eval(ctx, net) -> float:
 
 def _row(ctx, flops: float, peak: float | None, matmul: float, **setting) -> dict:
     net = ctx.models.network(setting["precision"], setting["channels_last"], setting.get("compile"))
-    row = dict(setting)
+    row = {}
     if setting.get("compile"):
         t0 = time.perf_counter()
         network_rate(ctx, net, setting["batch"], min_time_s=0.0)  # compiles (and warms up) this batch shape
@@ -63,11 +65,7 @@ def _measure_rows(ctx, rows: list, settings: list[dict], flops: float, peak, mat
         if ctx.left() < reserve_s:
             rows.append({**setting, "status": "skipped: the section's budget was spent"})
             continue
-        try:
-            rows.append({**_row(ctx, flops, peak, matmul, **setting), "status": "ok"})
-        except torch.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            rows.append({**setting, "status": "failed: out of memory"})
+        rows.append(guarded(setting, partial(_row, ctx, flops, peak, matmul, **setting)))
 
 
 def best(rows: list[dict], **where) -> dict | None:
@@ -95,9 +93,9 @@ def measure(ctx) -> dict:
     if ctx.device.type == "cuda":  # cuDNN's autotuner at the fastest setting (ddpm-bench leaves it off)
         torch.backends.cudnn.benchmark = True
         try:
-            keys = ("precision", "channels_last", "batch")
-            out["cudnn_benchmark"] = _row(ctx, flops, peak["tflops"], matmul["tflops"], compile=None,
-                                          **{k: fastest[k] for k in keys})
+            setting = {"compile": None, **{k: fastest[k] for k in ("precision", "channels_last", "batch")}}
+            out["cudnn_benchmark"] = guarded(setting, partial(_row, ctx, flops, peak["tflops"], matmul["tflops"],
+                                                              **setting))
         finally:
             torch.backends.cudnn.benchmark = False
     else:
@@ -106,8 +104,10 @@ def measure(ctx) -> dict:
         out["compile"] = {"status": f"skipped: the {plan.name} plan does not compile (about a minute per batch shape)"}
         return dict(out)
     bf16 = out["best"].get("bf16") or fastest
-    # fp32 at nll's CUDA defaults first: the precision section measures its bits/dim with this network
-    compiled = [{"precision": "fp32", "channels_last": False, "compile": "default", "batch": 256},
+    # fp32 at nll's defaults first: the precision section measures its bits/dim with this network
+    default_batch = default_pairs_per_call(ctx.device, (ctx.cfg.model.in_channels, ctx.cfg.model.image_size,
+                                                        ctx.cfg.model.image_size))
+    compiled = [{"precision": "fp32", "channels_last": False, "compile": "default", "batch": default_batch},
                 {"precision": bf16["precision"], "channels_last": bf16["channels_last"], "compile": "default",
                  "batch": min(bf16["batch"], MAX_COMPILE_BATCH)}]
     _measure_rows(ctx, rows, compiled, flops, peak["tflops"], matmul["tflops"], reserve_s=plan.compile_min_left_s)

@@ -4,11 +4,6 @@ Every number comes from results.json; a section without a result says why."""
 from __future__ import annotations
 
 
-def one_line(e: BaseException) -> str:
-    """An exception as one line: its type and message."""
-    return f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
-
-
 def fmt(x, digits: int = 3) -> str:
     """A number in a few significant digits; '-' for a missing one."""
     if x is None:
@@ -184,9 +179,11 @@ def _ode(r: dict) -> list[str]:
     lines = _rows(r, ["images per solve", "images", "NFE per image", "s per image", "bits/dim", "status"],
                   ["batch", "images", "nfe_mean", "seconds_per_image", "total_bpd", "status"])
     t = r.get("trained_model")
-    if t:
+    if t and t.get("status") == "ok":
         lines += ["", f"The packaged trained model: {fmt(t['nfe_mean'])} evaluations per image at rtol {fmt(t['rtol'])} "
                       f"({t['images']} images, {fmt(t['total_bpd'])} bits/dim)."]
+    elif t:
+        lines += ["", f"The packaged trained model: {t.get('status')}."]
     return lines
 
 

@@ -26,6 +26,22 @@ BF16_PEAK_TFLOPS = (
 )
 
 
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its type and message."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
+
+
+def guarded(row: dict, measure: Callable[[], dict]) -> dict:
+    """`row` with `measure()`'s numbers and status "ok", or with "failed: <one line>" when it raises, so that
+    one setting's failure (out of memory, a compiler error) costs only that setting."""
+    try:
+        return {**row, **measure(), "status": "ok"}
+    except Exception as e:  # noqa: BLE001 - recorded in the row, which the report and the test both read
+        if isinstance(e, torch.OutOfMemoryError):
+            torch.cuda.empty_cache()
+        return {**row, "status": f"failed: {one_line(e)}"}
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -10,10 +10,11 @@ faithful: it changes the numbers the recipe trains with."""
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 
 import torch
 
-from benchmarks.gpu.timing import throughput
+from benchmarks.gpu.timing import guarded, throughput
 from ddpm_bench.training import Trainer
 
 # name -> (cudnn TF32, matmul TF32, channels-last, bf16 autocast, faithful); None keeps torch's default
@@ -70,7 +71,7 @@ def measure(ctx) -> dict:
             rows.append({**row, "status": "skipped: the section's budget was spent"})
             continue
         with tf32(conv, matmul):
-            rows.append({**row, **steps_per_s(ctx, images, channels_last, bf16), "status": "ok"})
+            rows.append(guarded(row, partial(steps_per_s, ctx, images, channels_last, bf16)))
     ok = [r for r in rows if r["status"] == "ok" and r["faithful"]]
     out["fastest_faithful"] = max(ok, key=lambda r: r["steps_per_s"]) if ok else None
     return dict(out)
