@@ -103,7 +103,7 @@ def clean(obj):
 
 def overall(rows: list[dict], status: str) -> str:
     """A section none of whose measurements succeeded is not "ok": it failed (first failure) or was skipped."""
-    if not rows or any(r.get("status") == "ok" for r in rows):
+    if not rows or not all("status" in r for r in rows) or any(r["status"] == "ok" for r in rows):
         return status
     failed = [r["status"] for r in rows if str(r.get("status", "")).startswith("failed")]
     return f"failed: every measurement; the first: {failed[0]}" if failed else \
