@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import ddpm_bench
 from benchmarks.gpu import engine, fid_speed, generation, network_speed, projection, report, trainer_speed
 from benchmarks.gpu.model import Models, recipe_config, write_checkpoint
 from benchmarks.gpu.plan import ALWAYS_RUN, GRACE_S, PLANS, SECTION_OVERRUN_EXIT, SECTIONS, Plan
@@ -239,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             results["sections"].setdefault(name, {"status": "skipped: no CUDA device here (use --smoke on a CPU)"})
         writer.write(results)
         return 0
-    results["environment"] = {**describe_machine(device), "packages": optional_packages()}
+    results["environment"] = {**describe_machine(device), "packages": optional_packages(),
+                              "ddpm_bench_from": str(Path(ddpm_bench.__file__).parent)}
     cfg = recipe_config(plan)
     ckpt = work / "seeded_unet.pt"
     if not ckpt.is_file():
