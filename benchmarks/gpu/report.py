@@ -142,7 +142,8 @@ def markdown(data: dict) -> str:
              + (f", restarted {data['restarts']} time(s) after a section overran" if data.get("restarts") else ""),
              f"- model: {(data.get('model') or {}).get('recipe')} {(data.get('model') or {}).get('overrides') or ''}, "
              f"{fmt((data.get('model') or {}).get('params'))} parameters, {(data.get('model') or {}).get('weights')}",
-             f"- install: {data.get('install')}", "", "## Sections", ""]
+             f"- install: {'; '.join(f'{k}: {v}' for k, v in (data.get('install') or {}).items()) or '-'}",
+             "", "## Sections", ""]
     lines += table(["section", "status", "seconds", "budget s"],
                    [[name, s.get("status", "-"), fmt(s.get("seconds")), fmt(s.get("budget_s"))]
                     for name, s in data["sections"].items()])
