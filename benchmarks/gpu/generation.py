@@ -18,7 +18,7 @@ ANCESTRAL_STEPS, DDIM_STEPS = 1000, 100
 
 def _sample_seconds(net, batch: int, steps: int, sampler: str) -> float:
     result = ddpm_bench.sample(net, batch, steps=steps, sampler=sampler, batch_size=batch)
-    return float(result.manifest.extra["seconds"])
+    return float(result.manifest.seconds)
 
 
 def _sampler_rate(net, batch: int, sampler: str, steps: int, plan) -> dict:
