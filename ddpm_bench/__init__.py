@@ -41,13 +41,13 @@ from ddpm_bench.api import (
     sample,
     train,
 )
-from ddpm_bench.errors import UserError
+from ddpm_bench.errors import OutOfMemory, UserError
 from ddpm_bench.messages import DdpmBenchWarning
 from ddpm_bench.models import formats
 from ddpm_bench.version import __version__
 
 __all__ = ["BoundOptions", "DdpmBenchWarning", "DiffusionConfig", "DryRun", "EstimatorOptions", "Execution",
-           "FidMetrics", "FidOptions", "GapResult", "ImportanceOptions", "Network", "NllOutput", "OdeOptions",
+           "FidMetrics", "FidOptions", "GapResult", "ImportanceOptions", "Network", "NllOutput", "OdeOptions", "OutOfMemory",
            "RateDistortionCurve", "ReportResult", "ReproduceResult", "SampleResult", "SamplerOptions", "TrainResult",
            "UserError", "__version__", "bound", "estimator_options", "estimators", "fid", "fid_from_features",
            "formats", "gap", "inspect", "load_model", "rate_distortion", "read_output", "report", "reproduce",

@@ -36,9 +36,10 @@ from ddpm_bench.data import DataSpec, ImageSet, select, validate_images
 from ddpm_bench.defaults import MAX_GAP
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.dry_run import DryRun
-from ddpm_bench.errors import UserError
+from ddpm_bench.errors import OutOfMemory, UserError
 from ddpm_bench.estimators import ESTIMATORS, read_output
 from ddpm_bench.estimators.ode import OdeOptions
+from ddpm_bench.failures import is_out_of_memory
 from ddpm_bench.jobs.fid import FidJob, run_fid
 from ddpm_bench.jobs.gap import gap_of
 from ddpm_bench.jobs.inspect import inspect_model, inspect_recipe
@@ -68,10 +69,19 @@ MAX_IMAGE_SIZE = 4096  # pixels a side
 
 
 @contextlib.contextmanager
-def _call(network: Network | None = None) -> Iterator[None]:
-    """Around every API call that runs a job: the caller's module left as it was found, no lock kept."""
-    with run_dir.released_after(), (network.in_use() if network is not None else contextlib.nullcontext()):
-        yield
+def _call(network: Network | None = None, batch_size: int | None = None) -> Iterator[None]:
+    """Around every API call that runs a job: the caller's module left as it was found, no lock kept, and
+    running out of memory one `OutOfMemory` error that names the batch size to lower."""
+    try:
+        with run_dir.released_after(), (network.in_use() if network is not None else contextlib.nullcontext()):
+            yield
+    except Exception as e:
+        if not is_out_of_memory(e) or isinstance(e, OutOfMemory):
+            raise
+        what = "out of GPU memory" if "CUDA" in str(e) else "out of memory"
+        lower = (f"with {given('batch_size', batch_size)}: lower it (e.g. {given('batch_size', max(1, batch_size // 2))})"
+                 if batch_size else f"at the default batch size: give a smaller {named('batch_size')}")
+        raise OutOfMemory(f"{what} {lower}; with out= the same call resumes") from None
 
 
 # -- models -------------------------------------------------------------------------------------------------
@@ -232,7 +242,7 @@ def bound(model: ModelLike, images: ImagesLike, *, terms: int | None = None, see
     net = _network(model, execution)
     job = NllJob(net, images_of(images, index, data_root, num_images), options, execution or Execution(),
                  _run(out, force, batch_size, shard_size, dry_run, progress))
-    with _call(net if isinstance(net, Network) else None):
+    with _call(net if isinstance(net, Network) else None, job.run.batch_size):
         return run_nll(job)
 
 
@@ -290,7 +300,7 @@ def sample(model: ModelLike, num: int, *, seed: int | None = None, steps: int | 
     job = SampleJob(net, num, options, execution or Execution(), _run(out, force, batch_size, shard_size, dry_run,
                                                                       progress),
                     image_size=image_size, channels=channels, progressive_every=progressive_every)
-    with _call(net if isinstance(net, Network) else None):
+    with _call(net if isinstance(net, Network) else None, job.run.batch_size):
         return run_sample(job)
 
 
@@ -325,8 +335,9 @@ def fid(samples: str | os.PathLike | np.ndarray | torch.Tensor | SampleResult, r
     if execution is not None and not isinstance(execution, Execution):
         raise UserError(f"{named('execution')} must be an Execution(...), got {type(execution).__name__}")
     device = (execution or Execution()).device
-    with _call():
-        return run_fid(FidJob(source, options, device, _run(out, force, batch_size, shard_size, False, progress)))
+    run = _run(out, force, batch_size, shard_size, False, progress)
+    with _call(batch_size=run.batch_size):
+        return run_fid(FidJob(source, options, device, run))
 
 
 def fid_from_features(features: np.ndarray, ref_features: np.ndarray, backend: str = "torch-fidelity") -> float:

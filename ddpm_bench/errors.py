@@ -28,3 +28,8 @@ class OutputDirError(UserError):
 class PluginError(Exception):
     """An exception raised inside a user's `--model` plug-in (its factory or its forward), reported as the
     plug-in's error in one line. Exit status 1: the plug-in failed, not the input nor ddpm-bench."""
+
+
+class OutOfMemory(MemoryError):
+    """The device (or the host) ran out of memory during a computation; the message names the batch size to
+    lower. The command line exits 1 with its own line (ddpm_bench.failures)."""

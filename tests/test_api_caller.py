@@ -233,3 +233,36 @@ def test_warnings_and_notes_are_not_printed(capsys, caplog):
         ddpm_bench.bound(ddpm_bench.load_model(DropoutDenoiser(), diffusion={"T": 20, "beta_end": 0.9}), images(1))
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+IDDPM = __import__("pathlib").Path(__file__).parent / "fixtures" / "iddpm_small"
+
+
+def test_an_improved_diffusion_file_without_its_flags_says_to_give_them(capsys, tmp_path):
+    with pytest.raises(UserError, match=r"^load_model\('.*xstart_linear.pt'\): looks like an improved-diffusion "
+                                         r"state_dict .*load_model\(path, flags='--image_size 32"):
+        ddpm_bench.load_model(IDDPM / "xstart_linear.pt")
+    assert main(["nll", "--ckpt", str(IDDPM / "xstart_linear.pt"), "--data", "embedded:test", "--out",
+                 str(tmp_path / "o")]) == 2
+    assert '--flags "--image_size 32' in capsys.readouterr().err
+
+
+def test_flags_are_refused_where_they_would_be_ignored_and_fp16_is_said(capsys, tmp_path):
+    assert main(["nll", "--ckpt", "embedded", "--flags", "--image_size 32", "--data", "embedded:test",
+                 "--num-images", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "embedded is a packaged model, which stores its own settings: leave out --flags" in \
+        capsys.readouterr().err
+    flags = (IDDPM / "xstart_linear_flags.txt").read_text().strip()
+    with pytest.warns(ddpm_bench.DdpmBenchWarning, match=r"--use_fp16 True: .* precision='bf16'"):
+        model = ddpm_bench.load_model(IDDPM / "xstart_linear.pt", flags=flags + " --use_fp16 True")
+    assert model.execution.precision == "fp32"
+
+
+def test_running_out_of_memory_is_one_error_naming_the_batch_size():
+    class Hungry(DropoutDenoiser):
+        def forward(self, x, t):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+    with pytest.raises(ddpm_bench.OutOfMemory, match=r"^out of GPU memory with batch_size=8: lower it "
+                                                     r"\(e.g. batch_size=4\)"):
+        ddpm_bench.bound(ddpm_bench.load_model(Hungry(), diffusion=DIFFUSION), images(2), batch_size=8)

@@ -121,6 +121,7 @@ class IddpmFlags:
     image_size: int
     values: dict[str, object]  # every flag of model_and_diffusion_defaults(), given or default
     ignored: tuple[str, ...]  # flags given that do not change what is evaluated
+    use_fp16: bool = False  # improved-diffusion ran the network in float16 (ddpm-bench says what it does instead)
 
     @property
     def T(self) -> int:
@@ -278,7 +279,8 @@ def parse_flags(flags: str | Sequence[str]) -> IddpmFlags:
     )
     return IddpmFlags(model=model, diffusion=_diffusion(v), rescale_timesteps=v["rescale_timesteps"],
                       image_size=v["image_size"], values=v,
-                      ignored=tuple(name for name in given if name in IGNORED_FLAGS))
+                      ignored=tuple(name for name in given if name in IGNORED_FLAGS),
+                      use_fp16=bool(given.get("use_fp16", False)))
 
 
 # (what a key or its shapes tell, the flag to look at) for `check_state_dict`'s message

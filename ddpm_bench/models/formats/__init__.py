@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from ddpm_bench.arguments import named
+from ddpm_bench.errors import UserError
 from ddpm_bench.models.formats import checkpoint, diffusers_dir, hub, iddpm, packaged, plugin
 from ddpm_bench.models.loaded import LoadedModel
 from ddpm_bench.models.spec import ModelSpec
@@ -47,9 +49,13 @@ def register(fmt) -> object:
 
 
 def format_of(spec: ModelSpec) -> ModuleType:
-    """The first format of the table that detects `spec`."""
+    """The first format of the table that detects `spec`; improved-diffusion flags given to a format that
+    stores its own settings are refused (they would be ignored)."""
     for f in FORMATS:
         if f.detect(spec):
+            if spec.flags is not None and not getattr(f, "TAKES_FLAGS", False):
+                raise UserError(f"{named('flags')} describes an improved-diffusion checkpoint; {spec.ckpt or spec.model} "
+                                f"is a {f.NAME} model, which stores its own settings: leave out {named('flags')}")
             return f
     raise AssertionError(f"no model format detects {spec}")  # checkpoint detects every non-directory path
 

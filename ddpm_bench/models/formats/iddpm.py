@@ -16,6 +16,7 @@ import torch
 from ddpm_bench.arguments import given, named
 from ddpm_bench.errors import CheckpointError, UserError
 from ddpm_bench.identity import model_identity, state_dict_sha256
+from ddpm_bench.messages import warn
 from ddpm_bench.models.formats.common import check_flags_match
 from ddpm_bench.models.iddpm_flags import IGNORED_FLAGS, iddpm_model, parse_flags, timestep_input
 from ddpm_bench.models.loaded import LoadedModel
@@ -23,6 +24,7 @@ from ddpm_bench.models.spec import ModelSpec
 from ddpm_bench.provenance import sha256_file
 
 NAME = "improved-diffusion"
+TAKES_FLAGS = True  # the only format that needs its flags (ModelSpec.flags)
 
 
 def detect(spec: ModelSpec) -> bool:
@@ -49,6 +51,10 @@ def load(spec: ModelSpec) -> LoadedModel:
         unet = iddpm_model(flags, state)
     except CheckpointError as e:
         raise CheckpointError(f"{given('source', path)} with these {named('flags')}: {e}") from None
+    if flags.use_fp16:
+        warn(f"{named('flags')} --use_fp16 True: improved-diffusion runs this network in float16; ddpm-bench "
+             "evaluates it with its float32 weights, in the precision asked for (fp32 by default; "
+             f"{given('precision', 'bf16')} for a 16-bit one)")
     diffusion = flags.diffusion_config()
     check_flags_match(diffusion, spec.diffusion_flags, f"{named('flags')} {spec.flags!r}")
     function_flags = {k: v for k, v in flags.values.items() if k not in IGNORED_FLAGS}
