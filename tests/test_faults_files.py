@@ -1,0 +1,181 @@
+"""Issue 28, causes 1-4: the content check cannot be switched off by deleting it; a summary agrees with the
+per-image file it summarises; a diffusers directory's scheduler config and UNet config are read in one line
+or refused; a training step's checkpoint and its eval.csv row are one unit, and eval.csv is checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ddpm_bench
+from ddpm_bench.cli import main
+from ddpm_bench.outputs import OutputFileError
+from ddpm_bench.shards import CONTENT, json_sha256
+from tests.stderr import without_schedule_warning
+
+TINY = "tests/plugins.py:tiny_conv_T20"
+FRACTIONAL = "tests/plugins.py:tiny_conv_T20_fractional"
+MISSING = "field 'content_sha256' is missing"
+
+
+@pytest.fixture
+def npz(tmp_path):
+    path = tmp_path / "data.npz"
+    np.savez(path, np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
+    return path
+
+
+def nll(npz, out, *extra, ode: bool = False):
+    model = FRACTIONAL if ode else TINY
+    return main(["nll", "--model", model, "--T", "20", "--data", str(npz), "--no-progress", "--shard-size", "2",
+                 "--out", str(out), *(["--ode"] if ode else []), *map(str, extra)])
+
+
+def err_lines(capsys) -> list[str]:
+    return without_schedule_warning(capsys.readouterr().err).strip().splitlines()
+
+
+def one_error(capsys) -> str:
+    """The one line a refusal printed (warnings aside)."""
+    lines = [line for line in err_lines(capsys) if "warning" not in line]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def edit(path: Path, rehash: bool, **changes) -> None:
+    """Change fields of a JSON output: with `rehash`, its content hash computed again (a hash is no
+    signature); without, the hash deleted with them (`_DELETE` values delete a key)."""
+    obj = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is _DELETE:
+            obj.pop(key, None)
+        else:
+            obj[key] = value
+    if rehash:
+        obj[CONTENT] = json_sha256(obj)
+    else:
+        obj.pop(CONTENT)
+    path.write_text(json.dumps(obj, indent=2))
+
+
+_DELETE = object()
+
+
+def total(out: Path) -> float:
+    return json.loads((out / "summary.json").read_text())["total_bpd"]
+
+
+# -- 1. the content check cannot be switched off by deleting it ------------------------------------------------
+
+@pytest.mark.parametrize("ode", [False, True], ids=["bound", "ode"])
+def test_a_summary_whose_content_check_was_deleted_is_refused_and_the_rerun_restores_it(npz, tmp_path, capsys, ode):
+    out = tmp_path / "nll"
+    assert nll(npz, out, ode=ode) == 0
+    right = total(out)
+    edit(out / "summary.json", rehash=False, total_bpd=1.234)
+    with pytest.raises(OutputFileError, match=f"summary.json: {MISSING}"):
+        ddpm_bench.read_output(out)
+    capsys.readouterr()
+    assert main(["report", str(out), "--out", str(tmp_path / "r")]) == 2
+    assert f"{out / 'summary.json'}: {MISSING}" in one_error(capsys)
+    assert nll(npz, out, ode=ode) == 0  # not "complete": merged again from its checked shards
+    assert MISSING in capsys.readouterr().err
+    assert total(out) == right
+
+
+def test_metrics_whose_content_check_was_deleted_are_recomputed_and_not_reported(tmp_path, capsys):
+    images = tmp_path / "i.npz"
+    np.savez(images, np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8))
+    out = tmp_path / "f"
+    args = ["fid", "--samples", str(images), "--ref", str(images), "--feature-extractor", "tiny-test", "--num-ref",
+            "30", "--allow-few-samples", "--no-prc", "--cache-dir", str(tmp_path / "c"), "--shard-size", "10",
+            "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    right = json.loads((out / "metrics.json").read_text())["fid"]
+    edit(out / "metrics.json", rehash=False, fid=0.5)
+    capsys.readouterr()
+    assert main(["report", str(out), "--out", str(tmp_path / "r")]) == 2
+    assert f"{out / 'metrics.json'}: {MISSING}" in one_error(capsys)
+    assert main(args) == 0  # recomputed, not "complete for these settings"
+    assert MISSING in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["fid"] == pytest.approx(right, rel=1e-12)
+
+
+def test_per_image_terms_changed_with_files_and_content_check_deleted_are_refused_by_gap_and_rate_distortion(
+        npz, tmp_path, capsys):
+    other = tmp_path / "other.npz"
+    np.savez(other, np.random.default_rng(5).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
+    train, test = tmp_path / "a", tmp_path / "b"
+    assert nll(npz, train) == 0 and nll(other, test) == 0
+    with np.load(test / "per_image.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["terms"] = arrays["terms"] * 2
+    np.savez(test / "per_image.npz", **arrays)
+    edit(test / "summary.json", rehash=False, files=_DELETE)
+    capsys.readouterr()
+    assert main(["gap", str(train), str(test)]) == 2
+    assert f"{test / 'summary.json'}: {MISSING}" in one_error(capsys)
+    assert main(["rate-distortion", str(test), "--out", str(tmp_path / "rd")]) == 2
+    assert f"{test / 'summary.json'}: {MISSING}" in one_error(capsys)
+    assert not (tmp_path / "rd").exists()
+
+
+def test_an_output_of_0_2_is_recognised_by_its_version_not_by_a_missing_key(npz, tmp_path):
+    out = tmp_path / "o"
+    assert nll(npz, out) == 0
+    obj = json.loads((out / "summary.json").read_text())
+    for key in ("content_sha256", "files", "quantity"):  # what 0.2 did not write
+        obj.pop(key)
+    (out / "summary.json").write_text(json.dumps({**obj, "ddpm_bench_version": "0.1.0"}))  # 0.2 called itself so
+    assert ddpm_bench.read_output(out).summary.files == {}
+    (out / "summary.json").write_text(json.dumps(obj))  # the same keys, written by 0.3: its check was deleted
+    with pytest.raises(OutputFileError, match=MISSING):
+        ddpm_bench.read_output(out)
+    (out / "summary.json").write_text(json.dumps({**obj, "ddpm_bench_version": "0.1.0", "quantity": "bound"}))
+    with pytest.raises(OutputFileError, match=MISSING):  # a field of 0.3: no file of 0.2
+        ddpm_bench.read_output(out)
+
+
+def test_a_summary_that_no_longer_records_its_per_image_file_is_refused(npz, tmp_path):
+    out = tmp_path / "o"
+    assert nll(npz, out) == 0
+    edit(out / "summary.json", rehash=True, files={})
+    with pytest.raises(OutputFileError, match="summary.json: field 'files' does not record per_image.npz"):
+        ddpm_bench.read_output(out)
+
+
+def test_a_rate_distortion_output_is_read_with_its_content_check_and_its_curve_checked(npz, tmp_path, capsys):
+    out, rd = tmp_path / "nll", tmp_path / "rd"
+    assert nll(npz, out) == 0
+    assert main(["rate-distortion", str(out), "--out", str(rd)]) == 0
+    curve = (rd / "curve.csv").read_text()
+    (rd / "curve.csv").write_text(curve.replace("\n2", "\n3", 1))
+    capsys.readouterr()
+    assert main(["report", str(rd), "--out", str(tmp_path / "r1")]) == 2
+    assert f"{rd / 'curve.csv'}: its content is not what was written" in one_error(capsys)
+    (rd / "curve.csv").write_text(curve)
+    edit(rd / "summary.json", rehash=False, rate_bpd=0.5)
+    assert main(["report", str(rd), "--out", str(tmp_path / "r2")]) == 2
+    assert f"{rd / 'summary.json'}: {MISSING}" in one_error(capsys)
+
+
+def test_a_gap_json_is_read_with_its_content_check_and_one_of_0_2_as_it_is(npz, tmp_path):
+    from ddpm_bench.outputs import GapResult
+
+    other = tmp_path / "other.npz"
+    np.savez(other, np.random.default_rng(5).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
+    assert nll(npz, tmp_path / "a") == 0 and nll(other, tmp_path / "b") == 0
+    g = tmp_path / "g"
+    g.mkdir()
+    assert main(["gap", str(tmp_path / "a"), str(tmp_path / "b"), "--max-gap", "100", "--out", str(g / "gap.json")]) == 0
+    assert GapResult.read(g).extra["splits"]
+    obj = json.loads((g / "gap.json").read_text())
+    edit(g / "gap.json", rehash=False, gap_bpd=-9.0)
+    with pytest.raises(OutputFileError, match=f"gap.json: {MISSING}"):
+        GapResult.read(g)
+    del obj["splits"], obj[CONTENT]  # as 0.2 wrote it: no splits, no content hash
+    (g / "gap.json").write_text(json.dumps(obj))
+    assert GapResult.read(g).gap_bpd == obj["gap_bpd"]
