@@ -308,6 +308,12 @@ class PerImage:
         """Every term evaluated for every image (not importance sampled)."""
         return self.drawn is None or bool(np.all(self.drawn == 1))
 
+    def means(self) -> dict[str, np.ndarray]:
+        """The summary's parts that are means over images, each with its (N,) per-image values, bits/dim."""
+        T = self.terms.shape[1] - 1
+        return {"total_bpd": self.totals, "prior_bpd": self.terms[:, T], "kl_bpd": self.terms[:, 1:T].sum(1),
+                "decoder_bpd": self.terms[:, 0], "rate_bpd": self.terms[:, 1:].sum(1)}
+
     def write(self, folder: str | Path) -> list[str]:
         """per_image.npz, and terms.csv from it; the names of the files written."""
         drawn = {} if self.drawn is None else {"drawn": self.drawn.astype(np.int64)}
@@ -386,6 +392,25 @@ def terms_csv(terms: np.ndarray, mse: np.ndarray, drawn: np.ndarray | None) -> s
         m = f"{np.nanmean(mse[:, k]):.17g}" if k < T else ""
         buf.write(f"{k},{terms[:, k].mean():.17g},{'' if se is None else f'{se:.17g}'},{m}\n")
     return buf.getvalue()
+
+
+MEAN_RTOL, MEAN_ATOL = 1e-9, 1e-12  # a summary's mean against its per-image values: float64 rounding only
+
+
+def check_summary_means(summary: NllSummary, per_image: Any, folder: Path) -> None:
+    """A summary agrees with the per-image file it summarises: `n_images` is its count of images and each
+    part it declares (`per_image.means()`: the total and the estimator's named parts) is the mean over
+    images, to float64 rounding; OutputFileError naming both files and the field otherwise."""
+    summary_path, per_image_path = folder / NllSummary.FILE, folder / per_image.FILE
+    n = len(per_image.index)
+    if summary.n_images != n:
+        raise OutputFileError(f"{summary_path}: field 'n_images' is {summary.n_images}, but {per_image_path} holds "
+                              f"{n} images: changed since; compute it again")
+    for name, values in per_image.means().items():
+        got, want = getattr(summary, name), float(np.mean(values))
+        if not math.isclose(got, want, rel_tol=MEAN_RTOL, abs_tol=MEAN_ATOL):
+            raise OutputFileError(f"{summary_path}: field '{name}' is {got!r}, but the mean over the images of "
+                                  f"{per_image_path} is {want!r}: changed since; compute it again")
 
 
 @dataclass(frozen=True)

@@ -179,3 +179,34 @@ def test_a_gap_json_is_read_with_its_content_check_and_one_of_0_2_as_it_is(npz, 
     del obj["splits"], obj[CONTENT]  # as 0.2 wrote it: no splits, no content hash
     (g / "gap.json").write_text(json.dumps(obj))
     assert GapResult.read(g).gap_bpd == obj["gap_bpd"]
+
+
+# -- 2. a summary agrees with the per-image file it summarises ------------------------------------------------
+
+@pytest.mark.parametrize("ode", [False, True], ids=["bound", "ode"])
+def test_a_summary_edited_with_its_hash_recomputed_disagrees_with_its_per_image_file(npz, tmp_path, capsys, ode):
+    out = tmp_path / "nll"
+    assert nll(npz, out, ode=ode) == 0
+    right = total(out)
+    edit(out / "summary.json", rehash=True, total_bpd=1.234)
+    message = (f"{out / 'summary.json'}: field 'total_bpd' is 1.234, but the mean over the images of "
+               f"{out / 'per_image.npz'} is {right!r}")
+    with pytest.raises(OutputFileError) as e:
+        ddpm_bench.read_output(out)
+    assert message in str(e.value)
+    capsys.readouterr()
+    assert main(["report", str(out), "--out", str(tmp_path / "r")]) == 2
+    assert message in one_error(capsys)
+    assert nll(npz, out, ode=ode) == 0
+    assert message in capsys.readouterr().err
+    assert total(out) == right
+
+
+@pytest.mark.parametrize("ode, part", [(False, "kl_bpd"), (False, "decoder_bpd"), (True, "divergence_bpd")])
+def test_each_named_part_of_a_summary_is_checked_against_its_per_image_file(npz, tmp_path, ode, part):
+    out = tmp_path / "nll"
+    assert nll(npz, out, ode=ode) == 0
+    obj = json.loads((out / "summary.json").read_text())
+    edit(out / "summary.json", rehash=True, **{part: obj[part] + 1e-6})
+    with pytest.raises(OutputFileError, match=f"field '{part}' is .*, but the mean over the images of"):
+        ddpm_bench.read_output(out)

@@ -116,6 +116,10 @@ class OdePerImage:
     def totals(self) -> np.ndarray:
         return self.bpd
 
+    def means(self) -> dict[str, np.ndarray]:
+        """The summary's parts that are means over images, each with its (N,) per-image values."""
+        return {"total_bpd": self.bpd, "prior_bpd": self.prior_bpd, "divergence_bpd": self.divergence_bpd}
+
     def write(self, folder: str | Path) -> list[str]:
         atomic_write_npz(Path(folder) / self.FILE, bpd=self.bpd, prior_bpd=self.prior_bpd,
                          divergence_bpd=self.divergence_bpd, nfe=self.nfe.astype(np.int64),
