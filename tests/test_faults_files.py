@@ -5,13 +5,16 @@ or refused; a training step's checkpoint and its eval.csv row are one unit, and 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import ddpm_bench
 from ddpm_bench.cli import main
+from ddpm_bench.errors import UserError
 from ddpm_bench.outputs import OutputFileError
 from ddpm_bench.shards import CONTENT, json_sha256
 from tests.stderr import without_schedule_warning
@@ -210,3 +213,92 @@ def test_each_named_part_of_a_summary_is_checked_against_its_per_image_file(npz,
     edit(out / "summary.json", rehash=True, **{part: obj[part] + 1e-6})
     with pytest.raises(OutputFileError, match=f"field '{part}' is .*, but the mean over the images of"):
         ddpm_bench.read_output(out)
+
+
+# -- 3. diffusers scheduler configs and UNet configs ------------------------------------------------------------
+
+def unet_dir(root: Path, scheduler: bool = True, T: int = 20) -> Path:
+    """A tiny UNet2DModel with (optionally) a DDPMScheduler of T steps, as a pipeline folder."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    unet.save_pretrained(root / "unet")
+    if scheduler:
+        diffusers.DDPMScheduler(num_train_timesteps=T, variance_type="fixed_large").save_pretrained(root / "scheduler")
+    return root
+
+
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "d.npz"
+    np.savez(path, np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8))
+    return path
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'\xff\xfe{"num_train_timesteps": 20}', "not UTF-8 text (byte 0)"),
+    (b"[1, 2, 3]", "a JSON list, not a scheduler config"),
+    (b'{"num_train_timesteps": [20]}', "num_train_timesteps is [20], not an integer"),
+    (b'{"beta_schedule": ["linear"]}', "beta_schedule ['linear'] is not supported"),
+])
+def test_a_scheduler_config_that_is_no_json_object_is_one_line(tmp_path, capsys, content, message):
+    d = unet_dir(tmp_path / "m")
+    config = d / "scheduler" / "scheduler_config.json"
+    config.write_bytes(content)
+    with pytest.raises(UserError, match=re.escape(message)):
+        ddpm_bench.load_model(d)
+    capsys.readouterr()
+    assert main(["nll", "--ckpt", str(d), "--data", str(data(tmp_path)), "--no-progress",
+                 "--out", str(tmp_path / "o")]) == 2
+    line = one_error(capsys)
+    assert str(config) in line and message in line
+
+
+def test_a_directory_without_a_scheduler_config_is_refused_unless_its_schedule_is_given(tmp_path, capsys):
+    d = unet_dir(tmp_path / "m", scheduler=False)
+    capsys.readouterr()
+    assert main(["nll", "--ckpt", str(d), "--data", str(data(tmp_path)), "--no-progress",
+                 "--out", str(tmp_path / "o")]) == 2
+    line = one_error(capsys)
+    assert "no scheduler_config.json" in line and "noise schedule is unknown" in line and "--T" in line
+    assert main(["nll", "--ckpt", str(d), "--data", str(data(tmp_path)), "--T", "20", "--no-progress",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["T"] == 20
+
+
+def hub(tmp_path: Path, monkeypatch) -> Path:
+    """A Hugging Face cache holding org/tiny-ddpm (tests/test_model_formats.py's layout), read offline."""
+    from tests.test_model_formats import hub_cache
+
+    snap = hub_cache(tmp_path / "hub")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return snap
+
+
+def test_a_hub_snapshot_without_a_scheduler_config_is_refused(tmp_path, monkeypatch, capsys):
+    snap = hub(tmp_path, monkeypatch)
+    (snap / "scheduler" / "scheduler_config.json").unlink()
+    capsys.readouterr()
+    assert main(["nll", "--ckpt", "hf:org/tiny-ddpm", "--data", str(data(tmp_path)), "--no-progress",
+                 "--out", str(tmp_path / "o")]) == 2
+    line = one_error(capsys)
+    assert line.startswith("ddpm-bench") and "hf:org/tiny-ddpm: no scheduler_config.json" in line
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"block_out_channels": [16, 32]}, "113 of its tensors have other shapes than the config makes (first: "
+                                       "conv_in.bias (8,) in the weights, (16,) by the config)"),
+    ({"down_block_types": ["DownBlock2D", "AttnDownBlock2D"]}, "10 tensors the config makes are not in the weights"),
+])
+def test_a_hub_unet_config_that_disagrees_with_its_weights_is_one_line(tmp_path, monkeypatch, capsys, change,
+                                                                      message):
+    snap = hub(tmp_path, monkeypatch)
+    config = snap / "unet" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **change}))
+    capsys.readouterr()
+    assert main(["nll", "--ckpt", "hf:org/tiny-ddpm", "--data", str(data(tmp_path)), "--no-progress",
+                 "--out", str(tmp_path / "o")]) == 2
+    line = one_error(capsys)
+    assert f"{config} does not describe its weights" in line and message in line
