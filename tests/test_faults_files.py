@@ -4,8 +4,10 @@ or refused; a training step's checkpoint and its eval.csv row are one unit, and 
 
 from __future__ import annotations
 
+import csv
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -302,3 +304,89 @@ def test_a_hub_unet_config_that_disagrees_with_its_weights_is_one_line(tmp_path,
                  "--out", str(tmp_path / "o")]) == 2
     line = one_error(capsys)
     assert f"{config} does not describe its weights" in line and message in line
+
+
+# -- 4. [training.eval]: a step's checkpoint and its row are one unit; eval.csv is checked ---------------------
+
+def trained(tmp_path: Path, name: str, *extra: str) -> tuple[Path, list[str], Callable[..., int]]:
+    from tests.test_train import TINY as RECIPE
+
+    rng = np.random.default_rng(0)
+    d, held_out = tmp_path / "d.npz", tmp_path / "h.npz"
+    if not d.exists():
+        np.savez(d, rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8))
+        np.savez(held_out, rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
+        (tmp_path / "r.toml").write_text(RECIPE.format(data=d))
+    sets = ["training.steps=4", "training.ckpt_every=2", "training.keep_last=5", "training.eval.every=2",
+            f"training.eval.data={held_out}", "training.eval.images=3", "training.eval.terms=2", *extra]
+
+    def train(*more: str) -> int:
+        argv = ["train", "--recipe", str(tmp_path / "r.toml"), "--out", str(tmp_path / name), "--no-progress",
+                "--device", "cpu"]
+        for s in (*sets, *more):
+            argv += ["--set", s]
+        return main(argv)
+
+    return tmp_path / name, sets, train
+
+
+def rows(run: Path) -> dict[int, float]:
+    return {int(r["step"]): float(r["bpd"]) for r in csv.DictReader(open(run / "eval.csv"))}
+
+
+@pytest.fixture
+def straight(tmp_path):
+    """eval.csv of a run that was never stopped."""
+    run, _, train = trained(tmp_path, "straight")
+    assert train() == 0
+    return rows(run)
+
+
+@pytest.mark.parametrize("killed_at", [2, 4])
+def test_a_kill_between_a_checkpoint_and_its_eval_row_is_evaluated_on_resume(tmp_path, monkeypatch, capsys,
+                                                                             straight, killed_at):
+    import ddpm_bench.jobs.train as train_job
+
+    run, _, train = trained(tmp_path, "killed")
+    real = train_job.timed_evaluation
+
+    def killed(bound, trainer):
+        if trainer.step == killed_at:  # the checkpoint of this step is written, its row is not
+            raise KeyboardInterrupt
+        return real(bound, trainer)
+
+    monkeypatch.setattr(train_job, "timed_evaluation", killed)
+    assert train() == 130  # interrupted
+    assert (run / "checkpoints" / f"ckpt_{killed_at:07d}.pt").is_file() and killed_at not in rows(run)
+    monkeypatch.setattr(train_job, "timed_evaluation", real)
+    assert train() == 0
+    assert rows(run) == straight  # every step's row, the numbers of the run that never stopped
+
+
+def test_an_edited_eval_row_is_dropped_and_computed_again_from_its_checkpoint(tmp_path, capsys, straight):
+    run, _, train = trained(tmp_path, "edited")
+    assert train() == 0
+    lines = (run / "eval.csv").read_text().splitlines()
+    step2 = lines[1].split(",")
+    step2[1] = "1.234"
+    (run / "eval.csv").write_text("\n".join([lines[0], ",".join(step2), *lines[2:]]) + "\n")
+    capsys.readouterr()
+    assert train("training.steps=6") == 0  # extending the run
+    assert "eval.csv: dropped rows that are cut off, not a log row or changed since" in capsys.readouterr().err
+    got = rows(run)
+    assert got[2] == straight[2] and got[4] == straight[4] and sorted(got) == [2, 4, 6]
+
+
+def test_an_eval_row_cut_mid_field_is_dropped_and_computed_again(tmp_path, capsys, straight):
+    from ddpm_bench.step_log import row_step
+
+    run, _, train = trained(tmp_path, "cut")
+    assert train() == 0
+    text = (run / "eval.csv").read_text()
+    (run / "eval.csv").write_text(text[:-2])  # a kill in the last write: the last row lost its end
+    capsys.readouterr()
+    assert train() == 0
+    assert "eval.csv: dropped rows that are cut off" in capsys.readouterr().err
+    lines = (run / "eval.csv").read_text().splitlines()
+    assert all(row_step(r, len(lines[0].split(",")), hashed=True) is not None for r in lines[1:])  # whole again
+    assert rows(run) == straight

@@ -3,6 +3,7 @@
 RUN_DIR/config.json    the resolved configuration (written first; a rerun must match it)
 RUN_DIR/checkpoints/   ckpt_XXXXXXX.pt every `ckpt_every` steps and at the end, the last `keep_last` kept
 RUN_DIR/log.csv        step,loss,grad_norm,lr,steps_per_s every `log_every` steps
+RUN_DIR/eval.csv       the bound while training (`[training.eval]`, ddpm_bench/jobs/train_eval.py)
 
 Under torchrun (WORLD_SIZE > 1) every process trains on its slice of the global batch through
 DistributedDataParallel (NCCL on GPUs, gloo on CPU); only rank 0 writes files.
@@ -149,6 +150,13 @@ def run_train(recipe: str | None, overrides: list[str], out: str, device: str = 
             bound.trim(trainer.step)
             if resuming:
                 print(f"ddpm-bench train: resuming {run_dir} at step {trainer.step}", file=sys.stderr)
+
+            def checked(path: Path) -> dict:
+                state = load_checkpoint(path, map_location=dev)
+                check_checkpoint_belongs(path, state, config, data)
+                return state
+
+            bound.catch_up(trainer, ckpts, cfg.training.steps, checked)  # a step's checkpoint and its row: one unit
         _loop(trainer, cfg, config, data, run_dir, rank, world, progress, bound)
     return 0
 
