@@ -13,6 +13,7 @@ Outputs: the nll summary (`summary.json`) and per-image terms (`per_image.npz`),
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import typing
@@ -64,14 +65,73 @@ class OfModel:
         return self.model["identity"]["sha256"]
 
 
+HASHED_SINCE = (0, 3)  # the first version whose JSON outputs carry `content_sha256` (0.2 called itself 0.1.0)
+
+
+def version_tuple(text: Any) -> tuple[int, ...] | None:
+    """(major, minor, ...) of a version string such as "0.3.0" or "0.3.0.dev1"; None when it is none."""
+    if not isinstance(text, str):
+        return None
+    parts = []
+    for piece in text.split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, piece))
+        if not digits:
+            break
+        parts.append(int(digits))
+        if len(digits) != len(piece):
+            break
+    return tuple(parts) if len(parts) >= 2 else None
+
+
+def _at(obj: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
+
+
 class JsonOutput:
     """Base of the JSON outputs: a dataclass whose fields are the file's keys (extra keys are kept in
     `extra` and written back, so provenance the reader does not use survives). Every file carries its own
     content hash (`content_sha256`, of its other keys), checked when it is read: a number edited since it
-    was written is refused by name. (A file of an earlier version, without one, is read as it is.)"""
+    was written is refused by name. A file of a version before content hashes (0.2) is recognised by its
+    version (`VERSION`; a file without one by carrying none of the keys written since, `SINCE_HASHES`) and
+    read as it is; any other file without its hash, or without its sibling files (`RECORDS`) in `files`,
+    is refused: its content check was removed, so its content is not known to be what was written."""
 
     FILE: ClassVar[str]
+    HASHED: ClassVar[bool] = True  # written with content_sha256 (config.json, a resolved recipe, is not)
+    VERSION: ClassVar[tuple[str, ...] | None] = None  # where the file keeps the ddpm-bench version that wrote it
+    SINCE_HASHES: ClassVar[tuple[str, ...]] = ()  # keys that only versions with content hashes write
+    RECORDS: ClassVar[tuple[str, ...]] = ()  # sibling files its `files` must record (their sha256)
     extra: dict
+
+    @classmethod
+    def before_content_hashes(cls, obj: dict) -> bool:
+        """Whether `obj` was written by a version before content hashes (0.2): its version says so (or,
+        for a file that never carried one, it has none of the keys written since)."""
+        if any(k in obj for k in (CONTENT, *cls.SINCE_HASHES)):
+            return False
+        if cls.VERSION is None:
+            return True
+        version = version_tuple(_at(obj, cls.VERSION))
+        return version is not None and version < HASHED_SINCE
+
+    @classmethod
+    def check_content(cls, obj: dict, path: Path | str) -> None:
+        """The content check of a file: its `content_sha256` there and right, its siblings recorded."""
+        if CONTENT not in obj:
+            if cls.HASHED and not cls.before_content_hashes(obj):
+                raise OutputFileError(f"{path}: field '{CONTENT}' is missing (its content check; every output of "
+                                      "ddpm-bench 0.3 or later carries one): changed since; compute it again")
+            return
+        if obj[CONTENT] != json_sha256(obj):
+            raise OutputFileError(f"{path}: its content is not what was written (its content_sha256 differs): "
+                                  "changed since; compute it again")
+        files = obj.get("files")
+        missing = [name for name in cls.RECORDS if not isinstance(files, dict) or name not in files]
+        if missing:
+            raise OutputFileError(f"{path}: field 'files' does not record {missing[0]} (its content check): "
+                                  "changed since; compute it again")
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
@@ -107,9 +167,7 @@ class JsonOutput:
                 values[f.name] = conform(obj[f.name], hints[f.name])
             except Mismatch as e:
                 raise OutputFileError(f"{path}: field '{f.name}' is {e}") from None
-        if CONTENT in obj and obj[CONTENT] != json_sha256(obj):  # after the types: a wrong one is named first
-            raise OutputFileError(f"{path}: its content is not what was written (its content_sha256 differs): "
-                                  "changed since; compute it again")
+        cls.check_content(obj, path)  # after the types: a wrong one is named first
         known = {f.name for f in fields(cls)} | {CONTENT}
         out = cls(**values, extra={k: v for k, v in obj.items() if k not in known})
         out.check(Path(path))
@@ -117,8 +175,12 @@ class JsonOutput:
 
     @classmethod
     def read(cls, folder: str | Path):
+        """The file in `folder`, checked; with `RECORDS`, the sibling files it records checked too."""
         path = Path(folder) / cls.FILE
-        return cls.from_dict(read_json_object(path), path)
+        out = cls.from_dict(read_json_object(path), path)
+        if cls.RECORDS:
+            verify_files(folder, out.files, str(path))
+        return out
 
     def check(self, path: Path) -> None:
         """Checks across fields (subclasses); raise OutputFileError naming the file and field."""
@@ -153,6 +215,8 @@ def model_sha256_of(model: dict, path: Path, name: str = "model") -> str:
 
 # -- nll ------------------------------------------------------------------------------------------------------
 
+PER_IMAGE_FILE = "per_image.npz"  # each estimator's per-image parts, beside summary.json
+
 @dataclass(frozen=True, kw_only=True)
 class NllSummary(OfModel, JsonOutput):
     """`summary.json` of `nll`, the fields every estimator writes (bits/dim); written last, so its presence
@@ -161,6 +225,9 @@ class NllSummary(OfModel, JsonOutput):
 
     FILE: ClassVar[str] = "summary.json"
     COMMAND: ClassVar[str] = "nll"
+    VERSION: ClassVar[tuple[str, ...]] = ("ddpm_bench_version",)
+    SINCE_HASHES: ClassVar[tuple[str, ...]] = ("files", "quantity")
+    RECORDS: ClassVar[tuple[str, ...]] = (PER_IMAGE_FILE,)  # the per-image parts every estimator writes
 
     run_id: str
     estimator: str = "exact"  # the estimator's name (ddpm_bench.estimators)
@@ -224,7 +291,7 @@ class PerImage:
     weighted by 1/(K q(k)), its `mse` is NaN where a term was not drawn). The exact bound evaluates every
     term once and stores no `drawn` (None), which would double the file for a whole data set."""
 
-    FILE: ClassVar[str] = "per_image.npz"
+    FILE: ClassVar[str] = PER_IMAGE_FILE
 
     terms: np.ndarray
     mse: np.ndarray
@@ -241,6 +308,12 @@ class PerImage:
     def exact(self) -> bool:
         """Every term evaluated for every image (not importance sampled)."""
         return self.drawn is None or bool(np.all(self.drawn == 1))
+
+    def means(self) -> dict[str, np.ndarray]:
+        """The summary's parts that are means over images, each with its (N,) per-image values, bits/dim."""
+        T = self.terms.shape[1] - 1
+        return {"total_bpd": self.totals, "prior_bpd": self.terms[:, T], "kl_bpd": self.terms[:, 1:T].sum(1),
+                "decoder_bpd": self.terms[:, 0], "rate_bpd": self.terms[:, 1:].sum(1)}
 
     def write(self, folder: str | Path) -> list[str]:
         """per_image.npz, and terms.csv from it; the names of the files written."""
@@ -322,15 +395,38 @@ def terms_csv(terms: np.ndarray, mse: np.ndarray, drawn: np.ndarray | None) -> s
     return buf.getvalue()
 
 
+MEAN_RTOL, MEAN_ATOL = 1e-9, 1e-12  # a summary's mean against its per-image values: float64 rounding only
+
+
+def check_summary_means(summary: NllSummary, per_image: Any, folder: Path) -> None:
+    """A summary agrees with the per-image file it summarises: `n_images` is its count of images and each
+    part it declares (`per_image.means()`: the total and the estimator's named parts) is the mean over
+    images, to float64 rounding; OutputFileError naming both files and the field otherwise."""
+    summary_path, per_image_path = folder / NllSummary.FILE, folder / per_image.FILE
+    n = len(per_image.index)
+    if summary.n_images != n:
+        raise OutputFileError(f"{summary_path}: field 'n_images' is {summary.n_images}, but {per_image_path} holds "
+                              f"{n} images: changed since; compute it again")
+    for name, values in per_image.means().items():
+        got, want = getattr(summary, name), float(np.mean(values))
+        if not math.isclose(got, want, rel_tol=MEAN_RTOL, abs_tol=MEAN_ATOL):
+            raise OutputFileError(f"{summary_path}: field '{name}' is {got!r}, but the mean over the images of "
+                                  f"{per_image_path} is {want!r}: changed since; compute it again")
+
+
 class PerImageParts(Protocol):
     """What every estimator's per-image parts give (`PerImage` of the bound, `OdePerImage` of the ODE):
     named arrays with one row per image."""
 
+    FILE: ClassVar[str]
     index: np.ndarray  # (N,) int64 data-set indices
     run_id: str
 
     @property
     def totals(self) -> np.ndarray:  # (N,) each image's estimate, bits/dim
+        ...
+
+    def means(self) -> dict[str, np.ndarray]:  # summary field -> the per-image values it is the mean of
         ...
 
     def write(self, folder: str | Path) -> list[str]:
@@ -427,6 +523,11 @@ class SampleManifest(OfModel, JsonOutput):
     seconds: float = 0.0  # its wall time
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def before_content_hashes(cls, obj: dict) -> bool:
+        """0.2's manifest is recognised by its format (its shards carry no content hash either)."""
+        return obj.get("format") == cls.LEGACY_FORMAT and not any(k in obj for k in (CONTENT, "files"))
+
     def check(self, path: Path) -> None:
         if self.format not in (self.FORMAT, self.LEGACY_FORMAT):
             raise OutputFileError(f"{path}: field 'format' is {self.format!r}, expected {self.FORMAT!r}")
@@ -456,6 +557,7 @@ class FidMetrics(JsonOutput):
     # depends on the machine's kernels and threads (the README's 197.08 came out 197.09 in a fresh clone on
     # another day); metrics.json keeps every digit
     SHOWN_DIGITS: ClassVar[int] = 1
+    VERSION: ClassVar[tuple[str, ...]] = ("provenance", "versions", "ddpm_bench")
 
     run_id: str
     fid: float
@@ -517,6 +619,9 @@ class RateDistortionSummary(OfModel, JsonOutput):
     FIGURE5: ClassVar[str] = "figure5"  # .png and .pdf
     BITS_BY_T: ClassVar[str] = "bits_by_t"  # .png and .pdf: L_t against t and the cumulative share
     COMMAND: ClassVar[str] = "rate-distortion"
+    VERSION: ClassVar[tuple[str, ...]] = ("ddpm_bench_version_rate_distortion",)
+    SINCE_HASHES: ClassVar[tuple[str, ...]] = ("files",)
+    RECORDS: ClassVar[tuple[str, ...]] = (CURVE,)  # what `report` reads besides it
 
     command: str
     nll_run_id: str
@@ -563,6 +668,7 @@ class GapResult(OfModel, JsonOutput):
     (`splits`, `data.one_distribution`)."""
 
     FILE: ClassVar[str] = "gap.json"
+    SINCE_HASHES: ClassVar[tuple[str, ...]] = ("splits", "verdict")  # 0.2 wrote no version, and neither
 
     gap_bpd: float
     gap_stderr: float
@@ -688,6 +794,7 @@ class ReproduceRecord(JsonOutput):
     that ran again)."""
 
     FILE: ClassVar[str] = ReproduceLayout.RECORD
+    VERSION: ClassVar[tuple[str, ...]] = ("environment", "versions", "ddpm_bench")
 
     recipe: str
     overrides: list
@@ -731,6 +838,7 @@ class RunConfigFile(JsonOutput):
     settings): the objective and training data are then unknown (None), never guessed."""
 
     FILE: ClassVar[str] = ReproduceLayout.CONFIG
+    HASHED: ClassVar[bool] = False  # a resolved recipe, written as it is (train reads it back to resume)
     KEYS: ClassVar[dict] = {"diffusion": {"T": int, "mean_type": str, "var_type": str},
                             "training": {"objective": str, "data": str}}
 

@@ -1,8 +1,9 @@
 """A fault trial: every class of fault, a sample of cases each, against the commands as a user runs them.
 
 Each case applies a fault to a run (a SIGKILL at a random moment, a second process on the same --out, a
-damaged or replaced output file, a full or read-only disk, a model or input changed between run and resume,
-bad flags) and checks the outcome: the same bytes as an undisturbed run (after the same command is run
+damaged or replaced output file, a content check deleted or a summary edited with its hash recomputed, a
+full or read-only disk, a model or input changed between run and resume, bad flags, a diffusers directory
+whose configs are broken, a training run with `[training.eval]` killed or its eval.csv edited) and checks the outcome: the same bytes as an undisturbed run (after the same command is run
 again), or a one-line refusal with exit status 2 (bad input) or 1 (the environment); never a traceback,
 never a silently different number.
 
@@ -33,10 +34,38 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SLOW = "tests/scale_plugins.py:slow_tiny_conv_T20"
 TINY = "tests/plugins.py:tiny_conv_T20"
+TRAIN_RECIPE = """
+[model]
+image_size = 8
+ch = 32
+ch_mult = [1, 2]
+num_res_blocks = 1
+attn_resolutions = [4]
+dropout = 0.1
+
+[diffusion]
+T = 20
+
+[training]
+data = "{data}"
+steps = 8
+batch_size = 4
+warmup = 2
+ema_decay = 0.9
+log_every = 1
+ckpt_every = 2
+keep_last = 8
+
+[training.eval]
+every = 2
+data = "{held_out}"
+images = 3
+terms = 2
+"""  # a tiny run whose every second step is a checkpoint and an evaluation
 
 
-def cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def cli(*args, timeout: float = 300, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "ddpm_bench", *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=REPO, timeout=timeout)
 
@@ -164,6 +193,140 @@ class Trial:
             p = cli(*[out if a == nll else a for a in args], *extra)
             self.record("edited output", f"read by {reader}", refusal(p))
 
+    def content_checks(self) -> None:
+        """A finished nll output whose content check was deleted, whose summary was edited with its hash
+        computed again, or whose per_image.npz was changed with the summary's `files` and hash deleted: every
+        reader refuses it in one line, and the same command computes it again (issue 28, causes 1 and 2)."""
+        clean = self.work / "clean-nll"
+        other_data, other = self.work / "other.npz", self.work / "other-nll"  # a second output, for `gap`
+        np.savez(other_data, np.random.default_rng(1).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
+        args = [a if a != self.data else other_data for a in self.nll_args]
+        assert cli(*args, "--out", other).returncode == 0
+
+        def unhashed(out: Path) -> None:
+            obj = json.loads((out / "summary.json").read_text())
+            obj["total_bpd"] = 1.234
+            del obj["content_sha256"]
+            (out / "summary.json").write_text(json.dumps(obj))
+
+        def rehashed(out: Path) -> None:
+            from ddpm_bench.shards import json_sha256  # the repository's (PYTHONPATH=.)
+
+            obj = json.loads((out / "summary.json").read_text())
+            obj["total_bpd"] = 1.234
+            obj["content_sha256"] = json_sha256(obj)
+            (out / "summary.json").write_text(json.dumps(obj))
+
+        def terms_doubled(out: Path) -> None:
+            with np.load(out / "per_image.npz") as z:
+                arrays = {k: z[k] for k in z.files}
+            np.savez(out / "per_image.npz", **{**arrays, "terms": arrays["terms"] * 2})
+            obj = json.loads((out / "summary.json").read_text())
+            del obj["files"], obj["content_sha256"]
+            (out / "summary.json").write_text(json.dumps(obj))
+
+        for case, damage in (("content check deleted", unhashed), ("summary edited, hash recomputed", rehashed),
+                             ("per_image.npz changed, files and hash deleted", terms_doubled)):
+            out = self.work / f"content-{damage.__name__}"
+            shutil.copytree(clean, out)
+            damage(out)
+            for reader, args in (("gap", ["gap", other, out, "--same-distribution"]),
+                                 ("rate-distortion", ["rate-distortion", out, "--out", out.with_name(out.name + "-rd")]),
+                                 ("report", ["report", out, "--out", out.with_name(out.name + "-report")])):
+                p = cli(*args)
+                self.record("content check", f"{case}: read by {reader}",
+                            refusal(p) or (None if p.returncode == 2 else f"exit status {p.returncode}"))
+            self.record("content check", f"{case}: rerun", self.same_as_clean("nll", out))
+
+    def diffusers_configs(self) -> None:
+        """A diffusers directory or Hub snapshot with a broken scheduler config, none, or a UNet config that
+        does not describe its weights: one line, exit 2 (issue 28, cause 3)."""
+        try:
+            import diffusers
+            import torch
+        except ImportError:
+            self.record("diffusers config", "diffusers not installed", None)  # nothing to try here
+            return
+        commit = "0123456789abcdef0123456789abcdef01234567"
+        for c, (case, where) in enumerate((("not UTF-8", "dir"), ("a JSON array", "dir"), ("missing", "dir"),
+                                           ("missing", "hub"), ("UNet config of other widths", "hub"),
+                                           ("UNet config with attention", "dir"))):
+            root = self.work / f"diffusers-{c}"
+            repo = root / "hub" / "models--org--tiny-ddpm"
+            model = repo / "snapshots" / commit if where == "hub" else root / "m"
+            torch.manual_seed(0)
+            diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                  block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                  up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4
+                                  ).save_pretrained(model / "unet")
+            diffusers.DDPMScheduler(num_train_timesteps=20).save_pretrained(model / "scheduler")
+            scheduler, unet = model / "scheduler" / "scheduler_config.json", model / "unet" / "config.json"
+            if case == "not UTF-8":
+                scheduler.write_bytes(b"\xff\xfe" + scheduler.read_bytes())
+            elif case == "a JSON array":
+                scheduler.write_text("[1, 2, 3]")
+            elif case == "missing":
+                scheduler.unlink()
+            else:
+                change = {"block_out_channels": [16, 32]} if "widths" in case else \
+                    {"down_block_types": ["DownBlock2D", "AttnDownBlock2D"]}
+                unet.write_text(json.dumps({**json.loads(unet.read_text()), **change}))
+            env = {}
+            if where == "hub":
+                (repo / "refs").mkdir(parents=True)
+                (repo / "refs" / "main").write_text(commit)
+                env = {"HF_HUB_CACHE": str(root / "hub"), "HF_HUB_OFFLINE": "1"}
+            p = cli("nll", "--ckpt", "hf:org/tiny-ddpm" if where == "hub" else model, "--data", self.data,
+                    "--no-progress", "--out", root / "out", env_extra=env)
+            lines = [line for line in p.stderr.splitlines() if line.strip() and "warning" not in line]
+            self.record("diffusers config", f"{where}: scheduler config {case}" if "UNet" not in case
+                        else f"{where}: {case}", refusal(p) or (f"exit {p.returncode}" if p.returncode != 2 else
+                                                                None if len(lines) == 1 else f"{len(lines)} lines"))
+
+    def training_eval(self, n: int) -> None:
+        """A training run with [training.eval] killed at a random moment, an eval.csv row edited, a row cut:
+        after the same command, eval.csv holds the rows of a run that never stopped (issue 28, cause 4)."""
+        recipe = self.work / "train.toml"
+        held_out = self.work / "held_out.npz"
+        np.savez(held_out, np.random.default_rng(7).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
+        recipe.write_text(TRAIN_RECIPE.format(data=self.data, held_out=held_out))
+        args = ["train", "--recipe", recipe, "--no-progress", "--device", "cpu"]
+
+        def evaluations(run: Path) -> dict:
+            rows = [r.split(",") for r in (run / "eval.csv").read_text().splitlines()[1:]]
+            return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in rows}  # not the seconds, not their hash
+
+        clean = self.work / "train-clean"
+        p = cli(*args, "--out", clean)
+        assert p.returncode == 0, p.stderr
+        want = evaluations(clean)
+
+        def again(run: Path) -> str | None:
+            p = cli(*args, "--out", run)
+            if p.returncode != 0:
+                return f"rerun exit {p.returncode}: {p.stderr.strip().splitlines()[-1:]}"
+            return None if evaluations(run) == want else "eval.csv differs from the run that never stopped"
+
+        for c in range(n):
+            run = self.work / f"train-kill-{c}"
+            proc = start(*args, "--out", run)
+            time.sleep(self.rng.uniform(3.0, 12.0))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            self.record("training eval", f"kill #{c}", again(run))
+        for case in ("edited bpd", "cut row"):
+            run = self.work / f"train-{case.replace(' ', '-')}"
+            shutil.copytree(clean, run)
+            lines = (run / "eval.csv").read_text().splitlines()
+            if case == "edited bpd":
+                i = 1 + self.rng.randrange(len(lines) - 1)
+                lines[i] = ",".join([lines[i].split(",")[0], "1.234", *lines[i].split(",")[2:]])
+                text = "\n".join(lines) + "\n"
+            else:
+                text = "\n".join(lines)[:-self.rng.randrange(1, 20)]
+            (run / "eval.csv").write_text(text)
+            self.record("training eval", case, again(run))
+
     def disks(self) -> None:
         """A full and a read-only disk: one line, exit 1; after space is freed the same command finishes."""
         for options, case in (("size=24k", "full"), ("ro,size=64k", "read-only")):
@@ -201,7 +364,8 @@ class Trial:
 def run_trial(work: Path, cases: int, seed: int) -> list[tuple[str, str, str]]:
     trial = Trial(work, seed)
     steps: list[Callable[[], None]] = [lambda: trial.kills(cases), lambda: trial.concurrent(max(1, cases // 2)),
-                                       lambda: trial.damaged(cases), trial.readers, trial.disks,
+                                       lambda: trial.damaged(cases), trial.readers, trial.content_checks,
+                                       trial.diffusers_configs, lambda: trial.training_eval(cases), trial.disks,
                                        trial.identity_changes, trial.bad_flags]
     for step in steps:
         step()

@@ -6,6 +6,7 @@ per_image.npz the way the bound engine defines it (means over images), gap.json 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ddpm_bench.outputs import (
     FidMetrics,
     GapResult,
     ImportanceSummary,
+    NllOutput,
     PerImage,
     ReproduceLayout,
     SampleManifest,
@@ -94,10 +96,22 @@ def write_nll_dir(path: Path, n: int = 6, T: int = 20, seed: int = 0, data: str 
         diffusion=asdict(DiffusionConfig(T=T, mean_type=mean_type, var_type=var_type)), ddpm_bench_version="0.1.0",
         seconds=1.0,
         network_evals=n * T)
-    PerImage(terms=terms, mse=mse, index=np.arange(n, dtype=np.int64), run_id=run_id,
-             drawn=np.ones(terms.shape, dtype=np.int64) if drawn is None else drawn).write(path)
-    summary.write(path)
+    per_image = PerImage(terms=terms, mse=mse, index=np.arange(n, dtype=np.int64), run_id=run_id,
+                         drawn=np.ones(terms.shape, dtype=np.int64) if drawn is None else drawn)
+    NllOutput(None, summary, per_image).write(path)  # as nll writes them: summary.json records its siblings
     return path
+
+
+def record_again(folder: Path, name: str, summary: str = "summary.json") -> None:
+    """Record the file `name` as it is now in the JSON output `summary` beside it (its sha256 in `files`, its
+    content hash again): a file that was written so, for the tests of the checks behind the content check."""
+    from ddpm_bench.shards import CONTENT, file_sha256, json_sha256
+
+    path = folder / summary
+    obj = json.loads(path.read_text())
+    obj["files"][name] = file_sha256(folder / name)
+    obj[CONTENT] = json_sha256(obj)
+    path.write_text(json.dumps(obj, indent=2))
 
 
 def write_samples_manifest(path: Path, model: dict, num: int = 100, shard_size: int = 50,

@@ -443,6 +443,6 @@ def test_a_finished_output_of_ddpm_bench_0_2_is_still_read(npz, tmp_path):
     obj = json.loads((out / "summary.json").read_text())
     for key in ("content_sha256", "files", "quantity"):
         obj.pop(key)
-    (out / "summary.json").write_text(json.dumps(obj))
+    (out / "summary.json").write_text(json.dumps({**obj, "ddpm_bench_version": "0.1.0"}))  # as 0.2 named itself
     result = ddpm_bench.read_output(out)
     assert result.summary.quantity == "bound" and result.summary.files == {} and result.per_image.terms.shape[0] == 4

@@ -21,6 +21,7 @@ from ddpm_bench.rate_distortion_curve import rate_distortion_curve
 from ddpm_bench.reporting import columns as C
 from ddpm_bench.reporting import tables
 from ddpm_bench.reporting.figures import bits_by_t_figure
+from ddpm_bench.shards import file_sha256
 from tests.synthetic_outputs import model_entry, per_image_arrays, write_fid_dir, write_nll_dir, write_run_dir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -333,8 +334,11 @@ def test_bad_rate_distortion_input_exit_2(tmp_path, capsys, damage, message):
     run = write_run_dir(tmp_path / "run", data="cifar10:train")
     rd = run / "rate_distortion"
     assert main(["rate-distortion", str(run / "nll_test"), "--out", str(rd)]) == 0
-    if damage == "no_curve_column":
+    if damage == "no_curve_column":  # recorded in summary.json as it is now: the column check itself is tried
         (rd / "curve.csv").write_text(pd.read_csv(rd / "curve.csv").drop(columns=[C.RMSE]).to_csv(index=False))
+        summary = json.loads((rd / "summary.json").read_text())
+        summary["files"]["curve.csv"] = file_sha256(rd / "curve.csv")
+        (rd / "summary.json").write_text(json.dumps(rehashed(summary)))
     else:
         (rd / "summary.json").write_text("[1, 2")
     capsys.readouterr()

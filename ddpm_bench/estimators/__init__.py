@@ -54,10 +54,9 @@ def read_output(folder: str | Path) -> NllOutput:
 
 
 def read_summary(folder: str | Path) -> NllSummary:
-    """summary.json of a finished nll output, typed by its estimator (without reading per_image.npz)."""
-    path = Path(folder) / NllSummary.FILE
-    obj = read_json_object(path)
-    return _estimator_of(path, obj).SUMMARY.from_dict(obj, path)
+    """summary.json of a finished nll output, typed by its estimator, checked as `read_output` checks it:
+    against the files it records and the per-image parts it summarises (its numbers are shown alone)."""
+    return read_output(folder).summary
 
 
 def _estimator_of(path: Path, obj: dict) -> type[Estimator]:

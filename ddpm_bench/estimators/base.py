@@ -30,7 +30,14 @@ import torch
 
 from ddpm_bench.data import ImageSet
 from ddpm_bench.network import Network
-from ddpm_bench.outputs import NllOutput, NllSummary, OutputFileError, read_json_object, verify_files
+from ddpm_bench.outputs import (
+    NllOutput,
+    NllSummary,
+    OutputFileError,
+    check_summary_means,
+    read_json_object,
+    verify_files,
+)
 
 Progress = Callable[[int], None]
 
@@ -47,7 +54,7 @@ class Estimator:
     RATE_DISTORTION: ClassVar[bool] = False
     PROGRESS_UNIT: ClassVar[str] = "eval"  # what `compute` reports to its progress callback
     SUMMARY: ClassVar[type[NllSummary]]  # its summary.json
-    PER_IMAGE: ClassVar[type]  # its per_image.npz: read(folder, summary), write(folder), index, totals
+    PER_IMAGE: ClassVar[type]  # its per_image.npz: read(folder, summary), write(folder), index, totals, means()
 
     def __init__(self, options: Any):
         if not isinstance(options, self.OPTIONS):
@@ -139,7 +146,9 @@ class Estimator:
                                   f"{cls.NAME!r} (field 'estimator')")
         summary = cls.SUMMARY.from_dict(obj, path)
         verify_files(folder, summary.files, str(path))
-        return NllOutput(folder, summary, cls.PER_IMAGE.read(folder, summary))
+        per_image = cls.PER_IMAGE.read(folder, summary)
+        check_summary_means(summary, per_image, folder)
+        return NllOutput(folder, summary, per_image)
 
     @classmethod
     def comparable(cls, summary: NllSummary) -> dict:

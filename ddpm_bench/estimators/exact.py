@@ -75,19 +75,14 @@ def bound_output(merged: dict[str, np.ndarray], common: dict, options: Any, summ
     importance-sampled bound it includes the term-sampling variance (each image's estimate is independent
     of the others')."""
     terms = merged["terms"]  # (N, T + 1)
-    T = terms.shape[1] - 1
     total = terms.sum(1)
     rate = terms[:, 1:].sum(1)
     per_image = PerImage(terms=terms, mse=merged["mse"], index=merged["index"], run_id=common["run_id"],
                          drawn=merged.get("drawn"))
     summary = summary_type(
         **common,
-        total_bpd=float(total.mean()),
+        **{name: float(values.mean()) for name, values in per_image.means().items()},  # total and named parts
         total_bpd_stderr=stderr_of_mean(total),
-        prior_bpd=float(terms[:, T].mean()),
-        kl_bpd=float(terms[:, 1:T].sum(1).mean()),
-        decoder_bpd=float(terms[:, 0].mean()),
-        rate_bpd=float(rate.mean()),
         rate_bpd_stderr=stderr_of_mean(rate),
         decoder_bpd_stderr=stderr_of_mean(terms[:, 0]),
         draws=options.draws,

@@ -26,7 +26,14 @@ from ddpm_bench.errors import UserError
 from ddpm_bench.estimators.base import Estimator, Progress
 from ddpm_bench.network import Network
 from ddpm_bench.noise import check_draws, check_seed
-from ddpm_bench.outputs import NllOutput, NllSummary, OutputFileError, read_npz, stderr_of_mean
+from ddpm_bench.outputs import (
+    PER_IMAGE_FILE,
+    NllOutput,
+    NllSummary,
+    OutputFileError,
+    read_npz,
+    stderr_of_mean,
+)
 from ddpm_bench.probability_flow import (
     BPD,
     DEQUANTIZATIONS,
@@ -95,7 +102,7 @@ class OdePerImage:
     """`per_image.npz` of the ODE likelihood: each image's `bpd` (its total), `prior_bpd`, `divergence_bpd`
     (means over draws), `nfe` (network evaluations over its draws), `index` and `run_id`."""
 
-    FILE: ClassVar[str] = "per_image.npz"
+    FILE: ClassVar[str] = PER_IMAGE_FILE
     KEYS: ClassVar[tuple[str, ...]] = ("bpd", "prior_bpd", "divergence_bpd", "nfe")
 
     bpd: np.ndarray
@@ -108,6 +115,10 @@ class OdePerImage:
     @property
     def totals(self) -> np.ndarray:
         return self.bpd
+
+    def means(self) -> dict[str, np.ndarray]:
+        """The summary's parts that are means over images, each with its (N,) per-image values."""
+        return {"total_bpd": self.bpd, "prior_bpd": self.prior_bpd, "divergence_bpd": self.divergence_bpd}
 
     def write(self, folder: str | Path) -> list[str]:
         atomic_write_npz(Path(folder) / self.FILE, bpd=self.bpd, prior_bpd=self.prior_bpd,

@@ -3,6 +3,7 @@
 RUN_DIR/config.json    the resolved configuration (written first; a rerun must match it)
 RUN_DIR/checkpoints/   ckpt_XXXXXXX.pt every `ckpt_every` steps and at the end, the last `keep_last` kept
 RUN_DIR/log.csv        step,loss,grad_norm,lr,steps_per_s every `log_every` steps
+RUN_DIR/eval.csv       the bound while training (`[training.eval]`, ddpm_bench/jobs/train_eval.py)
 
 Under torchrun (WORLD_SIZE > 1) every process trains on its slice of the global batch through
 DistributedDataParallel (NCCL on GPUs, gloo on CPU); only rank 0 writes files.
@@ -163,6 +164,13 @@ def run_train(recipe: str | None, overrides: list[str], out: str, device: str = 
             bound.trim(trainer.step)
             if resuming:
                 note(f"resuming {run_dir} at step {trainer.step}")
+
+            def checked(path: Path) -> dict:
+                state = load_checkpoint(path, map_location=dev)
+                check_checkpoint_belongs(path, state, config, data)
+                return state
+
+            bound.catch_up(trainer, ckpts, cfg.training.steps, checked)  # a step's checkpoint and its row: one unit
         _loop(trainer, cfg, config, data, run_dir, rank, world, progress, bound)
     ckpts = TrainLayout(run_dir).list_checkpoints()
     return TrainResult(run_dir, trainer.step, ckpts[-1] if ckpts else None)

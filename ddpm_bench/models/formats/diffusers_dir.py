@@ -9,8 +9,13 @@ The scheduler's settings map to `DiffusionConfig` (T = num_train_timesteps; beta
 `linear`, scaled_linear -> `quad`, squaredcos_cap_v2 -> `cosine`; prediction_type epsilon -> `eps`,
 sample -> `x0`, v_prediction -> `v`; clip_sample_range other than 1 is refused, clip_sample = false is
 warned about (`--no-clip` samples as such a scheduler does); variance_type fixed_small[_log] ->
-`fixed-small`, fixed_large[_log] -> `fixed-large`, learned_range -> `learned-range`). Without a scheduler config the paper's settings (or the diffusion
-flags) are used.
+`fixed-small`, fixed_large[_log] -> `fixed-large`, learned_range -> `learned-range`). Without a scheduler
+config the model's schedule is unknown: the diffusion flags give it (the paper's settings for those not
+given), and without any of them the model is refused rather than evaluated with a guessed schedule.
+
+The UNet's config.json must describe its weights: a tensor of another shape, one the config needs and
+the weights lack (diffusers would initialise it at random) or one the weights hold and the config does
+not use is refused in one line.
 
 Variance convention at t = 1: diffusers' `fixed_large` uses beta_1 as the variance of p(x_0 | x_1),
 whereas ddpm-bench follows the official TF code, whose entry for i = 0 is the posterior variance at
@@ -33,7 +38,7 @@ from ddpm_bench.errors import CheckpointError, UserError
 from ddpm_bench.identity import model_identity, state_dict_sha256
 from ddpm_bench.models.formats.common import check_flags_match, diffusion_from_flags
 from ddpm_bench.models.loaded import LoadedModel
-from ddpm_bench.models.spec import ModelSpec
+from ddpm_bench.models.spec import DIFFUSION_FLAGS, ModelSpec
 from ddpm_bench.provenance import sha256_file
 
 NAME = "diffusers"
@@ -71,14 +76,95 @@ def find_scheduler_config(path: Path, unet_dir: Path) -> Path | None:
     return None
 
 
+def read_scheduler_config(path: Path) -> dict:
+    """A scheduler_config.json as a dict; CheckpointError naming the file when it is no JSON object."""
+    try:
+        sched = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {e.start}): not a scheduler config (a JSON object)") \
+            from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable scheduler config: {e}") from None
+    if not isinstance(sched, dict):
+        raise CheckpointError(f"{path}: a JSON {type(sched).__name__}, not a scheduler config (a JSON object)")
+    return sched
+
+
+def diffusion_without_scheduler(path: Path, diffusion_flags: dict) -> DiffusionConfig:
+    """The diffusion settings of a model without a scheduler config: the diffusion flags given (the paper's
+    for the others); none given is a CheckpointError, as the schedule the model was trained with is unknown."""
+    if not any(v is not None for v in diffusion_flags.values()):
+        raise CheckpointError(f"--ckpt {path}: no scheduler_config.json (in scheduler/ or beside the UNet's "
+                              "config.json), so the model's noise schedule is unknown; give the settings it was "
+                              f"trained with: {', '.join(DIFFUSION_FLAGS.values())}")
+    return diffusion_from_flags(diffusion_flags)
+
+
+def load_unet(unet_class, unet_dir: Path, origin: str):
+    """The UNet2DModel of `unet_dir`, whose config.json must describe its weights; one CheckpointError line
+    otherwise (diffusers' own messages run to a line per tensor, and it initialises missing tensors at random
+    with only a logged warning)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # its per-tensor warnings: summarised below
+    try:
+        # low_cpu_mem_usage=False: what diffusers falls back to without `accelerate`, said without a notice
+        unet, info = unet_class.from_pretrained(str(unet_dir), low_cpu_mem_usage=False, output_loading_info=True,
+                                                ignore_mismatched_sizes=True)
+    except Exception as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [""]
+        more = f" ({len(lines) - 1} more lines)" if len(lines) > 1 else ""
+        raise CheckpointError(f"--ckpt {origin}: diffusers could not load a UNet2DModel: {type(e).__name__}: "
+                              f"{lines[0][:300]}{more}") from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    problems = weight_mismatches(info)
+    if problems:
+        raise CheckpointError(f"--ckpt {origin}: {unet_dir / 'config.json'} does not describe its weights: "
+                              f"{'; '.join(problems)}")
+    return unet
+
+
+def _shape(size) -> str:
+    return f"({', '.join(str(int(d)) for d in size)}{',' if len(size) == 1 else ''})"
+
+
+def weight_mismatches(info: dict) -> list[str]:
+    """What diffusers' loading info says does not fit (empty: the weights are the config's), in words."""
+    problems = []
+    mismatched = list(info.get("mismatched_keys") or [])
+    if mismatched:
+        name, have, want = mismatched[0]
+        problems.append(f"{len(mismatched)} of its tensors have other shapes than the config makes (first: {name} "
+                        f"{_shape(have)} in the weights, {_shape(want)} by the config)")
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        problems.append(f"{len(missing)} tensors the config makes are not in the weights (first: {missing[0]})")
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensors of the weights are not in the config (first: {unexpected[0]})")
+    errors = [str(m).strip().splitlines()[0] for m in info.get("error_msgs") or [] if str(m).strip()]
+    if errors:
+        problems.append(f"{len(errors)} loading errors (first: {errors[0][:200]})")
+    return problems
+
+
 def diffusion_from_scheduler(cfg: dict, origin: str) -> DiffusionConfig:
     """Map a diffusers `DDPMScheduler` config to ours; unsupported settings are a CheckpointError."""
 
     def pick(key: str, table: dict, default: str) -> str:
         value = cfg.get(key, default)
-        if value not in table:
+        if not isinstance(value, str) or value not in table:
             raise CheckpointError(f"{origin}: {key} {value!r} is not supported (supported: {', '.join(table)})")
         return table[value]
+
+    def number(key: str, default: float, integer: bool = False) -> float:
+        value = cfg.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (integer and not float(value).is_integer()):
+            raise CheckpointError(f"{origin}: {key} is {value!r}, not {'an integer' if integer else 'a number'}")
+        return int(value) if integer else float(value)
 
     if cfg.get("trained_betas") is not None:
         raise CheckpointError(f"{origin}: trained_betas are not supported")
@@ -86,17 +172,17 @@ def diffusion_from_scheduler(cfg: dict, origin: str) -> DiffusionConfig:
         raise CheckpointError(f"{origin}: rescale_betas_zero_snr is not supported")
     if cfg.get("thresholding"):
         raise CheckpointError(f"{origin}: dynamic thresholding is not supported")
-    if cfg.get("clip_sample", True) and float(cfg.get("clip_sample_range", 1.0)) != 1.0:
+    if cfg.get("clip_sample", True) and number("clip_sample_range", 1.0) != 1.0:
         raise CheckpointError(f"{origin}: clip_sample_range {cfg['clip_sample_range']} is not supported: ddpm-bench "
                               "clips the x_0 prediction to [-1, 1] (the data range), or not at all with --no-clip")
     if cfg.get("clip_sample", True) is False:
         print(f"ddpm-bench: warning: {origin}: clip_sample is false: this model's scheduler samples without "
               "clipping the x_0 prediction; pass --no-clip to sample (and bound) as it does", file=sys.stderr)
     return DiffusionConfig(
-        T=int(cfg.get("num_train_timesteps", 1000)),
+        T=number("num_train_timesteps", 1000, integer=True),
         beta_schedule=pick("beta_schedule", BETA_SCHEDULES, "linear"),
-        beta_start=float(cfg.get("beta_start", 1e-4)),
-        beta_end=float(cfg.get("beta_end", 0.02)),
+        beta_start=number("beta_start", 1e-4),
+        beta_end=number("beta_end", 0.02),
         mean_type=pick("prediction_type", PREDICTION_TYPES, "epsilon"),
         var_type=pick("variance_type", VARIANCE_TYPES, "fixed_small"),
     )
@@ -126,22 +212,15 @@ def load_directory(path: str | Path, diffusion_flags: dict, origin: str | None =
         raise CheckpointError(f"--ckpt {path}: no diffusion_pytorch_model.safetensors or .bin in {unet_dir}")
     sched_path = find_scheduler_config(path, unet_dir)
     if sched_path is not None:
-        try:
-            sched = json.loads(sched_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{sched_path}: unreadable scheduler config: {e}") from None
+        sched = read_scheduler_config(sched_path)
         try:
             diffusion = diffusion_from_scheduler(sched, str(sched_path))
-        except ValueError as e:
+        except (TypeError, ValueError) as e:  # a value of another type or out of range
             raise CheckpointError(f"{sched_path}: {e}") from None
         check_flags_match(diffusion, diffusion_flags, f"--ckpt {path} ({sched_path.name})")
     else:
-        diffusion = diffusion_from_flags(diffusion_flags)
-    try:
-        # low_cpu_mem_usage=False: what diffusers falls back to without `accelerate`, said without a notice
-        unet = UNet2DModel.from_pretrained(str(unet_dir), low_cpu_mem_usage=False)
-    except Exception as e:
-        raise CheckpointError(f"--ckpt {path}: diffusers could not load a UNet2DModel: {type(e).__name__}: {e}") from None
+        diffusion = diffusion_without_scheduler(origin or path, diffusion_flags)
+    unet = load_unet(UNet2DModel, unet_dir, origin or str(path))
     prov = {**(provenance or {}), "kind": NAME, "path": str(path.resolve()), "sha256": weights_sha256(files),
             "weights_files": sorted(f.name for f in files),
             "scheduler_config": str(sched_path.resolve()) if sched_path else None,
