@@ -5,10 +5,10 @@ has rows that carry their own content check: the sha256 of the row's text before
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 from ddpm_bench.errors import UserError
+from ddpm_bench.messages import warn
 from ddpm_bench.shards import atomic_write_text
 
 ROW_SHA256 = "row_sha256"  # the last column of a log whose rows carry their content hash
@@ -39,8 +39,7 @@ def trim_step_log(path: Path, header: str, step: int) -> None:
     steps = [(r, row_step(r, width, hashed)) for r in rows if r.strip()]
     keep = sorted(((s, r) for r, s in steps if s is not None and s <= step), key=lambda sr: sr[0])
     if cut or any(s is None for _, s in steps):
-        print(f"ddpm-bench train: warning: {path}: dropped rows that are cut off, not a log row or changed since "
-              "they were written", file=sys.stderr)
+        warn(f"{path}: dropped rows that are cut off, not a log row or changed since they were written")
     atomic_write_text(path, "\n".join([header, *(r for _, r in keep)]) + "\n")
 
 

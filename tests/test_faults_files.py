@@ -176,14 +176,15 @@ def test_a_gap_json_is_read_with_its_content_check_and_one_of_0_2_as_it_is(npz, 
     g = tmp_path / "g"
     g.mkdir()
     assert main(["gap", str(tmp_path / "a"), str(tmp_path / "b"), "--max-gap", "100", "--out", str(g / "gap.json")]) == 0
-    assert GapResult.read(g).extra["splits"]
+    assert GapResult.read(g).splits and GapResult.read(g).verdict == "below"
     obj = json.loads((g / "gap.json").read_text())
     edit(g / "gap.json", rehash=False, gap_bpd=-9.0)
     with pytest.raises(OutputFileError, match=f"gap.json: {MISSING}"):
         GapResult.read(g)
-    del obj["splits"], obj[CONTENT]  # as 0.2 wrote it: no splits, no content hash
+    del obj["splits"], obj["verdict"], obj[CONTENT]  # as 0.2 wrote it: no splits, no verdict, no content hash
     (g / "gap.json").write_text(json.dumps(obj))
-    assert GapResult.read(g).gap_bpd == obj["gap_bpd"]
+    old = GapResult.read(g)
+    assert old.gap_bpd == obj["gap_bpd"] and old.verdict == "below"  # the verdict follows from its numbers
 
 
 # -- 2. a summary agrees with the per-image file it summarises ------------------------------------------------

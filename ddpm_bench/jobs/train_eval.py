@@ -11,7 +11,6 @@ checkpoint's EMA weights, as the run would have; each row carries its content ha
 from __future__ import annotations
 
 import copy
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from ddpm_bench.data import DataSpec, ImageSet
 from ddpm_bench.errors import ConfigError
 from ddpm_bench.identity import model_identity, state_dict_sha256
 from ddpm_bench.jobs.nll import NllJob, run_nll
+from ddpm_bench.messages import note
 from ddpm_bench.models.loaded import LoadedModel
 from ddpm_bench.network import Execution, Network
 from ddpm_bench.outputs import NllOutput
@@ -99,9 +99,8 @@ class TrainingBound:
             f.write(hashed_row(f"{step},{s.total_bpd:.17g},{se},{s.n_images},{self.options.terms},"
                                f"{s.network_evals},{seconds:.4g}") + "\n")
         shown = f"{s.total_bpd:.4f}" + (f" +- {s.total_bpd_stderr:.4f}" if s.total_bpd_stderr is not None else "")
-        line = (f"ddpm-bench train: step {step}: bound ~{shown} bits/dim on {s.n_images} images of {s.data} "
-                f"(--terms {self.options.terms}, EMA weights)")
-        print(line, file=sys.stderr)
+        note(f"step {step}: bound ~{shown} bits/dim on {s.n_images} images of {s.data} "
+             f"(terms {self.options.terms}, EMA weights)")
         return shown
 
     def trim(self, step: int) -> None:

@@ -5,12 +5,13 @@ the diffusion settings it was trained with, its identity and provenance, and how
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.identity import ModelIdentity
+from ddpm_bench.noise_level import NoiseConvention
 
 
 def network_index(i: torch.Tensor) -> torch.Tensor:
@@ -31,6 +32,9 @@ class LoadedModel:
     timestep_input: Callable[[torch.Tensor], torch.Tensor] = network_index  # network index -> backbone input
     fractional_steps: bool = True  # whether the backbone takes a fractional network index (the ODE needs it)
     plugin: str | None = None  # MODULE:CALLABLE of a user's plug-in: what goes wrong in it is its own error
+    # how the backbone takes its noise level and what it predicts (ddpm_bench.noise_level); the default is a
+    # discrete DDPM's: the network index, and its DiffusionConfig's mean type
+    convention: NoiseConvention = field(default_factory=NoiseConvention)
     # the caller's own object (given to the Python API in memory): `Network` leaves it as it found it, and
     # `reidentify` gives its identity anew when its weights changed since (a training loop's module)
     borrowed: bool = False

@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import torch
 
+from ddpm_bench.arguments import given, say
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import CheckpointError, UserError
 from ddpm_bench.identity import model_identity, state_dict_sha256
+from ddpm_bench.messages import warn
 from ddpm_bench.models.formats.common import check_flags_match, diffusion_from_flags
 from ddpm_bench.models.loaded import LoadedModel
 from ddpm_bench.models.spec import DIFFUSION_FLAGS, ModelSpec
@@ -65,7 +66,7 @@ def find_unet_dir(path: Path) -> Path:
     for cand in (path / "unet", path):
         if (cand / "config.json").is_file():
             return cand
-    raise CheckpointError(f"--ckpt {path}: no config.json of a diffusers UNet2DModel (in it or in unet/)")
+    raise CheckpointError(f"{given('source', path)}: no config.json of a diffusers UNet2DModel (in it or in unet/)")
 
 
 def find_scheduler_config(path: Path, unet_dir: Path) -> Path | None:
@@ -94,9 +95,11 @@ def diffusion_without_scheduler(path: Path, diffusion_flags: dict) -> DiffusionC
     """The diffusion settings of a model without a scheduler config: the diffusion flags given (the paper's
     for the others); none given is a CheckpointError, as the schedule the model was trained with is unknown."""
     if not any(v is not None for v in diffusion_flags.values()):
-        raise CheckpointError(f"--ckpt {path}: no scheduler_config.json (in scheduler/ or beside the UNet's "
+        raise CheckpointError(f"{given('source', path)}: no scheduler_config.json (in scheduler/ or beside the UNet's "
                               "config.json), so the model's noise schedule is unknown; give the settings it was "
-                              f"trained with: {', '.join(DIFFUSION_FLAGS.values())}")
+                              "trained with: " + say(", ".join(DIFFUSION_FLAGS.values()),
+                                                     "diffusion={'T': ..., 'beta_schedule': ..., 'beta_start': ..., "
+                                                     "'beta_end': ..., 'mean_type': ..., 'var_type': ...}"))
     return diffusion_from_flags(diffusion_flags)
 
 
@@ -115,13 +118,13 @@ def load_unet(unet_class, unet_dir: Path, origin: str):
     except Exception as e:
         lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [""]
         more = f" ({len(lines) - 1} more lines)" if len(lines) > 1 else ""
-        raise CheckpointError(f"--ckpt {origin}: diffusers could not load a UNet2DModel: {type(e).__name__}: "
+        raise CheckpointError(f"{given('source', origin)}: diffusers could not load a UNet2DModel: {type(e).__name__}: "
                               f"{lines[0][:300]}{more}") from None
     finally:
         diffusers_logging.set_verbosity(verbosity)
     problems = weight_mismatches(info)
     if problems:
-        raise CheckpointError(f"--ckpt {origin}: {unet_dir / 'config.json'} does not describe its weights: "
+        raise CheckpointError(f"{given('source', origin)}: {unet_dir / 'config.json'} does not describe its weights: "
                               f"{'; '.join(problems)}")
     return unet
 
@@ -176,8 +179,8 @@ def diffusion_from_scheduler(cfg: dict, origin: str) -> DiffusionConfig:
         raise CheckpointError(f"{origin}: clip_sample_range {cfg['clip_sample_range']} is not supported: ddpm-bench "
                               "clips the x_0 prediction to [-1, 1] (the data range), or not at all with --no-clip")
     if cfg.get("clip_sample", True) is False:
-        print(f"ddpm-bench: warning: {origin}: clip_sample is false: this model's scheduler samples without "
-              "clipping the x_0 prediction; pass --no-clip to sample (and bound) as it does", file=sys.stderr)
+        warn(f"{origin}: clip_sample is false: this model's scheduler samples without clipping the x_0 prediction; "
+             f"{say('pass --no-clip', 'pass clip=False')} to sample (and bound) as it does")
     return DiffusionConfig(
         T=number("num_train_timesteps", 1000, integer=True),
         beta_schedule=pick("beta_schedule", BETA_SCHEDULES, "linear"),
@@ -204,12 +207,12 @@ def load_directory(path: str | Path, diffusion_flags: dict, origin: str | None =
         import diffusers
         from diffusers import UNet2DModel
     except ImportError:
-        raise UserError(f"--ckpt {path}: loading a diffusers directory needs diffusers: {INSTALL_HINT}") from None
+        raise UserError(f"{given('source', path)}: loading a diffusers directory needs diffusers: {INSTALL_HINT}") from None
     path = Path(path)
     unet_dir = find_unet_dir(path)
     files = [f for pattern in WEIGHT_PATTERNS for f in unet_dir.glob(pattern)]
     if not files:
-        raise CheckpointError(f"--ckpt {path}: no diffusion_pytorch_model.safetensors or .bin in {unet_dir}")
+        raise CheckpointError(f"{given('source', path)}: no diffusion_pytorch_model.safetensors or .bin in {unet_dir}")
     sched_path = find_scheduler_config(path, unet_dir)
     if sched_path is not None:
         sched = read_scheduler_config(sched_path)
@@ -217,7 +220,7 @@ def load_directory(path: str | Path, diffusion_flags: dict, origin: str | None =
             diffusion = diffusion_from_scheduler(sched, str(sched_path))
         except (TypeError, ValueError) as e:  # a value of another type or out of range
             raise CheckpointError(f"{sched_path}: {e}") from None
-        check_flags_match(diffusion, diffusion_flags, f"--ckpt {path} ({sched_path.name})")
+        check_flags_match(diffusion, diffusion_flags, f"{given('source', path)} ({sched_path.name})")
     else:
         diffusion = diffusion_without_scheduler(origin or path, diffusion_flags)
     unet = load_unet(UNet2DModel, unet_dir, origin or str(path))
@@ -236,7 +239,7 @@ def from_module(unet, diffusion: DiffusionConfig, provenance: dict, origin: str)
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     want_out = 2 * c_in if diffusion.learned_variance else c_in
     if int(unet.config.out_channels) != want_out:
-        raise CheckpointError(f"--ckpt {origin}: the UNet has {unet.config.out_channels} output channels; "
+        raise CheckpointError(f"{given('source', origin)}: the UNet has {unet.config.out_channels} output channels; "
                               f"var type {diffusion.var_type!r} needs {want_out}")
     # its architecture: the config without diffusers' bookkeeping (`_name_or_path` is a path, not an identity)
     config = {"unet": {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}}

@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+from ddpm_bench.arguments import given
 from ddpm_bench.errors import CheckpointError, UserError
 from ddpm_bench.models.formats import diffusers_dir
 from ddpm_bench.models.loaded import LoadedModel
@@ -30,7 +31,7 @@ def parse(ckpt: str) -> tuple[str, str | None]:
     """`hf:ORG/NAME[@REVISION]` -> (ORG/NAME, REVISION or None)."""
     repo, _, revision = ckpt[len(PREFIX):].partition("@")
     if not REPO_ID.match(repo) or (_ and not revision):
-        raise UserError(f"--ckpt {ckpt}: expected hf:ORG/NAME or hf:ORG/NAME@REVISION")
+        raise UserError(f"{given('source', ckpt)}: expected hf:ORG/NAME or hf:ORG/NAME@REVISION")
     return repo, revision or None
 
 
@@ -45,7 +46,7 @@ def resolve(ckpt: str) -> tuple[Path, str]:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     except ImportError:
-        raise UserError(f"--ckpt {ckpt}: models on the Hub need huggingface_hub and diffusers: "
+        raise UserError(f"{given('source', ckpt)}: models on the Hub need huggingface_hub and diffusers: "
                         f"{diffusers_dir.INSTALL_HINT}") from None
     cache = os.environ.get("HF_HUB_CACHE") or (os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME")
                                                else None)
@@ -56,12 +57,12 @@ def resolve(ckpt: str) -> tuple[Path, str]:
         where = cache or "the Hugging Face cache"
         how = "unset HF_HUB_OFFLINE / DDPM_BENCH_OFFLINE to download it" if offline() else \
             "the Hub could not be reached"
-        raise CheckpointError(f"--ckpt {ckpt}: {repo}{'@' + revision if revision else ''} is not in {where} and "
-                              f"{how}; on a machine with network, `huggingface-cli download {repo}` fills the cache "
+        raise CheckpointError(f"{given('source', ckpt)}: {repo}{'@' + revision if revision else ''} is not in {where} and "
+                              f"{how}; on a machine with network, `hf download {repo}` (huggingface_hub's command) fills the cache "
                               "(copy it here, and point HF_HUB_CACHE at it)") from None
     except (HfHubHTTPError, OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise CheckpointError(f"--ckpt {ckpt}: {first}") from None
+        raise CheckpointError(f"{given('source', ckpt)}: {first}") from None
     folder = Path(folder)
     return folder, folder.name
 

@@ -17,7 +17,7 @@ from ddpm_bench.errors import UserError
 from ddpm_bench.identity import ModelIdentity, model_identity, state_dict_sha256
 from ddpm_bench.messages import warn
 from ddpm_bench.models.formats import diffusers_dir
-from ddpm_bench.models.formats.common import diffusion_from_flags
+from ddpm_bench.models.formats.common import declared_convention, diffusion_from_flags, with_convention
 from ddpm_bench.models.loaded import LoadedModel
 from ddpm_bench.provenance import sha256_file
 
@@ -61,8 +61,10 @@ def from_object(obj: Callable, diffusion: DiffusionConfig | dict | None = None, 
     if module is not None:
         check_module_parameters(module, f"{name} (in memory)")
     file = _defining_file(obj)
-    architecture = {"callable": name, "source_sha256": sha256_file(file) if file else None}
     origin = f"{name} (in memory)"
+    convention = declared_convention(obj, diffusion, origin)
+    architecture = with_convention({"callable": name, "source_sha256": sha256_file(file) if file else None},
+                                   convention)
 
     def identity() -> ModelIdentity:
         state = module.state_dict() if module is not None else {}
@@ -75,7 +77,7 @@ def from_object(obj: Callable, diffusion: DiffusionConfig | dict | None = None, 
     prov = {"kind": NAME, "callable": name, "source_file": str(file) if file else None}
     return LoadedModel(backbone=obj, diffusion=diffusion, identity=ident, provenance=prov, image_shape=image_shape,
                        module=module, fractional_steps=getattr(obj, "fractional_steps", False) is True,
-                       borrowed=True, reidentify=identity)
+                       borrowed=True, reidentify=identity, convention=convention)
 
 
 def _diffusion(settings: dict | None) -> DiffusionConfig:

@@ -20,7 +20,7 @@ from ddpm_bench.errors import UserError
 from ddpm_bench.identity import model_identity, state_dict_sha256
 from ddpm_bench.messages import warn
 from ddpm_bench.models import plugin_guard
-from ddpm_bench.models.formats.common import diffusion_from_flags
+from ddpm_bench.models.formats.common import declared_convention, diffusion_from_flags, with_convention
 from ddpm_bench.models.loaded import LoadedModel
 from ddpm_bench.models.spec import ModelSpec
 from ddpm_bench.provenance import sha256_file
@@ -84,8 +84,10 @@ def load(spec: ModelSpec) -> LoadedModel:
                         "identity); define it in a .py file")
     prov = {"kind": NAME, "callable": name, "sha256": sha256_file(file)}
     diffusion = diffusion_from_flags(spec.diffusion_flags)
+    convention = declared_convention(net, diffusion, given("plugin", name))
     # the code is part of the identity: two plug-ins with equal (or no) weights are still two models
-    architecture = {"callable": name.rpartition(":")[2], "source_sha256": prov["sha256"]}
+    architecture = with_convention({"callable": name.rpartition(":")[2], "source_sha256": prov["sha256"]},
+                                   convention)
     state = module.state_dict() if module is not None else {}
     weights_sha256 = state_dict_sha256(state) if state else None
     if weights_sha256 is None:
@@ -95,4 +97,5 @@ def load(spec: ModelSpec) -> LoadedModel:
              "weights for an identity by its weights")
     ident = model_identity(NAME, None, weights_sha256, diffusion, architecture, name)
     return LoadedModel(backbone=net, diffusion=diffusion, identity=ident, provenance=prov, module=module,
-                       fractional_steps=getattr(net, "fractional_steps", False) is True, plugin=name)
+                       fractional_steps=getattr(net, "fractional_steps", False) is True, plugin=name,
+                       convention=convention)
