@@ -32,9 +32,9 @@ import torch
 
 from ddpm_bench import allocator
 from ddpm_bench.data import DataSpec
-from ddpm_bench.models.formats import load_model
+from ddpm_bench.models.formats import load_model, load_network
 from ddpm_bench.models.spec import ModelSpec
-from ddpm_bench.network import Execution, load_network
+from ddpm_bench.network import Execution
 from ddpm_bench.variational_bound import bound_pairs, default_pairs_per_call, to_model_scale
 
 HERE = Path(__file__).resolve().parent

@@ -51,9 +51,9 @@ from ddpm_bench.jobs.sample import SampleJob, SampleResult, run_sample
 from ddpm_bench.jobs.train import TrainResult, run_train
 from ddpm_bench.metrics import clean_fid_backend, torch_fidelity_backend
 from ddpm_bench.metrics.protocol import FidOptions
-from ddpm_bench.models.formats import memory
+from ddpm_bench.models.formats import load_network, memory
 from ddpm_bench.models.spec import ModelSpec
-from ddpm_bench.network import Execution, Network, load_network
+from ddpm_bench.network import Execution, Network
 from ddpm_bench.outputs import FidMetrics, GapResult, NllOutput, RateDistortionSummary
 from ddpm_bench.rate_distortion_curve import RateDistortionCurve, rate_distortion_curve
 from ddpm_bench.run_dir import RunOptions

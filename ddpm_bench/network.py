@@ -8,14 +8,18 @@
   float64);
 - the memory format (channels-last, by default on a CPU for a torch module; a plug-in module that cannot
   take it stays contiguous) and `torch.compile` (with a new CUDA-graph step per call in the graph modes);
-- the timestep convention: the math passes the 0-based network index i (int64, or float64 at a fractional
-  step); the format's `timestep_input` maps it to what the backbone takes (improved-diffusion's
-  rescaling, for example), and a backbone that cannot take a fractional index is refused by name;
+- the noise convention (`LoadedModel.convention`, ddpm_bench.noise_level): a discrete DDPM is called with
+  the 0-based network index i (int64, or float64 at a fractional step), which the format's
+  `timestep_input` maps to what the backbone takes (improved-diffusion's rescaling, for example; a backbone
+  that cannot take a fractional index is refused by name); a continuous model with gamma, t of its
+  schedule or the EDM sigma of its convention. `eps(z, gamma)` gives every estimator the one quantity of
+  continuous time, eps_hat at a noise level gamma = -log SNR, whatever the model takes and predicts;
 - the plug-in guard: anything a user's `--model` raises (any exception but KeyboardInterrupt, SystemExit
   included) is the plug-in's error, and a non-tensor output is named;
-- the shape of the output: (N, C, H, W), or (N, 2C, H, W) for the learned variance types;
-- the conversion of the mean part of an output to the eps it implies (`predict_eps`), for the
-  probability-flow ODE.
+- the shape of the output: (N, C, H, W), or (N, 2C, H, W) for the learned variance types.
+
+Where a model comes from (the table of formats) and what the run lifecycle keeps of it (its fingerprint:
+ddpm_bench.fingerprint) are not its business: the math receives a Network and calls it.
 
 Precision changes what the network computes (bf16 in particular), so it is part of a run's settings and
 recorded; channels-last, compile, device and batch size only move the float32 rounding and are recorded
@@ -33,23 +37,20 @@ from ddpm_bench import distributed
 from ddpm_bench.arguments import given
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import ModelOutputError, UserError
-from ddpm_bench.models.formats import load_model
 from ddpm_bench.models.loaded import LoadedModel
 from ddpm_bench.models.plugin_guard import describe_value, guarded_call
-from ddpm_bench.models.spec import ModelSpec
-from ddpm_bench.noise import counter_normal
-from ddpm_bench.probability_flow import eps_from_prediction
-from ddpm_bench.run_dir import Fingerprint
+from ddpm_bench.noise_level import (
+    DiscreteLevels,
+    NoiseConvention,
+    alpha_squared,
+    eps_from_prediction,
+    ve_sigma,
+)
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 CHANNELS_LAST_BY_DEVICE = {"cpu": True}  # a torch module's default memory format per device type
-FINGERPRINT_SEED = 20200619  # the probe inputs of `Network.fingerprint`
-FINGERPRINT_INPUTS = 2  # inputs per network index of the probe
-# largest difference of two fingerprints, relative to the outputs' scale, that is float rounding (bf16 rounds
-# each value to 8 bits of mantissa; another model differs by far more)
-FINGERPRINT_TOLERANCE = {"fp32": 1e-3, "tf32": 1e-2, "bf16": 3e-2}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -214,23 +215,24 @@ class Network:
                 "compile": ex.compile, "cuda_graphs": ex.compile in CUDA_GRAPH_MODES and self.device.type == "cuda"}
 
     def output_channels(self, channels: int) -> int:
-        return channels * (2 if self.diffusion.learned_variance else 1)
+        return channels * (2 if self.diffusion.learned_variance and not self.convention.continuous else 1)
 
     # -- the call ---------------------------------------------------------------------------------------------
 
     def __call__(self, x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        """The backbone's output for inputs x (N, C, H, W) at network indices i (N,), float32."""
+        """The backbone's output for inputs x (N, C, H, W) at network indices i (N,), float32; a continuous
+        model's `i` is what its convention calls it with (`NoiseConvention.network_input`)."""
         if self.model.borrowed and not self._using:  # called directly, outside an API call
             with self.in_use():
                 return self(x, i)
-        if i.is_floating_point() and not self.model.fractional_steps:
+        if i.is_floating_point() and not self.model.fractional_steps and not self.convention.continuous:
             raise UserError(f"model {self.model.identity.origin}: takes only integer network indices, not the "
                             "fractional ones this computation needs")
         if self.channels_last is None:
             self._set_memory_format(self._probe_channels_last(tuple(x.shape[1:])))
         x = x.to(torch.float32).contiguous(memory_format=self.memory_format)
         with network_precision(self.execution.precision, self.device):
-            out = self._call_backbone(x, self.model.timestep_input(i))
+            out = self.call_backbone(x, self.model.timestep_input(i) if not self.convention.continuous else i)
         if not isinstance(out, torch.Tensor):
             where = f"--model {self.model.plugin}: f(x, t)" if self.model.plugin else "the model"
             raise ModelOutputError(f"{where} returned {describe_value(out)}; expected a torch.Tensor of shape "
@@ -245,49 +247,61 @@ class Network:
                                    "return it on the input's device")
         return out.to(torch.float32)
 
-    def _call_backbone(self, x: torch.Tensor, t: torch.Tensor, backbone=None):
+    def call_backbone(self, x: torch.Tensor, t: torch.Tensor, backbone=None):
         backbone = backbone or self._backbone
         if self.model.plugin is None:
             return backbone(x, t)
         return guarded_call(self.model.plugin, backbone, x, t)
 
-    def fingerprint(self, image_shape: tuple[int, int, int]) -> list[float]:
-        """What the network computes, in a few numbers: its outputs on a fixed probe (FINGERPRINT_INPUTS
-        seeded inputs at the first, middle and last network index, uncompiled, contiguous), each channel
-        averaged over at most 4 x 4 blocks. Stored with a run and compared at its resume (`same_function`):
-        a model whose files say the same but whose code or inputs changed computes something else."""
-        T = self.diffusion.T
-        steps = sorted({0, T // 2, T - 1})
-        n = FINGERPRINT_INPUTS * len(steps)
-        keys = torch.stack([torch.arange(n), torch.full((n,), -7), torch.zeros(n, dtype=torch.long)], 1)
-        x = (0.5 * counter_normal(FINGERPRINT_SEED, keys, tuple(image_shape))).to(self.device)
-        i = torch.tensor([s for s in steps for _ in range(FINGERPRINT_INPUTS)], dtype=torch.long, device=self.device)
-        with torch.no_grad(), network_precision(self.execution.precision, self.device):  # no inference tensors:
-            out = self._call_backbone(x.to(torch.float32), self.model.timestep_input(i), self.model.backbone)  # autograd later
-        if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != n or out.device != x.device:
-            return []  # what is wrong with it is named by the first real call
-        pooled = torch.nn.functional.adaptive_avg_pool2d(out.float(), (min(4, out.shape[2]), min(4, out.shape[3])))
-        return [float(f"{v:.9g}") for v in pooled.double().flatten().cpu().tolist()]
+    # -- the noise level of continuous time -------------------------------------------------------------------
 
-    def run_fingerprint(self, image_shape: tuple[int, int, int]) -> Fingerprint:
-        """The fingerprint a run keeps (ddpm_bench.run_dir)."""
-        return Fingerprint(self.fingerprint(image_shape), self.same_function)
+    @property
+    def convention(self) -> NoiseConvention:
+        return self.model.convention
 
-    def same_function(self, stored: list[float], now: list[float]) -> float | None:
-        """None when two fingerprints agree within what float rounding (threads, devices, batch layout) can
-        move; else the largest difference relative to the outputs' scale."""
-        a, b = torch.tensor(stored, dtype=torch.float64), torch.tensor(now, dtype=torch.float64)
-        if a.shape != b.shape:
-            return float("inf")
-        scale = max(1.0, float(a.abs().max()) if a.numel() else 1.0)
-        diff = float((a - b).abs().max()) / scale if a.numel() else 0.0
-        tolerance = FINGERPRINT_TOLERANCE[self.execution.precision]
-        return None if diff <= tolerance else diff
+    def discrete_levels(self) -> DiscreteLevels:
+        """The noise levels of a discrete model's T steps (ValueError for a schedule without finite ones)."""
+        return DiscreteLevels.of(self.diffusion.schedule().alphas_cumprod)
+
+    def gamma_range(self) -> tuple[float, float]:
+        """[gamma_min, gamma_max] the model covers: its convention's, or a discrete model's first and last
+        step (gamma_0, gamma_{T-1})."""
+        got = self.convention.gamma_range()
+        if got is not None:
+            return got
+        levels = self.discrete_levels()
+        return levels.gamma_min, levels.gamma_max
+
+    def eps(self, z: torch.Tensor, gamma: torch.Tensor, levels: DiscreteLevels | None = None) -> torch.Tensor:
+        """eps_hat(z, gamma) (float64, (N, C, H, W)): the model's eps prediction at the variance-preserving
+        state z = alpha x + sigma eps and noise level gamma (N,), whatever it takes and predicts (its
+        convention): a discrete model at the fractional index of gamma (`levels`, computed when not given),
+        with its mean type converted; a continuous one at gamma, t or sigma, its x0 or v converted (a "sigma"
+        model is called with y = z / alpha). A mu model predicts one discrete step and has none (refused)."""
+        c = self.convention
+        gamma = gamma.to(torch.float64)
+        abar = alpha_squared(gamma)
+        if not c.continuous:
+            kind = self.diffusion.mean_type
+            if kind == "mu":
+                raise UserError(f"model {self.model.identity.origin}: mean type {kind!r} predicts the mean of one "
+                                "discrete step; it has no eps at a continuous noise level")
+            s = (levels or self.discrete_levels()).index_of_gamma(gamma)
+            return eps_from_prediction(kind, self(z, s)[:, : z.shape[1]], z, abar)
+        if c.noise_input == "sigma":  # EDM / k-diffusion: f(y, sigma) in the variance-exploding scale
+            shape = (-1, *([1] * (z.ndim - 1)))
+            y = z.to(torch.float64) / abar.sqrt().reshape(shape)
+            sigma = ve_sigma(gamma)
+            out = self(y, sigma).to(torch.float64)
+            if c.prediction == "x0":  # EDM's denoiser D(y, sigma): eps = (y - D) / sigma
+                return (y - out) / sigma.reshape(shape)
+            return eps_from_prediction(c.prediction, out, z, abar)
+        return eps_from_prediction(c.prediction, self(z, c.network_input(gamma)), z, abar)
 
     def predict_eps(self, x: torch.Tensor, i: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
-        """The eps the mean part of the output implies at x_t = x (float64), for alpha-bar `abar` (N,) at the
-        (possibly fractional) network index i (`probability_flow.eps_from_prediction`); a mu model predicts
-        the mean of one discrete step and has no eps at a fractional step (refused)."""
+        """The eps the mean part of a discrete model's output implies at x_t = x (float64), for alpha-bar `abar`
+        (N,) at the (possibly fractional) network index i; a mu model predicts the mean of one discrete step
+        and has no eps at a fractional step (refused)."""
         kind = self.diffusion.mean_type
         if kind == "mu":
             raise UserError(f"model {self.model.identity.origin}: mean type {kind!r} predicts the mean of one "
@@ -315,7 +329,10 @@ class Network:
         try:
             module.to(memory_format=torch.channels_last)  # outside no_grad: its parameters stay trainable tensors
             with torch.no_grad():
-                module(x, self.model.timestep_input(torch.zeros(1, dtype=torch.long, device=self.device)))
+                noise = self.convention.network_input(torch.zeros(1, dtype=torch.float64, device=self.device)) \
+                    if self.convention.continuous else \
+                    self.model.timestep_input(torch.zeros(1, dtype=torch.long, device=self.device))
+                module(x, noise)
             return True
         except KeyboardInterrupt:
             raise
@@ -340,11 +357,6 @@ def module_device(module: torch.nn.Module, default: torch.device) -> torch.devic
 def _weights_state(module: torch.nn.Module) -> tuple:
     """What changes when a module's weights do: each tensor's storage and in-place version counter."""
     return tuple((t.data_ptr(), t._version) for t in module.state_dict(keep_vars=True).values())
-
-
-def load_network(model: ModelSpec | Network, execution: Execution = Execution()) -> Network:
-    """A ready Network as it is, or the model a spec names (ddpm_bench.models.formats) run with `execution`."""
-    return model if isinstance(model, Network) else Network(load_model(model), execution)
 
 
 def _new_graph_step_per_call(net):

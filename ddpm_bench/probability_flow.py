@@ -7,17 +7,18 @@ variables gives the exact log-density of its end point (Eq. 39-40, appendix D.2)
     log p_0(x(0)) = log p_T(x(T)) + integral_0^T div f(x(t), t) dt,
 
 with the divergence estimated by Hutchinson's trace estimator (Eq. 40). Here the ODE is written in the
-noise-level variable of DDIM / EDM / k-diffusion, so a discrete DDPM needs no continuous-time retraining:
+noise-level variable of DDIM / EDM / k-diffusion, sigma = exp(gamma / 2) (ddpm_bench.noise_level), so every
+model is one ODE over its own range [sigma_min, sigma_max] and a discrete DDPM needs no continuous-time
+retraining:
 
-    sigma_i = sqrt((1 - abar_i) / abar_i)      i = 0..T-1 (network index, t = i + 1)
     y = x / sqrt(abar)  (y = x_0 + sigma eps under q),  abar(sigma) = 1 / (1 + sigma^2)
-    dy/dsigma = eps_hat(y, sigma) = eps_theta(y / sqrt(1 + sigma^2), s(sigma))
+    dy/dsigma = eps_hat(y, sigma) = eps_theta(y / sqrt(1 + sigma^2), sigma)
     log p(y(sigma_min)) = log N(y(sigma_max); 0, (1 + sigma_max^2) I)
                           + integral_{sigma_min}^{sigma_max} div_y eps_hat(y(sigma), sigma) dsigma,
 
-where s(sigma) is the fractional network index that interpolates log sigma linearly between neighbouring
-sigma_i (k-diffusion's `sigma_to_t` for discrete models) and the path starts at the dequantized data
-y(sigma_min) = x_0.
+where eps_theta is the model's eps at that noise level (`Network.eps`: a discrete DDPM's at the fractional
+network index that interpolates log sigma linearly between its sigma_i = sqrt((1 - abar_i) / abar_i),
+k-diffusion's `sigma_to_t`) and the path starts at the dequantized data y(sigma_min) = x_0.
 
 The solver is an adaptive Dormand-Prince 5(4) pair (Dormand & Prince 1980) whose step size is controlled
 per image (Hairer, Norsett & Wanner, "Solving ODEs I", II.4 and II.5), so an image's result and its
@@ -49,83 +50,7 @@ PURPOSE_DIVERGENCE_PROBE = -3
 BPD, PRIOR_BPD, DIVERGENCE_BPD, DEQUANTIZATION_BPD = "bpd", "prior_bpd", "divergence_bpd", "dequantization_bpd"
 MAX_STEPS = 100_000  # attempted steps per image before the solve is declared stuck
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (N, C, H, W), s (N,) float64) -> eps
-
-
-# ---------------------------------------------------------------------------------------------- noise levels
-
-def noise_levels(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """(T,) float64 sigma_i = sqrt((1 - abar_i) / abar_i) of network index i (docs/likelihood.md).
-
-    Raises ValueError unless they are finite, positive and strictly increasing (a schedule whose last
-    alpha-bar is 0, such as `jsd`, has sigma_max = inf and no probability-flow likelihood).
-    """
-    abar = alphas_cumprod.to(torch.float64)
-    sigmas = torch.sqrt((1.0 - abar) / abar)
-    check_noise_levels(sigmas)
-    return sigmas
-
-
-def check_noise_levels(sigmas: torch.Tensor) -> None:
-    if sigmas.ndim != 1 or sigmas.numel() < 1:
-        raise ValueError(f"noise levels must be a non-empty (T,) tensor, got shape {tuple(sigmas.shape)}")
-    if not bool(torch.isfinite(sigmas).all()) or not bool((sigmas > 0).all()):
-        raise ValueError("noise levels sigma_i = sqrt((1 - abar_i) / abar_i) must be finite and positive: "
-                         "every alpha-bar must lie in (0, 1)")
-    if not bool((sigmas[1:] > sigmas[:-1]).all()):
-        raise ValueError("noise levels sigma_i must increase strictly with the network index")
-
-
-def fractional_index(sigma: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    """(N,) float64 fractional network index s(sigma): log sigma interpolated linearly between the two
-    neighbouring log sigma_i (k-diffusion's `sigma_to_t`); clamped to [0, T-1] outside [sigma_min, sigma_max]."""
-    T = sigmas.shape[0]
-    sigma = sigma.to(torch.float64)
-    if T == 1:
-        return torch.zeros_like(sigma)
-    log_sigmas = sigmas.to(torch.float64).log()
-    log_sigma = sigma.log()
-    low = (torch.searchsorted(log_sigmas, log_sigma, right=True) - 1).clamp(0, T - 2)
-    lo, hi = log_sigmas[low], log_sigmas[low + 1]
-    w = ((log_sigma - lo) / (hi - lo)).clamp(0.0, 1.0)
-    return low.to(torch.float64) + w
-
-
-def noise_level_at(s: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    """(N,) float64 sigma at fractional network index s: the inverse of `fractional_index` on [0, T-1].
-    A caller converting x0 or v predictions to eps inside its eps_fn gets abar = 1 / (1 + sigma^2) from it."""
-    T = sigmas.shape[0]
-    s = s.to(torch.float64)
-    if T == 1:
-        return sigmas.to(torch.float64)[0].expand(s.shape).clone()
-    log_sigmas = sigmas.to(torch.float64).log()
-    low = s.floor().clamp(0, T - 2).long()
-    w = s - low.to(torch.float64)
-    return torch.exp((1.0 - w) * log_sigmas[low] + w * log_sigmas[low + 1])
-
-
-def eps_from_prediction(mean_type: str, output: torch.Tensor, x: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
-    """The eps prediction implied by a network output at noise level abar (float64; abar (N,) or broadcastable).
-
-    `eps`: the output; `x0` (DDPM Eq. 15 solved for eps): eps = (x - sqrt(abar) x0_hat) / sqrt(1 - abar);
-    `v` (Salimans & Ho 2022): eps = sqrt(abar) v + sqrt(1 - abar) x. `mu` is refused: a mu model predicts
-    the mean of one discrete reverse step t -> t-1, whose coefficients (beta_t, Eq. 7) have no value at a
-    fractional step, so it defines no eps between its integer steps.
-    """
-    output, x = output.to(torch.float64), x.to(torch.float64)
-    abar = abar.to(torch.float64)
-    if abar.ndim == 1:
-        abar = abar.reshape(-1, *([1] * (x.ndim - 1)))
-    if mean_type == "eps":
-        return output
-    if mean_type == "x0":
-        return (x - abar.sqrt() * output) / (1.0 - abar).sqrt()
-    if mean_type == "v":
-        return abar.sqrt() * output + (1.0 - abar).sqrt() * x
-    if mean_type == "mu":
-        raise ValueError("mean type 'mu' has no probability-flow ODE: it predicts the mean of one discrete step "
-                         "t -> t-1, which defines no eps at the fractional steps the ODE solver visits")
-    raise ValueError(f"unknown mean type {mean_type!r}; choose one of eps, x0, v")
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (N, C, H, W), sigma (N,) float64) -> eps
 
 
 # ---------------------------------------------------------------------------------------------- dequantization
@@ -304,7 +229,7 @@ class OdeResult:
     nfe: torch.Tensor  # (N,) int64 network evaluations this image's solve needed
 
 
-def _vector_field(eps_fn: EpsFn, sigmas: torch.Tensor, shape: tuple[int, ...], probe: torch.Tensor | None,
+def _vector_field(eps_fn: EpsFn, shape: tuple[int, ...], probe: torch.Tensor | None,
                   network_dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """The augmented field (dy/dsigma, d divergence-integral/dsigma) = (eps_hat, div_y eps_hat), rows flattened."""
     D = math.prod(shape)
@@ -314,7 +239,7 @@ def _vector_field(eps_fn: EpsFn, sigmas: torch.Tensor, shape: tuple[int, ...], p
         with torch.enable_grad():
             y = state[:, :D].detach().reshape(n, *shape).requires_grad_(True)
             x = y / torch.sqrt(1.0 + sigma.square()).reshape(n, *([1] * len(shape)))
-            eps = eps_fn(x.to(network_dtype), fractional_index(sigma, sigmas))
+            eps = eps_fn(x.to(network_dtype), sigma)
             if not isinstance(eps, torch.Tensor) or tuple(eps.shape) != (n, *shape):
                 got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
                 raise ModelOutputError(f"the eps prediction has shape {got}; expected {(n, *shape)}")
@@ -340,32 +265,34 @@ def _vector_field(eps_fn: EpsFn, sigmas: torch.Tensor, shape: tuple[int, ...], p
     return field
 
 
-def ode_log_likelihood(eps_fn: EpsFn, x0: torch.Tensor, sigmas: torch.Tensor, *, probe: torch.Tensor | None = None,
-                       rtol: float = 1e-5, atol: float = 1e-5, network_dtype: torch.dtype = torch.float32,
-                       max_steps: int = MAX_STEPS) -> OdeResult:
+def ode_log_likelihood(eps_fn: EpsFn, x0: torch.Tensor, sigma_min: float, sigma_max: float, *,
+                       probe: torch.Tensor | None = None, rtol: float = 1e-5, atol: float = 1e-5,
+                       network_dtype: torch.dtype = torch.float32, max_steps: int = MAX_STEPS) -> OdeResult:
     """log p(x_0) per image under the probability-flow ODE (Song et al. 2021, Eq. 39-40; docs/likelihood.md).
 
-    eps_fn(x (N, C, H, W) `network_dtype`, s (N,) float64 fractional network index) -> eps (N, C, H, W):
-    the model's eps prediction (convert x0 and v predictions with `eps_from_prediction`), evaluated with
-    autograd enabled; it must treat rows independently. x0 (N, C, H, W) float64 dequantized data; sigmas
-    (T,) from `noise_levels`. probe: None for the exact divergence (D vector-Jacobian products per
-    evaluation: small images and tests), or (N, C, H, W) Hutchinson probes from `divergence_probe`, one per
-    row, fixed through the solve. The state (y, divergence integral) is integrated in float64 from
-    sigma_min to sigma_max; x is cast to `network_dtype` for the call and eps back to float64.
+    eps_fn(x (N, C, H, W) `network_dtype`, sigma (N,) float64) -> eps (N, C, H, W): the model's eps
+    prediction at the variance-preserving x = y / sqrt(1 + sigma^2) and noise level sigma = exp(gamma / 2)
+    (`Network.eps`; a discrete model's at the fractional index of sigma), evaluated with autograd enabled;
+    it must treat rows independently. x0 (N, C, H, W) float64 dequantized data; [sigma_min, sigma_max] the
+    model's range. probe: None for the exact divergence (D vector-Jacobian products per evaluation: small
+    images and tests), or (N, C, H, W) Hutchinson probes from `divergence_probe`, one per row, fixed through
+    the solve. The state (y, divergence integral) is integrated in float64 from sigma_min to sigma_max; x is
+    cast to `network_dtype` for the call and eps back to float64.
     """
     if x0.ndim < 2:
         raise ValueError(f"x0 must be (N, C, H, W), got shape {tuple(x0.shape)}")
-    check_noise_levels(sigmas)
-    sigmas = sigmas.to(device=x0.device, dtype=torch.float64)
+    sigma_min, sigma_max = float(sigma_min), float(sigma_max)
+    if not (math.isfinite(sigma_min) and math.isfinite(sigma_max) and 0 < sigma_min < sigma_max):
+        raise ValueError(f"noise levels must satisfy 0 < sigma_min < sigma_max < inf, got {sigma_min}, {sigma_max}")
     if probe is not None and probe.shape != x0.shape:
         raise ValueError(f"probe of shape {tuple(probe.shape)} does not match x0 {tuple(x0.shape)}")
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"rtol and atol must be positive, got {rtol}, {atol}")
     N, shape = x0.shape[0], tuple(x0.shape[1:])
     D = math.prod(shape)
-    sigma_min, sigma_max = sigmas[0], sigmas[-1]
+    sigma_min, sigma_max = (torch.tensor(v, dtype=torch.float64, device=x0.device) for v in (sigma_min, sigma_max))
     probe = None if probe is None else probe.to(device=x0.device, dtype=torch.float64)
-    field = _vector_field(eps_fn, sigmas, shape, probe, network_dtype)
+    field = _vector_field(eps_fn, shape, probe, network_dtype)
     state0 = torch.cat([x0.to(torch.float64).reshape(N, D), x0.new_zeros(N, 1, dtype=torch.float64)], dim=1)
     with torch.no_grad():
         state1, nfe = dormand_prince(field, sigma_min.expand(N), sigma_max.expand(N), state0,

@@ -127,14 +127,14 @@ class GaussianOracle(torch.nn.Module):
 
     def __init__(self, T: int = 100, schedule: str = "linear", mu: float = 0.1, s: float = 0.5):
         super().__init__()
-        from ddpm_bench.probability_flow import noise_levels
+        from ddpm_bench.noise_level import noise_levels
 
         self.mu = torch.nn.Parameter(torch.tensor(mu, dtype=torch.float64), requires_grad=False)
         self.s = s
         self.register_buffer("sigmas", noise_levels(make_schedule(schedule, T).alphas_cumprod))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        from ddpm_bench.probability_flow import noise_level_at
+        from ddpm_bench.noise_level import noise_level_at
 
         sigma = noise_level_at(t.to(torch.float64), self.sigmas).reshape(-1, 1, 1, 1)
         abar = 1.0 / (1.0 + sigma**2)

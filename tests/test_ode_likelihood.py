@@ -13,7 +13,8 @@ import torch
 import ddpm_bench
 from ddpm_bench.cli import main
 from ddpm_bench.estimators.ode import OdeOptions
-from ddpm_bench.probability_flow import dequantization_noise, dequantize, noise_levels
+from ddpm_bench.noise_level import noise_levels
+from ddpm_bench.probability_flow import dequantization_noise, dequantize
 from ddpm_bench.schedule import make_schedule
 
 ORACLE = "tests/plugins.py:gaussian_oracle_T100"

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ddpm_bench.noise import counter_normal
+from ddpm_bench.noise_level import eps_from_prediction, fractional_index, noise_level_at, noise_levels
 from ddpm_bench.probability_flow import (
     BPD,
     DEQUANTIZATION_BPD,
@@ -25,10 +26,6 @@ from ddpm_bench.probability_flow import (
     dequantize,
     divergence_probe,
     dormand_prince,
-    eps_from_prediction,
-    fractional_index,
-    noise_level_at,
-    noise_levels,
     ode_log_likelihood,
 )
 from ddpm_bench.schedule import make_schedule
@@ -40,6 +37,13 @@ MU, S = 0.1, 0.5  # the closed-form data distribution N(MU, S^2) per dimension
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     """Every test here on one CPU thread (fast for tiny tensors, and the same bits at every run)."""
+
+
+def solve(eps_of_index, x0, sigmas, **kwargs):
+    """The ODE likelihood of a discrete model given as f(x, fractional index): the ODE calls eps at sigma,
+    as `estimators.ode.eps_in_sigma` does for a discrete model."""
+    return ode_log_likelihood(lambda x, sigma: eps_of_index(x, fractional_index(sigma, sigmas)), x0,
+                              float(sigmas[0]), float(sigmas[-1]), **kwargs)
 
 
 def sigmas_of(name, T=1000):
@@ -168,7 +172,7 @@ def test_exact_divergence_matches_the_gaussian_closed_form(schedule, mean_type):
     sigmas = sigmas_of(schedule)
     x0 = gaussian_data(3, (1, 4, 4), seed=2)
     D = 16
-    r = ode_log_likelihood(gaussian_oracle(sigmas, mean_type), x0, sigmas, network_dtype=torch.float64)
+    r = solve(gaussian_oracle(sigmas, mean_type), x0, sigmas, network_dtype=torch.float64)
     logp, prior, div = closed_form(x0, sigmas)
     err_bpd = (r.log_prob - logp).abs() / (D * LN2)
     assert float(err_bpd.max()) < CLOSED_FORM_BPD_TOL, err_bpd
@@ -178,7 +182,7 @@ def test_exact_divergence_matches_the_gaussian_closed_form(schedule, mean_type):
     assert r.nfe.dtype == torch.int64 and bool((r.nfe > 20).all())
     if schedule == "linear" and mean_type == "eps":
         # the error is the solver's: 100x tighter tolerances shrink it more than tenfold
-        tight = ode_log_likelihood(gaussian_oracle(sigmas), x0, sigmas, network_dtype=torch.float64,
+        tight = solve(gaussian_oracle(sigmas), x0, sigmas, network_dtype=torch.float64,
                                    rtol=1e-7, atol=1e-7)
         assert float((tight.log_prob - logp).abs().max()) < 0.1 * float((r.log_prob - logp).abs().max())
         assert bool((tight.nfe > r.nfe).all())
@@ -194,10 +198,10 @@ def test_hutchinson_on_the_closed_form_agrees_within_four_standard_errors():
     oracle = gaussian_oracle(sigmas)
     logp = closed_form(x0, sigmas)[0]
     rad = torch.cat([divergence_probe(0, index[:n], d, shape, "rademacher") for d in range(draws)])
-    r = ode_log_likelihood(oracle, x0, sigmas, probe=rad, network_dtype=torch.float64)
+    r = solve(oracle, x0, sigmas, probe=rad, network_dtype=torch.float64)
     assert float(((r.log_prob - logp).abs() / (D * LN2)).max()) < CLOSED_FORM_BPD_TOL
     gauss = torch.cat([divergence_probe(0, index[:n], d, shape, "gaussian") for d in range(draws)])
-    r = ode_log_likelihood(oracle, x0, sigmas, probe=gauss, network_dtype=torch.float64)
+    r = solve(oracle, x0, sigmas, probe=gauss, network_dtype=torch.float64)
     diff = (r.log_prob - logp).numpy()
     se = diff.std(ddof=1) / math.sqrt(len(diff))
     assert abs(diff.mean()) < 4 * se, (diff.mean(), se)
@@ -209,7 +213,7 @@ def test_float32_network_call_costs_little_against_the_closed_form():
     x0 = gaussian_data(2, (1, 4, 4), seed=4)
     oracle = gaussian_oracle(sigmas)
     # default network_dtype: x reaches the network as float32; here the output is float32 too, as a network's
-    r = ode_log_likelihood(lambda x, s: oracle(x, s).to(x.dtype), x0, sigmas)
+    r = solve(lambda x, s: oracle(x, s).to(x.dtype), x0, sigmas)
     err_bpd = (r.log_prob - closed_form(x0, sigmas)[0]).abs() / (16 * LN2)
     assert float(err_bpd.max()) < CLOSED_FORM_BPD_TOL  # measured 0.9e-4, as with a float64 network
 
@@ -223,10 +227,10 @@ def test_hutchinson_is_unbiased_on_a_nonlinear_network(kind):
     shape, n, draws = (1, 4, 4), 2, 256
     net = TinyNet(1, 100, seed=5)
     x0 = gaussian_data(n, shape, seed=6)
-    exact = ode_log_likelihood(net, x0, sigmas, network_dtype=torch.float64, rtol=1e-6, atol=1e-6)
+    exact = solve(net, x0, sigmas, network_dtype=torch.float64, rtol=1e-6, atol=1e-6)
     index = torch.arange(n).repeat(draws)
     probe = torch.cat([divergence_probe(7, index[:n], d, shape, kind) for d in range(draws)])
-    est = ode_log_likelihood(net, x0.repeat(draws, 1, 1, 1), sigmas, probe=probe, network_dtype=torch.float64,
+    est = solve(net, x0.repeat(draws, 1, 1, 1), sigmas, probe=probe, network_dtype=torch.float64,
                              rtol=1e-6, atol=1e-6)
     div = est.divergence.reshape(draws, n)
     mean, se = div.mean(0), div.std(0) / math.sqrt(draws)
@@ -248,21 +252,21 @@ def test_an_images_result_does_not_depend_on_its_batch():
     x0 = gaussian_data(8, shape, seed=8)
     x0[5] *= 3.0  # an outlier that needs more steps than the others
     oracle = gaussian_oracle(sigmas)
-    batch = ode_log_likelihood(oracle, x0, sigmas, network_dtype=torch.float64)
+    batch = solve(oracle, x0, sigmas, network_dtype=torch.float64)
     assert len(set(batch.nfe.tolist())) > 1  # the rows did take different numbers of steps
     for j in (0, 5):  # float64 elementwise oracle: the same bits
-        alone = ode_log_likelihood(oracle, x0[j:j + 1], sigmas, network_dtype=torch.float64)
+        alone = solve(oracle, x0[j:j + 1], sigmas, network_dtype=torch.float64)
         assert torch.equal(alone.log_prob[0], batch.log_prob[j]) and alone.nfe[0] == batch.nfe[j]
     # Hutchinson probes of the rows, computed for the row alone
     probe = divergence_probe(9, torch.arange(8), 0, shape)
-    batch = ode_log_likelihood(oracle, x0, sigmas, probe=probe, network_dtype=torch.float64)
-    pair = ode_log_likelihood(oracle, x0[[5, 2]], sigmas, probe=divergence_probe(9, torch.tensor([5, 2]), 0, shape),
+    batch = solve(oracle, x0, sigmas, probe=probe, network_dtype=torch.float64)
+    pair = solve(oracle, x0[[5, 2]], sigmas, probe=divergence_probe(9, torch.tensor([5, 2]), 0, shape),
                               network_dtype=torch.float64)
     assert torch.equal(pair.log_prob, batch.log_prob[[5, 2]]) and torch.equal(pair.nfe, batch.nfe[[5, 2]])
     # a nonlinear conv network, exact divergence, batch [a, b] against [a] alone: float rounding at most
     net = TinyNet(1, 1000, seed=10)
-    two = ode_log_likelihood(net, x0[[0, 5]], sigmas, network_dtype=torch.float64)
-    one = ode_log_likelihood(net, x0[[0]], sigmas, network_dtype=torch.float64)
+    two = solve(net, x0[[0, 5]], sigmas, network_dtype=torch.float64)
+    one = solve(net, x0[[0]], sigmas, network_dtype=torch.float64)
     torch.testing.assert_close(one.log_prob[0], two.log_prob[0], rtol=1e-9, atol=0)
     assert one.nfe[0] == two.nfe[0]
 
@@ -302,7 +306,7 @@ def test_dequantized_bits_per_dim_of_integer_data(convention):
     bpd = []
     for d in range(draws):
         x0 = dequantize(v, dequantization_noise(12, index, d, shape), convention)
-        res = ode_log_likelihood(gaussian_oracle(sigmas), x0, sigmas,
+        res = solve(gaussian_oracle(sigmas), x0, sigmas,
                                  probe=divergence_probe(12, index, d, shape), network_dtype=torch.float64)
         parts = bits_per_dim_parts(res, D, convention)
         torch.testing.assert_close(parts[BPD], parts[PRIOR_BPD] + parts[DIVERGENCE_BPD] + parts[DEQUANTIZATION_BPD],

@@ -26,6 +26,7 @@ from ddpm_bench.errors import UserError
 from ddpm_bench.estimators.base import Estimator, Progress
 from ddpm_bench.network import Network
 from ddpm_bench.noise import check_draws, check_seed
+from ddpm_bench.noise_level import fractional_index, noise_level_at, noise_levels
 from ddpm_bench.outputs import (
     PER_IMAGE_FILE,
     NllOutput,
@@ -40,13 +41,12 @@ from ddpm_bench.probability_flow import (
     DIVERGENCE_BPD,
     PRIOR_BPD,
     PROBE_KINDS,
+    EpsFn,
     bits_per_dim_offset,
     bits_per_dim_parts,
     dequantization_noise,
     dequantize,
     divergence_probe,
-    noise_level_at,
-    noise_levels,
     ode_log_likelihood,
 )
 from ddpm_bench.shards import atomic_write_npz
@@ -144,6 +144,27 @@ class OdePerImage:
         return cls(**got, run_id=run_id)
 
 
+def eps_in_sigma(network: Network) -> tuple[EpsFn, float, float]:
+    """The model's eps as the ODE takes it, a function of (x, sigma) with sigma = exp(gamma / 2), and its
+    range [sigma_min, sigma_max]: a discrete model's between its first and last step (at the fractional
+    index of sigma, its x0 or v converted with abar = 1 / (1 + sigma^2)), a continuous one's over its own."""
+    if network.convention.continuous:
+        gamma_min, gamma_max = network.gamma_range()
+
+        def eps_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            return network.eps(x, 2.0 * torch.log(sigma))
+
+        return eps_fn, math.exp(0.5 * gamma_min), math.exp(0.5 * gamma_max)
+    sigmas = noise_levels(network.diffusion.schedule().alphas_cumprod).to(network.device)
+
+    def discrete_eps(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = fractional_index(sigma, sigmas)
+        abar = 1.0 / (1.0 + noise_level_at(s, sigmas).square())
+        return network.predict_eps(x, s, abar)
+
+    return discrete_eps, float(sigmas[0]), float(sigmas[-1])
+
+
 class Ode(Estimator):
     NAME = "ode"
     QUANTITY = "likelihood"
@@ -157,20 +178,28 @@ class Ode(Estimator):
     def __init__(self, options: OdeOptions):
         super().__init__(options)
         self._nfe_per_image: float | None = None  # from a dry run's probe
+        self._noise: str | None = None  # a continuous model's noise levels, in words (`check`)
 
     def check(self, network: Network, images: ImageSet) -> None:
         d = network.diffusion
-        if d.mean_type == "mu":
-            raise UserError("--ode: mean type 'mu' predicts the mean of one discrete step; it defines no eps at the "
-                            "continuous noise levels the ODE visits")
-        if not network.model.fractional_steps:
-            raise UserError(f"--ode: the model {network.identity.origin} takes only integer network indices; the ODE "
-                            "calls it at fractional ones (a plug-in says it can with an attribute fractional_steps = "
-                            "True on what its factory returns)")
-        try:
-            noise_levels(d.schedule().alphas_cumprod)
-        except ValueError as e:
-            raise UserError(f"--ode: the {d.beta_schedule} schedule: {e}") from None
+        self._noise = None
+        if network.convention.continuous:
+            gamma_min, gamma_max = network.gamma_range()
+            self._noise = (f"sigma = exp(gamma / 2), gamma in [{gamma_min:.6g}, {gamma_max:.6g}], the model's own range "
+                           f"(noise_input {network.convention.noise_input!r}, prediction "
+                           f"{network.convention.prediction!r})")
+        else:
+            if d.mean_type == "mu":
+                raise UserError("--ode: mean type 'mu' predicts the mean of one discrete step; it defines no eps at "
+                                "the continuous noise levels the ODE visits")
+            if not network.model.fractional_steps:
+                raise UserError(f"--ode: the model {network.identity.origin} takes only integer network indices; the "
+                                "ODE calls it at fractional ones (a plug-in says it can with an attribute "
+                                "fractional_steps = True on what its factory returns)")
+            try:
+                noise_levels(d.schedule().alphas_cumprod)
+            except ValueError as e:
+                raise UserError(f"--ode: the {d.beta_schedule} schedule: {e}") from None
         D = math.prod(images.shape)
         if self.options.divergence == "exact" and D > EXACT_MAX_DIMS:
             raise UserError(f"--divergence exact needs {D} vector-Jacobian products per evaluation for images of "
@@ -202,17 +231,12 @@ class Ode(Estimator):
         """One draw of every image: its bits/dim parts and evaluations."""
         o = self.options
         device = network.device
-        sigmas = noise_levels(network.diffusion.schedule().alphas_cumprod).to(device)
         shape = tuple(images.shape[1:])
         u = dequantization_noise(o.seed, index, draw, shape).to(device)
         x0 = dequantize(images.to(device), u, o.dequantization)
         probe = None if o.divergence == "exact" else divergence_probe(o.seed, index, draw, shape, o.divergence).to(device)
-
-        def eps_fn(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-            abar = 1.0 / (1.0 + noise_level_at(s, sigmas).square())
-            return network.predict_eps(x, s, abar)
-
-        result = ode_log_likelihood(eps_fn, x0, sigmas, probe=probe, rtol=o.rtol, atol=o.atol)
+        eps_fn, sigma_min, sigma_max = eps_in_sigma(network)
+        result = ode_log_likelihood(eps_fn, x0, sigma_min, sigma_max, probe=probe, rtol=o.rtol, atol=o.atol)
         parts = bits_per_dim_parts(result, math.prod(shape), o.dequantization)
         return {BPD: parts[BPD].cpu().numpy(), PRIOR_BPD: parts[PRIOR_BPD].cpu().numpy(),
                 DIVERGENCE_BPD: parts[DIVERGENCE_BPD].cpu().numpy(), "nfe": result.nfe.cpu().numpy()}
@@ -245,8 +269,9 @@ class Ode(Estimator):
         per_image = OdePerImage(bpd=bpd, prior_bpd=merged[PRIOR_BPD], divergence_bpd=merged[DIVERGENCE_BPD],
                                 nfe=merged["nfe"].astype(np.int64), index=merged["index"], run_id=common["run_id"])
         settings = {**asdict(o), "solver": "Dormand-Prince 5(4), step size per image",
-                    "time": "sigma = sqrt((1 - abar) / abar), network index interpolated in log sigma",
-                    "prior": "N(0, (1 + sigma_max^2) I) in y = x / sqrt(abar), the DDPM prior N(0, I) at step T"}
+                    "time": self._noise or "sigma = sqrt((1 - abar) / abar), network index interpolated in log sigma",
+                    "prior": "N(0, (1 + sigma_max^2) I) in y = x / sqrt(abar), the DDPM prior N(0, I) at step T"
+                    if self._noise is None else "N(0, (1 + sigma_max^2) I) in y = z / alpha: N(0, I) in z at gamma_max"}
         summary = OdeSummary(**common, total_bpd=float(bpd.mean()), total_bpd_stderr=stderr_of_mean(bpd),
                              prior_bpd=float(merged[PRIOR_BPD].mean()),
                              divergence_bpd=float(merged[DIVERGENCE_BPD].mean()),

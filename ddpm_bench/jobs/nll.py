@@ -27,9 +27,11 @@ from ddpm_bench.dry_run import DryRun, DryRunStage
 from ddpm_bench.errors import UserError
 from ddpm_bench.estimators import ESTIMATORS, make_estimator
 from ddpm_bench.estimators.base import Estimator
+from ddpm_bench.fingerprint import run_fingerprint
 from ddpm_bench.messages import note, warn
+from ddpm_bench.models.formats import load_network
 from ddpm_bench.models.spec import ModelSpec
-from ddpm_bench.network import Execution, Network, load_network
+from ddpm_bench.network import Execution, Network
 from ddpm_bench.outputs import NllOutput, OutputFileError
 from ddpm_bench.probe import timed
 from ddpm_bench.provenance import environment
@@ -112,7 +114,7 @@ def _run_nll(job: NllJob, estimator: Estimator) -> NllOutput | DryRun | None:
             note(f"{len(images)} images x {what} = {evals:,} network evaluations; {switch('dry_run')} gives an ETA")
         if run.out is not None:
             rd = run_dir.claim_collective(run.out, COMMAND, identity, force=run.force,
-                                          fingerprint=network.run_fingerprint(images.shape) if main else None)
+                                          fingerprint=run_fingerprint(network, images.shape) if main else None)
     estimator.setup(network, images, rd, batch_size)
     plan = ShardPlan(len(images), job.shard_size)
     if rd is None:

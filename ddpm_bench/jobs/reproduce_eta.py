@@ -26,10 +26,11 @@ from ddpm_bench.jobs.fid import reference_is_cached
 from ddpm_bench.jobs.nll import probe_seconds_per_eval
 from ddpm_bench.jobs.sample import DEFAULT_BATCH_SIZE as SAMPLE_BATCH_SIZE
 from ddpm_bench.losses import training_loss
+from ddpm_bench.models.formats import load_network
 from ddpm_bench.models.loaded import LoadedModel
 from ddpm_bench.models.registry import build_model
 from ddpm_bench.models.spec import ModelSpec
-from ddpm_bench.network import Execution, Network, load_network
+from ddpm_bench.network import Execution, Network
 from ddpm_bench.probe import REPEATS, timed
 from ddpm_bench.variational_bound import default_pairs_per_call
 

@@ -24,9 +24,11 @@ from ddpm_bench import distributed, run_dir
 from ddpm_bench.arguments import given, named
 from ddpm_bench.dry_run import DryRun, DryRunStage
 from ddpm_bench.errors import UserError
+from ddpm_bench.fingerprint import run_fingerprint
 from ddpm_bench.messages import note, warn
+from ddpm_bench.models.formats import load_network
 from ddpm_bench.models.spec import ModelSpec
-from ddpm_bench.network import Execution, Network, load_network
+from ddpm_bench.network import Execution, Network
 from ddpm_bench.outputs import OutputFileError, SampleManifest, record_files, sample_shard_name, verify_files
 from ddpm_bench.probe import timed
 from ddpm_bench.provenance import environment
@@ -269,7 +271,7 @@ def _run_sample(job: SampleJob) -> SampleResult | DryRun | None:
         identity = sample_identity(network, job.options, process, shape, job.num, job.shard_size)
         if run.out is not None and not run.dry_run:
             rd = run_dir.claim_collective(run.out, COMMAND, identity, force=run.force,
-                                          fingerprint=network.run_fingerprint(shape) if main else None)
+                                          fingerprint=run_fingerprint(network, shape) if main else None)
     work = _Sampling(job, network, process, shape)
     plan = work.plan
     if run.dry_run:

@@ -21,6 +21,7 @@ from ddpm_bench.errors import UserError
 from ddpm_bench.models.formats import checkpoint, diffusers_dir, hub, iddpm, packaged, plugin
 from ddpm_bench.models.loaded import LoadedModel
 from ddpm_bench.models.spec import ModelSpec
+from ddpm_bench.network import Execution, Network
 
 FORMATS: tuple[ModuleType, ...] = (plugin, packaged, iddpm, hub, checkpoint, diffusers_dir)
 
@@ -63,3 +64,8 @@ def format_of(spec: ModelSpec) -> ModuleType:
 def load_model(spec: ModelSpec) -> LoadedModel:
     """The model `spec` names, loaded on the CPU by its format."""
     return format_of(spec).load(spec)
+
+
+def load_network(model: ModelSpec | Network, execution: Execution | None = None) -> Network:
+    """A ready Network as it is, or the model a spec names run with `execution`."""
+    return model if isinstance(model, Network) else Network(load_model(model), execution or Execution())
