@@ -10,6 +10,7 @@ estimators (`ddpm_bench.estimators`: `register`, `ESTIMATORS`) and of model form
 from ddpm_bench import estimators
 from ddpm_bench.api import (
     BoundOptions,
+    ContinuousOptions,
     DiffusionConfig,
     DryRun,
     EstimatorOptions,
@@ -46,7 +47,7 @@ from ddpm_bench.messages import DdpmBenchWarning
 from ddpm_bench.models import formats
 from ddpm_bench.version import __version__
 
-__all__ = ["BoundOptions", "DdpmBenchWarning", "DiffusionConfig", "DryRun", "EstimatorOptions", "Execution",
+__all__ = ["BoundOptions", "ContinuousOptions", "DdpmBenchWarning", "DiffusionConfig", "DryRun", "EstimatorOptions", "Execution",
            "FidMetrics", "FidOptions", "GapResult", "ImportanceOptions", "Network", "NllOutput", "OdeOptions", "OutOfMemory",
            "RateDistortionCurve", "ReportResult", "ReproduceResult", "SampleResult", "SamplerOptions", "TrainResult",
            "UserError", "__version__", "bound", "estimator_options", "estimators", "fid", "fid_from_features",

@@ -38,6 +38,7 @@ from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.dry_run import DryRun
 from ddpm_bench.errors import OutOfMemory, UserError
 from ddpm_bench.estimators import ESTIMATORS, read_output
+from ddpm_bench.estimators.continuous import ContinuousOptions
 from ddpm_bench.estimators.ode import OdeOptions
 from ddpm_bench.failures import is_out_of_memory
 from ddpm_bench.jobs.fid import FidJob, run_fid
@@ -62,7 +63,7 @@ from ddpm_bench.variational_bound import BoundOptions, ImportanceOptions
 
 ModelLike = Network | ModelSpec | str | os.PathLike | torch.nn.Module | Callable
 ImagesLike = ImageSet | DataSpec | str | os.PathLike | np.ndarray | torch.Tensor
-EstimatorOptions = BoundOptions | ImportanceOptions | OdeOptions  # or a registered estimator's options
+EstimatorOptions = BoundOptions | ImportanceOptions | OdeOptions | ContinuousOptions  # or a registered estimator's
 NllSource = NllOutput | str | os.PathLike
 MAX_SAMPLES = 10_000_000  # more samples than this cannot be meant (the paper's protocol: 50,000)
 MAX_IMAGE_SIZE = 4096  # pixels a side
@@ -234,7 +235,8 @@ def bound(model: ModelLike, images: ImagesLike, *, terms: int | None = None, see
     per image), the importance-sampled bound with `terms=K` (K + 1 per image, plus a 4-image exact pilot
     that sets the proposal unless `proposal=` gives an exact output, on disk or in memory, of the same model),
     or the estimator whose options object `options` is (`OdeOptions()`: the probability-flow ODE likelihood;
-    then the other settings go inside it). `model` is a Network or anything `load_model` takes; `execution`
+    `ContinuousOptions()`: the continuous-time bound, `draws` gamma draws per image; the other settings
+    then go inside it). `model` is a Network or anything `load_model` takes; `execution`
     says how it runs. Returns the typed output (`.total_bpd`, `.total_bpd_stderr`, `.per_image`,
     `.identity`), written to `out` when given; with `dry_run`, what it would cost (`DryRun`)."""
     options = estimator_options(options, terms=terms, seed=seed, draws=draws, clip=clip, decoder_cdf=decoder_cdf,
@@ -452,7 +454,7 @@ def inspect(source: str | os.PathLike | None = None, *, recipe: str | os.PathLik
     return inspect_recipe(os.fspath(recipe), list(set))
 
 
-__all__ = ["BoundOptions", "DiffusionConfig", "DryRun", "EstimatorOptions", "Execution", "FidMetrics", "FidOptions",
+__all__ = ["BoundOptions", "ContinuousOptions", "DiffusionConfig", "DryRun", "EstimatorOptions", "Execution", "FidMetrics", "FidOptions",
            "GapResult", "ImportanceOptions", "Network", "NllOutput", "OdeOptions", "RateDistortionCurve",
            "ReportResult", "ReproduceResult", "SampleResult", "SamplerOptions", "TrainResult", "bound",
            "estimator_options", "fid", "fid_from_features", "gap", "inspect", "load_model", "rate_distortion",

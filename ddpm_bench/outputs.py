@@ -254,8 +254,8 @@ class NllSummary(OfModel, JsonOutput):
 
     def check(self, path: Path) -> None:
         model_sha256_of(self.model, path)
-        if self.n_images < 1 or self.T < 1 or self.dims < 1:
-            raise OutputFileError(f"{path}: fields 'n_images', 'T', 'dims' must be >= 1")
+        if self.n_images < 1 or self.T < 0 or self.dims < 1:  # T = 0: a model of continuous time (VDM's word)
+            raise OutputFileError(f"{path}: fields 'n_images', 'dims' must be >= 1 and 'T' >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -40,11 +40,12 @@ def per_image(out):
         return {k: z[k] for k in z.files}
 
 
-def closed_form_bpd(images: np.ndarray, seed: int = 0, mu: float = 0.1, s: float = 0.5, T: int = 100) -> np.ndarray:
+def closed_form_bpd(images: np.ndarray, seed: int = 0, mu: float = 0.1, s: float = 0.5, T: int = 100,
+                    sigma_range: tuple[float, float] | None = None) -> np.ndarray:
     """bits/dim of each image under the Gaussian oracle's ODE (docs/likelihood.md), with the same
-    dequantization noise as the command."""
+    dequantization noise as the command; over the levels of a linear schedule of T steps, or `sigma_range`."""
     sigmas = noise_levels(make_schedule("linear", T).alphas_cumprod)
-    smin, smax = float(sigmas[0]), float(sigmas[-1])
+    smin, smax = (float(sigmas[0]), float(sigmas[-1])) if sigma_range is None else sigma_range
     v = torch.from_numpy(images).permute(0, 3, 1, 2)
     u = dequantization_noise(seed, torch.arange(len(images)), 0, tuple(v.shape[1:]))
     x0 = dequantize(v, u).flatten(1).numpy()

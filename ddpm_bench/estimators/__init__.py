@@ -7,6 +7,7 @@ estimator is one module (an `Estimator`, ddpm_bench/estimators/base.py) and one 
 | exact | the variational bound, every term of every image | exact.py |
 | importance | the same bound's expectation from K drawn terms per image | importance.py |
 | ode | the probability-flow ODE likelihood (a likelihood, not a bound) | ode.py |
+| continuous | the continuous-time bound (VDM) of any model: prior, reconstruction, diffusion | continuous.py |
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ddpm_bench.estimators.base import Estimator
+from ddpm_bench.estimators.continuous import Continuous
 from ddpm_bench.estimators.exact import Exact
 from ddpm_bench.estimators.importance import Importance
 from ddpm_bench.estimators.ode import Ode
@@ -32,7 +34,7 @@ def register(cls: type[Estimator]) -> type[Estimator]:
     return cls
 
 
-for _row in (Exact, Importance, Ode):
+for _row in (Exact, Importance, Ode, Continuous):
     register(_row)
 
 

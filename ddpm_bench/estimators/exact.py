@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddpm_bench.arguments import say
+from ddpm_bench.errors import UserError
 from ddpm_bench.estimators.base import Estimator, Progress
 from ddpm_bench.network import Network
 from ddpm_bench.outputs import BoundSummary, NllOutput, NllSummary, PerImage, stderr_of_mean
@@ -23,6 +25,15 @@ class Exact(Estimator):
     RATE_DISTORTION = True
     SUMMARY = BoundSummary
     PER_IMAGE = PerImage
+
+    def check(self, network: Network, images) -> None:
+        """The discrete bound needs a model of discrete steps."""
+        c = network.convention
+        if c.continuous:
+            raise UserError(f"model {network.identity.origin} takes a continuous noise level ({c.noise_input!r}): "
+                            "the discrete bound has no steps to evaluate it at; " +
+                            say("use --continuous (the continuous-time bound) or --ode",
+                                "use options=ContinuousOptions() (the continuous-time bound) or OdeOptions()"))
 
     def evaluations_per_image(self, T: int) -> int:
         return T * self.options.draws

@@ -52,6 +52,7 @@ class Importance(Exact):
         self._T = 0
 
     def check(self, network: Network, images: ImageSet) -> None:
+        super().check(network, images)
         T = network.diffusion.T
         if self.options.terms > T - 1:
             raise UserError(f"{given('terms', self.options.terms)}: more than the T - 1 = {T - 1} KL terms; leave "

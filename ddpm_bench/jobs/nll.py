@@ -100,7 +100,7 @@ def _run_nll(job: NllJob, estimator: Estimator) -> NllOutput | DryRun | None:
     rd = None
     with run_dir.phase():  # every rank: inputs and the estimator's part of the identity; rank 0 claims --out
         network = load_network(job.model, job.execution)
-        if main and (w := prior_warning(network.diffusion.schedule())):
+        if main and not network.convention.continuous and (w := prior_warning(network.diffusion.schedule())):
             warn(w)
         images = load_data(job.data)
         check_image_shape(network, images)
@@ -171,7 +171,7 @@ def common_fields(run_id: str, network: Network, images: ImageSet, estimator: Es
                   batch_size: int) -> dict:
     """The summary fields every estimator shares."""
     c, h, w = images.shape
-    n, T = len(images), network.diffusion.T
+    n, T = len(images), 0 if network.convention.continuous else network.diffusion.T  # 0: continuous time
     return {
         "run_id": run_id, "estimator": estimator.NAME, "quantity": estimator.QUANTITY, "n_images": n,
         "dims": c * h * w, "T": T, "data": images.source, "data_sha256": images.sha256,

@@ -261,6 +261,9 @@ def _run_sample(job: SampleJob) -> SampleResult | DryRun | None:
     rd = None
     with run_dir.phase():  # every rank: inputs; rank 0 claims --out
         network = load_network(job.model, job.execution)
+        if network.convention.continuous:
+            raise UserError(f"model {network.identity.origin} takes a continuous noise level "
+                            f"({network.convention.noise_input!r}); ddpm-bench samples models of discrete steps only")
         if main and (w := prior_warning(network.diffusion.schedule())):
             warn(w)
         try:

@@ -1,0 +1,162 @@
+"""The continuous-time bound (`nll --continuous`) on closed forms: every part unbiased for models of every
+noise convention, the same numbers whatever the convention, the ODE likelihood of each convention against
+its closed form, and the lifecycle (command = API, batch size, restart, refusals)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ddpm_bench
+from ddpm_bench.cli import main
+from ddpm_bench.noise_level import continuous_schedule
+from tests.continuous_oracles import GammaOracle, SigmaOracle, TimeOracle, gaussian_images, parts_nats
+from tests.test_ode_likelihood import closed_form_bpd
+
+LN2 = math.log(2.0)
+RANGE = (-8.0, 6.0)  # the gamma range of the oracles compared across conventions
+N, K = 24, 8  # images, draws per image
+
+
+@pytest.fixture(scope="module")
+def images():
+    return gaussian_images(N)
+
+
+def bits(nats, D):
+    return nats / (D * LN2)
+
+
+def z_scores(result, v, gamma_min, gamma_max) -> dict[str, float]:
+    """(estimate - expectation) / its standard error over images, per part; the prior exactly."""
+    D = v[0].size
+    want = parts_nats(v, gamma_min, gamma_max)
+    p = result.per_image
+    out = {}
+    for name, got in (("reconstruction", p.reconstruction_bpd), ("diffusion", p.diffusion_bpd)):
+        d = got - bits(want[name], D)
+        out[name] = float(d.mean() / (d.std(ddof=1) / math.sqrt(len(d))))
+    np.testing.assert_allclose(p.prior_bpd, bits(want["prior"], D), rtol=1e-10, atol=1e-15)
+    return out
+
+
+def bound(model, images, **options):
+    return ddpm_bench.bound(ddpm_bench.load_model(model), images,
+                            options=ddpm_bench.ContinuousOptions(draws=K, **options))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: GammaOracle(*RANGE),
+    lambda: TimeOracle("vdm-linear", gamma_min=RANGE[0], gamma_max=RANGE[1]),
+    lambda: SigmaOracle(*RANGE),
+], ids=["gamma", "t-vdm-linear", "sigma-edm"])
+def test_every_part_is_unbiased_and_every_convention_gives_the_same_numbers(images, make):
+    result = bound(make(), images)
+    assert (result.summary.gamma_min, result.summary.gamma_max) == RANGE
+    z = z_scores(result, images, *RANGE)
+    assert all(abs(v) < 4 for v in z.values()), z
+    reference = bound(GammaOracle(*RANGE), images)
+    np.testing.assert_allclose(result.per_image.bpd, reference.per_image.bpd, rtol=1e-6)
+    np.testing.assert_array_equal(result.per_image.gamma, reference.per_image.gamma)
+
+
+@pytest.mark.parametrize("schedule", ["vp-linear", "cosine"])
+def test_a_t_model_of_each_named_schedule_over_its_own_range(images, schedule):
+    sched = continuous_schedule(schedule)
+    lo, hi = float(sched.gamma(torch.tensor(sched.t_min))), float(sched.gamma(torch.tensor(sched.t_max)))
+    result = bound(TimeOracle(schedule), images)
+    assert result.summary.gamma_min == pytest.approx(lo, abs=1e-12) and result.summary.gamma_max == pytest.approx(hi)
+    z = z_scores(result, images, lo, hi)
+    assert all(abs(v) < 4 for v in z.values()), z
+    np.testing.assert_allclose(result.per_image.bpd, bound(GammaOracle(lo, hi), images).per_image.bpd, rtol=1e-6)
+
+
+def test_a_proposal_from_a_pilot_or_an_earlier_output_stays_unbiased_and_lowers_the_variance(images):
+    uniform = bound(GammaOracle(*RANGE), images)
+    pilot = bound(GammaOracle(*RANGE), images, pilot=4)
+    assert pilot.summary.continuous["proposal"]["from"] == "pilot"
+    assert pilot.summary.network_evals == N * K + 4 * 64
+    earlier = bound(GammaOracle(*RANGE), images, proposal=uniform)
+    for r in (pilot, earlier):
+        z = z_scores(r, images, *RANGE)
+        assert all(abs(v) < 4 for v in z.values()), z
+    spread = [r.per_image.diffusion_bpd.std() for r in (uniform, pilot, earlier)]
+    assert spread[1] < spread[0] and spread[2] < spread[0], spread
+
+
+def test_the_estimator_can_fail_a_model_that_is_off(images):
+    """An oracle whose eps is off by 0.2 everywhere: its diffusion part is well outside 4 standard errors of
+    the true one (it is the bound of another model)."""
+
+    class Off(GammaOracle):
+        def forward(self, z, gamma):
+            return super().forward(z, gamma) + 0.2
+
+    z = z_scores(bound(Off(*RANGE), images), images, *RANGE)
+    assert abs(z["diffusion"]) > 4, z
+
+
+def test_the_ode_likelihood_of_every_convention_is_its_closed_form():
+    v = gaussian_images(3, size=4, seed=3)
+    lo, hi = RANGE
+    want = closed_form_bpd(v, sigma_range=(math.exp(lo / 2), math.exp(hi / 2)))
+    for model in (GammaOracle(lo, hi), TimeOracle("vdm-linear", gamma_min=lo, gamma_max=hi), SigmaOracle(lo, hi)):
+        got = ddpm_bench.bound(ddpm_bench.load_model(model), v, options=ddpm_bench.OdeOptions(divergence="exact"))
+        np.testing.assert_allclose(got.per_image.bpd, want, atol=2e-3)
+
+
+def test_a_discrete_model_has_a_continuous_bound_beside_its_discrete_one_never_compared(tmp_path, capsys):
+    data = tmp_path / "d.npz"
+    np.savez(data, gaussian_images(6, size=4, seed=1))
+    other = tmp_path / "e.npz"
+    np.savez(other, gaussian_images(6, size=4, seed=2))
+    model = ["--model", "tests/plugins.py:gaussian_oracle_T100", "--T", "100"]
+    assert main(["nll", *model, "--data", str(data), "--continuous", "--draws", "4", "--no-progress",
+                 "--out", str(tmp_path / "c")]) == 0
+    assert main(["nll", *model, "--data", str(other), "--no-progress", "--out", str(tmp_path / "x")]) == 0
+    s = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert s["estimator"] == "continuous" and s["quantity"] == "bound" and s["T"] == 100
+    assert {"prior_bpd", "reconstruction_bpd", "diffusion_bpd", "gamma_min", "gamma_max", "draws"} <= set(s)
+    capsys.readouterr()
+    assert main(["gap", str(tmp_path / "c"), str(tmp_path / "x")]) == 2
+    assert "differ in what they estimate" in capsys.readouterr().err
+    assert main(["rate-distortion", str(tmp_path / "c"), "--out", str(tmp_path / "rd")]) == 2
+    assert "need every term" in capsys.readouterr().err
+
+
+def test_batch_size_restart_and_the_api_give_the_same_bits(tmp_path):
+    v = gaussian_images(7, size=4, seed=4)
+    data = tmp_path / "d.npz"
+    np.savez(data, v)
+    args = ["nll", "--model", "tests/plugins.py:gaussian_oracle_T100", "--T", "100", "--data", str(data),
+            "--continuous", "--draws", "3", "--no-progress", "--shard-size", "2"]
+    assert main([*args, "--batch-size", "1", "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--batch-size", "5", "--out", str(tmp_path / "b")]) == 0
+    a, b = (ddpm_bench.read_output(tmp_path / n) for n in "ab")
+    np.testing.assert_allclose(a.per_image.bpd, b.per_image.bpd, rtol=1e-6)
+    np.testing.assert_array_equal(a.per_image.gamma, b.per_image.gamma)
+    (tmp_path / "b" / "summary.json").unlink()  # a kill after the shards
+    (tmp_path / "b" / "shards" / "nll_000001.npz").unlink()
+    assert main([*args, "--batch-size", "5", "--out", str(tmp_path / "b")]) == 0
+    assert np.array_equal(ddpm_bench.read_output(tmp_path / "b").per_image.bpd, b.per_image.bpd)
+    from tests.plugins import gaussian_oracle_T100
+
+    api = ddpm_bench.bound(ddpm_bench.load_model(gaussian_oracle_T100(), diffusion={"T": 100}), v,
+                           options=ddpm_bench.ContinuousOptions(draws=3), shard_size=2, batch_size=5)
+    assert np.array_equal(api.per_image.bpd, b.per_image.bpd)
+
+
+def test_continuous_models_are_refused_where_they_have_no_steps(images, capsys, tmp_path):
+    model = ddpm_bench.load_model(GammaOracle(*RANGE))
+    with pytest.raises(ddpm_bench.UserError, match="takes a continuous noise level .* options=ContinuousOptions"):
+        ddpm_bench.bound(model, images)
+    with pytest.raises(ddpm_bench.UserError, match="samples models of discrete steps only"):
+        ddpm_bench.sample(model, 2, image_size=8)
+    no_range = GammaOracle(*RANGE)
+    no_range.gamma_min = None
+    with pytest.raises(ddpm_bench.UserError, match="noise_input 'gamma' needs the range"):
+        ddpm_bench.load_model(no_range)
