@@ -25,6 +25,7 @@ else:  # pragma: no cover
 from ddpm_bench.defaults import MAX_GAP
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import ConfigError, UserError
+from ddpm_bench.estimators.continuous import ContinuousOptions
 from ddpm_bench.estimators.ode import OdeOptions
 from ddpm_bench.metrics.protocol import FidOptions
 from ddpm_bench.models.unet_config import ModelConfig
@@ -168,6 +169,21 @@ class OdeStage:
 
 
 @dataclass(frozen=True)
+class ContinuousStage:
+    """[evaluation.continuous]: the continuous-time bound of train and test images (`ddpm-bench nll
+    --continuous`), beside the discrete bound; 0 images (the default) leaves it out."""
+
+    options: ContinuousOptions = field(default_factory=ContinuousOptions)
+    execution: StageExecution = field(default_factory=StageExecution)
+    train_images: int = 0
+    test_images: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.train_images, self.test_images) < 0:
+            raise ValueError("train_images and test_images must be >= 0 (0: no continuous bound)")
+
+
+@dataclass(frozen=True)
 class SampleStage:
     """[evaluation.sample]: the samples for FID/IS and the figures (`ddpm-bench sample`)."""
 
@@ -189,7 +205,7 @@ class FidStage:
     execution: StageExecution = field(default_factory=StageExecution)
 
 
-STAGES = (NllStage, OdeStage, SampleStage, FidStage)
+STAGES = (NllStage, OdeStage, ContinuousStage, SampleStage, FidStage)
 
 
 @dataclass(frozen=True)
@@ -203,6 +219,7 @@ class EvalConfig:
     max_gap: float = MAX_GAP
     nll: NllStage = field(default_factory=NllStage)
     ode: OdeStage = field(default_factory=OdeStage)
+    continuous: ContinuousStage = field(default_factory=ContinuousStage)
     sample: SampleStage = field(default_factory=SampleStage)
     fid: FidStage = field(default_factory=FidStage)
 
@@ -267,8 +284,9 @@ class RunConfig:
         takes."""
         d = {name: asdict(getattr(self, name)) for name in SECTIONS if name != "evaluation"}
         ev = self.evaluation
-        d["evaluation"] = {"test_data": ev.test_data, "max_gap": ev.max_gap,
-                           **{name: stage_to_dict(getattr(ev, name)) for name in ("nll", "ode", "sample", "fid")}}
+        stages = ("nll", "ode", "sample", "fid") + (("continuous",) if ev.continuous != ContinuousStage() else ())
+        d["evaluation"] = {"test_data": ev.test_data, "max_gap": ev.max_gap,  # a stage not asked for: as before it
+                           **{name: stage_to_dict(getattr(ev, name)) for name in stages}}
         return json.loads(json.dumps(d))
 
 

@@ -771,6 +771,8 @@ class ReproduceLayout(TrainLayout):
     gap_nll_test = Under("gap_nll_test")
     ode_train = Under("ode_train")  # the probability-flow ODE likelihoods of `[evaluation.ode]`
     ode_test = Under("ode_test")
+    continuous_train = Under("continuous_train")  # the continuous-time bounds of `[evaluation.continuous]`
+    continuous_test = Under("continuous_test")
     gap = Under(GapResult.FILE)
     rate_distortion = Under("rate_distortion")
     fid = Under("fid")

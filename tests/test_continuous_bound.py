@@ -160,3 +160,29 @@ def test_continuous_models_are_refused_where_they_have_no_steps(images, capsys, 
     no_range.gamma_min = None
     with pytest.raises(ddpm_bench.UserError, match="noise_input 'gamma' needs the range"):
         ddpm_bench.load_model(no_range)
+
+
+def test_table_1_shows_each_estimand_in_its_own_column(tmp_path):
+    """A run with the discrete bound and the continuous bound of its test split: two column sets, each
+    labelled with what it is; a recipe's [evaluation.continuous] names the stage."""
+    import pandas as pd
+
+    data = tmp_path / "d.npz"
+    np.savez(data, gaussian_images(6, size=4, seed=1))
+    model = ["--model", "tests/plugins.py:gaussian_oracle_T100", "--T", "100", "--data", str(data), "--no-progress"]
+    run = tmp_path / "run"
+    assert main(["nll", *model, "--out", str(run / "nll_test")]) == 0
+    assert main(["nll", *model, "--continuous", "--draws", "4", "--out", str(run / "continuous_test")]) == 0
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    row = pd.read_csv(tmp_path / "r" / "table1.csv").query("origin == 'measured'").iloc[0]
+    discrete, continuous = ddpm_bench.read_output(run / "nll_test"), ddpm_bench.read_output(run / "continuous_test")
+    assert row["NLL_test"] == pytest.approx(discrete.total_bpd) and row["NLL_test_estimator"] == "exact"
+    assert row["NLL_continuous_test"] == pytest.approx(continuous.total_bpd)
+    assert row["NLL_continuous_test_estimator"] == "continuous"
+    md = (tmp_path / "r" / "table1.md").read_text()
+    assert "NLL (continuous) Test (Train)" in md and "the continuous-time bound (VDM) of the model" in md
+    from ddpm_bench.config import load_recipe
+
+    cfg = load_recipe("recipes/tiny.toml", ["evaluation.continuous.test_images=4", "evaluation.continuous.draws=8"])
+    assert cfg.evaluation.continuous.options.draws == 8 and cfg.to_dict()["evaluation"]["continuous"]["test_images"] == 4
+    assert "continuous" not in load_recipe("recipes/tiny.toml", []).to_dict()["evaluation"]  # config.json as before

@@ -55,6 +55,13 @@ def read_output(folder: str | Path) -> NllOutput:
     return _estimator_of(folder / NllSummary.FILE, obj).read(folder, obj)
 
 
+def column_of(summary: NllSummary) -> str:
+    """Which of Table 1's column sets shows an nll output (its estimator's `COLUMN`; an estimator this version
+    does not know: its quantity)."""
+    cls = ESTIMATORS.get(summary.estimator)
+    return cls.COLUMN if cls is not None else summary.quantity
+
+
 def read_summary(folder: str | Path) -> NllSummary:
     """summary.json of a finished nll output, typed by its estimator, checked as `read_output` checks it:
     against the files it records and the per-image parts it summarises (its numbers are shown alone)."""

@@ -4,6 +4,8 @@ An estimator turns a `Network` and images into per-image parts (named arrays, on
 typed summary. It declares:
 - `NAME` (how `nll --estimator` and outputs name it), `QUANTITY` ("bound": an upper bound on -log p in
   bits/dim; "likelihood": -log p itself; two quantities are never compared or shown as one another),
+  `COLUMN` (which of Table 1's column sets shows it: estimators of one estimand share one, e.g. the exact
+  and importance-sampled bounds "bound"; another estimand gets its own),
   `OPTIONS` (its frozen options dataclass: every field is a setting of its runs, `nll` flag and recipe
   key), `SELECT` (the option whose value on the command line chooses it, e.g. `terms` for `--terms K`)
   or `FLAG` (a flag that chooses it, e.g. `--ode`), `SHARD_KEYS` (the per-image arrays of a shard),
@@ -47,6 +49,7 @@ class Estimator:
 
     NAME: ClassVar[str]
     QUANTITY: ClassVar[str] = "bound"
+    COLUMN: ClassVar[str] = "bound"  # Table 1's columns of its outputs: one per estimand, never shared by two
     OPTIONS: ClassVar[type]
     SELECT: ClassVar[str | None] = None
     FLAG: ClassVar[tuple[str, str] | None] = None  # (flag, help): a store-true flag that chooses it, e.g. --ode

@@ -153,6 +153,7 @@ class ContinuousPerImage:
 class Continuous(Estimator):
     NAME = "continuous"
     QUANTITY = "bound"
+    COLUMN = "continuous"  # another estimand than the discrete bound: its own columns
     OPTIONS = ContinuousOptions
     FLAG = ("--continuous", "the continuous-time bound (VDM) of the model: prior, reconstruction and diffusion "
                             "parts, gamma drawn per image")

@@ -168,6 +168,7 @@ def eps_in_sigma(network: Network) -> tuple[EpsFn, float, float]:
 class Ode(Estimator):
     NAME = "ode"
     QUANTITY = "likelihood"
+    COLUMN = "likelihood"
     OPTIONS = OdeOptions
     FLAG = ("--ode", "the probability-flow ODE likelihood (Song et al. 2021) instead of the bound")
     SHARD_KEYS = ("bpd", "prior_bpd", "divergence_bpd", "nfe", "seconds")

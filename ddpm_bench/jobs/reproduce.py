@@ -54,6 +54,7 @@ from ddpm_bench.variational_bound import ImportanceOptions
 
 COMMAND = "reproduce"
 STAGES = ("train", "sample", "nll_train", "nll_test", "gap_nll_train", "gap_nll_test", "gap", "ode_train", "ode_test",
+          "continuous_train", "continuous_test",
           "rate_distortion", "fid", "report")
 
 
@@ -206,11 +207,13 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
         stage("gap_nll_train", lambda f: gap_nll("nll_train", layout.gap_nll_train, f))
         stage("gap_nll_test", lambda f: gap_nll("nll_test", layout.gap_nll_test, f))
     stage("gap", gap)
-    for split, n, out in (("nll_train", ev.ode.train_images, layout.ode_train),
-                          ("nll_test", ev.ode.test_images, layout.ode_test)):
+    for st, split, n, out in ((ev.ode, "nll_train", ev.ode.train_images, layout.ode_train),
+                              (ev.ode, "nll_test", ev.ode.test_images, layout.ode_test),
+                              (ev.continuous, "nll_train", ev.continuous.train_images, layout.continuous_train),
+                              (ev.continuous, "nll_test", ev.continuous.test_images, layout.continuous_test)):
         if n:
-            ex = ev.ode.execution
-            job = NllJob(model, replace(specs[split], num_images=n), ev.ode.options, ex.execution(device),
+            ex = st.execution
+            job = NllJob(model, replace(specs[split], num_images=n), st.options, ex.execution(device),
                          ex.run_options(out, progress=progress))
             stage(out.name, lambda f, job=job: run_nll(replace(job, run=replace(job.run, force=f))))
     stage("rate_distortion", lambda f: run_rate_distortion(layout.rate_distortion, layout.nll_test, force=True))
@@ -242,11 +245,13 @@ def headline(root: Path) -> tuple[list[str], bool]:
             s = read_summary(folder)
             se = f" +- {s.total_bpd_stderr:.3f}" if s.total_bpd_stderr is not None else ""
             lines.append(f"NLL {name} {s.total_bpd:.3f}{se} bits/dim ({s.estimator}, {s.n_images} images of {s.data})")
-    for name, folder in (("test", layout.ode_test), ("train", layout.ode_train)):
+    for what, name, folder in (("continuous bound", "test", layout.continuous_test),
+                               ("continuous bound", "train", layout.continuous_train),
+                               ("ODE likelihood", "test", layout.ode_test), ("ODE likelihood", "train", layout.ode_train)):
         if (folder / NllSummary.FILE).is_file():
             s = read_summary(folder)
             se = f" +- {s.total_bpd_stderr:.3f}" if s.total_bpd_stderr is not None else ""
-            lines.append(f"ODE likelihood {name} {s.total_bpd:.3f}{se} bits/dim ({s.n_images} images of {s.data})")
+            lines.append(f"{what} {name} {s.total_bpd:.3f}{se} bits/dim ({s.n_images} images of {s.data})")
     exceeds = False
     if layout.gap.is_file():
         g = GapResult.read(layout.root)

@@ -20,6 +20,7 @@ from ddpm_bench.config import RunConfig
 from ddpm_bench.data import ImageSet, load_images
 from ddpm_bench.dry_run import DryRun, DryRunStage
 from ddpm_bench.errors import UserError
+from ddpm_bench.estimators.continuous import Continuous
 from ddpm_bench.estimators.ode import Ode
 from ddpm_bench.identity import model_identity
 from ddpm_bench.jobs.fid import reference_is_cached
@@ -149,6 +150,12 @@ def reproduce_eta(cfg: RunConfig, ckpt: str | None, device: str, data_root: str 
             if n:
                 evals, what = estimator.cost(n, T)
                 rows.append((name, f"{n} images of {src} x {what}: {per_image:.3g} s per image", per_image * n))
+    continuous = Continuous(ev.continuous.options)
+    for name, src, n in (("continuous train", cfg.training.data, ev.continuous.train_images),
+                         ("continuous test", ev.test_data, ev.continuous.test_images)):
+        if n:  # a network evaluation per gamma draw, timed as the bound engine's
+            evals, what = continuous.cost(n, T)
+            rows.append((name, f"{n} images of {src} x {what} = {evals} network evaluations", per_eval * evals))
     opts = replace(ev.fid.options, ref=ev.fid.options.ref or cfg.training.data, data_root=data_root)
     ref, extractor = opts.ref, opts.feature_extractor
     n_ref = _images(ref, data_root, 1, shape)[1]

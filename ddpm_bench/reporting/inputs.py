@@ -32,7 +32,7 @@ import pandas as pd
 from ddpm_bench.data import source_split
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import UserError
-from ddpm_bench.estimators import read_summary
+from ddpm_bench.estimators import column_of, read_summary
 from ddpm_bench.identity import ModelIdentity
 from ddpm_bench.messages import warn
 from ddpm_bench.outputs import (
@@ -96,12 +96,14 @@ class Part(Generic[Out]):
 
 
 # the measured parts of an input, in the order the warnings name them
-PARTS = ("nll_train", "nll_test", "gap_nll_train", "gap_nll_test", "ode_train", "ode_test", "gap", "rate_distortion",
+PARTS = ("nll_train", "nll_test", "gap_nll_train", "gap_nll_test", "ode_train", "ode_test", "continuous_train",
+         "continuous_test", "gap", "rate_distortion",
          "samples", "fid")
 # a run without `gap_terms` or `[evaluation.ode]` lacks nothing without them
-OPTIONAL_PARTS = ("gap_nll_train", "gap_nll_test", "ode_train", "ode_test")
+OPTIONAL_PARTS = ("gap_nll_train", "gap_nll_test", "ode_train", "ode_test", "continuous_train", "continuous_test")
 # the nll outputs of each split a run may hold (Table 1 shows the most precise of them)
-NLL_PARTS = {"test": ("nll_test", "gap_nll_test", "ode_test"), "train": ("nll_train", "gap_nll_train", "ode_train")}
+NLL_PARTS = {"test": ("nll_test", "gap_nll_test", "ode_test", "continuous_test"),
+             "train": ("nll_train", "gap_nll_train", "ode_train", "continuous_train")}
 
 
 def _nll(name: str, folder: Path) -> Part[NllSummary]:
@@ -178,6 +180,8 @@ class RunInputs:
     gap_nll_test: Part[NllSummary] | None = None
     ode_train: Part[NllSummary] | None = None  # the probability-flow ODE likelihoods of `[evaluation.ode]`
     ode_test: Part[NllSummary] | None = None
+    continuous_train: Part[NllSummary] | None = None  # the continuous-time bounds of `[evaluation.continuous]`
+    continuous_test: Part[NllSummary] | None = None
     nll_unknown_split: bool = False  # a plain nll dir whose data is not a :train / :test split
     gap: Part[GapResult] | None = None
     rate_distortion: Part[RateDistortionSummary] | None = None
@@ -199,9 +203,10 @@ class RunInputs:
         """Every nll output of `split` ("test" or "train") the input holds, of any quantity."""
         return [p for p in (getattr(self, n) for n in NLL_PARTS[split]) if p is not None]
 
-    def best_nll(self, split: str, quantity: str) -> Part[NllSummary] | None:
-        """The most precise nll output of `split` whose summary's `quantity` is `quantity`."""
-        return most_precise([p for p in self.nll_outputs(split) if p.output.quantity == quantity])
+    def best_nll(self, split: str, column: str) -> Part[NllSummary] | None:
+        """The most precise nll output of `split` that Table 1 shows in its `column` set
+        (`estimators.column_of`: the discrete bound, the continuous bound, the ODE likelihood)."""
+        return most_precise([p for p in self.nll_outputs(split) if column_of(p.output) == column])
 
     @property
     def model(self) -> ModelIdentity | None:
@@ -326,6 +331,8 @@ def read_run(path: str | Path) -> RunInputs:
         gap_nll_test=_if_there("gap_nll_test", NllSummary, layout.gap_nll_test),
         ode_train=_if_there("ode_train", NllSummary, layout.ode_train),
         ode_test=_if_there("ode_test", NllSummary, layout.ode_test),
+        continuous_train=_if_there("continuous_train", NllSummary, layout.continuous_train),
+        continuous_test=_if_there("continuous_test", NllSummary, layout.continuous_test),
         gap=_if_there("gap", GapResult, layout.gap.parent),
         rate_distortion=_if_there("rate_distortion", RateDistortionSummary, layout.rate_distortion),
         samples=_if_there("samples", SampleManifest, layout.samples),

@@ -30,6 +30,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from ddpm_bench.data import source_split
+from ddpm_bench.estimators import column_of
 from ddpm_bench.identity import ModelIdentity
 from ddpm_bench.outputs import FidMetrics, NllSummary, RunConfigFile, feature_extractor_of
 from ddpm_bench.rate_distortion_curve import RateDistortionCurve, table4_rows
@@ -255,11 +256,11 @@ class NllColumns:
 
 @dataclass(frozen=True)
 class NllQuantity:
-    """Where Table 1 shows the nll outputs whose summary's `quantity` is `quantity`: its own columns, never
-    another quantity's. Each split's cell is the run's most precise output of this quantity
+    """Where Table 1 shows the nll outputs of one estimand (the estimators whose `COLUMN` is `quantity`):
+    its own columns, never another's. Each split's cell is the run's most precise output of it
     (`RunInputs.best_nll`)."""
 
-    quantity: str  # `summary.json` quantity
+    quantity: str  # an estimator's COLUMN (ddpm_bench.estimators.column_of)
     show: str  # its column in the Markdown table
     prefix: str  # before a measured value in that column: "≤ " for an upper bound
     words: str  # what it is, in the notes
@@ -276,6 +277,12 @@ NLL_QUANTITIES = (
                            C.DELTA_NLL_TEST),
                 NllColumns(C.NLL_TRAIN, C.NLL_TRAIN_STDERR, C.NLL_TRAIN_N, C.NLL_TRAIN_ESTIMATOR,
                            C.DELTA_NLL_TRAIN)),
+    NllQuantity("continuous", C.SHOW_NLL_CONTINUOUS, "≤ ", "the continuous-time bound (VDM) of the model, an upper "
+                "bound over its continuous noise levels; another quantity than the discrete bound",
+                NllColumns(C.NLL_CONT_TEST, C.NLL_CONT_TEST_STDERR, C.NLL_CONT_TEST_N, C.NLL_CONT_TEST_ESTIMATOR,
+                           None),
+                NllColumns(C.NLL_CONT_TRAIN, C.NLL_CONT_TRAIN_STDERR, C.NLL_CONT_TRAIN_N, C.NLL_CONT_TRAIN_ESTIMATOR,
+                           None)),
     NllQuantity("likelihood", C.SHOW_NLL_ODE, "", "the probability-flow ODE likelihood (not the variational bound: "
                 "an estimate, by probe and solver, of the dequantized density, itself an upper bound on the "
                 "discrete data's -log P)",
@@ -300,7 +307,7 @@ def _nll_cells(run: RunInputs, q: NllQuantity,
                     cols.estimator: s.estimator})
         cells.append(({cols.value: row[cols.value], cols.stderr: row[cols.stderr]},
                       nll_source(run, part, where)))
-        of = len([p for p in run.nll_outputs(split) if p.output.quantity == q.quantity])
+        of = len([p for p in run.nll_outputs(split) if column_of(p.output) == q.quantity])
         shown.append(f"{split} from `{part.folder.name}/`, {s.n_images:,} images, estimator {s.estimator}"
                      + (f" (the most precise of its {of})" if of > 1 else ""))
     note = (f"NLL ({q.words}): " + "; ".join(shown)) if shown else None
@@ -312,7 +319,7 @@ def _unshown_quantities(run: RunInputs) -> list[str]:
     known = {q.quantity for q in NLL_QUANTITIES}
     return [f"`{p.folder.name}/` holds a {p.output.quantity!r} ({p.output.estimator}), which Table 1 has no "
             "column for: not shown" for split in ("test", "train") for p in run.nll_outputs(split)
-            if p.output.quantity not in known]
+            if column_of(p.output) not in known]
 
 
 def table1(runs: list[RunInputs], values: dict | None = None, where: RelativeTo | None = None) -> Table:
