@@ -53,6 +53,12 @@ def uniforms(seed: int, index: torch.Tensor, purpose: int, draws: int) -> torch.
 
 # ---------------------------------------------------------------------------------------------- the proposal
 
+def stratified(seed: int, index: torch.Tensor, draws: int) -> torch.Tensor:
+    """(n, draws) points u_d = (d + r_d) / draws in [0, 1): one in each stratum, r from (seed, j, d)."""
+    r = uniforms(seed, index, PURPOSE_GAMMA, draws)
+    return (torch.arange(draws, dtype=torch.float64, device=r.device) + r) / draws
+
+
 @dataclass(frozen=True)
 class GammaProposal:
     """A density over [gamma_min, gamma_max]: piecewise constant over len(weights) equal bins (`weights`
@@ -104,13 +110,39 @@ class GammaProposal:
 
     def draw(self, seed: int, index: torch.Tensor, draws: int) -> torch.Tensor:
         """(n, draws) gamma of image index[n], draw d: stratified, u_d = (d + r_d) / draws."""
-        r = uniforms(seed, index, PURPOSE_GAMMA, draws)
-        u = (torch.arange(draws, dtype=torch.float64, device=r.device) + r) / draws
-        return self.inverse_cdf(u)
+        return self.inverse_cdf(stratified(seed, index, draws))
+
+    def sample(self, seed: int, index: torch.Tensor, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gamma, weight) (n, draws): the draws and 1 / q(gamma), the weight of the integrand."""
+        gamma = self.draw(seed, index, draws)
+        return gamma, 1.0 / self.density(gamma)
 
     def to_dict(self) -> dict:
         return {"gamma_min": self.gamma_min, "gamma_max": self.gamma_max, "bins": int(self.weights.numel()),
                 "weights": [float(v) for v in self.weights]}
+
+
+@dataclass(frozen=True)
+class DiscreteSteps:
+    """VDM's discrete-time bound with T steps over the range (Kingma et al. 2021, Eq. 13 in gamma): its
+    diffusion part is sum_{i=1..T} (1/2) expm1(g_i - g_{i-1}) E||eps - eps_hat(z_{g_i}, g_i)||^2 on the grid
+    g_0 = gamma_min < ... < g_T = gamma_max; step i is drawn stratified (uniform over the T steps) and
+    weighted T expm1(g_i - g_{i-1}). As T grows it approaches the continuous-time bound from above."""
+
+    grid: torch.Tensor  # (T + 1,) float64, increasing
+
+    @property
+    def T(self) -> int:
+        return int(self.grid.numel()) - 1
+
+    def sample(self, seed: int, index: torch.Tensor, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
+        u = stratified(seed, index, draws)
+        grid = self.grid.to(u.device)
+        i = (u * self.T).floor().long().clamp(0, self.T - 1) + 1  # 1..T
+        return grid[i], self.T * torch.expm1(grid[i] - grid[i - 1])
+
+    def to_dict(self) -> dict:
+        return {"steps": self.T, "gamma_min": float(self.grid[0]), "gamma_max": float(self.grid[-1])}
 
 
 # ---------------------------------------------------------------------------------------------- the parts

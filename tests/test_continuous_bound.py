@@ -14,7 +14,14 @@ import torch
 import ddpm_bench
 from ddpm_bench.cli import main
 from ddpm_bench.noise_level import continuous_schedule
-from tests.continuous_oracles import GammaOracle, SigmaOracle, TimeOracle, gaussian_images, parts_nats
+from tests.continuous_oracles import (
+    GammaOracle,
+    SigmaOracle,
+    TimeOracle,
+    discrete_diffusion_nats,
+    gaussian_images,
+    parts_nats,
+)
 from tests.test_ode_likelihood import closed_form_bpd
 
 LN2 = math.log(2.0)
@@ -86,6 +93,23 @@ def test_a_proposal_from_a_pilot_or_an_earlier_output_stays_unbiased_and_lowers_
         assert all(abs(v) < 4 for v in z.values()), z
     spread = [r.per_image.diffusion_bpd.std() for r in (uniform, pilot, earlier)]
     assert spread[1] < spread[0] and spread[2] < spread[0], spread
+
+
+def test_vdm_discrete_time_bound_of_the_same_network_approaches_the_continuous_one(images):
+    """steps=T: VDM's T-step bound on a grid linear in gamma, unbiased for its closed form; the expectations
+    fall towards the continuous-time bound as T grows (and never below it)."""
+    D = images[0].size
+    lo, hi = RANGE
+    continuous = bits(parts_nats(images, lo, hi)["diffusion"], D).mean()
+    expected = []
+    for T in (4, 16, 64):
+        result = bound(GammaOracle(lo, hi), images, steps=T)
+        assert result.summary.steps == T and "steps" in result.summary.continuous
+        want = bits(discrete_diffusion_nats(images, np.linspace(lo, hi, T + 1)), D)
+        d = result.per_image.diffusion_bpd - want
+        assert abs(d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))) < 4, T
+        expected.append(want.mean())
+    assert expected[0] > expected[1] > expected[2] > continuous
 
 
 def test_the_estimator_can_fail_a_model_that_is_off(images):

@@ -59,7 +59,7 @@ def column_of(summary: NllSummary) -> str:
     """Which of Table 1's column sets shows an nll output (its estimator's `COLUMN`; an estimator this version
     does not know: its quantity)."""
     cls = ESTIMATORS.get(summary.estimator)
-    return cls.COLUMN if cls is not None else summary.quantity
+    return cls.column(summary) if cls is not None else summary.quantity
 
 
 def read_summary(folder: str | Path) -> NllSummary:

@@ -154,6 +154,12 @@ class Estimator:
         return NllOutput(folder, summary, per_image)
 
     @classmethod
+    def column(cls, summary: NllSummary) -> str:
+        """Which of Table 1's column sets shows this output (`COLUMN`, unless its settings make it another
+        estimand)."""
+        return cls.COLUMN
+
+    @classmethod
     def comparable(cls, summary: NllSummary) -> dict:
         """What two outputs must share to be compared (`gap`): the quantity and the settings that change
         its expectation (not the seed or how many draws estimate it)."""

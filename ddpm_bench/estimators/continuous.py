@@ -28,6 +28,7 @@ from ddpm_bench.continuous_bound import (
     BINS,
     PURPOSE_DIFFUSION_NOISE,
     PURPOSE_RECONSTRUCTION_NOISE,
+    DiscreteSteps,
     GammaProposal,
     diffusion_integrand,
     keys,
@@ -52,6 +53,7 @@ from ddpm_bench.shards import atomic_write_npz
 from ddpm_bench.variational_bound import to_model_scale
 
 PILOT_DRAWS = 64  # uniform draws per image of a pilot
+MAX_STEPS = 1_000_000  # discrete-time steps beyond this cannot be meant (VDM: T = 0, continuous, or up to 1000s)
 PROPOSAL_FILE = "proposal.npz"  # the pilot's bin weights, kept for a resume (items: the bins)
 
 
@@ -68,6 +70,9 @@ class ContinuousOptions:
                                 "(default 0: uniform in gamma, or --proposal)"})
     uniform_share: float = field(default=0.1, metadata={
         "help": "the continuous bound: the uniform's share of a non-uniform proposal (keeps every gamma drawn)"})
+    steps: int = field(default=0, metadata={
+        "metavar": "T", "help": "the continuous bound: 0 for continuous time; T for VDM's discrete-time bound of the "
+                                "same network with T steps over its range (approaching the continuous one as T grows)"})
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
@@ -79,6 +84,11 @@ class ContinuousOptions:
             raise UserError(f"{named('uniform_share')} must lie in (0, 1], got {share!r}")
         if self.proposal is not None and self.pilot:
             raise UserError(f"{named('proposal')} and {named('pilot')} both set the proposal: give one")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 0 <= self.steps <= MAX_STEPS:
+            raise UserError(f"{named('steps')} must lie in 0..{MAX_STEPS} (0: continuous time), got {self.steps!r}")
+        if self.steps and (self.proposal is not None or self.pilot):
+            raise UserError(f"{named('steps')}T draws its steps uniformly: {named('proposal')} and {named('pilot')} "
+                            "go with the continuous-time bound (steps 0)")
         if self.proposal is not None and not isinstance(self.proposal, (str, NllOutput)):
             raise UserError(f"{named('proposal')} must be a continuous-bound output (its directory, or the result in "
                             f"memory), got {type(self.proposal).__name__}")
@@ -94,6 +104,7 @@ class ContinuousSummary(NllSummary):
     gamma_min: float
     gamma_max: float
     draws: int
+    steps: int = 0  # 0: continuous time; T: VDM's discrete-time bound with T steps over the range
     continuous: dict  # the options (the proposal by where it came from) and the proposal itself
 
 
@@ -217,6 +228,9 @@ class Continuous(Estimator):
         computes it into OUT/proposal.npz, checked like a shard, read back by every rank)."""
         o = self.options
         gmin, gmax = self.range
+        if o.steps:
+            self.q = DiscreteSteps(step_grid(network, o.steps))
+            return
         if self.prior is not None:
             p = self.prior.per_image
             self.q = GammaProposal.from_draws(gmin, gmax, torch.from_numpy(p.gamma), torch.from_numpy(p.integrand),
@@ -263,7 +277,8 @@ class Continuous(Estimator):
         return evals, what
 
     def label(self) -> str:
-        return f"the continuous bound ({self.options.draws} draws per image)"
+        steps = f", {self.options.steps} steps" if self.options.steps else ""
+        return f"the continuous bound ({self.options.draws} draws per image{steps})"
 
     def setup_evaluations(self) -> int:
         return self._pilot_evals
@@ -278,7 +293,7 @@ class Continuous(Estimator):
         dev = network.device
         n, shape = images.shape[0], tuple(images.shape[1:])
         x = to_model_scale(images.to(dev))
-        gamma = q.draw(self.options.seed, index, K).to(dev)
+        gamma, weight = (v.to(dev) for v in q.sample(self.options.seed, index, K))
         levels = None if network.convention.continuous else network.discrete_levels()
         pairs_key = keys(index.to(dev), PURPOSE_DIFFUSION_NOISE, K)
         flat_gamma = gamma.reshape(-1)
@@ -298,7 +313,7 @@ class Continuous(Estimator):
             if progress is not None:
                 progress(sl.stop - sl.start)
         integrand = integrand.reshape(n, K)
-        return {"gamma": gamma, "integrand": integrand, "weight": 1.0 / q.density(gamma)}
+        return {"gamma": gamma, "integrand": integrand, "weight": weight}
 
     def compute(self, network: Network, images: torch.Tensor, index: torch.Tensor, *, batch_size: int,
                 progress: Progress | None) -> dict[str, np.ndarray]:
@@ -336,13 +351,14 @@ class Continuous(Estimator):
                                     prior_bpd=float(merged["prior_bpd"].mean()),
                                     reconstruction_bpd=float(merged["reconstruction_bpd"].mean()),
                                     diffusion_bpd=float(merged["diffusion_bpd"].mean()), gamma_min=gmin,
-                                    gamma_max=gmax, draws=o.draws, continuous=settings)
+                                    gamma_max=gmax, draws=o.draws, steps=o.steps, continuous=settings)
         return NllOutput(None, summary, per_image)
 
     @classmethod
     def summary_lines(cls, summary: ContinuousSummary) -> list[str]:
         se = summary.total_bpd_stderr
-        return [f"  continuous bound {summary.total_bpd:.5f} bits/dim" + (f" +- {se:.5f}" if se is not None else ""),
+        what = "continuous bound" if not summary.steps else f"{summary.steps}-step bound"
+        return [f"  {what:16s} {summary.total_bpd:.5f} bits/dim" + (f" +- {se:.5f}" if se is not None else ""),
                 f"  prior            {summary.prior_bpd:.3e}",
                 f"  reconstruction   {summary.reconstruction_bpd:.5f}",
                 f"  diffusion        {summary.diffusion_bpd:.5f}",
@@ -354,4 +370,21 @@ class Continuous(Estimator):
         """A continuous bound compares only with a continuous bound over the same range: another quantity
         than the discrete bound, whatever both are called."""
         return {**super().comparable(summary), "estimand": "continuous-time bound",
-                "gamma_range": [summary.gamma_min, summary.gamma_max]}
+                "gamma_range": [summary.gamma_min, summary.gamma_max], "steps": summary.steps}
+
+    @classmethod
+    def column(cls, summary: NllSummary) -> str:
+        """The continuous bound's own columns; VDM's T-step bound has none in Table 1 (another estimand)."""
+        return cls.COLUMN if not summary.steps else f"{summary.steps}-step bound (VDM)"
+
+
+def step_grid(network: Network, T: int) -> torch.Tensor:
+    """(T + 1,) gamma on the steps of VDM's discrete-time bound: a "t" model's own schedule at equal steps
+    of t over its range; any other model's range at equal steps of gamma (VDM's fixed linear schedule)."""
+    c = network.convention
+    if c.noise_input == "t":
+        sched = c.time_schedule()
+        t = torch.linspace(sched.t_min, sched.t_max, T + 1, dtype=torch.float64)
+        return sched.gamma(t)
+    gmin, gmax = network.gamma_range()
+    return torch.linspace(gmin, gmax, T + 1, dtype=torch.float64)
