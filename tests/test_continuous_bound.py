@@ -210,3 +210,22 @@ def test_table_1_shows_each_estimand_in_its_own_column(tmp_path):
     cfg = load_recipe("recipes/tiny.toml", ["evaluation.continuous.test_images=4", "evaluation.continuous.draws=8"])
     assert cfg.evaluation.continuous.options.draws == 8 and cfg.to_dict()["evaluation"]["continuous"]["test_images"] == 4
     assert "continuous" not in load_recipe("recipes/tiny.toml", []).to_dict()["evaluation"]  # config.json as before
+
+
+def test_a_discrete_models_exact_bound_is_what_0_3_computed(tmp_path):
+    """The noise-level layer changed nothing of the discrete bound: the Gaussian oracle's exact bound (T = 100,
+    float64 inside) as ddpm-bench 0.3 (commit cfae533) computed it on the same images. On this project's
+    machine the whole per_image.npz is byte-identical (benchmarks/RESULTS.md); here to 1e-12, which leaves room
+    only for another CPU's last bit of a transcendental function."""
+    data = tmp_path / "d.npz"
+    np.savez(data, np.random.default_rng(7).integers(0, 256, (3, 4, 4, 3), dtype=np.uint8))
+    assert main(["nll", "--model", "tests/plugins.py:gaussian_oracle_T100", "--T", "100", "--data", str(data),
+                 "--no-progress", "--out", str(tmp_path / "o")]) == 0
+    terms = ddpm_bench.read_output(tmp_path / "o").per_image.terms
+    np.testing.assert_allclose(terms.sum(1), [8.200870151491182, 7.935922458232835, 8.217827013588751],
+                               rtol=1e-12, atol=0)
+    np.testing.assert_allclose(terms[:, [0, 1, 50, 99, 100]], [
+        [2.435575287937318, 0.8992284991073233, 0.016011983866653985, 0.003485727386722851, 0.1465146697414723],
+        [2.191225326150962, 0.9714765080220921, 0.024188305291371403, 0.004473188831707222, 0.1539269235404933],
+        [2.4322951504148254, 0.7991334292604714, 0.018913558043082725, 0.0038965280524495267, 0.1560053391337256]],
+        rtol=1e-12, atol=0)
