@@ -56,6 +56,22 @@ def test_two_gloo_processes_give_the_bytes_of_one(npz, tmp_path, one_thread):
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this Python")
+def test_two_gloo_processes_give_the_continuous_bound_of_one(npz, tmp_path, one_thread):
+    """The continuous-time bound with a pilot's proposal (rank 0 writes it, every rank reads it): the same
+    bytes from two processes as from one."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--model", "tests/plugins.py:tiny_conv_T20_fractional", *FLAGS, "--data", str(npz), "--continuous",
+            "--draws", "3", "--pilot", "2", "--shard-size", "2"]
+    assert main(["nll", *args, "--out", str(one)]) == 0
+    p = torchrun(*args, "--out", two, "--batch-size", 4)
+    assert p.returncode == 0, p.stderr
+    a, b = per_image(one), per_image(two)
+    for key in ("bpd", "prior_bpd", "reconstruction_bpd", "diffusion_bpd", "gamma", "integrand", "index"):
+        assert np.array_equal(a[key], b[key]), key
+    assert p.stdout.count("continuous bound") == 1
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this Python")
 def test_a_failure_on_one_rank_stops_every_rank_with_its_message(npz, tmp_path):
     t0 = time.monotonic()
     p = torchrun("--model", "tests/scale_plugins.py:nan_on_rank_1_T20", *FLAGS, "--data", npz, "--out",
