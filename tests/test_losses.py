@@ -126,11 +126,15 @@ def test_mean_type_v_gives_the_bound_of_the_same_denoiser_and_trains_on_v(tmp_pa
     assert diffusion_from_scheduler({"prediction_type": "v_prediction"}, "s").mean_type == "v"
 
 
-def test_diffusers_clip_settings_are_refused_or_warned_about(capsys):
+def test_diffusers_clip_settings_are_refused_or_warned_about():
+    from ddpm_bench.arguments import on_command_line
     from ddpm_bench.errors import CheckpointError
+    from ddpm_bench.messages import DdpmBenchWarning
     from ddpm_bench.models.formats.diffusers_dir import diffusion_from_scheduler
 
     with pytest.raises(CheckpointError, match="clip_sample_range 2.0 is not supported"):
         diffusion_from_scheduler({"clip_sample_range": 2.0}, "scheduler_config.json")
-    diffusion_from_scheduler({"clip_sample": False, "clip_sample_range": 2.0}, "scheduler_config.json")
-    assert "pass --no-clip" in capsys.readouterr().err
+    with pytest.warns(DdpmBenchWarning, match="clip_sample is false: .* pass clip=False"):
+        diffusion_from_scheduler({"clip_sample": False, "clip_sample_range": 2.0}, "scheduler_config.json")
+    with on_command_line(), pytest.warns(DdpmBenchWarning, match="pass --no-clip"):
+        diffusion_from_scheduler({"clip_sample": False}, "scheduler_config.json")

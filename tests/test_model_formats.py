@@ -139,5 +139,5 @@ def test_a_hub_id_missing_offline_says_how_to_get_it(tmp_path, monkeypatch, caps
     assert main(["nll", "--ckpt", "hf:google/ddpm-cifar10-32", "--data", "embedded:test", "--out",
                  str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "huggingface-cli download google/ddpm-cifar10-32" in err[0]
+    assert len(err) == 1 and "`hf download google/ddpm-cifar10-32`" in err[0]
     assert main(["nll", "--ckpt", "hf:not an id", "--data", "embedded:test", "--out", str(tmp_path / "o")]) == 2

@@ -56,10 +56,11 @@ def read_output(folder: str | Path) -> NllOutput:
 
 
 def column_of(summary: NllSummary) -> str:
-    """Which of Table 1's column sets shows an nll output (its estimator's `COLUMN`; an estimator this version
-    does not know: its quantity)."""
+    """Which of Table 1's column sets shows an nll output: its estimator's (`Estimator.column`); by its
+    quantity when the estimator is one this version does not know, or its summary says another quantity than
+    the estimator's (a likelihood is never shown as a bound)."""
     cls = ESTIMATORS.get(summary.estimator)
-    return cls.column(summary) if cls is not None else summary.quantity
+    return cls.column(summary) if cls is not None and summary.quantity == cls.QUANTITY else summary.quantity
 
 
 def read_summary(folder: str | Path) -> NllSummary:

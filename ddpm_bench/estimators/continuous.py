@@ -62,12 +62,11 @@ class ContinuousOptions:
     """The continuous-time bound; each field's `help` is its flag's."""
 
     seed: int = 0
-    draws: int = field(default=16, metadata={"help": "gamma draws per image, stratified (the continuous bound: "
-                                                     "default 16)"})
+    draws: int = field(default=16, metadata={"help": "gamma draws per image, stratified (the continuous bound)"})
     proposal: str | NllOutput | None = None  # an earlier output of this estimator: its draws set q
     pilot: int = field(default=0, metadata={
         "metavar": "N", "help": "the continuous bound: q from a uniform pilot of 64 draws on the first N images "
-                                "(default 0: uniform in gamma, or --proposal)"})
+                                "(0: uniform in gamma, or --proposal)"})
     uniform_share: float = field(default=0.1, metadata={
         "help": "the continuous bound: the uniform's share of a non-uniform proposal (keeps every gamma drawn)"})
     steps: int = field(default=0, metadata={
