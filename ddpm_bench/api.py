@@ -99,15 +99,19 @@ def load_model(source: ModelLike | None = None, *, plugin: str | None = None, we
     diffusers `UNet2DModel` with its `scheduler`. How it runs: `execution=Execution(...)`, or its fields
     `device`, `precision`, `channels_last` and `compile` by keyword. Given a Network, the same model with the
     new execution settings. A module in memory is left as it is (see `Network`)."""
-    execution = _execution(execution, device=device, precision=precision, channels_last=channels_last,
-                           compile=compile)
+    fields_given = {k: v for k, v in {"device": device, "precision": precision, "channels_last": channels_last,
+                                      "compile": compile}.items() if v is not None}
     loaded_with = {"plugin": plugin, "weights": weights, "flags": flags, "diffusion": diffusion,
                    "scheduler": scheduler}
     if isinstance(source, Network):
         if (extra := [k for k, v in {**loaded_with, "image_shape": image_shape}.items() if v is not None]):
             raise UserError(f"load_model: {named(extra[0])} describes a model to load; {source!r} is loaded already "
                             "(give only how it runs: execution= or device=, precision=, ...)")
+        execution = _execution(execution, **fields_given)  # checked
+        if fields_given:  # the fields given change the Network's own settings, the others stay
+            execution = replace(source.execution, **fields_given)
         return source if execution is None else source.with_execution(execution)
+    execution = _execution(execution, **fields_given)
     execution = execution or Execution()
     if plugin is not None or isinstance(source, (str, os.PathLike, ModelSpec)):
         if isinstance(source, ModelSpec):

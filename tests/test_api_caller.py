@@ -108,6 +108,8 @@ def test_load_model_of_a_network_takes_new_execution_settings_and_refuses_load_s
     model = ddpm_bench.load_model(DropoutDenoiser(), diffusion=DIFFUSION)
     bf16 = ddpm_bench.load_model(model, precision="bf16")
     assert bf16.execution.precision == "bf16" and model.execution.precision == "fp32"
+    also = ddpm_bench.load_model(bf16, channels_last=False)  # one setting changed, the others kept
+    assert also.execution.precision == "bf16" and also.execution.channels_last is False
     assert ddpm_bench.load_model(model) is model
     with pytest.raises(UserError, match=r"^load_model: flags= describes a model to load"):
         ddpm_bench.load_model(model, flags="--image_size 32")
