@@ -182,3 +182,9 @@ def test_two_processes_share_one_global_batch_of_times(recipe):
     assert loss == pytest.approx((l0 + l1) / 2, rel=1e-6) and l0 != l1
     for a, b, c in zip(one, g0, g1, strict=True):
         torch.testing.assert_close((b + c) / 2, a, rtol=1e-4, atol=1e-6)
+
+
+def test_reproduce_refuses_a_continuous_recipe_in_one_line(tmp_path, capsys):
+    assert main(["reproduce", "recipes/tiny_continuous.toml", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "evaluates discrete models only" in err and not (tmp_path / "r").exists()
