@@ -21,7 +21,7 @@ PACKAGED = {
     # name: (file, sha256)
     "embedded": (EMBEDDED_DIR / "embedded.pt", "4051fe61da896441c99fa75c1f6a94449bd91ff73028c7aeb3804190d3364640"),
     "embedded-continuous": (EMBEDDED_DIR / "embedded_continuous.pt",
-                            "0000000000000000000000000000000000000000000000000000000000000000"),
+                            "aa6764588cfbdf975052012c90b3e7b2dcbd6932d53928e0318af00e06558787"),
 }
 
 
