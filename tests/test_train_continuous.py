@@ -3,6 +3,7 @@
 convention and identity."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from ddpm_bench.config import config_from_dict, load_recipe
 from ddpm_bench.errors import ConfigError
 from tests.test_train import TINY, assert_same_state, ckpt, train
 
+ROOT = Path(__file__).parents[1]
 NOISE = """
 [noise]
 noise_input = "t"
@@ -76,18 +78,18 @@ def test_a_refused_recipe_exits_2_with_one_line(recipe, tmp_path, capsys):
 
 
 def test_a_discrete_config_has_no_noise_and_a_continuous_one_resolves_its_time_sampling(tmp_path):
-    discrete = load_recipe("recipes/tiny.toml").to_dict()
+    discrete = load_recipe(ROOT / "recipes" / "tiny.toml").to_dict()
     assert "noise" not in discrete and "time_sampling" not in discrete["training"]
     assert list(discrete) == ["model", "diffusion", "training", "evaluation"]
-    cfg = load_recipe("recipes/tiny_continuous.toml", ['training.time_sampling=""'])
+    cfg = load_recipe(ROOT / "recipes" / "tiny_continuous.toml", ['training.time_sampling=""'])
     d = cfg.to_dict()
     assert cfg.continuous and d["training"]["time_sampling"] == "low-discrepancy"
     assert d["noise"] == {"noise_input": "t", "prediction": "eps", "schedule": "vdm-linear", "time_scale": 1000.0,
                           "gamma_min": -13.3, "gamma_max": 5.0}
     (tmp_path / "config.json").write_text(json.dumps(d))  # a run's config.json reads back as the same config
     assert load_recipe(tmp_path / "config.json").to_dict() == d
-    packaged = load_recipe("recipes/embedded_continuous.toml")
-    assert packaged.to_dict()["model"] == load_recipe("recipes/embedded.toml").to_dict()["model"]
+    packaged = load_recipe(ROOT / "recipes" / "embedded_continuous.toml")
+    assert packaged.to_dict()["model"] == load_recipe(ROOT / "recipes" / "embedded.toml").to_dict()["model"]
     assert packaged.noise.time_scale == 1000 and packaged.training.objective == "vdm"
 
 
@@ -185,6 +187,6 @@ def test_two_processes_share_one_global_batch_of_times(recipe):
 
 
 def test_reproduce_refuses_a_continuous_recipe_in_one_line(tmp_path, capsys):
-    assert main(["reproduce", "recipes/tiny_continuous.toml", "--out", str(tmp_path / "r")]) == 2
+    assert main(["reproduce", str(ROOT / "recipes" / "tiny_continuous.toml"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "evaluates discrete models only" in err and not (tmp_path / "r").exists()
