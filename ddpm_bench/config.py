@@ -6,6 +6,11 @@ per stage, `[evaluation.nll]`, `[evaluation.sample]`, `[evaluation.fid]`, holdin
 options: `BoundOptions`, `SamplerOptions`, `FidOptions`, and how it runs); every key is optional (paper defaults). An unknown table or key, a value
 of the wrong type, or an invalid value is a `ConfigError` naming the key and the file or flag. The
 resolved configuration (`RunConfig.to_dict()`) is JSON-able and written next to every run.
+
+An optional fifth table, `[noise]`, makes the model a continuous-time one (SPEC section 8): its keys are
+`NoiseConvention`'s (noise_input, prediction, schedule, time_scale, gamma_min, gamma_max), and it is trained
+with the continuous objective `training.objective = "vdm"`. Without it the model is a discrete DDPM, and
+the resolved configuration has no `noise` key (the configuration of every run before it stays as it was).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ddpm_bench.metrics.protocol import FidOptions
 from ddpm_bench.models.unet_config import ModelConfig
 from ddpm_bench.network import Execution
 from ddpm_bench.noise import check_seed
+from ddpm_bench.noise_level import NoiseConvention
 from ddpm_bench.run_dir import RunOptions
 from ddpm_bench.sampling import SamplerOptions
 from ddpm_bench.typecheck import Mismatch, conform, is_int
@@ -38,7 +44,13 @@ from ddpm_bench.variational_bound import BoundOptions, ImportanceOptions
 
 # Paper Table 2: "L_simple" (Eq. 14) and "mse" are the unweighted squared error of the network's own
 # target (eps, x0 or mu-tilde; the official loss_type "mse"); "L" is the variational bound (Eq. 5).
-OBJECTIVES = ("L_simple", "mse", "L", "L_vlb", "L_hybrid")
+# "vdm": VDM's continuous-time diffusion loss (Kingma et al. 2021, Eq. 17 as T -> infinity), for a model
+# with a continuous [noise] table (losses.vdm_diffusion_loss).
+OBJECTIVES = ("L_simple", "mse", "L", "L_vlb", "L_hybrid", "vdm")
+CONTINUOUS_OBJECTIVES = ("vdm",)
+# how the continuous objective draws t for a batch: VDM's low-discrepancy t_i = (u0 + i / B) mod 1 (its
+# default, a lower-variance estimate of the same expectation), or independently uniform
+TIME_SAMPLINGS = ("low-discrepancy", "uniform")
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,9 @@ class TrainConfig:
     log_every: int = 100
     ckpt_every: int = 10_000
     keep_last: int = 3  # checkpoints kept in RUN_DIR/checkpoints
+    # the continuous objective's draw of t (TIME_SAMPLINGS); "" = its default, low-discrepancy. A discrete
+    # objective takes none (and its resolved config has no such key)
+    time_sampling: str = ""
     eval: TrainEval = field(default_factory=TrainEval)  # the bound while training ([training.eval])
 
     def __post_init__(self) -> None:
@@ -98,6 +113,9 @@ class TrainConfig:
                              f"got {self.decoder_cdf!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"training.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.time_sampling not in ("", *TIME_SAMPLINGS):
+            raise ValueError(f"training.time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, "
+                             f"got {self.time_sampling!r}")
         if not is_int(self.grad_clip_group) or self.grad_clip_group < 0 or \
                 (self.grad_clip_group and self.batch_size % self.grad_clip_group):
             raise ValueError(f"training.grad_clip_group must be 0 or divide training.batch_size "
@@ -265,7 +283,8 @@ def _positive(cfg: Any, names: tuple[str, ...]) -> None:
             raise ValueError(f"training.{name} must be >= 1, got {getattr(cfg, name)}")
 
 
-SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "training": TrainConfig, "evaluation": EvalConfig}
+SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "noise": NoiseConvention, "training": TrainConfig,
+            "evaluation": EvalConfig}
 # Keys a resumed training run may change: they do not change the parameters a step produces
 # (a trailing dot covers a whole table).
 RESUMABLE_KEYS = ("training.steps", "training.log_every", "training.ckpt_every", "training.keep_last", "training.eval",
@@ -278,11 +297,22 @@ class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    noise: NoiseConvention = field(default_factory=NoiseConvention)  # [noise]; the default: a discrete DDPM
+
+    @property
+    def continuous(self) -> bool:
+        """A continuous-time model (a [noise] table with noise_input other than "index")."""
+        return self.noise.continuous
 
     def to_dict(self) -> dict:
         """JSON-able nested dict in the recipe's form (tuples become lists); `model` is what `build_model`
-        takes."""
+        takes. A discrete model's has no `noise` section and no `training.time_sampling` (the form of every
+        run before continuous-time models: their config.json and identities stay as they were)."""
         d = {name: asdict(getattr(self, name)) for name in SECTIONS if name != "evaluation"}
+        if not self.continuous:
+            del d["noise"]
+        if not self.training.time_sampling:
+            del d["training"]["time_sampling"]
         ev = self.evaluation
         stages = ("nll", "ode", "sample", "fid") + (("continuous",) if ev.continuous != ContinuousStage() else ())
         d["evaluation"] = {"test_data": ev.test_data, "max_gap": ev.max_gap,  # a stage not asked for: as before it
@@ -292,11 +322,13 @@ class RunConfig:
 
 def resolve(cfg: RunConfig, origin: str) -> RunConfig:
     """Fill the derived settings and check the combination: out_channels from the variance type;
-    objectives that cannot train a learned variance are refused."""
+    objectives that cannot train a learned variance are refused; a continuous-time model (`[noise]`) and
+    its objective go together."""
     try:
         cfg.diffusion.schedule()
     except ValueError as e:
         raise ConfigError(f"{origin}: diffusion: {e}") from None
+    cfg = resolve_continuous(cfg, origin)
     want = cfg.model.in_channels * (2 if cfg.diffusion.learned_variance else 1)
     if cfg.model.out_channels not in (0, want):
         raise ConfigError(f"{origin}: model.out_channels = {cfg.model.out_channels} does not fit "
@@ -310,6 +342,48 @@ def resolve(cfg: RunConfig, origin: str) -> RunConfig:
                           f"part; diffusion.var_type is {cfg.diffusion.var_type!r}: use 'learned-range' (improved "
                           "DDPM) or objective = 'L_simple'")
     return replace(cfg, model=replace(cfg.model, out_channels=want))
+
+
+def resolve_continuous(cfg: RunConfig, origin: str) -> RunConfig:
+    """Check that the objective fits the model's noise convention (the continuous objective for a [noise]
+    table of noise_input "t" or "gamma" with eps prediction, a discrete one without), and fill the
+    continuous objective's time sampling."""
+    tc, noise = cfg.training, cfg.noise
+    continuous_objective = tc.objective in CONTINUOUS_OBJECTIVES
+    if noise.continuous and not continuous_objective:
+        raise ConfigError(f"{origin}: training.objective = {tc.objective!r} is a discrete DDPM's objective, but "
+                          f"noise.noise_input = {noise.noise_input!r} makes a continuous-time model: use "
+                          "training.objective = 'vdm', or leave out the [noise] table")
+    if not continuous_objective:
+        if tc.time_sampling:
+            raise ConfigError(f"{origin}: training.time_sampling is the continuous objective's ('vdm'); "
+                              f"training.objective = {tc.objective!r} draws discrete steps: leave it out")
+        return cfg
+    if not noise.continuous:
+        raise ConfigError(f"{origin}: training.objective = {tc.objective!r} trains a continuous-time model: give a "
+                          "[noise] table with noise.noise_input = 't' and noise.schedule (e.g. 'vdm-linear'), or "
+                          "noise.noise_input = 'gamma' with noise.gamma_min and noise.gamma_max")
+    if noise.noise_input not in ("t", "gamma"):
+        raise ConfigError(f"{origin}: noise.noise_input = {noise.noise_input!r} is not trained by the reference "
+                          "trainer: use 't' (with noise.schedule) or 'gamma'")
+    if noise.noise_input == "gamma" and noise.schedule not in (None, "vdm-linear"):
+        raise ConfigError(f"{origin}: noise.schedule = {noise.schedule!r} with noise.noise_input = 'gamma': a gamma "
+                          "model is trained with gamma uniform on [noise.gamma_min, noise.gamma_max]; leave out "
+                          "noise.schedule, or use noise.noise_input = 't'")
+    if noise.prediction != "eps":
+        raise ConfigError(f"{origin}: noise.prediction = {noise.prediction!r}: training.objective = "
+                          f"{tc.objective!r} trains an eps prediction; use noise.prediction = 'eps'")
+    if cfg.diffusion.mean_type != noise.prediction:
+        raise ConfigError(f"{origin}: diffusion.mean_type = {cfg.diffusion.mean_type!r} contradicts "
+                          f"noise.prediction = {noise.prediction!r}; leave out diffusion.mean_type")
+    if cfg.diffusion.learned_variance:
+        raise ConfigError(f"{origin}: diffusion.var_type = {cfg.diffusion.var_type!r}: training.objective = "
+                          f"{tc.objective!r} trains no variance; leave out diffusion.var_type")
+    if tc.eval.every:
+        raise ConfigError(f"{origin}: training.eval (the bound while training) evaluates discrete models only, "
+                          "until the continuous bound (`nll --continuous`) can evaluate it; leave out "
+                          "[training.eval] with a [noise] table")
+    return replace(cfg, training=replace(tc, time_sampling=tc.time_sampling or TIME_SAMPLINGS[0]))
 
 
 def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:

@@ -14,13 +14,18 @@
 - `L_hybrid` (improved DDPM, Nichol and Dhariwal 2021, section 3.1): L_simple + lambda L_vlb with
   lambda = 0.001 and L_vlb = T times one uniformly drawn term (so lambda T L_t, improved-diffusion's
   `vb * num_timesteps / 1000`), the mean's gradient stopped inside L_vlb: it trains only the learned variance.
+- `vdm` (continuous time, Kingma et al. 2021, "VDM"): the diffusion loss of a continuous-time model,
+  `vdm_diffusion_loss`, at z_t = alpha x + sigma eps (`diffuse`), in bits/dim.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ddpm_bench.diffusion import DiffusionConfig, q_posterior_mean, v_target
+from ddpm_bench.noise_level import alpha_squared, sigma_squared
 from ddpm_bench.schedule import Schedule
 from ddpm_bench.variational_bound import term_values
 
@@ -66,3 +71,28 @@ def training_loss(objective: str, cfg: DiffusionConfig, s: Schedule, output: tor
         vlb = term_values(cfg, s, variance_only, x0, xt, i, clip=False, decoder_cdf=decoder_cdf).bpd
         return simple_loss(cfg, s, output[:, :C], x0, xt, i, noise) + HYBRID_LAMBDA * cfg.T * vlb
     raise ValueError(f"unknown objective {objective!r}")
+
+
+def diffuse(x0: torch.Tensor, gamma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """z_gamma = alpha x_0 + sigma eps (VDM Eq. 1-3), alpha^2 = sigmoid(-gamma), sigma^2 = sigmoid(gamma);
+    x_0, eps (N, C, H, W), gamma (N,); float64."""
+    shape = (-1, *([1] * (x0.ndim - 1)))
+    alpha = alpha_squared(gamma).sqrt().reshape(shape)
+    sigma = sigma_squared(gamma).sqrt().reshape(shape)
+    return alpha * x0.to(torch.float64) + sigma * noise.to(torch.float64)
+
+
+def vdm_diffusion_loss(noise: torch.Tensor, eps_hat: torch.Tensor, dgamma_dt: torch.Tensor,
+                       t_span: float = 1.0) -> torch.Tensor:
+    """(N,) float64 bits/dim: VDM's continuous-time diffusion loss (Kingma et al. 2021, Eq. 17 as T -> infinity),
+    the one-sample estimate of
+
+        L_inf(x) = (1/2) integral_{t_min}^{t_max} gamma'(t) E_eps || eps - eps_hat(z_t, gamma(t)) ||^2 dt
+                 = (1/2) integral_{gamma_min}^{gamma_max} E_eps || eps - eps_hat(z_gamma, gamma) ||^2 dgamma
+
+    for t ~ U[t_min, t_max]: t_span (t_max - t_min) * (1/2) gamma'(t) ||eps - eps_hat||^2, divided by D ln 2.
+    `noise` eps and `eps_hat` (N, C, H, W) (the network's output, any float type), `dgamma_dt` gamma'(t) (N,).
+    Its expectation over t and eps is the diffusion term of the continuous-time bound (SPEC section 8)."""
+    err = (eps_hat.to(torch.float64) - noise.to(torch.float64)).reshape(noise.shape[0], -1)
+    D = err.shape[1]
+    return 0.5 * t_span * dgamma_dt.to(torch.float64) * err.square().sum(dim=1) / (D * math.log(2.0))

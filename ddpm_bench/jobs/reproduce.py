@@ -21,7 +21,7 @@ from ddpm_bench import run_dir
 from ddpm_bench.config import RunConfig, load_recipe
 from ddpm_bench.data import DataSpec
 from ddpm_bench.dry_run import DryRun
-from ddpm_bench.errors import OutputDirError, UserError
+from ddpm_bench.errors import ConfigError, OutputDirError, UserError
 from ddpm_bench.estimators import read_summary
 from ddpm_bench.jobs.fid import FidJob, run_fid
 from ddpm_bench.jobs.gap import compute_gap
@@ -127,6 +127,10 @@ def run_reproduce(recipe: str, overrides: list[str], out: str, ckpt: str | None 
                   progress: bool = True) -> ReproduceResult | DryRun:
     """Every stage of the recipe into `out` (or, with `dry`, what each would cost)."""
     cfg = load_recipe(recipe, overrides)
+    if cfg.continuous:
+        raise ConfigError(f"recipe {recipe}: a continuous-time model ([noise] table): `reproduce` evaluates discrete "
+                          "models only until the continuous bound (`nll --continuous`) is one of its stages; train "
+                          "it with `ddpm-bench train`")
     ev = cfg.evaluation
     if dry:
         return reproduce_eta(cfg, ckpt, device, data_root)

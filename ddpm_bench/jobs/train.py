@@ -138,7 +138,7 @@ def run_train(recipe: str | None, overrides: list[str], out: str, device: str = 
     origin = f"recipe {recipe}" + (f" with --set {' '.join(overrides)}" if overrides else "")
     cfg = load_recipe(recipe, overrides)
     main = distributed.launch_rank() == 0  # before the process group exists
-    if main and (w := prior_warning(cfg.diffusion.schedule())):
+    if main and not cfg.continuous and (w := prior_warning(cfg.diffusion.schedule())):  # a discrete model's prior
         warn(w)
     config = cfg.to_dict()
     run_dir = Path(out)

@@ -5,7 +5,7 @@ loads it; a new format is one module and one row here.
 | row | what `--ckpt` / `--model` names |
 |---|---|
 | plugin | `--model MODULE:CALLABLE` |
-| packaged | `--ckpt embedded`: a model that ships with the install |
+| packaged | `--ckpt embedded`, `--ckpt embedded-continuous`: the models that ship with the install |
 | iddpm | `--ckpt FILE.pt --flags "..."`: an improved-diffusion checkpoint and its flags |
 | checkpoint | a ddpm-bench checkpoint file, or a train / reproduce run directory (its latest checkpoint) |
 | hub | `hf:ORG/NAME[@REVISION]`: a diffusers model on the Hugging Face Hub (or in its local cache) |

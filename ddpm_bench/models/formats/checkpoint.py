@@ -1,6 +1,8 @@
 """A ddpm-bench checkpoint (`--ckpt FILE.pt`, ddpm_bench/checkpoint.py), or a `train` / `reproduce` run
 directory, whose latest checkpoint is meant. The stored config gives the architecture and the diffusion
-settings; `--weights ema|raw` chooses the weights; the identity is their sha256 with both."""
+settings, and for a continuous-time model its noise convention (`noise`, SPEC section 8); `--weights
+ema|raw` chooses the weights; the identity is their sha256 with all of these (a discrete model's without a
+convention, as before continuous-time models)."""
 
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import CheckpointError
 from ddpm_bench.identity import model_identity, state_dict_sha256
 from ddpm_bench.messages import note
-from ddpm_bench.models.formats.common import check_flags_match
+from ddpm_bench.models.formats.common import check_flags_match, with_convention
 from ddpm_bench.models.loaded import LoadedModel
 from ddpm_bench.models.registry import build_model
 from ddpm_bench.models.spec import ModelSpec
+from ddpm_bench.noise_level import NoiseConvention
 from ddpm_bench.provenance import sha256_file
 
 NAME = "ckpt"
@@ -50,6 +53,27 @@ def stored_diffusion(config: dict) -> DiffusionConfig:
     return DiffusionConfig(**{k: v for k, v in config["diffusion"].items() if k in known})
 
 
+def stored_convention(config: dict) -> NoiseConvention:
+    """The noise convention of a stored config: its `noise` section (a continuous-time model), or a discrete
+    DDPM's when it has none. Raises ValueError or TypeError for an invalid one."""
+    noise = config.get("noise")
+    if noise is None:
+        return NoiseConvention()
+    if not isinstance(noise, dict):
+        raise ValueError(f"'noise' is {type(noise).__name__}, not a table")
+    return NoiseConvention(**noise)
+
+
+def weights_state(ckpt: dict, weights: str, path: Path) -> dict:
+    """The state dict of `weights` ("ema" or "raw"); a packaged file may hold only its EMA weights (an empty
+    `model`)."""
+    state = ckpt["ema"] if weights == "ema" else ckpt["model"]
+    if weights == "raw" and isinstance(state, dict) and not state and ckpt["ema"]:
+        raise CheckpointError(f"{given('source', path)}: holds only its EMA weights (packaged without the raw "
+                              "ones); use --weights ema")
+    return state
+
+
 def load(spec: ModelSpec) -> LoadedModel:
     return load_file(checkpoint_file(spec.ckpt), spec)
 
@@ -60,11 +84,12 @@ def load_file(path: Path, spec: ModelSpec, packaged: str | None = None) -> Loade
     config = ckpt["config"]
     try:
         diffusion = stored_diffusion(config)
+        convention = stored_convention(config)
         module = build_model(config["model"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{given('source', path)}: invalid stored config: {e}") from None
     check_flags_match(diffusion, spec.diffusion_flags, f"{given('source', packaged or path)}")
-    state = ckpt["ema"] if spec.weights == "ema" else ckpt["model"]
+    state = weights_state(ckpt, spec.weights, path)
     try:
         module.load_state_dict(state)
     except RuntimeError as e:
@@ -79,9 +104,10 @@ def load_file(path: Path, spec: ModelSpec, packaged: str | None = None) -> Loade
         raise CheckpointError(f"{given('source', path)}: field 'step' is {type(step).__name__} {step!r}, not an integer")
     prov = {"kind": NAME, "path": str(path.resolve()), "sha256": sha256_file(path), "weights": spec.weights,
             "step": step, **({"packaged": packaged} if packaged else {})}
-    ident = model_identity(NAME, spec.weights, state_dict_sha256(state), diffusion, mcfg, str(path))
+    ident = model_identity(NAME, spec.weights, state_dict_sha256(state), diffusion, with_convention(mcfg, convention),
+                           str(path))
     return LoadedModel(backbone=module, diffusion=diffusion, identity=ident, provenance=prov, image_shape=shape,
-                       module=module, config=config)
+                       module=module, config=config, convention=convention)
 
 
 def inspect(spec: ModelSpec) -> dict:
@@ -90,8 +116,10 @@ def inspect(spec: ModelSpec) -> dict:
     ckpt = load_checkpoint(path)
     try:
         diffusion = stored_diffusion(ckpt["config"])
-        identities = {w: model_identity(NAME, w, state_dict_sha256(ckpt[key]), diffusion, ckpt["config"]["model"],
-                                        str(path)).sha256 for w, key in (("ema", "ema"), ("raw", "model"))}
+        architecture = with_convention(ckpt["config"]["model"], stored_convention(ckpt["config"]))
+        identities = {w: model_identity(NAME, w, state_dict_sha256(ckpt[key]), diffusion, architecture,
+                                        str(path)).sha256 for w, key in (("ema", "ema"), ("raw", "model"))
+                      if ckpt[key] or w == "ema"}
         with torch.device("meta"):
             params = sum(p.numel() for p in build_model(ckpt["config"]["model"]).parameters())
     except (TypeError, ValueError) as e:

@@ -1,6 +1,8 @@
 """Models that ship with the install: `--ckpt embedded` names a small U-Net trained by the reference trainer
-on `embedded:train` (recipes/embedded.toml; how, how long and its log: ddpm_bench/models/embedded/README.md).
-Its file is a ddpm-bench checkpoint, checked against its sha256 on every load."""
+on `embedded:train` (recipes/embedded.toml), `--ckpt embedded-continuous` the same U-Net trained as a
+continuous-time model with VDM's objective (recipes/embedded_continuous.toml; its EMA weights only). How, how
+long and their logs: ddpm_bench/models/embedded/README.md. Each file is a ddpm-bench checkpoint, checked
+against its sha256 on every load."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "embedded"
 PACKAGED = {
     # name: (file, sha256)
     "embedded": (EMBEDDED_DIR / "embedded.pt", "4051fe61da896441c99fa75c1f6a94449bd91ff73028c7aeb3804190d3364640"),
+    "embedded-continuous": (EMBEDDED_DIR / "embedded_continuous.pt",
+                            "aa6764588cfbdf975052012c90b3e7b2dcbd6932d53928e0318af00e06558787"),
 }
 
 
