@@ -142,11 +142,16 @@ class Network:
             self._backbone = _new_graph_step_per_call(compiled) if execution.compile in CUDA_GRAPH_MODES else compiled
 
     def __repr__(self) -> str:
-        d, ex = self.diffusion, self.execution
+        d, ex, c = self.diffusion, self.execution, self.convention
         cl = ", channels-last" if self.channels_last else ""
         compiled = f", compiled ({ex.compile})" if ex.compile else ""
-        return (f"<Network {self.identity.short()} {self.identity.origin}: T={d.T} {d.beta_schedule}, {d.mean_type}, "
-                f"{d.var_type}; {self.device} {ex.precision}{cl}{compiled}>")
+        if c.continuous:
+            lo, hi = c.gamma_range()
+            takes = f"{c.noise_input} of {c.schedule}" if c.noise_input == "t" else c.noise_input
+            what = f"continuous ({takes}), gamma in [{lo:.4g}, {hi:.4g}], {c.prediction}"
+        else:
+            what = f"T={d.T} {d.beta_schedule}, {d.mean_type}, {d.var_type}"
+        return f"<Network {self.identity.short()} {self.identity.origin}: {what}; {self.device} {ex.precision}{cl}{compiled}>"
 
     def with_execution(self, execution: Execution) -> Network:
         """The same model run another way (this Network when `execution` is its own)."""
