@@ -12,6 +12,7 @@ import pytest
 import scipy.special as sp
 import torch
 import torch.nn.functional as F
+from scipy.integrate import solve_ivp
 
 from ddpm_bench.noise import counter_normal
 from ddpm_bench.probability_flow import (
@@ -155,6 +156,31 @@ def test_dormand_prince_per_row_step_control_on_a_known_ode():
     # a zero-length interval costs nothing
     same, nfe0 = dormand_prince(f, t1, t1, y0, rtol=1e-8, atol=1e-8)
     assert torch.equal(same, y0) and nfe0.tolist() == [0, 0, 0]
+
+
+def test_dormand_prince_with_one_part_takes_scipys_rk45_steps():
+    """One part (the default): the error norm is one RMS over the row, scipy's RK45 run row by row takes the
+    same steps (the same evaluations, the same values to rounding); parts that do not tile a row are refused."""
+    lam = torch.tensor([0.5, 4.0], dtype=torch.float64)
+
+    def f(t, y, rows):
+        return lam[rows, None] * y * torch.cos(t)[:, None] + torch.stack([t, t.square()], dim=1)
+
+    y0 = torch.tensor([[1.0, -2.0], [0.5, 1.0]], dtype=torch.float64)
+    t0, t1 = torch.zeros(2, dtype=torch.float64), torch.full((2,), 6.0, dtype=torch.float64)
+    y, nfe = dormand_prince(f, t0, t1, y0, rtol=1e-6, atol=1e-6)
+    def row_of(j):  # scipy's f(t, y) of row j
+        return lambda t, v: f(torch.tensor([t], dtype=torch.float64), torch.from_numpy(v)[None], torch.tensor([j]))[0]
+
+    for j in range(2):
+        ref = solve_ivp(row_of(j), (0.0, 6.0), y0[j].numpy(), method="RK45", rtol=1e-6, atol=1e-6)
+        assert ref.nfev == nfe[j]
+        np.testing.assert_allclose(ref.y[:, -1], y[j].numpy(), rtol=1e-12, atol=1e-12)
+    _, nfe_parts = dormand_prince(f, t0, t1, y0, rtol=1e-6, atol=1e-6, parts=(1, 1))
+    assert not torch.equal(nfe_parts, nfe)  # the max over two parts is another norm
+    for parts in [(1,), (2, 1), (3, -1)]:
+        with pytest.raises(ValueError, match="parts"):
+            dormand_prince(f, t0, t1, y0, rtol=1e-6, atol=1e-6, parts=parts)
 
 
 # ------------------------------------------------------------------------------------------- closed form
