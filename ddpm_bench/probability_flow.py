@@ -139,23 +139,31 @@ def _combine(y: torch.Tensor, h: torch.Tensor, weights: tuple[float, ...], k: li
     return y + h[:, None] * acc
 
 
-def _rms(a: torch.Tensor) -> torch.Tensor:
-    return a.square().mean(dim=1).sqrt()
+def _rms(a: torch.Tensor, parts: tuple[int, ...]) -> torch.Tensor:
+    """(n,) the largest of the RMS norms of a (n, F)'s parts, consecutive column blocks of widths `parts`."""
+    return torch.stack([p.square().mean(dim=1).sqrt() for p in a.split(parts, dim=1)], dim=1).amax(dim=1)
 
 
 def dormand_prince(f: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
                    t0: torch.Tensor, t1: torch.Tensor, y0: torch.Tensor, *, rtol: float, atol: float,
+                   parts: tuple[int, ...] | None = None,
                    max_steps: int = MAX_STEPS) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve dy/dt = f(t, y) from t0 to t1 >= t0 for each row with its own adaptive step size; float64.
 
     f(t (n,), y (n, F), rows (n,) int64) -> (n, F) is called on the rows still being solved (`rows` are
-    their positions in the batch). Dormand-Prince 5(4) with first-same-as-last; the error of a step is the
-    RMS over the row of err / (atol + rtol max(|y|, |y_new|)), a step is accepted when it is <= 1, and
-    the next step is h * clamp(0.9 err^(-1/5), 0.2, 10) (at most h right after a rejection); the first
-    step comes from Hairer's heuristic (Hairer, Norsett & Wanner, "Solving ODEs I", II.4), per row.
-    Returns y(t1) (N, F) and the number of evaluations of f per row (N,) int64: 2 + 6 per attempted step.
+    their positions in the batch). Dormand-Prince 5(4) with first-same-as-last. A row's F values are the
+    consecutive parts of widths `parts` (default: one part of F); the error of a step is the largest over
+    its parts of the RMS over the part of err / (atol + rtol max(|y|, |y_new|)) (torchdiffeq's mixed norm),
+    so a part of one value is controlled as tightly as one of millions. A step is accepted when its error
+    is <= 1, and the next step is h * clamp(0.9 err^(-1/5), 0.2, 10) (at most h right after a rejection);
+    the first step comes from Hairer's heuristic (Hairer, Norsett & Wanner, "Solving ODEs I", II.4) in the
+    same norm, per row. Returns y(t1) (N, F) and the number of evaluations of f per row (N,) int64:
+    2 + 6 per attempted step.
     """
-    N = y0.shape[0]
+    N, F = y0.shape
+    parts = (F,) if parts is None else tuple(parts)
+    if sum(parts) != F or min(parts) < 1:
+        raise ValueError(f"parts {parts} must be positive widths that add up to the {F} values of a row")
     y, t = y0.to(torch.float64).clone(), t0.to(torch.float64).clone()
     t1 = t1.to(torch.float64)
     dev = y.device
@@ -169,11 +177,11 @@ def dormand_prince(f: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch
     ya, ta = y[active], t[active]
     f0 = f(ta, ya, active)
     scale = atol + rtol * ya.abs()
-    d0, d1 = _rms(ya / scale), _rms(f0 / scale)
+    d0, d1 = _rms(ya / scale, parts), _rms(f0 / scale, parts)
     h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
     h0 = torch.minimum(h0, t1[active] - ta)
     f1 = f(ta + h0, ya + h0[:, None] * f0, active)
-    d2 = _rms((f1 - f0) / scale) / h0
+    d2 = _rms((f1 - f0) / scale, parts) / h0
     dmax = torch.maximum(d1, d2)
     h1 = torch.where(dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / dmax) ** (1.0 / 5.0))
     h = torch.zeros(N, dtype=torch.float64, device=dev)
@@ -198,7 +206,7 @@ def dormand_prince(f: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch
         nfe[active] += 6
         steps[active] += 1
         err = _combine(torch.zeros_like(ya), ha, _E, k)  # y5 - y4, the embedded error estimate
-        ratio = _rms(err / (atol + rtol * torch.maximum(ya.abs(), y_new.abs())))
+        ratio = _rms(err / (atol + rtol * torch.maximum(ya.abs(), y_new.abs())), parts)
         if not bool(torch.isfinite(ratio).all()):
             bad = active[~torch.isfinite(ratio)].tolist()
             raise FloatingPointError(f"the ODE solve of batch rows {bad} has a non-finite error estimate")
@@ -276,8 +284,10 @@ def ode_log_likelihood(eps_fn: EpsFn, x0: torch.Tensor, sigma_min: float, sigma_
     it must treat rows independently. x0 (N, C, H, W) float64 dequantized data; [sigma_min, sigma_max] the
     model's range. probe: None for the exact divergence (D vector-Jacobian products per evaluation: small
     images and tests), or (N, C, H, W) Hutchinson probes from `divergence_probe`, one per row, fixed through
-    the solve. The state (y, divergence integral) is integrated in float64 from sigma_min to sigma_max; x is
-    cast to `network_dtype` for the call and eps back to float64.
+    the solve. The state (y, divergence integral) is integrated in float64 from sigma_min to sigma_max, the
+    step's error the larger of the two parts' (`dormand_prince`, parts (D, 1)): the one value of the integral
+    is held to rtol and atol as tightly as the D values of y; x is cast to `network_dtype` for the call and
+    eps back to float64.
     """
     if x0.ndim < 2:
         raise ValueError(f"x0 must be (N, C, H, W), got shape {tuple(x0.shape)}")
@@ -296,7 +306,7 @@ def ode_log_likelihood(eps_fn: EpsFn, x0: torch.Tensor, sigma_min: float, sigma_
     state0 = torch.cat([x0.to(torch.float64).reshape(N, D), x0.new_zeros(N, 1, dtype=torch.float64)], dim=1)
     with torch.no_grad():
         state1, nfe = dormand_prince(field, sigma_min.expand(N), sigma_max.expand(N), state0,
-                                     rtol=rtol, atol=atol, max_steps=max_steps)
+                                     rtol=rtol, atol=atol, parts=(D, 1), max_steps=max_steps)
     y1, divergence = state1[:, :D], state1[:, D]
     var = 1.0 + sigma_max.square()
     prior_logp = -0.5 * D * (math.log(2 * math.pi) + torch.log1p(sigma_max.square())) - 0.5 * y1.square().sum(1) / var

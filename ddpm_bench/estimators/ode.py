@@ -269,7 +269,8 @@ class Ode(Estimator):
         bpd = merged[BPD]
         per_image = OdePerImage(bpd=bpd, prior_bpd=merged[PRIOR_BPD], divergence_bpd=merged[DIVERGENCE_BPD],
                                 nfe=merged["nfe"].astype(np.int64), index=merged["index"], run_id=common["run_id"])
-        settings = {**asdict(o), "solver": "Dormand-Prince 5(4), step size per image",
+        settings = {**asdict(o), "solver": "Dormand-Prince 5(4), step size per image, error the larger of the RMS "
+                                           "over y and over the divergence integral",
                     "time": self._noise or "sigma = sqrt((1 - abar) / abar), network index interpolated in log sigma",
                     "prior": "N(0, (1 + sigma_max^2) I) in y = x / sqrt(abar), the DDPM prior N(0, I) at step T"
                     if self._noise is None else "N(0, (1 + sigma_max^2) I) in y = z / alpha: N(0, I) in z at gamma_max"}
