@@ -71,7 +71,8 @@ def print_nll(output, out: str | Path) -> None:
     """What `nll` prints: the data, the model, the estimate and its parts, what it cost; for a run that was
     already complete, the same numbers and that it was."""
     s = output.summary
-    print(f"{s.data}: {s.n_images} images, T={s.T}, {s.estimator} estimator, model {s.model_sha256[:12]}")
+    steps = f"T={s.T}" if s.T else "continuous time"
+    print(f"{s.data}: {s.n_images} images, {steps}, {s.estimator} estimator, model {s.model_sha256[:12]}")
     for line in ESTIMATORS[s.estimator].summary_lines(s):
         print(line)
     done = f"{out} was already complete: " if output.complete_before else ""

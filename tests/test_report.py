@@ -84,7 +84,7 @@ def test_report_tables_blanks_deltas_and_provenance(tmp_path, runs, capsys):
     assert float(row_a[C.DELTA_NLL_TRAIN]) == pytest.approx(train_a["total_bpd"] - 3.72, abs=1e-12)
     assert row_a[C.COMPARISON] == "comparable"
     md_a = next(r for r in _md_rows(out / "table1.md") if "cifar_simple" in r["Model"])
-    assert md_a["FID"] == "4.00" and md_a["NLL Test (Train)"] == \
+    assert md_a["FID"] == "4.0" and md_a["NLL Test (Train)"] == \
         f"≤ {test_a['total_bpd']:.2f} ± {test_a['total_bpd_stderr']:.2f} ({train_a['total_bpd']:.2f})"
     assert "FID +0.83, NLL " in md_a["vs paper"]
     row_nll = next(r for m, r in mine.items() if "plain_nll" in m)

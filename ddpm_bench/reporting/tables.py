@@ -389,7 +389,8 @@ def table1(runs: list[RunInputs], values: dict | None = None, where: RelativeTo 
             "its FID against the training set with 50,000 samples. delta_* = measured - paper row "
             "`paper_row`, only where the protocol matches the paper's (CIFAR-10, whole splits, 50,000 "
             "samples, the standard Inception, the paper row's training choices); otherwise `comparison` says "
-            "why not.")
+            f"why not. A measured FID is shown to {FidMetrics.SHOWN_DIGITS} decimal (the digits that reproduce "
+            "across machines: its features pass through float32 convolutions), every digit in the CSV.")
     frame = _frame(rows, C.TABLE1_COLUMNS)
     for col in NLL_COUNT_COLUMNS:
         frame[col] = frame[col].astype("Int64")
@@ -486,7 +487,8 @@ def table1_display(frame: pd.DataFrame) -> pd.DataFrame:
             deltas = [f"{name} {r[col]:+.2f}" for name, col in (("IS", C.DELTA_IS), ("FID", C.DELTA_FID),
                                                                  ("NLL", C.DELTA_NLL_TEST)) if np.isfinite(r[col])]
             versus = ", ".join(deltas) if deltas else "not comparable"
-        rows.append({C.SHOW_MODEL: model, C.SHOW_IS: is_, C.SHOW_FID: _fmt(r[C.FID]), **nll,
+        fid = _fmt(r[C.FID], FidMetrics.SHOWN_DIGITS if measured else 2)  # a measured FID: the digits that reproduce
+        rows.append({C.SHOW_MODEL: model, C.SHOW_IS: is_, C.SHOW_FID: fid, **nll,
                      C.SHOW_VERSUS: versus})
     shown = pd.DataFrame(rows, columns=list(C.TABLE1_DISPLAY))
     # a quantity that no row has (the ODE likelihood, unless a run measured it) takes no column
@@ -565,7 +567,7 @@ def table2(runs: list[RunInputs], values: dict | None = None, where: RelativeTo 
                       enumerate(zip(frame[C.MEAN_TYPE], frame[C.OBJECTIVE], frame[C.VAR_TYPE],
                                     frame[C.VAR_TYPE_RUN], strict=True))],
         "IS": with_std(frame[C.IS], frame[C.IS_STD]),
-        "FID": [_fmt(v) for v in frame[C.FID]],
+        "FID": [_fmt(v, FidMetrics.SHOWN_DIGITS) for v in frame[C.FID]],
         "paper IS": with_std(frame[C.PAPER_IS], frame[C.PAPER_IS_STD]),
         "paper FID": [_fmt(v) for v in frame[C.PAPER_FID]]})
     blocks, title = _dataset_blocks(frame, display, notes, "Table 2", "ablation", " (IS and FID)",
