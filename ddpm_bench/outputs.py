@@ -604,7 +604,7 @@ class FidMetrics(JsonOutput):
         score = f", IS {self.is_mean:.3f} +- {self.is_std:.3f}" if self.is_mean is not None and \
             self.scores_are_fid_is else ""
         note = "" if self.comparable_to_paper else ", not comparable to the paper's"
-        return (f"<FidMetrics {self.label} {self.fid:.4f}{score} of {self.n_samples:,} samples against {self.n_ref:,} "
+        return (f"<FidMetrics {self.label} {self.fid:.{self.SHOWN_DIGITS}f}{score} of {self.n_samples:,} samples against {self.n_ref:,} "
                 f"images of {self.ref} ({self.backend}){note}>")
 
 
