@@ -34,6 +34,9 @@ LEVELS = 256  # values of a uint8 dimension: the decoder's categories
 PURPOSE_DIFFUSION_NOISE = -4
 PURPOSE_GAMMA = -5
 PURPOSE_RECONSTRUCTION_NOISE = -6
+# a pilot's draws (`--pilot`): noise of their own, so that the proposal does not depend on the draws it weights
+PURPOSE_PILOT_DIFFUSION_NOISE = -8
+PURPOSE_PILOT_GAMMA = -9
 
 
 def keys(index: torch.Tensor, purpose: int, draws: int) -> torch.Tensor:
@@ -53,9 +56,9 @@ def uniforms(seed: int, index: torch.Tensor, purpose: int, draws: int) -> torch.
 
 # ---------------------------------------------------------------------------------------------- the proposal
 
-def stratified(seed: int, index: torch.Tensor, draws: int) -> torch.Tensor:
-    """(n, draws) points u_d = (d + r_d) / draws in [0, 1): one in each stratum, r from (seed, j, d)."""
-    r = uniforms(seed, index, PURPOSE_GAMMA, draws)
+def stratified(seed: int, index: torch.Tensor, draws: int, purpose: int = PURPOSE_GAMMA) -> torch.Tensor:
+    """(n, draws) points u_d = (d + r_d) / draws in [0, 1): one in each stratum, r from (seed, j, purpose, d)."""
+    r = uniforms(seed, index, purpose, draws)
     return (torch.arange(draws, dtype=torch.float64, device=r.device) + r) / draws
 
 
@@ -108,13 +111,14 @@ class GammaProposal:
         width = (self.gamma_max - self.gamma_min) / B
         return self.gamma_min + (b.to(torch.float64) + frac) * width
 
-    def draw(self, seed: int, index: torch.Tensor, draws: int) -> torch.Tensor:
+    def draw(self, seed: int, index: torch.Tensor, draws: int, purpose: int = PURPOSE_GAMMA) -> torch.Tensor:
         """(n, draws) gamma of image index[n], draw d: stratified, u_d = (d + r_d) / draws."""
-        return self.inverse_cdf(stratified(seed, index, draws))
+        return self.inverse_cdf(stratified(seed, index, draws, purpose))
 
-    def sample(self, seed: int, index: torch.Tensor, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, seed: int, index: torch.Tensor, draws: int,
+               purpose: int = PURPOSE_GAMMA) -> tuple[torch.Tensor, torch.Tensor]:
         """(gamma, weight) (n, draws): the draws and 1 / q(gamma), the weight of the integrand."""
-        gamma = self.draw(seed, index, draws)
+        gamma = self.draw(seed, index, draws, purpose)
         return gamma, 1.0 / self.density(gamma)
 
     def to_dict(self) -> dict:
@@ -135,8 +139,9 @@ class DiscreteSteps:
     def T(self) -> int:
         return int(self.grid.numel()) - 1
 
-    def sample(self, seed: int, index: torch.Tensor, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
-        u = stratified(seed, index, draws)
+    def sample(self, seed: int, index: torch.Tensor, draws: int,
+               purpose: int = PURPOSE_GAMMA) -> tuple[torch.Tensor, torch.Tensor]:
+        u = stratified(seed, index, draws, purpose)
         grid = self.grid.to(u.device)
         i = (u * self.T).floor().long().clamp(0, self.T - 1) + 1  # 1..T
         return grid[i], self.T * torch.expm1(grid[i] - grid[i - 1])

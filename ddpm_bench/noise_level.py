@@ -169,6 +169,11 @@ class VdmLinear:
     t_min: float = 0.0
     t_max: float = 1.0
 
+    def __post_init__(self) -> None:
+        if not self.gamma_min < self.gamma_max:
+            raise ValueError(f"vdm-linear needs gamma_min < gamma_max, got {self.gamma_min} and {self.gamma_max} "
+                             f"(an end left out is VDM's: {VdmLinear.gamma_min} and {VdmLinear.gamma_max})")
+
     def gamma(self, t: torch.Tensor) -> torch.Tensor:
         return self.gamma_min + (self.gamma_max - self.gamma_min) * t.to(torch.float64)
 
@@ -295,6 +300,14 @@ class NoiseConvention:
             raise ValueError(f"time_scale must be positive, got {self.time_scale!r}")
         if self.gamma_min is not None and self.gamma_max is not None and not self.gamma_min < self.gamma_max:
             raise ValueError(f"gamma_min {self.gamma_min} must be below gamma_max {self.gamma_max}")
+        if self.noise_input == "t" and self.schedule != VdmLinear.NAME and \
+                (self.gamma_min is not None or self.gamma_max is not None):
+            lo, hi = self.gamma_range()
+            raise ValueError(f"schedule {self.schedule!r} fixes its own range (gamma from {lo:.4g} to {hi:.4g} over "
+                             "its t_min..t_max): leave out gamma_min and gamma_max (they set vdm-linear's range, "
+                             "and a 'gamma' or 'sigma' model's)")
+        if self.noise_input == "t":
+            self.time_schedule()  # vdm-linear: its range with VDM's end for one left out, checked
 
     @property
     def continuous(self) -> bool:
@@ -311,7 +324,8 @@ class NoiseConvention:
             return None
         if self.noise_input == "t":
             sched = self.time_schedule()
-            lo, hi = sched.gamma(torch.tensor(sched.t_min)), sched.gamma(torch.tensor(sched.t_max))
+            lo = sched.gamma(torch.tensor(sched.t_min, dtype=torch.float64))
+            hi = sched.gamma(torch.tensor(sched.t_max, dtype=torch.float64))
             return float(lo), float(hi)
         return float(self.gamma_min), float(self.gamma_max)
 

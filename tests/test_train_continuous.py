@@ -58,6 +58,14 @@ CONTINUOUS = {"noise": {"noise_input": "t", "schedule": "vdm-linear"}, "training
     ({**CONTINUOUS, "noise": {"noise_input": "t"}}, "[noise] noise_input 't' needs schedule"),
     ({**CONTINUOUS, "noise": {"noise_input": "gamma", "gamma_min": 5.0, "gamma_max": -10.0}},
      "[noise] gamma_min 5.0 must be below gamma_max -10.0"),
+    # one end of vdm-linear's range given: checked with VDM's other end (6 > 5.0 would reverse the loss's sign)
+    ({**CONTINUOUS, "noise": {**CONTINUOUS["noise"], "gamma_min": 6.0}},
+     "[noise] vdm-linear needs gamma_min < gamma_max, got 6.0 and 5.0"),
+    ({**CONTINUOUS, "noise": {**CONTINUOUS["noise"], "gamma_max": -13.3}},
+     "[noise] vdm-linear needs gamma_min < gamma_max, got -13.3 and -13.3"),
+    # a schedule with its own range does not take one (it would be recorded and ignored)
+    ({**CONTINUOUS, "noise": {**CONTINUOUS["noise"], "schedule": "vp-linear", "gamma_min": -5.0, "gamma_max": 3.0}},
+     "[noise] schedule 'vp-linear' fixes its own range (gamma from -14.51 to 5.018"),
     ({**CONTINUOUS, "noise": {**CONTINUOUS["noise"], "time_scale": "big"}}, "noise.time_scale = 'big': expected float"),
     ({**CONTINUOUS, "noise": {**CONTINUOUS["noise"], "steps": 3}}, "unknown key 'noise.steps'"),
     ({"training": {"time_sampling": "uniform"}}, "training.time_sampling is the continuous objective's"),

@@ -27,6 +27,9 @@ from ddpm_bench.arguments import given, named
 from ddpm_bench.continuous_bound import (
     BINS,
     PURPOSE_DIFFUSION_NOISE,
+    PURPOSE_GAMMA,
+    PURPOSE_PILOT_DIFFUSION_NOISE,
+    PURPOSE_PILOT_GAMMA,
     PURPOSE_RECONSTRUCTION_NOISE,
     DiscreteSteps,
     GammaProposal,
@@ -258,7 +261,8 @@ class Continuous(Estimator):
         n = self.options.pilot
         x = torch.from_numpy(images.images[:n]).permute(0, 3, 1, 2)
         index = torch.from_numpy(images.index[:n])
-        got = self._draws(network, x, index, GammaProposal.uniform(gmin, gmax), PILOT_DRAWS, batch_size, None)
+        got = self._draws(network, x, index, GammaProposal.uniform(gmin, gmax), PILOT_DRAWS, batch_size, None,
+                          pilot=True)
         q = GammaProposal.from_draws(gmin, gmax, got["gamma"], got["integrand"], self.options.uniform_share)
         return q.weights, time.perf_counter() - t0
 
@@ -286,15 +290,18 @@ class Continuous(Estimator):
         return self._pilot_seconds
 
     def _draws(self, network: Network, images: torch.Tensor, index: torch.Tensor, q: GammaProposal, K: int,
-               batch_size: int, progress: Progress | None) -> dict[str, torch.Tensor]:
+               batch_size: int, progress: Progress | None, pilot: bool = False) -> dict[str, torch.Tensor]:
         """The K draws of every image: gamma (n, K), the integrand (1/2) ||eps - eps_hat||^2 (n, K) (nats),
-        its weight 1 / q(gamma) (n, K); (image, draw) pairs sent `batch_size` at a time through the network."""
+        its weight 1 / q(gamma) (n, K); (image, draw) pairs sent `batch_size` at a time through the network.
+        A pilot's draws take noise of their own (the proposal they make must not depend on the run's)."""
         dev = network.device
         n, shape = images.shape[0], tuple(images.shape[1:])
         x = to_model_scale(images.to(dev))
-        gamma, weight = (v.to(dev) for v in q.sample(self.options.seed, index, K))
+        purpose_gamma, purpose_noise = (PURPOSE_PILOT_GAMMA, PURPOSE_PILOT_DIFFUSION_NOISE) if pilot else \
+            (PURPOSE_GAMMA, PURPOSE_DIFFUSION_NOISE)
+        gamma, weight = (v.to(dev) for v in q.sample(self.options.seed, index, K, purpose_gamma))
         levels = None if network.convention.continuous else network.discrete_levels()
-        pairs_key = keys(index.to(dev), PURPOSE_DIFFUSION_NOISE, K)
+        pairs_key = keys(index.to(dev), purpose_noise, K)
         flat_gamma = gamma.reshape(-1)
         integrand = torch.empty(n * K, dtype=torch.float64, device=dev)
         for start in range(0, n * K, batch_size):
