@@ -37,7 +37,7 @@ from ddpm_bench import distributed
 from ddpm_bench.arguments import given
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import ModelOutputError, UserError
-from ddpm_bench.models.loaded import LoadedModel
+from ddpm_bench.models.loaded import LoadedModel, check_module_parameters
 from ddpm_bench.models.plugin_guard import describe_value, guarded_call
 from ddpm_bench.noise_level import (
     DiscreteLevels,
@@ -165,22 +165,27 @@ class Network:
         if module is None or not self.model.borrowed or self._using:
             yield self
             return
+        check_module_parameters(module, self.identity.origin)  # it may have been changed since (.half())
         if _weights_state(module) != self._weights_seen and self.model.reidentify is not None:
             self.model.identity = self.model.reidentify()
         self._using = True
         modes = [(m, m.training) for m in module.modules()]
-        home = module_device(module, self.device)
-        layouts = [(t, t.is_contiguous()) for t in (*module.parameters(), *module.buffers()) if t.dim() == 4]
+        # the caller's own tensors (storage, device, memory format) and gradients, handed back as they were:
+        # the call moves and converts them, and only reads them
+        tensors = [(t, t.data, t.grad, None if t.grad is None else t.grad.data)
+                   for t in (*module.parameters(), *module.buffers())]
         cpu_rng = torch.random.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
         try:
             module.to(self.device, memory_format=self.memory_format).eval()
             yield self
         finally:
-            module.to(home)
-            for t, contiguous in layouts:  # the tensors are the caller's own objects: their data goes back
-                if contiguous and not t.is_contiguous():
-                    t.data = t.data.contiguous()
+            for t, data, grad, grad_data in tensors:
+                t.data = data
+                if t.grad is not grad:
+                    t.grad = grad
+                if grad is not None:
+                    grad.data = grad_data
             for m, training in modes:
                 m.training = training
             torch.random.set_rng_state(cpu_rng)
@@ -350,13 +355,6 @@ class Network:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if self.model.module is not None and not self.model.borrowed:
             self.model.module.to(memory_format=self.memory_format)
-
-
-def module_device(module: torch.nn.Module, default: torch.device) -> torch.device:
-    """Where a module's parameters (else buffers) are; `default` for a module with neither."""
-    for t in (*module.parameters(), *module.buffers()):
-        return t.device
-    return default
 
 
 def _weights_state(module: torch.nn.Module) -> tuple:

@@ -96,6 +96,31 @@ def test_the_module_runs_in_eval_mode_and_channels_last_only_inside_the_call():
     assert net.training and net.conv.weight.is_contiguous()
 
 
+def test_the_callers_own_tensors_come_back_in_their_memory_format_with_their_gradients():
+    """Each parameter comes back as the same storage in its own memory format (channels-last kept when the
+    call runs contiguous), with the same gradient object: views and optimizer state stay valid."""
+    torch.manual_seed(0)
+    net = DropoutDenoiser().to(memory_format=torch.channels_last)
+    net(torch.zeros(2, 3, 8, 8), torch.tensor([0, 1])).sum().backward()
+    before = {n: (p.data_ptr(), p.is_contiguous(memory_format=torch.channels_last), p.grad, p.grad.data_ptr())
+              for n, p in net.named_parameters()}
+    for channels_last in (False, True):
+        model = ddpm_bench.load_model(net, diffusion=DIFFUSION, channels_last=channels_last)
+        ddpm_bench.bound(model, images(1), terms=3)
+        ddpm_bench.sample(model, 1, steps=2)
+        after = {n: (p.data_ptr(), p.is_contiguous(memory_format=torch.channels_last), p.grad, p.grad.data_ptr())
+                 for n, p in net.named_parameters()}
+        assert after == before
+
+
+def test_a_module_made_half_precision_after_loading_is_refused_at_the_next_call():
+    net = DropoutDenoiser()
+    model = ddpm_bench.load_model(net, diffusion=DIFFUSION)
+    net.half()
+    with pytest.raises(UserError, match=r"torch.float16; .* give a float32 copy"):
+        ddpm_bench.bound(model, images(1), terms=3)
+
+
 def test_a_direct_call_of_the_network_leaves_the_module_too():
     torch.manual_seed(0)
     net = DropoutDenoiser().train()

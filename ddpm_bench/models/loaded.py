@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ddpm_bench.diffusion import DiffusionConfig
+from ddpm_bench.errors import UserError
 from ddpm_bench.identity import ModelIdentity
 from ddpm_bench.noise_level import NoiseConvention
 
@@ -43,3 +44,21 @@ class LoadedModel:
     def describe(self) -> dict:
         """The `model` entry of every output: where it came from and its identity."""
         return {**self.provenance, "identity": self.identity.to_dict()}
+
+
+def check_module_parameters(module: torch.nn.Module, origin: str) -> None:
+    """A module given in memory holds float32 weights on one real device: anything else is one UserError that
+    says what to do (instead of torch's error at the first call)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if any(t.is_meta for t in tensors):
+        raise UserError(f"model {origin}: its parameters are on the meta device and hold no weights; load them "
+                        "first (module.to_empty(device='cpu'), then module.load_state_dict(...))")
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise UserError(f"model {origin}: its parameters are on several devices ({', '.join(map(str, devices))}); "
+                        "move it to one (module.to(device))")
+    dtypes = {t.dtype for t in module.parameters() if t.is_floating_point()}
+    if dtypes & {torch.float16, torch.bfloat16}:
+        raise UserError(f"model {origin}: its parameters are {', '.join(sorted(map(str, dtypes)))}; ddpm-bench runs "
+                        "the network with float32 weights (precision='bf16' or 'tf32' for lower precision inside): "
+                        "give a float32 copy (copy.deepcopy(module).float())")

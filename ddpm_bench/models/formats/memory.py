@@ -18,7 +18,7 @@ from ddpm_bench.identity import ModelIdentity, model_identity, state_dict_sha256
 from ddpm_bench.messages import warn
 from ddpm_bench.models.formats import diffusers_dir
 from ddpm_bench.models.formats.common import declared_convention, diffusion_from_flags, with_convention
-from ddpm_bench.models.loaded import LoadedModel
+from ddpm_bench.models.loaded import LoadedModel, check_module_parameters
 from ddpm_bench.provenance import sha256_file
 
 NAME = "memory"
@@ -82,21 +82,3 @@ def from_object(obj: Callable, diffusion: DiffusionConfig | dict | None = None, 
 
 def _diffusion(settings: dict | None) -> DiffusionConfig:
     return diffusion_from_flags(dict(settings or {}))
-
-
-def check_module_parameters(module: torch.nn.Module, origin: str) -> None:
-    """A module given in memory holds float32 weights on one real device: anything else is one UserError that
-    says what to do (instead of torch's error at the first call)."""
-    tensors = [*module.parameters(), *module.buffers()]
-    if any(t.is_meta for t in tensors):
-        raise UserError(f"model {origin}: its parameters are on the meta device and hold no weights; load them "
-                        "first (module.to_empty(device='cpu'), then module.load_state_dict(...))")
-    devices = {t.device for t in tensors}
-    if len(devices) > 1:
-        raise UserError(f"model {origin}: its parameters are on several devices ({', '.join(map(str, devices))}); "
-                        "move it to one (module.to(device))")
-    dtypes = {t.dtype for t in module.parameters() if t.is_floating_point()}
-    if dtypes & {torch.float16, torch.bfloat16}:
-        raise UserError(f"model {origin}: its parameters are {', '.join(sorted(map(str, dtypes)))}; ddpm-bench runs "
-                        "the network with float32 weights (precision='bf16' or 'tf32' for lower precision inside): "
-                        "give a float32 copy (copy.deepcopy(module).float())")
