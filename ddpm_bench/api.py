@@ -166,7 +166,13 @@ def images_of(images: ImagesLike, index=None, data_root: str | None = None,
     if images is None:
         raise UserError(f"{named('images')} None: give a data source ('embedded:test', 'cifar10:test', a .npz, a "
                         "folder of PNG files) or uint8 images (an NHWC array or an NCHW tensor)")
+    if not isinstance(images, (torch.Tensor, np.ndarray)) and index is not None:
+        raise UserError(f"{named('index')} is for images given as an array or tensor; a data source numbers its own "
+                        f"images ({named('num_images')} takes its first N)")
     if isinstance(images, (ImageSet, DataSpec)):
+        if num_images is not None:
+            raise UserError(f"{given('num_images', num_images)}: images= is a {type(images).__name__}, which holds "
+                            "its own images; take the ones you want before (or give a data source name)")
         return images
     if isinstance(images, (str, os.PathLike)):
         return DataSpec(os.fspath(images), data_root, num_images)
@@ -338,9 +344,7 @@ def fid(samples: str | os.PathLike | np.ndarray | torch.Tensor | SampleResult, r
     if isinstance(samples, SampleResult):
         samples = samples.path if samples.path is not None else samples.samples
     source = os.fspath(samples) if isinstance(samples, (str, os.PathLike)) else images_of(samples)
-    if execution is not None and not isinstance(execution, Execution):
-        raise UserError(f"{named('execution')} must be an Execution(...), got {type(execution).__name__}")
-    device = (execution or Execution()).device
+    device = _device_only(execution, "fid", "its feature network runs in float32")
     run = _run(out, force, batch_size, shard_size, False, progress)
     with _call(batch_size=run.batch_size):
         return run_fid(FidJob(source, options, device, run))
@@ -418,15 +422,44 @@ def report(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], out: str |
 
 # -- training and the whole pipeline --------------------------------------------------------------------------
 
+def _device_only(execution: Execution | None, job: str, why: str) -> str:
+    """The device of a job that takes nothing else from `execution`: another setting in it is refused, never
+    dropped in silence."""
+    if execution is None:
+        return Execution().device
+    if not isinstance(execution, Execution):
+        raise UserError(f"{named('execution')} must be an Execution(...), got {type(execution).__name__}")
+    default = Execution()
+    ignored = [f.name for f in fields(Execution) if f.name != "device" and
+               getattr(execution, f.name) != getattr(default, f.name)]
+    if ignored:
+        raise UserError(f"{named('execution')} of {job} sets its device only ({why}); leave out "
+                        f"{', '.join(ignored)}")
+    return execution.device
+
+
+def _overrides(set: Sequence[str] | str) -> list[str]:
+    """`set=` as a list of "section.key=value" items (one string is one item)."""
+    items = [set] if isinstance(set, str) else set
+    try:
+        items = list(items)
+    except TypeError:
+        raise UserError(f"{named('set')} must be a list of \"section.key=value\" strings, got "
+                        f"{type(set).__name__}") from None
+    if not all(isinstance(item, str) for item in items):
+        raise UserError(f"{named('set')} must be a list of \"section.key=value\" strings, got {items!r}")
+    return items
+
+
 def train(recipe: str | os.PathLike | None, out: str | os.PathLike, *, set: Sequence[str] = (),
           execution: Execution | None = None, data_root: str | None = None, force: bool = False,
           progress: bool = False) -> TrainResult:
     """Train the recipe's model (DDPM Algorithm 1) into the run directory `out`, resuming a run there (recipe
     None: go on with the run in `out` from its config.json); `set` overrides recipe values ("training.steps=200").
     Returns the run: its directory, step and latest checkpoint (`load_model(result.path)` evaluates it)."""
-    device = (execution or Execution()).device
+    device = _device_only(execution, "train", "the recipe's [training] table sets the rest")
     with _call():
-        return run_train(None if recipe is None else os.fspath(recipe), list(set), os.fspath(out), device=device,
+        return run_train(None if recipe is None else os.fspath(recipe), _overrides(set), os.fspath(out), device=device,
                          force=arguments.flag("force", force), progress=arguments.flag("progress", progress),
                          data_root=data_root)
 
@@ -437,9 +470,9 @@ def reproduce(recipe: str | os.PathLike, out: str | os.PathLike, *, set: Sequenc
     """Everything for one recipe, resumable: train (or load `ckpt`), sample, the bound on both splits, the gap,
     rate-distortion, FID/IS and the report, into `out`. Returns the run with its headline numbers and the
     gap's verdict (`.overfits`); with `dry_run`, what each stage would cost."""
-    device = (execution or Execution()).device
+    device = _device_only(execution, "reproduce", "the recipe's tables set the rest")
     with _call():
-        return run_reproduce(os.fspath(recipe), list(set), os.fspath(out), ckpt=ckpt, device=device,
+        return run_reproduce(os.fspath(recipe), _overrides(set), os.fspath(out), ckpt=ckpt, device=device,
                              data_root=data_root, force=arguments.flag("force", force),
                              dry=arguments.flag("dry_run", dry_run), progress=arguments.flag("progress", progress))
 
@@ -455,7 +488,7 @@ def inspect(source: str | os.PathLike | None = None, *, recipe: str | os.PathLik
         raise UserError(f"{named('flags')} describes an improved-diffusion checkpoint: give it with the file")
     if source is not None:
         return inspect_model(ModelSpec(ckpt=os.fspath(source), flags=flags))
-    return inspect_recipe(os.fspath(recipe), list(set))
+    return inspect_recipe(os.fspath(recipe), _overrides(set))
 
 
 __all__ = ["BoundOptions", "ContinuousOptions", "DiffusionConfig", "DryRun", "EstimatorOptions", "Execution", "FidMetrics", "FidOptions",

@@ -97,8 +97,9 @@ def print_lines(lines) -> None:
 def cmd_gap(args: argparse.Namespace) -> int:
     if args.out is not None and Path(args.out).is_dir():  # --out names the file; the API also takes a folder
         raise UserError(f"{args.out}: is a directory, not a file")
-    result = api.gap(args.train_dir, args.test_dir, max_gap=args.max_gap, same_distribution=args.same_distribution,
-                     out=args.out)
+    result = api.gap(args.train_dir, args.test_dir, max_gap=args.max_gap, same_distribution=args.same_distribution)
+    if args.out is not None:
+        result.write(args.out, file=True)  # the file --out names, whatever its suffix
     print(json.dumps(result.to_dict(), indent=2))
     print(f"ddpm-bench gap: {gap_verdict(result)} ({result.splits})", file=sys.stderr)
     return 1 if result.overfits else 0  # exit 1 says it, the line above why

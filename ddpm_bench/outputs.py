@@ -708,11 +708,13 @@ class GapResult(OfModel, JsonOutput):
         if self.exceeds != (gap_verdict_of(self.ci95, self.max_gap) == "above"):
             raise OutputFileError(f"{path}: field 'exceeds' does not follow from ci95 and max_gap")
 
-    def write(self, target: str | Path) -> Path:
-        """gap.json in the folder `target`, or the file `target` itself when it names a .json file (as
-        `gap --out FILE` takes it)."""
+    def write(self, target: str | Path, file: bool | None = None) -> Path:
+        """gap.json in the folder `target`, or the file `target` itself: when `file` says so (`gap --out FILE`
+        writes the path it was given), else when it names a .json file or an existing file."""
         target = Path(target)
-        path = target if target.suffix == ".json" else target / self.FILE
+        if file is None:
+            file = target.suffix == ".json" or target.is_file()
+        path = target if file else target / self.FILE
         atomic_write_json(path, self.to_dict())
         return path
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ddpm_bench.arguments import given, named
+from ddpm_bench.arguments import flag, given, named
 from ddpm_bench.diffusion import DiffusionConfig, p_mean_logvar, predict_x0
 from ddpm_bench.errors import ModelOutputError, UserError
 from ddpm_bench.network import Network
@@ -51,6 +51,7 @@ class SamplerOptions:
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
+        flag("clip", self.clip)
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
                                        or self.steps < 1):
             raise UserError(f"{named('steps')} must be at least 1, got {self.steps!r}")

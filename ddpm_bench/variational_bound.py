@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ddpm_bench.arguments import given, named
+from ddpm_bench.arguments import flag, given, named
 from ddpm_bench.diffusion import (
     DiffusionConfig,
     extract,
@@ -81,6 +81,7 @@ class BoundOptions:
     def __post_init__(self) -> None:
         check_seed(self.seed)
         check_draws(self.draws)
+        flag("clip", self.clip)
         _check_decoder_cdf(self.decoder_cdf)
 
 
@@ -101,6 +102,7 @@ class ImportanceOptions:
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
+        flag("clip", self.clip)
         if self.proposal is not None and not isinstance(self.proposal, (str, NllOutput)):
             if isinstance(self.proposal, os.PathLike):
                 object.__setattr__(self, "proposal", os.fspath(self.proposal))

@@ -4,8 +4,10 @@ verdict."""
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from ddpm_bench.cli import main
 from tests.synthetic_outputs import write_nll_dir
 
 DIFFUSION = {"T": 20, "beta_end": 0.3}
+TINY = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny.toml")
 
 
 class DropoutDenoiser(torch.nn.Module):
@@ -202,6 +205,17 @@ def test_the_public_names_are_exported():
     (lambda m: ddpm_bench.sample(m, 10**12), r"^num=1000000000000: must be 1..10,000,000"),
     (lambda m: ddpm_bench.sample(m, 2, image_size=10**6), r"^image_size=1000000: must be 1..4,096"),
     (lambda m: ddpm_bench.gap(42, "x"), r"^train= is a int: give an nll result"),
+    (lambda m: ddpm_bench.bound(m, "embedded:test", num_images=2, index=[5, 6]),
+     r"^index= is for images given as an array or tensor; a data source numbers its own images"),
+    (lambda m: ddpm_bench.bound(m, images(2, 32), terms=3, clip="no"), r"^clip='no': must be True or False"),
+    (lambda m: ddpm_bench.sample(m, 1, steps=2, clip="False"), r"^clip='False': must be True or False"),
+    (lambda m: ddpm_bench.train(TINY, "unused", execution="cpu"),
+     r"^execution= must be an Execution\(...\), got str"),
+    (lambda m: ddpm_bench.reproduce(TINY, "unused", execution=ddpm_bench.Execution(precision="bf16")),
+     r"^execution= of reproduce sets its device only .*; leave out precision"),
+    (lambda m: ddpm_bench.fid(images(2, 32), "embedded:test", execution=ddpm_bench.Execution(compile="default")),
+     r"^execution= of fid sets its device only .*; leave out compile"),
+    (lambda m: ddpm_bench.inspect(recipe=TINY, set=[3]), r"^set= must be a list of"),
     (lambda m: ddpm_bench.load_model("embedded", device="cuda:7" if not torch.cuda.is_available() else "mps"),
      r"^device='(cuda:7|mps)': "),
 ])
@@ -209,6 +223,10 @@ def test_arguments_are_checked_and_named_as_the_caller_wrote_them(call, message)
     model = ddpm_bench.load_model("embedded")
     with pytest.raises(UserError, match=message):
         call(model)
+
+
+def test_one_string_given_to_set_is_one_override():
+    assert ddpm_bench.inspect(recipe=TINY, set="training.steps=7")["config"]["training"]["steps"] == 7
 
 
 def test_the_command_line_keeps_its_flags(capsys, tmp_path):
@@ -249,6 +267,16 @@ def test_a_gap_written_to_a_folder_goes_inside_it(tmp_path):
     (tmp_path / "run").mkdir()
     ddpm_bench.gap(tmp_path / "train", tmp_path / "test", out=tmp_path / "run")
     assert (tmp_path / "run" / "gap.json").is_file()
+
+
+def test_gap_out_writes_the_file_it_names_whatever_its_suffix(tmp_path, capsys):
+    write_nll_dir(tmp_path / "train", data="embedded:train", seed=1, n=40)
+    write_nll_dir(tmp_path / "test", data="embedded:test", seed=2)
+    assert main(["gap", str(tmp_path / "train"), str(tmp_path / "test"), "--max-gap", "10",
+                 "--out", str(tmp_path / "gapresult")]) == 0
+    assert (tmp_path / "gapresult").is_file()
+    written = json.loads((tmp_path / "gapresult").read_text())
+    assert written["verdict"] == "below"
 
 
 def test_warnings_and_notes_are_not_printed(capsys, caplog):
