@@ -27,6 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from ddpm_bench.arguments import given
 from ddpm_bench.defaults import MAX_GAP
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import ConfigError, UserError
@@ -493,13 +494,13 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     try:
         data = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"--recipe {path}: no such file") from None
+        raise ConfigError(f"{given('recipe', path)}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--recipe {path}: cannot read: {e}") from None
+        raise ConfigError(f"{given('recipe', path)}: cannot read: {e}") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"--recipe {path}: not valid TOML: {e}") from None
+        raise ConfigError(f"{given('recipe', path)}: not valid TOML: {e}") from None
     except json.JSONDecodeError as e:
-        raise ConfigError(f"--recipe {path}: not valid JSON: {e}") from None
+        raise ConfigError(f"{given('recipe', path)}: not valid JSON: {e}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"--recipe {path}: not a table of sections")
+        raise ConfigError(f"{given('recipe', path)}: not a table of sections")
     return config_from_dict(data, f"recipe {path}", overrides)

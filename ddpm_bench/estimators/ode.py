@@ -21,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ddpm_bench.arguments import given, named, say
 from ddpm_bench.data import ImageSet
 from ddpm_bench.errors import UserError
 from ddpm_bench.estimators.base import Estimator, Progress
@@ -78,11 +79,12 @@ class OdeOptions:
         for name in ("rtol", "atol"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise UserError(f"--{name} must be a number in (0, 1), got {value!r}")
+                raise UserError(f"{named(name)} must be a number in (0, 1), got {value!r}")
         if self.divergence not in DIVERGENCES:
-            raise UserError(f"--divergence {self.divergence}: choose from {', '.join(DIVERGENCES)}")
+            raise UserError(f"{given('divergence', self.divergence)}: choose from {', '.join(DIVERGENCES)}")
         if self.dequantization not in DEQUANTIZATIONS:
-            raise UserError(f"--dequantization {self.dequantization}: choose from {', '.join(DEQUANTIZATIONS)}")
+            raise UserError(f"{given('dequantization', self.dequantization)}: choose from "
+                            f"{', '.join(DEQUANTIZATIONS)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,6 +185,7 @@ class Ode(Estimator):
 
     def check(self, network: Network, images: ImageSet) -> None:
         d = network.diffusion
+        ode = say("--ode", "options=OdeOptions()")  # the estimator as the caller chose it
         self._noise = None
         if network.convention.continuous:
             gamma_min, gamma_max = network.gamma_range()
@@ -191,19 +194,19 @@ class Ode(Estimator):
                            f"{network.convention.prediction!r})")
         else:
             if d.mean_type == "mu":
-                raise UserError("--ode: mean type 'mu' predicts the mean of one discrete step; it defines no eps at "
+                raise UserError(f"{ode}: mean type 'mu' predicts the mean of one discrete step; it defines no eps at "
                                 "the continuous noise levels the ODE visits")
             if not network.model.fractional_steps:
-                raise UserError(f"--ode: the model {network.identity.origin} takes only integer network indices; the "
+                raise UserError(f"{ode}: the model {network.identity.origin} takes only integer network indices; the "
                                 "ODE calls it at fractional ones (a plug-in says it can with an attribute "
                                 "fractional_steps = True on what its factory returns)")
             try:
                 noise_levels(d.schedule().alphas_cumprod)
             except ValueError as e:
-                raise UserError(f"--ode: the {d.beta_schedule} schedule: {e}") from None
+                raise UserError(f"{ode}: the {d.beta_schedule} schedule: {e}") from None
         D = math.prod(images.shape)
         if self.options.divergence == "exact" and D > EXACT_MAX_DIMS:
-            raise UserError(f"--divergence exact needs {D} vector-Jacobian products per evaluation for images of "
+            raise UserError(f"{given('divergence', 'exact')} needs {D} vector-Jacobian products per evaluation for images of "
                             f"{D} values; use it for images of at most {EXACT_MAX_DIMS} values, or a probe")
 
     def evaluations_per_image(self, T: int) -> int:

@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from ddpm_bench import distributed
 from ddpm_bench import run_dir as run_dir_lib
+from ddpm_bench.arguments import given, named
 from ddpm_bench.checkpoint import load_checkpoint, save_checkpoint
 from ddpm_bench.config import RESUMABLE_KEYS, RunConfig, load_recipe
 from ddpm_bench.data import load_images
@@ -134,7 +135,8 @@ def run_train(recipe: str | None, overrides: list[str], out: str, device: str = 
     if recipe is None:
         recipe = str(Path(out) / TrainLayout.CONFIG)
         if not Path(recipe).is_file():
-            raise UserError(f"--out {out}: holds no training run ({TrainLayout.CONFIG} missing); give --recipe")
+            raise UserError(f"{given('out', out)}: holds no training run ({TrainLayout.CONFIG} missing); give "
+                            f"{named('recipe')}")
     origin = f"recipe {recipe}" + (f" with --set {' '.join(overrides)}" if overrides else "")
     cfg = load_recipe(recipe, overrides)
     main = distributed.launch_rank() == 0  # before the process group exists

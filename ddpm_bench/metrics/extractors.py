@@ -31,6 +31,7 @@ from torch_fidelity.helpers import vassert
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
+from ddpm_bench.arguments import given
 from ddpm_bench.errors import UserError
 from ddpm_bench.provenance import sha256_file
 
@@ -294,4 +295,4 @@ def resolve_extractor(name: str, inception_weights: str | None = None) -> Extrac
     if name == TINY_TEST:
         return Extractor(TINY_TEST, TINY_REGISTRY_NAME, "16", "logits", TINY_FEATURES, None, tiny_weights_sha256(),
                          "tiny deterministic test extractor (NOT an Inception: numbers are not FID/IS)")
-    raise UserError(f"--feature-extractor {name}: unknown (choose from {', '.join(EXTRACTOR_NAMES)})")
+    raise UserError(f"{given('feature_extractor', name)}: unknown (choose from {', '.join(EXTRACTOR_NAMES)})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ddpm_bench.arguments import count, flag, given, named, switch
 from ddpm_bench.defaults import FEATURE_EXTRACTOR, FID_BACKEND, FID_REF
 from ddpm_bench.errors import UserError
 from ddpm_bench.reporting.paper import paper_table_rows
@@ -38,12 +39,14 @@ class FidOptions:
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise UserError(f"--backend {self.backend}: choose from {', '.join(BACKENDS)}")
+            raise UserError(f"{given('backend', self.backend)}: choose from {', '.join(BACKENDS)}")
         if self.clean_fid_mode not in CLEAN_FID_MODES:
-            raise UserError(f"--clean-fid-mode {self.clean_fid_mode}: choose from {', '.join(CLEAN_FID_MODES)}")
-        for flag, value in (("--num-samples", self.num_samples), ("--num-ref", self.num_ref)):
-            if value is not None and value < 1:
-                raise UserError(f"{flag} must be at least 1, got {value}")
+            raise UserError(f"{given('clean_fid_mode', self.clean_fid_mode)}: choose from "
+                            f"{', '.join(CLEAN_FID_MODES)}")
+        for name in ("num_samples", "num_ref"):
+            count(name, getattr(self, name), optional=True)
+        for name in ("allow_few_samples", "prc"):
+            flag(name, getattr(self, name))
 
     @property
     def backends(self) -> list[str]:
@@ -62,17 +65,17 @@ def check_counts(n_samples: int, n_ref: int, feature_dim: int, allow_few_samples
     """Refuse fewer samples than feature dimensions (singular covariance) unless explicitly allowed (then
     a warning says so); warn below the paper's 50,000 and for a reference smaller than the feature
     dimension (e.g. the 2,000-image embedded set)."""
-    for what, n in (("--samples", n_samples), ("--ref", n_ref)):
+    for what, n in (("samples", n_samples), ("ref", n_ref)):
         if n < 2:
-            raise UserError(f"{what}: {n} image; FID compares the mean and covariance of two image sets, which "
+            raise UserError(f"{n} image in {named(what)}: FID compares the mean and covariance of two image sets, which "
                             "needs at least 2 images on each side (the paper: 50,000)")
     warnings = []
     if n_samples < feature_dim:
         if not allow_few_samples:
-            raise UserError(f"--samples: {n_samples} images is fewer than the {feature_dim} feature dimensions; the "
-                            f"covariance would be singular and FID meaningless (the paper uses "
-                            f"{PAPER_NUM_SAMPLES:,}); --allow-few-samples computes it anyway, marked as such")
-        warnings.append(f"{n_samples:,} samples, fewer than the {feature_dim} feature dimensions (--allow-few-samples): "
+            raise UserError(f"{n_samples} images in {named('samples')} are fewer than the {feature_dim} feature dimensions; "
+                            f"the covariance would be singular and FID meaningless (the paper uses "
+                            f"{PAPER_NUM_SAMPLES:,}); {switch('allow_few_samples')} computes it anyway, marked as such")
+        warnings.append(f"{n_samples:,} samples, fewer than the {feature_dim} feature dimensions ({switch('allow_few_samples')}): "
                         f"the sample covariance is singular and the FID strongly biased; {NOT_COMPARABLE}")
     if n_samples < PAPER_NUM_SAMPLES:
         warnings.append(f"fewer than {PAPER_NUM_SAMPLES:,} samples ({n_samples:,}): {NOT_COMPARABLE} "

@@ -29,6 +29,7 @@ from typing import Generic, TypeVar
 import numpy as np
 import pandas as pd
 
+from ddpm_bench.arguments import given
 from ddpm_bench.data import source_split
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import UserError
@@ -306,7 +307,7 @@ def read_run(path: str | Path) -> RunInputs:
     """Read one `report` argument (a run, nll, fid or rate-distortion directory), every file checked."""
     path = Path(path)
     if not path.is_dir():
-        raise ReportInputError(f"RUN_DIR {path}: not a directory")
+        raise ReportInputError(f"{given('run_dirs', path)}: not a directory")
     name = path.resolve().name
     if (path / RateDistortionSummary.CURVE).is_file() and (path / RateDistortionSummary.FILE).is_file():
         rd = _read_part("rate_distortion", RateDistortionSummary, path)
@@ -340,7 +341,7 @@ def read_run(path: str | Path) -> RunInputs:
     )
     if run.config is None and not run.parts():
         raise ReportInputError(
-            f"RUN_DIR {path}: holds no finished output ({RunConfigFile.FILE}, {layout.nll_train.name}/, "
+            f"{given('run_dirs', path)}: holds no finished output ({RunConfigFile.FILE}, {layout.nll_train.name}/, "
             f"{layout.nll_test.name}/, {layout.gap.name}, {layout.rate_distortion.name}/, {layout.fid.name}/) "
             "and is no nll, fid or rate-distortion output")
     _check_run_consistency(run)

@@ -3,6 +3,9 @@ stored model does not contradict what it was trained with."""
 
 from __future__ import annotations
 
+from dataclasses import fields
+
+from ddpm_bench.arguments import command_line
 from ddpm_bench.diffusion import DiffusionConfig, DiffusionSettingError
 from ddpm_bench.errors import UserError
 from ddpm_bench.models.spec import DIFFUSION_FLAGS
@@ -15,7 +18,8 @@ def diffusion_from_flags(flags: dict) -> DiffusionConfig:
     try:
         return DiffusionConfig(**{k: v for k, v in flags.items() if v is not None})
     except DiffusionSettingError as e:
-        raise UserError(e.render(DIFFUSION_FLAGS)) from None
+        names = DIFFUSION_FLAGS if command_line() else {f.name: f"diffusion['{f.name}']" for f in fields(DiffusionConfig)}
+        raise UserError(e.render(names)) from None
 
 
 def check_flags_match(stored: DiffusionConfig, flags: dict, origin: str) -> None:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import inspect as pyinspect
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 
+from ddpm_bench.arguments import named
 from ddpm_bench.diffusion import DiffusionConfig
 from ddpm_bench.errors import UserError
 from ddpm_bench.identity import ModelIdentity, model_identity, state_dict_sha256
@@ -81,4 +82,13 @@ def from_object(obj: Callable, diffusion: DiffusionConfig | dict | None = None, 
 
 
 def _diffusion(settings: dict | None) -> DiffusionConfig:
+    """The `diffusion=` of a model given in memory: a DiffusionConfig, or its fields by name."""
+    if isinstance(settings, DiffusionConfig):
+        return settings
+    known = [f.name for f in fields(DiffusionConfig)]
+    if settings is not None and not isinstance(settings, dict):
+        raise UserError(f"{named('diffusion')} must be a dict of the diffusion settings ({', '.join(known)}), got "
+                        f"{type(settings).__name__}")
+    if unknown := [k for k in settings or {} if k not in known]:
+        raise UserError(f"{named('diffusion')} has no setting {unknown[0]!r} (its settings: {', '.join(known)})")
     return diffusion_from_flags(dict(settings or {}))
