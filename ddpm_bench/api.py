@@ -132,7 +132,22 @@ def load_model(source: ModelLike | None = None, *, plugin: str | None = None, we
         if loaded_with[name] is not None:
             raise UserError(f"load_model: {named(name)} describes a checkpoint file; a {type(source).__name__} in "
                             "memory is evaluated with the weights it holds (its settings: diffusion=)")
+    image_shape = _image_shape(image_shape)
     return Network(memory.from_object(source, diffusion, scheduler, image_shape), execution, image_shape)
+
+
+def _image_shape(shape) -> tuple[int, int, int] | None:
+    """`image_shape=` as (C, H, W): three whole numbers, 1 or 3 channels first."""
+    if shape is None:
+        return None
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) != 3 or \
+            not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in shape):
+        raise UserError(f"{given('image_shape', shape)}: give (C, H, W), three whole numbers, e.g. (3, 32, 32)")
+    c, h, w = (int(v) for v in shape)
+    if c not in (1, 3):
+        hint = f"; (H, W, C) order? give ({w}, {c}, {h})" if w in (1, 3) else ""
+        raise UserError(f"{given('image_shape', shape)}: the channels come first, 1 or 3 (C, H, W){hint}")
+    return c, h, w
 
 
 def _execution(execution: Execution | None, **settings) -> Execution | None:

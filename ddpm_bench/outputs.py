@@ -478,7 +478,8 @@ class NllOutput:
         se = f" +- {s.total_bpd_stderr:.5f}" if s.total_bpd_stderr is not None else ""
         where = f"; {self.path}" if self.path is not None else "; in memory"
         steps = f"T={s.T}" if s.T else "continuous time"
-        return (f"<NllOutput {s.data}: {s.quantity} {s.total_bpd:.5f}{se} bits/dim over {s.n_images:,} images "
+        images = f"{s.n_images:,} image" + ("s" if s.n_images != 1 else "")
+        return (f"<NllOutput {s.data}: {s.quantity} {s.total_bpd:.5f}{se} bits/dim over {images} "
                 f"({s.estimator} estimator, {steps}, model {s.model_sha256[:12]}), {s.network_evals:,} network "
                 f"evaluations in {s.seconds:.1f} s{where}>")
 

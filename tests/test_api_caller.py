@@ -229,6 +229,10 @@ def test_the_public_names_are_exported():
     (lambda m: ddpm_bench.load_model(DropoutDenoiser(), diffusion={"T": "100"}), r"^diffusion\['T'\] must be"),
     (lambda m: ddpm_bench.load_model(DropoutDenoiser(), diffusion={"betaend": 0.2}),
      r"^diffusion= has no setting 'betaend'"),
+    (lambda m: ddpm_bench.load_model(DropoutDenoiser(), diffusion=DIFFUSION, image_shape=(8, 8, 3)),
+     r"^image_shape=\(8, 8, 3\): the channels come first, 1 or 3 \(C, H, W\); \(H, W, C\) order\? give \(3, 8, 8\)"),
+    (lambda m: ddpm_bench.load_model(DropoutDenoiser(), diffusion=DIFFUSION, image_shape="32"),
+     r"^image_shape='32': give \(C, H, W\)"),
     (lambda m: ddpm_bench.load_model("embedded", device="cuda:7" if not torch.cuda.is_available() else "mps"),
      r"^device='(cuda:7|mps)': "),
 ])

@@ -290,7 +290,10 @@ class ReportResult:
                 + [f"  {line}" for line in to_markdown(self.table1).splitlines()] + [f"  {v}" for v in self.verdicts])
 
     def __repr__(self) -> str:
-        return "<ReportResult " + "\n".join(self.lines()) + ">"
+        measured = int((self.table1[C.SHOW_VERSUS] != "").sum()) if C.SHOW_VERSUS in self.table1 else 0
+        verdicts = f"; {len(self.verdicts)} gap verdict(s)" if self.verdicts else ""
+        return (f"<ReportResult {self.index}: {len(self.files)} files, Table 1 with {measured} measured row(s)"
+                f"{verdicts} (print(*result.lines(), sep='\\n') shows them)>")
 
 
 def build_report(run_dirs: list[str | Path], out_dir: str | Path, force: bool = False) -> ReportResult:
