@@ -196,7 +196,7 @@ def images_of(images: ImagesLike, index=None, data_root: str | None = None,
     elif isinstance(images, np.ndarray):
         array = _array_images(images)
     else:
-        raise UserError(f"{named('images')} is a {type(images).__name__}: give a data source name or uint8 images "
+        raise UserError(f"{named('images')} is of type {type(images).__name__}: give a data source name or uint8 images "
                         "(an NHWC numpy array or an NCHW torch tensor)")
     n = len(array)
     index = np.arange(n, dtype=np.int64) if index is None else arguments.indices("index", index, n)
@@ -386,7 +386,7 @@ def _nll(source: NllSource, name: str) -> NllOutput:
         return source
     if isinstance(source, (str, os.PathLike)):
         return read_output(source)
-    raise UserError(f"{named(name)} is a {type(source).__name__}: give an nll result (bound's) or its directory")
+    raise UserError(f"{named(name)} is of type {type(source).__name__}: give an nll result (bound's) or its directory")
 
 
 def rate_distortion(result: NllSource, out: str | os.PathLike | None = None,

@@ -204,7 +204,7 @@ def test_the_public_names_are_exported():
      r"^images= a torch.float32 tensor with values in \[-\d.*; give uint8 values 0..255"),
     (lambda m: ddpm_bench.sample(m, 10**12), r"^num=1000000000000: must be 1..10,000,000"),
     (lambda m: ddpm_bench.sample(m, 2, image_size=10**6), r"^image_size=1000000: must be 1..4,096"),
-    (lambda m: ddpm_bench.gap(42, "x"), r"^train= is a int: give an nll result"),
+    (lambda m: ddpm_bench.gap(42, "x"), r"^train= is of type int: give an nll result"),
     (lambda m: ddpm_bench.bound(m, "embedded:test", num_images=2, index=[5, 6]),
      r"^index= is for images given as an array or tensor; a data source numbers its own images"),
     (lambda m: ddpm_bench.bound(m, images(2, 32), terms=3, clip="no"), r"^clip='no': must be True or False"),
