@@ -433,6 +433,15 @@ class PerImageParts(Protocol):
         ...
 
 
+
+def steps_text(summary: NllSummary) -> str:
+    """The time of an estimate in words: the discrete model's T steps, a T-step bound's own steps (VDM's), or
+    continuous time (the continuous-time bound, of a discrete network too)."""
+    steps = getattr(summary, "steps", None)
+    if steps is not None:  # the continuous estimator: its own time, whatever the network's T
+        return f"VDM's {steps} steps" if steps else "continuous time"
+    return f"T={summary.T}" if summary.T else "continuous time"
+
 @dataclass(frozen=True)
 class NllOutput:
     """A finished nll output: its summary and per-image parts, checked to belong together (read by
@@ -477,7 +486,7 @@ class NllOutput:
         s = self.summary
         se = f" +- {s.total_bpd_stderr:.5f}" if s.total_bpd_stderr is not None else ""
         where = f"; {self.path}" if self.path is not None else "; in memory"
-        steps = f"T={s.T}" if s.T else "continuous time"
+        steps = steps_text(s)
         images = f"{s.n_images:,} image" + ("s" if s.n_images != 1 else "")
         return (f"<NllOutput {s.data}: {s.quantity} {s.total_bpd:.5f}{se} bits/dim over {images} "
                 f"({s.estimator} estimator, {steps}, model {s.model_sha256[:12]}), {s.network_evals:,} network "
