@@ -293,7 +293,7 @@ class ReportResult:
         measured = int((self.table1[C.SHOW_VERSUS] != "").sum()) if C.SHOW_VERSUS in self.table1 else 0
         verdicts = f"; {len(self.verdicts)} gap verdict(s)" if self.verdicts else ""
         return (f"<ReportResult {self.index}: {len(self.files)} files, Table 1 with {measured} measured row(s)"
-                f"{verdicts} (print(*result.lines(), sep='\\n') shows them)>")
+                f"{verdicts}>")
 
 
 def build_report(run_dirs: list[str | Path], out_dir: str | Path, force: bool = False) -> ReportResult:
