@@ -142,7 +142,8 @@ def _image_shape(shape) -> tuple[int, int, int] | None:
         return None
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) != 3 or \
             not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in shape):
-        raise UserError(f"{given('image_shape', shape)}: give (C, H, W), three whole numbers, e.g. (3, 32, 32)")
+        raise UserError(f"{given('image_shape', shape)}: give (C, H, W), three whole numbers, e.g. "
+                        "(3, 32, 32)")
     c, h, w = (int(v) for v in shape)
     if c not in (1, 3):
         hint = f"; (H, W, C) order? give ({w}, {c}, {h})" if w in (1, 3) else ""
@@ -182,12 +183,12 @@ def images_of(images: ImagesLike, index=None, data_root: str | None = None,
         raise UserError(f"{named('images')} None: give a data source ('embedded:test', 'cifar10:test', a .npz, a "
                         "folder of PNG files) or uint8 images (an NHWC array or an NCHW tensor)")
     if not isinstance(images, (torch.Tensor, np.ndarray)) and index is not None:
-        raise UserError(f"{named('index')} is for images given as an array or tensor; a data source numbers its own "
-                        f"images ({named('num_images')} takes its first N)")
+        raise UserError(f"{named('index')} is for images given as an array or tensor; a data source numbers "
+                        f"its own images ({named('num_images')} takes its first N)")
     if isinstance(images, (ImageSet, DataSpec)):
         if num_images is not None:
-            raise UserError(f"{given('num_images', num_images)}: images= is a {type(images).__name__}, which holds "
-                            "its own images; take the ones you want before (or give a data source name)")
+            raise UserError(f"{given('num_images', num_images)}: images= is a {type(images).__name__}, which "
+                            "holds its own images; take the ones you want before (or give a data source name)")
         return images
     if isinstance(images, (str, os.PathLike)):
         return DataSpec(os.fspath(images), data_root, num_images)
@@ -196,8 +197,8 @@ def images_of(images: ImagesLike, index=None, data_root: str | None = None,
     elif isinstance(images, np.ndarray):
         array = _array_images(images)
     else:
-        raise UserError(f"{named('images')} is of type {type(images).__name__}: give a data source name or uint8 images "
-                        "(an NHWC numpy array or an NCHW torch tensor)")
+        raise UserError(f"{named('images')} is of type {type(images).__name__}: give a data source name or uint8 "
+                        "images (an NHWC numpy array or an NCHW torch tensor)")
     n = len(array)
     index = np.arange(n, dtype=np.int64) if index is None else arguments.indices("index", index, n)
     chosen = select(array, index, "memory", num_images)
@@ -386,7 +387,8 @@ def _nll(source: NllSource, name: str) -> NllOutput:
         return source
     if isinstance(source, (str, os.PathLike)):
         return read_output(source)
-    raise UserError(f"{named(name)} is of type {type(source).__name__}: give an nll result (bound's) or its directory")
+    raise UserError(f"{named(name)} is of type {type(source).__name__}: give an nll result (bound's) or its "
+                    "directory")
 
 
 def rate_distortion(result: NllSource, out: str | os.PathLike | None = None,
@@ -474,9 +476,9 @@ def train(recipe: str | os.PathLike | None, out: str | os.PathLike, *, set: Sequ
     Returns the run: its directory, step and latest checkpoint (`load_model(result.path)` evaluates it)."""
     device = _device_only(execution, "train", "the recipe's [training] table sets the rest")
     with _call():
-        return run_train(None if recipe is None else os.fspath(recipe), _overrides(set), os.fspath(out), device=device,
-                         force=arguments.flag("force", force), progress=arguments.flag("progress", progress),
-                         data_root=data_root)
+        return run_train(None if recipe is None else os.fspath(recipe), _overrides(set), os.fspath(out),
+                         device=device, force=arguments.flag("force", force),
+                         progress=arguments.flag("progress", progress), data_root=data_root)
 
 
 def reproduce(recipe: str | os.PathLike, out: str | os.PathLike, *, set: Sequence[str] = (), ckpt: str | None = None,

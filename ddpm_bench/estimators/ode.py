@@ -194,11 +194,11 @@ class Ode(Estimator):
                            f"{network.convention.prediction!r})")
         else:
             if d.mean_type == "mu":
-                raise UserError(f"{ode}: mean type 'mu' predicts the mean of one discrete step; it defines no eps at "
-                                "the continuous noise levels the ODE visits")
+                raise UserError(f"{ode}: mean type 'mu' predicts the mean of one discrete step; it defines no eps "
+                                "at the continuous noise levels the ODE visits")
             if not network.model.fractional_steps:
-                raise UserError(f"{ode}: the model {network.identity.origin} takes only integer network indices; the "
-                                "ODE calls it at fractional ones (a plug-in says it can with an attribute "
+                raise UserError(f"{ode}: the model {network.identity.origin} takes only integer network indices; "
+                                "the ODE calls it at fractional ones (a plug-in says it can with an attribute "
                                 "fractional_steps = True on what its factory returns)")
             try:
                 noise_levels(d.schedule().alphas_cumprod)
@@ -206,8 +206,8 @@ class Ode(Estimator):
                 raise UserError(f"{ode}: the {d.beta_schedule} schedule: {e}") from None
         D = math.prod(images.shape)
         if self.options.divergence == "exact" and D > EXACT_MAX_DIMS:
-            raise UserError(f"{given('divergence', 'exact')} needs {D} vector-Jacobian products per evaluation for images of "
-                            f"{D} values; use it for images of at most {EXACT_MAX_DIMS} values, or a probe")
+            raise UserError(f"{given('divergence', 'exact')} needs {D} vector-Jacobian products per evaluation for "
+                            f"images of {D} values; use it for images of at most {EXACT_MAX_DIMS} values, or a probe")
 
     def evaluations_per_image(self, T: int) -> int:
         return 1  # the progress bar counts images; the evaluations are the solver's (nfe)

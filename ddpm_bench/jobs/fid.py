@@ -54,7 +54,8 @@ class FidJob:
     def __post_init__(self) -> None:
         for name, value in (("samples", self.samples), ("ref", self.options.ref)):
             if isinstance(value, str) and not value.strip():
-                raise UserError(f"{named(name)} is empty; give a sample directory, .npz, PNG folder or a data set name")
+                raise UserError(f"{named(name)} is empty; give a sample directory, .npz, PNG folder or a data set "
+                                "name")
 
 
 def _library_versions() -> dict:
@@ -263,8 +264,9 @@ def _run_fid(job: FidJob, dev) -> FidMetrics | None:
             ref_hwc, n_ref, ref_name = ref_set.images.shape[1:], len(ref_set), ref_set.source
             ref_identity = ref_set.identity()
         if tuple(sample_set.images.shape[1:3]) != tuple(ref_hwc[:2]):
-            raise DataError(f"{given('samples', samples)} are {sample_set.images.shape[1]}x{sample_set.images.shape[2]} "
-                            f"but {given('ref', ref)} is {ref_hwc[0]}x{ref_hwc[1]}: FID compares images of one size")
+            h, w = sample_set.images.shape[1:3]
+            raise DataError(f"{given('samples', samples)} are {h}x{w} but {given('ref', ref)} is "
+                            f"{ref_hwc[0]}x{ref_hwc[1]}: FID compares images of one size")
         extractor = resolve_extractor(opts.feature_extractor, opts.inception_weights)  # after the inputs: a
         # missing sample directory is named before the weights are looked for (or downloaded)
         warnings = protocol.check_counts(len(sample_set), n_ref, extractor.feature_dim, opts.allow_few_samples)

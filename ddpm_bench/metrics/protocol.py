@@ -67,15 +67,16 @@ def check_counts(n_samples: int, n_ref: int, feature_dim: int, allow_few_samples
     dimension (e.g. the 2,000-image embedded set)."""
     for what, n in (("samples", n_samples), ("ref", n_ref)):
         if n < 2:
-            raise UserError(f"{n} image in {named(what)}: FID compares the mean and covariance of two image sets, which "
-                            "needs at least 2 images on each side (the paper: 50,000)")
+            raise UserError(f"{n} image in {named(what)}: FID compares the mean and covariance of two image sets, "
+                            "which needs at least 2 images on each side (the paper: 50,000)")
     warnings = []
     if n_samples < feature_dim:
         if not allow_few_samples:
-            raise UserError(f"{n_samples} images in {named('samples')} are fewer than the {feature_dim} feature dimensions; "
-                            f"the covariance would be singular and FID meaningless (the paper uses "
+            raise UserError(f"{n_samples} images in {named('samples')} are fewer than the {feature_dim} feature "
+                            f"dimensions; the covariance would be singular and FID meaningless (the paper uses "
                             f"{PAPER_NUM_SAMPLES:,}); {switch('allow_few_samples')} computes it anyway, marked as such")
-        warnings.append(f"{n_samples:,} samples, fewer than the {feature_dim} feature dimensions ({switch('allow_few_samples')}): "
+        # a warning is stored in metrics.json: the same words whoever called (the flag's own name)
+        warnings.append(f"{n_samples:,} samples, fewer than the {feature_dim} feature dimensions (--allow-few-samples): "
                         f"the sample covariance is singular and the FID strongly biased; {NOT_COMPARABLE}")
     if n_samples < PAPER_NUM_SAMPLES:
         warnings.append(f"fewer than {PAPER_NUM_SAMPLES:,} samples ({n_samples:,}): {NOT_COMPARABLE} "
