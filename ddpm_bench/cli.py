@@ -33,7 +33,7 @@ from ddpm_bench.cli_args import (
     seed,
 )
 from ddpm_bench.defaults import FEATURE_EXTRACTOR, FID_BACKEND, FID_REF, MAX_GAP
-from ddpm_bench.distributed import PeerFailed
+from ddpm_bench.distributed import PeerFailed, launch_rank
 from ddpm_bench.dry_run import DryRun
 from ddpm_bench.errors import UserError
 from ddpm_bench.estimators import ESTIMATORS
@@ -163,8 +163,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    api.train(args.recipe, args.out, set=args.set, execution=Execution(device=args.device), force=args.force,
-              progress=not args.no_progress, data_root=args.data_root)
+    result = api.train(args.recipe, args.out, set=args.set, execution=Execution(device=args.device), force=args.force,
+                       progress=not args.no_progress, data_root=args.data_root)
+    if launch_rank() == 0:  # one report of a torchrun launch
+        print(to_json(result.to_dict()), end="")
     return 0
 
 

@@ -108,7 +108,11 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(recipe, tmp_path, c
 
 def test_checkpoints_hold_the_contract_and_load_for_evaluation(recipe, tmp_path, capsys):
     run = tmp_path / "run"
+    capsys.readouterr()
     assert train(recipe, run) == 0
+    # what train prints when it ends: the run, its step and its last checkpoint (one JSON object)
+    assert __import__("json").loads(capsys.readouterr().out) == {
+        "run_dir": str(run), "step": 6, "checkpoint": str(run / "checkpoints" / "ckpt_0000006.pt")}
     files = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert files == ["ckpt_0000003.pt", "ckpt_0000006.pt"]  # keep_last = 2
     c = ckpt(run / "checkpoints" / "ckpt_0000006.pt")

@@ -122,6 +122,11 @@ class TrainResult:
     step: int
     checkpoint: Path | None
 
+    def to_dict(self) -> dict:
+        """What `train` prints when it ends (rank 0 of a torchrun launch)."""
+        return {"run_dir": str(self.path), "step": self.step,
+                "checkpoint": None if self.checkpoint is None else str(self.checkpoint)}
+
     def __repr__(self) -> str:
         return f"<TrainResult {self.path}: step {self.step:,}, checkpoint {self.checkpoint}>"
 
