@@ -338,3 +338,13 @@ def test_running_out_of_memory_is_one_error_naming_the_batch_size():
     with pytest.raises(ddpm_bench.OutOfMemory, match=r"^out of GPU memory with batch_size=8: lower it "
                                                      r"\(e.g. batch_size=4\)"):
         ddpm_bench.bound(ddpm_bench.load_model(Hungry(), diffusion=DIFFUSION), images(2), batch_size=8)
+
+
+def test_fid_of_fewer_samples_than_the_precision_recall_neighbourhood_leaves_it_out_and_says_so(tmp_path):
+    """torch-fidelity's precision/recall needs a k-th neighbour (k = 3) in each set: with 2 samples it raised
+    from inside the library; now the FID is computed and precision/recall are left out, with a warning."""
+    with pytest.warns(ddpm_bench.DdpmBenchWarning, match=r"precision/recall need more than 3 images on each side"):
+        m = ddpm_bench.fid(images(2, 32), "embedded:test", feature_extractor="tiny-test", num_ref=20,
+                           allow_few_samples=True, out=tmp_path / "f")
+    tf = m.by_backend["torch-fidelity"]
+    assert np.isfinite(m.fid) and tf["precision"] is None and tf["recall"] is None

@@ -325,6 +325,8 @@ def _run_fid(job: FidJob, dev) -> FidMetrics | None:
             known[b] = (feats, stats, references[b])
         r_feats, r_stats, references[b] = known[b]
         by_backend[b], undefined[b] = _finite(lib.metrics(sample_feats[b], r_feats, r_stats, opts.prc))
+        if by_backend[b].get("prc_left_out"):
+            warn(by_backend[b]["prc_left_out"])
 
     primary = by_backend[backends[0]]
     tf_result = by_backend.get("torch-fidelity")

@@ -88,7 +88,11 @@ def metrics(sample_feats: dict[str, np.ndarray], ref_feats: np.ndarray, ref_stat
                                  verbose=False)
     out["kid_mean"], out["kid_std"], out["kid_subset_size"] = kid["kernel_inception_distance_mean"], \
         kid["kernel_inception_distance_std"], subset
-    if prc:
+    if prc and min(len(f1), len(ref_feats)) <= PRC_NEIGHBORHOOD:  # its k-th neighbour does not exist
+        out["precision"] = out["recall"] = out["f_score"] = None
+        out["prc_left_out"] = (f"precision/recall need more than {PRC_NEIGHBORHOOD} images on each side (its "
+                               f"neighbourhood); got {len(f1)} samples and {len(ref_feats)} reference images")
+    elif prc:
         p = prc_features_to_metric(t1, t2, prc_neighborhood=PRC_NEIGHBORHOOD, save_cpu_ram=True, verbose=False)
         out["precision"], out["recall"], out["f_score"] = p["precision"], p["recall"], p["f_score"]
     return out
