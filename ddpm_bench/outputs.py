@@ -373,6 +373,27 @@ def read_npz(path: Path, fields: tuple[str, ...], optional: tuple[str, ...] = ()
         raise OutputFileError(f"{path}: unreadable or cut off ({type(e).__name__}: {e})") from None
 
 
+def per_image_columns(path: Path, got: dict[str, np.ndarray], parts: tuple[str, ...],
+                      counts: tuple[str, ...] = ("index",)) -> int:
+    """N of an estimator's per-image columns, checked: each of `parts` a finite float64 (N,) in bits/dim,
+    each of `counts` an int64 (N,); OutputFileError naming the file and the field otherwise."""
+    n = got[parts[0]].shape[0] if got[parts[0]].ndim == 1 else -1
+    for k in (*parts, *counts):
+        kind = np.int64 if k in counts else np.float64
+        if got[k].dtype != kind or got[k].shape != (n,) or n < 1:
+            raise OutputFileError(f"{path}: field '{k}' must be {np.dtype(kind)} (N,), got {got[k].dtype} "
+                                  f"{got[k].shape}")
+    if not all(np.all(np.isfinite(got[k])) for k in parts):
+        raise OutputFileError(f"{path}: non-finite bits/dim")
+    return n
+
+
+def check_same_run(path: Path, run_id: str, n: int, summary: NllSummary | None) -> None:
+    """A per-image file and the summary beside it: one run, one image count."""
+    if summary is not None and (run_id != summary.run_id or n != summary.n_images):
+        raise OutputFileError(f"{path}: field 'run_id' or its length is not that of {NllSummary.FILE} beside it")
+
+
 def stderr_of_mean(x: np.ndarray) -> float | None:
     """Standard error of the mean over images (None for a single image)."""
     return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else None

@@ -49,6 +49,8 @@ from ddpm_bench.outputs import (
     NllOutput,
     NllSummary,
     OutputFileError,
+    check_same_run,
+    per_image_columns,
     read_npz,
     stderr_of_mean,
 )
@@ -146,20 +148,12 @@ class ContinuousPerImage:
         path = Path(folder) / cls.FILE
         got = read_npz(path, (*cls.PARTS, *cls.DRAWS, "index", "run_id"))
         run_id = str(got.pop("run_id"))
-        n = got["bpd"].shape[0] if got["bpd"].ndim == 1 else -1
-        for k in (*cls.PARTS, "index"):
-            kind = np.int64 if k == "index" else np.float64
-            if got[k].dtype != kind or got[k].shape != (n,) or n < 1:
-                raise OutputFileError(f"{path}: field '{k}' must be {np.dtype(kind)} (N,), got {got[k].dtype} "
-                                      f"{got[k].shape}")
+        n = per_image_columns(path, got, cls.PARTS)
         for k in cls.DRAWS:
             a = got[k]
             if a.dtype != np.float64 or a.ndim != 2 or a.shape[0] != n or not np.all(np.isfinite(a)):
                 raise OutputFileError(f"{path}: field '{k}' must be finite float64 (N, K), got {a.dtype} {a.shape}")
-        if not all(np.all(np.isfinite(got[k])) for k in cls.PARTS):
-            raise OutputFileError(f"{path}: non-finite bits/dim")
-        if summary is not None and (run_id != summary.run_id or n != summary.n_images):
-            raise OutputFileError(f"{path}: field 'run_id' or its length is not that of {NllSummary.FILE} beside it")
+        check_same_run(path, run_id, n, summary)
         return cls(**got, run_id=run_id)
 
 

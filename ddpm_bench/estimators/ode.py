@@ -32,7 +32,8 @@ from ddpm_bench.outputs import (
     PER_IMAGE_FILE,
     NllOutput,
     NllSummary,
-    OutputFileError,
+    check_same_run,
+    per_image_columns,
     read_npz,
     stderr_of_mean,
 )
@@ -133,16 +134,8 @@ class OdePerImage:
         path = Path(folder) / cls.FILE
         got = read_npz(path, (*cls.KEYS, "index", "run_id"))
         run_id = str(got.pop("run_id"))
-        n = got["bpd"].shape[0] if got["bpd"].ndim == 1 else -1
-        for k in (*cls.KEYS, "index"):
-            kind = np.int64 if k in ("nfe", "index") else np.float64
-            if got[k].dtype != kind or got[k].shape != (n,) or n < 1:
-                raise OutputFileError(f"{path}: field '{k}' must be {np.dtype(kind)} (N,), got {got[k].dtype} "
-                                      f"{got[k].shape}")
-        if not all(np.all(np.isfinite(got[k])) for k in ("bpd", "prior_bpd", "divergence_bpd")):
-            raise OutputFileError(f"{path}: non-finite bits/dim")
-        if summary is not None and (run_id != summary.run_id or n != summary.n_images):
-            raise OutputFileError(f"{path}: field 'run_id' or its length is not that of {NllSummary.FILE} beside it")
+        n = per_image_columns(path, got, ("bpd", "prior_bpd", "divergence_bpd"), ("nfe", "index"))
+        check_same_run(path, run_id, n, summary)
         return cls(**got, run_id=run_id)
 
 
