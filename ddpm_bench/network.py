@@ -292,12 +292,7 @@ class Network:
         gamma = gamma.to(torch.float64)
         abar = alpha_squared(gamma)
         if not c.continuous:
-            kind = self.diffusion.mean_type
-            if kind == "mu":
-                raise UserError(f"model {self.model.identity.origin}: mean type {kind!r} predicts the mean of one "
-                                "discrete step; it has no eps at a continuous noise level")
-            s = (levels or self.discrete_levels()).index_of_gamma(gamma)
-            return eps_from_prediction(kind, self(z, s)[:, : z.shape[1]], z, abar)
+            return self.predict_eps(z, (levels or self.discrete_levels()).index_of_gamma(gamma), abar)
         if c.noise_input == "sigma":  # EDM / k-diffusion: f(y, sigma) in the variance-exploding scale
             shape = (-1, *([1] * (z.ndim - 1)))
             y = z.to(torch.float64) / abar.sqrt().reshape(shape)

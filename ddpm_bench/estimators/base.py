@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ddpm_bench.data import ImageSet
+from ddpm_bench.errors import UserError
 from ddpm_bench.network import Network
 from ddpm_bench.outputs import (
     NllOutput,
@@ -42,6 +43,19 @@ from ddpm_bench.outputs import (
 )
 
 Progress = Callable[[int], None]
+
+
+def check_between_steps(network: Network, what: str, who: str) -> None:
+    """A discrete model called between its steps (the ODE, the continuous bound): it must define an eps there
+    (a mean type other than mu) and take a fractional network index; `what` names the estimate as the caller
+    chose it, `who` in words. UserError otherwise."""
+    if network.diffusion.mean_type == "mu":
+        raise UserError(f"{what}: mean type 'mu' predicts the mean of one discrete step; it defines no eps at the "
+                        f"continuous noise levels {who} visits")
+    if not network.model.fractional_steps:
+        raise UserError(f"{what}: the model {network.identity.origin} takes only integer network indices; {who} "
+                        "calls it at fractional ones (a plug-in says it can with an attribute fractional_steps = "
+                        "True on what its factory returns)")
 
 
 class Estimator:

@@ -41,7 +41,7 @@ from ddpm_bench.continuous_bound import (
 )
 from ddpm_bench.data import ImageSet
 from ddpm_bench.errors import ModelOutputError, UserError
-from ddpm_bench.estimators.base import Estimator, Progress
+from ddpm_bench.estimators.base import Estimator, Progress, check_between_steps
 from ddpm_bench.network import Network
 from ddpm_bench.noise import MAX_DRAWS, check_draws, check_seed, counter_normal
 from ddpm_bench.outputs import (
@@ -180,16 +180,8 @@ class Continuous(Estimator):
     # -- before the run ---------------------------------------------------------------------------------------
 
     def check(self, network: Network, images: ImageSet) -> None:
-        c = network.convention
-        if not c.continuous:
-            d = network.diffusion
-            if d.mean_type == "mu":
-                raise UserError("the continuous bound: mean type 'mu' predicts the mean of one discrete step; it "
-                                "defines no eps at the continuous noise levels of this bound")
-            if not network.model.fractional_steps:
-                raise UserError(f"the continuous bound calls the model {network.identity.origin} at fractional "
-                                "network indices, which it does not take (a plug-in says it can with an attribute "
-                                "fractional_steps = True)")
+        if not network.convention.continuous:
+            check_between_steps(network, "the continuous bound", "the bound")
         try:
             self.range = network.gamma_range()
         except ValueError as e:
@@ -343,8 +335,7 @@ class Continuous(Estimator):
         per_image = ContinuousPerImage(**{k: merged[k] for k in (*ContinuousPerImage.PARTS, *ContinuousPerImage.DRAWS)},
                                        index=merged["index"], run_id=common["run_id"])
         bpd = merged["bpd"]
-        options = {f.name: getattr(o, f.name) for f in fields(o) if f.name != "proposal"}
-        settings = {**options, "proposal": {**self.source, **self.q.to_dict()},
+        settings = {**self.identity(), "proposal": {**self.source, **self.q.to_dict()},
                     "gamma": "gamma = -log SNR; alpha^2 = sigmoid(-gamma), sigma^2 = sigmoid(gamma)",
                     "decoder": "VDM: per dimension a categorical over 0..255 of N(z_0; alpha_0 x(v), sigma_0^2)"}
         summary = ContinuousSummary(**common, total_bpd=float(bpd.mean()), total_bpd_stderr=stderr_of_mean(bpd),

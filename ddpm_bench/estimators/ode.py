@@ -24,7 +24,7 @@ import torch
 from ddpm_bench.arguments import given, named, say
 from ddpm_bench.data import ImageSet
 from ddpm_bench.errors import UserError
-from ddpm_bench.estimators.base import Estimator, Progress
+from ddpm_bench.estimators.base import Estimator, Progress, check_between_steps
 from ddpm_bench.network import Network
 from ddpm_bench.noise import check_draws, check_seed
 from ddpm_bench.noise_level import fractional_index, noise_level_at, noise_levels
@@ -186,13 +186,7 @@ class Ode(Estimator):
                            f"(noise_input {network.convention.noise_input!r}, prediction "
                            f"{network.convention.prediction!r})")
         else:
-            if d.mean_type == "mu":
-                raise UserError(f"{ode}: mean type 'mu' predicts the mean of one discrete step; it defines no eps "
-                                "at the continuous noise levels the ODE visits")
-            if not network.model.fractional_steps:
-                raise UserError(f"{ode}: the model {network.identity.origin} takes only integer network indices; "
-                                "the ODE calls it at fractional ones (a plug-in says it can with an attribute "
-                                "fractional_steps = True on what its factory returns)")
+            check_between_steps(network, ode, "the ODE")
             try:
                 noise_levels(d.schedule().alphas_cumprod)
             except ValueError as e:
