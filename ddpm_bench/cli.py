@@ -42,7 +42,6 @@ from ddpm_bench.jobs.nll import NllJob
 from ddpm_bench.messages import to_stderr
 from ddpm_bench.metrics.protocol import BACKENDS, CLEAN_FID_MODES, FidOptions
 from ddpm_bench.network import Execution
-from ddpm_bench.outputs import steps_text
 from ddpm_bench.reporting.verdict import gap_verdict
 from ddpm_bench.sampling import SAMPLERS, SamplerOptions
 from ddpm_bench.shards import to_json
@@ -72,7 +71,7 @@ def print_nll(output, out: str | Path) -> None:
     """What `nll` prints: the data, the model, the estimate and its parts, what it cost; for a run that was
     already complete, the same numbers and that it was."""
     s = output.summary
-    steps = steps_text(s)
+    steps = s.steps_text()
     print(f"{s.data}: {s.n_images} images, {steps}, {s.estimator} estimator, model {s.model_sha256[:12]}")
     for line in ESTIMATORS[s.estimator].summary_lines(s):
         print(line)

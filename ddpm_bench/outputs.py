@@ -257,6 +257,10 @@ class NllSummary(OfModel, JsonOutput):
         if self.n_images < 1 or self.T < 0 or self.dims < 1:  # T = 0: a model of continuous time (VDM's word)
             raise OutputFileError(f"{path}: fields 'n_images', 'dims' must be >= 1 and 'T' >= 0")
 
+    def steps_text(self) -> str:
+        """The time of the estimate in words: the model's T steps, or continuous time."""
+        return f"T={self.T}" if self.T else "continuous time"
+
 
 @dataclass(frozen=True, kw_only=True)
 class BoundSummary(NllSummary):
@@ -454,15 +458,6 @@ class PerImageParts(Protocol):
         ...
 
 
-
-def steps_text(summary: NllSummary) -> str:
-    """The time of an estimate in words: the discrete model's T steps, a T-step bound's own steps (VDM's), or
-    continuous time (the continuous-time bound, of a discrete network too)."""
-    steps = getattr(summary, "steps", None)
-    if steps is not None:  # the continuous estimator: its own time, whatever the network's T
-        return f"VDM's {steps} steps" if steps else "continuous time"
-    return f"T={summary.T}" if summary.T else "continuous time"
-
 @dataclass(frozen=True)
 class NllOutput:
     """A finished nll output: its summary and per-image parts, checked to belong together (read by
@@ -507,7 +502,7 @@ class NllOutput:
         s = self.summary
         se = f" +- {s.total_bpd_stderr:.5f}" if s.total_bpd_stderr is not None else ""
         where = f"; {self.path}" if self.path is not None else "; in memory"
-        steps = steps_text(s)
+        steps = s.steps_text()
         images = f"{s.n_images:,} image" + ("s" if s.n_images != 1 else "")
         return (f"<NllOutput {s.data}: {s.quantity} {s.total_bpd:.5f}{se} bits/dim over {images} "
                 f"({s.estimator} estimator, {steps}, model {s.model_sha256[:12]}), {s.network_evals:,} network "

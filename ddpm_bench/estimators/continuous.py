@@ -111,6 +111,10 @@ class ContinuousSummary(NllSummary):
     steps: int = 0  # 0: continuous time; T: VDM's discrete-time bound with T steps over the range
     continuous: dict  # the options (the proposal by where it came from) and the proposal itself
 
+    def steps_text(self) -> str:
+        """Its own time, whatever the network's T: continuous, or VDM's T steps."""
+        return f"VDM's {self.steps} steps" if self.steps else "continuous time"
+
 
 @dataclass(frozen=True)
 class ContinuousPerImage:
